@@ -1,0 +1,27 @@
+"""The `shelfsight` command line: the composition root that reads configuration and wires learner and
+connectors together. Each command family lives in its own `commands_*.py` module and registers itself
+here; this file only assembles the app.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="shelfsight",
+    help="ShelfSight: tag product images with catalog attributes, stream them into the product database.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from daemon import commands_tag
+
+    commands_tag.register(app)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
