@@ -45,9 +45,7 @@ class ServiceMetrics:
             "Images tagged; rate() of it is images per second.",
             registry=r,
         )
-        self.in_flight = Gauge(
-            "shelfsight_in_flight_events", "Events consumed but not yet committed.", registry=r
-        )
+        self.in_flight = Gauge("shelfsight_in_flight_events", "Events consumed but not yet committed.", registry=r)
         self.consumer_lag = Gauge(
             "shelfsight_consumer_lag_messages",
             "Messages between the committed offset and the end of the partition.",

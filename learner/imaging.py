@@ -8,6 +8,7 @@ with a short machine-readable `reason`, so callers can report or dead-letter per
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -65,10 +66,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
         msg = str(exc)
         reason = "truncated" if "truncated" in msg or "broken data" in msg or "image file" in msg else "not_an_image"
         raise ImageDecodeError(reason, f"cannot decode image data: {msg}") from None
-    try:
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:
-        pass
     return to_rgb(img)
 
 

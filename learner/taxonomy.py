@@ -277,9 +277,7 @@ def _cross_check(spec: TaxonomySpec, lines: _LineIndex | None) -> list[tuple[str
                 problems.append((_where(loc, lines), f"{value!r} is not a value of group {group_name!r}"))
     for name, g in spec.groups.items():
         if g.source == "detector" and g.label_column is not None:
-            problems.append(
-                (_where(("groups", name, "label_column"), lines), "detector groups take no label_column")
-            )
+            problems.append((_where(("groups", name, "label_column"), lines), "detector groups take no label_column"))
     if not any(g.source == "classifier" for g in spec.groups.values()):
         problems.append((_where(("groups",), lines), "at least one group must come from the classifier"))
     return problems
