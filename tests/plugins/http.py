@@ -1,0 +1,1 @@
+"""Pytest fixtures: http (owned by whoever builds against http)."""

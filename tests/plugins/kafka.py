@@ -1,0 +1,1 @@
+"""Pytest fixtures: kafka (owned by whoever builds against kafka)."""

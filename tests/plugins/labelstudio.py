@@ -1,0 +1,1 @@
+"""Pytest fixtures: labelstudio (owned by whoever builds against labelstudio)."""

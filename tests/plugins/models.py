@@ -1,0 +1,1 @@
+"""Pytest fixtures: models (owned by whoever builds against models)."""

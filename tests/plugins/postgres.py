@@ -1,0 +1,1 @@
+"""Pytest fixtures: postgres (owned by whoever builds against postgres)."""
