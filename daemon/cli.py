@@ -15,6 +15,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main() -> None:
+    """ShelfSight command line."""
+
+
 def _register() -> None:
     from daemon import commands_tag
 

@@ -1,12 +1,151 @@
-"""`shelfsight tag`: tag images or URLs with a model bundle (filled in below)."""
+"""`shelfsight tag`: what would ShelfSight say about these product photos?
+
+Reads local files or http(s) URLs (fetched with the same size/time limits and address guard as the
+daemon), tags them with one model bundle, prints attributes with confidences (or JSON), and can draw
+boxes and attribute labels onto a PNG. A bad image gets a one-line error naming it; the exit status is
+non-zero only when nothing at all could be tagged.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from learner.engine import ImageTags, TagError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def tag() -> None:
-        """Tag product images (work in progress)."""
-        raise typer.Exit(2)
+    app.command()(tag)
+
+
+def tag(
+    images: list[str] = typer.Argument(..., help="Image files or http(s) URLs."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
+    draw: Path | None = typer.Option(None, "--draw", help="Write a PNG with boxes and labels (first image)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    top_k: int = typer.Option(3, help="Candidate values shown per attribute group."),
+    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    max_bytes: int = typer.Option(20_000_000, help="Largest image download accepted."),
+    allow_private_networks: bool = typer.Option(
+        False, help="Allow URLs that resolve to loopback/private addresses (refused by default)."
+    ),
+) -> None:
+    """Tag product images with catalog attributes and confidences."""
+    from learner.bundle import BundleError, load_bundle
+    from learner.engine import TaggingEngine
+
+    try:
+        bundle = load_bundle(model)
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine = TaggingEngine(bundle, device=device, top_k=top_k)
+
+    loaded: list[tuple[str, bytes | TagError]] = [
+        (name, data) for name, data in _read_all(images, max_bytes, allow_private_networks)
+    ]
+    payloads = [d for _, d in loaded if isinstance(d, bytes)]
+    tagged = iter(engine.tag_bytes(payloads, batch_size=batch_size))
+    results: list[tuple[str, ImageTags | TagError]] = [
+        (name, next(tagged) if isinstance(d, bytes) else d) for name, d in loaded
+    ]
+
+    ok = 0
+    for name, r in results:
+        if isinstance(r, TagError):
+            typer.echo(f"error: {name}: {r.reason}: {r.message}", err=True)
+        else:
+            ok += 1
+    if as_json:
+        doc = {
+            "model_version": bundle.model_version,
+            "images": [{"image": name, **r.to_dict()} for name, r in results],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        for name, r in results:
+            if isinstance(r, ImageTags):
+                typer.echo(_format_text(name, r))
+    if draw is not None:
+        first = next(((n, r) for n, r in results if isinstance(r, ImageTags)), None)
+        if first is not None:
+            data = next(d for n, d in loaded if n == first[0] and isinstance(d, bytes))
+            _draw(data, first[1], draw, engine.max_pixels)
+            typer.echo(f"drawing written to {draw}", err=True)
+    if ok == 0:
+        raise typer.Exit(1)
+
+
+def _read_all(names: list[str], max_bytes: int, allow_private: bool) -> list[tuple[str, bytes | TagError]]:
+    out: list[tuple[str, bytes | TagError]] = []
+    fetcher = None
+    for name in names:
+        if name.startswith(("http://", "https://")):
+            from connectors.images import FetchError, ImageFetcher
+
+            if fetcher is None:
+                fetcher = ImageFetcher(max_bytes=max_bytes, allow_private_networks=allow_private)
+            try:
+                out.append((name, fetcher.fetch(name).data))
+            except FetchError as exc:
+                out.append((name, TagError(f"fetch_{exc.reason}", str(exc))))
+            continue
+        path = Path(name)
+        try:
+            if path.stat().st_size > max_bytes:
+                out.append((name, TagError("too_large", f"file is larger than {max_bytes:,} bytes")))
+                continue
+            out.append((name, path.read_bytes()))
+        except FileNotFoundError:
+            out.append((name, TagError("not_found", "no such file")))
+        except OSError as exc:
+            out.append((name, TagError("unreadable", exc.strerror or str(exc))))
+    if fetcher is not None:
+        fetcher.close()
+    return out
+
+
+def _format_text(name: str, tags: ImageTags) -> str:
+    lines = [f"{name}  ({tags.width}x{tags.height}, model {tags.model_version})"]
+    width = max((len(g) for g in tags.attributes), default=0)
+    for group, values in tags.attributes.items():
+        shown = ", ".join(f"{v} {c:.2f}" for v, c in values) or "-"
+        lines.append(f"  {group:<{width}}  {shown}")
+    for d in tags.detections:
+        box = ", ".join(f"{v:.0f}" for v in d.box)
+        lines.append(f"  detected {d.label} {d.score:.2f} at [{box}]")
+    return "\n".join(lines)
+
+
+def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    from learner.imaging import decode_image
+
+    img = decode_image(data, max_pixels=max_pixels)
+    scale = max(1.0, 480 / max(img.size))  # small catalog photos are enlarged so text is legible
+    if scale > 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)))
+    panel_w = 300
+    canvas = Image.new("RGB", (img.width + panel_w, max(img.height, 40 + 18 * len(tags.attributes))), "white")
+    canvas.paste(img, (0, 0))
+    d = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
+    for det in tags.detections:
+        x1, y1, x2, y2 = (v * scale for v in det.box)
+        d.rectangle((x1, y1, x2, y2), outline=(230, 30, 30), width=3)
+        d.text((x1 + 3, y1 + 2), f"{det.label} {det.score:.2f}", fill=(230, 30, 30), font=font)
+    y = 10
+    d.text((img.width + 10, y), f"model {tags.model_version}"[:40], fill=(90, 90, 90), font=font)
+    y += 24
+    for group, values in tags.attributes.items():
+        if values:
+            v, c = values[0]
+            d.text((img.width + 10, y), f"{group}: {v} ({c:.2f})", fill=(0, 0, 0), font=font)
+            y += 18
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+

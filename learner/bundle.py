@@ -89,7 +89,8 @@ class ModelBundle:
         digest = _tensor_digest(tensors)
         manifest = self.manifest(digest)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        # no sort_keys: the order of groups is meaningful
+        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
         tmp.replace(path)  # atomic: a reader never sees half a bundle
         return path
 
