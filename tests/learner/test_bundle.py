@@ -48,7 +48,7 @@ def test_flipped_weight_byte_is_detected_as_corruption(untrained_bundle_path, tm
 def test_truncated_bundle_is_a_clear_error(untrained_bundle_path, tmp_path):
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes(untrained_bundle_path.read_bytes()[:5000])
-    with pytest.raises(BundleError, match="corrupt|truncated"):
+    with pytest.raises(BundleError, match=r"corrupt|truncated"):
         load_bundle(bad)
 
 
