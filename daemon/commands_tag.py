@@ -148,4 +148,3 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
             y += 18
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG")
-
