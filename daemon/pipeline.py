@@ -1,0 +1,522 @@
+"""The enrichment pipeline: events in, tagged attributes committed to the product database, offsets out.
+
+Stages and threads (each stage is one small method; metrics wrap stages, they do not live in them):
+
+    main thread        poll the source -> hand events to the fetch pool; take finished events back,
+                       commit offsets; pause partitions when too much is in flight (backpressure).
+                       It is the only thread that touches the consumer (kafka-python is not thread-safe)
+                       and it never blocks on the GPU or the database, so heartbeats and polls go on.
+    fetch/decode pool  parse the event, fetch each image (retries for transient failures), decode and
+                       resize it on CPU, queue it for inference.
+    inference thread   dynamic batching: a batch closes at `max_images` or `max_delay_ms` after its first
+                       image; one forward pass; events whose images are all tagged go to the writer.
+    writer thread      one database transaction per group of finished events (retried with backoff while
+                       the database is down, never dead-lettered), dead letters for permanent failures
+                       (waiting for the broker's ack), then reports the events as done.
+
+An offset is committed only when every earlier event of its partition is done, and "done" means its
+results are committed in the database (or its dead letter acknowledged): at-least-once delivery, and the
+processing log's idempotency key (product, image digest, model version) makes repeated deliveries write
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connectors.db.store import AttributeValue, DatabaseUnavailable, ProductResult, ProductStore
+from connectors.events import EventRejected, ProductEvent, parse_event
+from connectors.images import FetchError, ImageFetcher
+from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
+from daemon.metrics import ServiceMetrics
+from learner.engine import ImageTags, TaggingEngine
+from learner.imaging import ImageDecodeError, PreparedImage
+
+log = logging.getLogger("shelfsight.pipeline")
+
+TopicPartition = tuple[str, int]
+
+
+class EventSource(Protocol):
+    def poll(self, timeout_ms: int = ..., max_records: int = ...) -> list[SourceRecord]: ...
+    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def lag(self) -> dict[TopicPartition, int]: ...
+    def close(self) -> None: ...
+
+
+DeadLetterSink = Callable[[SourceRecord, str, str, int], None]
+
+
+@dataclass
+class PipelineOptions:
+    max_batch_images: int = 32
+    max_batch_delay_ms: int = 25
+    max_in_flight_events: int = 256
+    decode_workers: int = 4
+    fetch_attempts: int = 3
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 5.0
+    shutdown_timeout_s: float = 30.0
+    lag_interval_s: float = 5.0
+    poll_timeout_ms: int = 200
+
+
+class PermanentFailure(Exception):
+    """This event can never succeed: dead-letter it once."""
+
+    def __init__(self, reason: str, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclass
+class EventJob:
+    record: SourceRecord
+    consumed_at: float
+    event: ProductEvent | None = None
+    images: list[tuple[str, str]] = field(default_factory=list)  # (url, sha256) in event order
+    tags: dict[int, ImageTags] = field(default_factory=dict)
+    expected: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def tp(self) -> TopicPartition:
+        return (self.record.topic, self.record.partition)
+
+
+@dataclass
+class Finished:
+    job: EventJob
+    result: ProductResult | None = None
+    failure: PermanentFailure | None = None
+
+
+@dataclass
+class _InferItem:
+    job: EventJob
+    index: int
+    prepared: PreparedImage
+    queued_at: float
+
+
+class Enricher:
+    def __init__(
+        self,
+        *,
+        source: EventSource,
+        dead_letters: DeadLetterSink,
+        store: ProductStore,
+        fetcher: ImageFetcher,
+        engine: TaggingEngine,
+        metrics: ServiceMetrics,
+        options: PipelineOptions | None = None,
+        source_name: str = "kafka",
+    ) -> None:
+        self.source = source
+        self.dead_letters = dead_letters
+        self.store = store
+        self.fetcher = fetcher
+        self.engine = engine
+        self.metrics = metrics
+        self.opts = options or PipelineOptions()
+        self.source_name = source_name
+        self.tracker = OffsetTracker()
+        self.stop_event = threading.Event()  # graceful: stop consuming, finish in-flight work
+        self._abort = threading.Event()  # hard: give up waiting (shutdown timeout)
+        self._infer_q: queue.Queue[_InferItem | None] = queue.Queue()
+        self._write_q: queue.Queue[Finished | None] = queue.Queue()
+        self._done_q: queue.Queue[EventJob] = queue.Queue()
+        self._jobs: dict[tuple[str, int, int], EventJob] = {}
+        self._pool = ThreadPoolExecutor(max_workers=self.opts.decode_workers, thread_name_prefix="fetch")
+        self._threads: list[threading.Thread] = []
+        self._paused = False
+        self._last_lag = 0.0
+        self.ready = threading.Event()
+        self.heartbeat = time.monotonic()
+
+    # ---------------------------------------------------------------------------------------------
+    # main thread
+    # ---------------------------------------------------------------------------------------------
+    def run(self, exit_when_idle: Callable[[], bool] | None = None) -> None:
+        """Run until `stop_event` is set (or, with `exit_when_idle`, until the source has nothing left)."""
+        self._start_threads()
+        self.metrics.set_model(
+            self.engine.model_version, self.engine.bundle.classifier.backbone_name, self.engine.bundle.taxonomy.name
+        )
+        self.ready.set()
+        self.metrics.up.set(1)
+        try:
+            while not self.stop_event.is_set():
+                self.heartbeat = time.monotonic()
+                self._consume_once()
+                self._drain_done()
+                self._commit()
+                self._apply_backpressure()
+                self._report_lag()
+                if exit_when_idle is not None and not self._jobs and exit_when_idle():
+                    break
+            self._shutdown()
+        finally:
+            self.ready.clear()
+            self.metrics.up.set(0)
+            self._stop_threads()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def _consume_once(self) -> None:
+        if self._paused:
+            time.sleep(self.opts.poll_timeout_ms / 1000)
+            # kafka-python keeps heartbeating from its own thread; polling a paused consumer is harmless
+        records = self.source.poll(timeout_ms=self.opts.poll_timeout_ms)
+        now = time.monotonic()
+        for record in records:
+            key = (record.topic, record.partition, record.offset)
+            if key in self._jobs:  # redelivered while still in flight (after a seek); keep the first
+                continue
+            job = EventJob(record=record, consumed_at=now)
+            self._jobs[key] = job
+            self.tracker.add((record.topic, record.partition), record.offset)
+            self.metrics.events_consumed.labels(self.source_name).inc()
+            self._pool.submit(self._prepare_event, job)
+        self.metrics.in_flight.set(len(self._jobs))
+
+    def _drain_done(self, timeout_s: float = 0.0) -> int:
+        n = 0
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                job = self._done_q.get(timeout=remaining) if remaining > 0 and n == 0 else self._done_q.get_nowait()
+            except queue.Empty:
+                break
+            self._jobs.pop((job.record.topic, job.record.partition, job.record.offset), None)
+            self.tracker.done(job.tp, job.record.offset)
+            n += 1
+        if n:
+            self.metrics.in_flight.set(len(self._jobs))
+        return n
+
+    def _commit(self) -> None:
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            self.source.commit(offsets)
+            self.tracker.committed(offsets)
+        except TransientKafkaError as exc:
+            self.metrics.retries.labels("commit").inc()
+            log.warning("offset commit failed, will retry: %s", exc)
+
+    def _apply_backpressure(self) -> None:
+        full = len(self._jobs) >= self.opts.max_in_flight_events
+        if full and not self._paused:
+            self.source.pause(self.source.assignment())
+            self._paused = True
+        elif not full and self._paused and len(self._jobs) <= self.opts.max_in_flight_events // 2:
+            self.source.resume(self.source.assignment())
+            self._paused = False
+        self.metrics.paused_partitions.set(len(self.source.assignment()) if self._paused else 0)
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < self.opts.lag_interval_s:
+            return
+        self._last_lag = now
+        try:
+            for (topic, partition), lag in self.source.lag().items():
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+        except Exception as exc:  # noqa: BLE001 - lag is best-effort monitoring, never fatal
+            log.debug("lag unavailable: %s", exc)
+
+    def on_partitions_revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Rebalance: finish and commit in-flight events of partitions we are losing, then forget them."""
+        revoked = set(partitions)
+        deadline = time.monotonic() + self.opts.shutdown_timeout_s
+        while any(j.tp in revoked for j in self._jobs.values()) and time.monotonic() < deadline:
+            self._drain_done(timeout_s=0.1)
+        offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in revoked}
+        if offsets:
+            try:
+                self.source.commit(offsets)
+            except TransientKafkaError as exc:
+                log.warning("commit on revocation failed (the next owner may redo some events): %s", exc)
+        for key in [k for k, j in self._jobs.items() if j.tp in revoked]:
+            self._jobs.pop(key)  # unfinished: the new owner will redo them; writes are idempotent
+        self.tracker.forget(revoked)
+
+    def _shutdown(self) -> None:
+        """Graceful stop: nothing new is consumed; in-flight events finish, are written and committed."""
+        log.info("stopping: finishing %d in-flight events", len(self._jobs))
+        deadline = time.monotonic() + self.opts.shutdown_timeout_s
+        while self._jobs and time.monotonic() < deadline:
+            self._drain_done(timeout_s=0.1)
+            self._commit()
+        if self._jobs:
+            log.warning("shutdown timeout: %d events left uncommitted (they will be redelivered)", len(self._jobs))
+        self._commit()
+
+    # ---------------------------------------------------------------------------------------------
+    # fetch / decode pool
+    # ---------------------------------------------------------------------------------------------
+    def _prepare_event(self, job: EventJob) -> None:
+        started = time.monotonic()
+        self.metrics.stage_seconds.labels("queue").observe(started - job.consumed_at)
+        try:
+            try:
+                job.event = parse_event(job.record.value)
+            except EventRejected as exc:
+                raise PermanentFailure(exc.reason, str(exc)) from None
+            prepared: list[PreparedImage] = []
+            for url in job.event.image_urls:
+                data, digest = self._fetch(url)
+                t0 = time.monotonic()
+                try:
+                    prepared.append(self.engine.prepare(data))
+                except ImageDecodeError as exc:
+                    raise PermanentFailure(f"image_{exc.reason}", f"{url}: {exc}") from None
+                finally:
+                    self.metrics.stage_seconds.labels("decode").observe(time.monotonic() - t0)
+                job.images.append((url, digest))
+            job.expected = len(prepared)
+            now = time.monotonic()
+            for i, p in enumerate(prepared):
+                self._infer_q.put(_InferItem(job, i, p, now))
+        except PermanentFailure as failure:
+            self._write_q.put(Finished(job, failure=failure))
+        except _Aborted:
+            return  # shutting down hard; the event stays uncommitted and will be redelivered
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the event silently
+            log.exception("unexpected error preparing %s", job.record.offset)
+            self._write_q.put(Finished(job, failure=PermanentFailure("internal_error", repr(exc))))
+
+    def _fetch(self, url: str) -> tuple[bytes, str]:
+        delay = self.opts.retry_initial_s
+        for attempt in range(1, self.opts.fetch_attempts + 1):
+            t0 = time.monotonic()
+            try:
+                fetched = self.fetcher.fetch(url)
+                return fetched.data, fetched.sha256
+            except FetchError as exc:
+                reason = f"fetch_{exc.reason}"
+                if not exc.transient:
+                    raise PermanentFailure(reason, f"{url}: {exc}", attempt) from None
+                self.metrics.events_failed.labels(reason, "transient").inc()
+                if attempt == self.opts.fetch_attempts:
+                    raise PermanentFailure(reason, f"{url}: {exc} (after {attempt} attempts)", attempt) from None
+                self.metrics.retries.labels("fetch").inc()
+                self._sleep(delay)
+                delay = min(delay * 2, self.opts.retry_max_s)
+            finally:
+                self.metrics.stage_seconds.labels("fetch").observe(time.monotonic() - t0)
+        raise AssertionError("unreachable")
+
+    def _sleep(self, seconds: float) -> None:
+        if self._abort.wait(seconds):
+            raise _Aborted
+
+    # ---------------------------------------------------------------------------------------------
+    # inference thread
+    # ---------------------------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        while True:
+            first = self._infer_q.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.opts.max_batch_delay_ms / 1000
+            while len(batch) < self.opts.max_batch_images:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._infer_q.get(timeout=remaining) if remaining > 0 else self._infer_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._infer_q.put(None)  # re-post the sentinel for the outer loop
+                    break
+                batch.append(item)
+            self._infer_batch(batch)
+
+    def _infer_batch(self, batch: list[_InferItem]) -> None:
+        t0 = time.monotonic()
+        for item in batch:
+            self.metrics.stage_seconds.labels("queue").observe(t0 - item.queued_at)
+        try:
+            results = self.engine.infer([item.prepared for item in batch])
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA OOM: retry images one by one
+            log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
+            for item in batch:
+                try:
+                    (tags,) = self.engine.infer([item.prepared])
+                    self._image_done(item, tags)
+                except Exception as exc2:  # noqa: BLE001
+                    self._write_q.put(Finished(item.job, failure=PermanentFailure("inference_error", repr(exc2))))
+            return
+        self.metrics.stage_seconds.labels("inference").observe(time.monotonic() - t0)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.images_processed.inc(len(batch))
+        for item, tags in zip(batch, results, strict=True):
+            self._image_done(item, tags)
+
+    def _image_done(self, item: _InferItem, tags: ImageTags) -> None:
+        job = item.job
+        with job.lock:
+            job.tags[item.index] = tags
+            complete = len(job.tags) == job.expected
+        if complete:
+            self._write_q.put(Finished(job, result=self._product_result(job)))
+
+    def _product_result(self, job: EventJob) -> ProductResult:
+        assert job.event is not None
+        tags = [job.tags[i] for i in range(job.expected)]
+        digests = [d for _, d in job.images]
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
+        return ProductResult(
+            product_id=job.event.product_id,
+            title=job.event.title,
+            category_hint=job.event.category_hint,
+            event_id=job.event.event_id,
+            image_url=job.images[0][0],
+            image_digest=digest,
+            model_version=tags[0].model_version,
+            attributes=merge_attributes(tags, self.engine.bundle.taxonomy),
+            source=f"{self.source_name}:{job.record.topic}/{job.record.partition}@{job.record.offset}",
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    # writer thread
+    # ---------------------------------------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        while True:
+            first = self._write_q.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < 256:
+                try:
+                    item = self._write_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._write_q.put(None)
+                    break
+                group.append(item)
+            try:
+                self._write_group(group)
+            except _Aborted:
+                return
+
+    def _write_group(self, group: list[Finished]) -> None:
+        results = [f.result for f in group if f.result is not None]
+        if results:
+            t0 = time.monotonic()
+            stats = self._retry_forever("database", lambda: self.store.write_results(results))
+            self.metrics.stage_seconds.labels("write").observe(time.monotonic() - t0)
+            self.metrics.events_processed.labels("tagged").inc(stats.written)
+            if stats.duplicates:
+                self.metrics.events_processed.labels("skipped_duplicate").inc(stats.duplicates)
+        for f in group:
+            if f.failure is not None:
+                failure = f.failure
+                self._retry_forever(
+                    "dead_letter",
+                    lambda f=f, failure=failure: self.dead_letters(
+                        f.job.record, failure.reason, str(failure), failure.attempts
+                    ),
+                )
+                self.metrics.events_failed.labels(failure.reason, "permanent").inc()
+                self.metrics.dead_letters.labels(failure.reason).inc()
+                log.info("dead-lettered offset %s: %s: %s", f.job.record.offset, failure.reason, failure)
+        now = time.monotonic()
+        for f in group:
+            self.metrics.event_latency.observe(now - f.job.consumed_at)
+            self._done_q.put(f.job)
+
+    def _retry_forever(self, operation: str, fn: Callable[[], Any]) -> Any:
+        """Transient infrastructure failures (database or broker down) are retried, never dead-lettered."""
+        delay = self.opts.retry_initial_s
+        while True:
+            try:
+                return fn()
+            except (DatabaseUnavailable, TransientKafkaError) as exc:
+                self.metrics.retries.labels(operation).inc()
+                self.metrics.events_failed.labels(f"{operation}_unavailable", "transient").inc()
+                log.warning("%s unavailable, retrying in %.1fs: %s", operation, delay, exc)
+                self._sleep(delay)
+                delay = min(delay * 2, self.opts.retry_max_s)
+
+    # ---------------------------------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        for name, target in (("inference", self._inference_loop), ("writer", self._writer_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _stop_threads(self) -> None:
+        self._abort.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._infer_q.put(None)
+        self._write_q.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+class _Aborted(Exception):
+    pass
+
+
+def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValue]:
+    """One value per attribute group for a product with one or more images.
+
+    Single-choice groups take the image whose best value is most confident (with that image's
+    alternatives); multi-label groups take the union of values (stored as a JSON array), each at its
+    highest confidence, with the box of the strongest detection when the values come from the detector.
+    """
+    out: list[AttributeValue] = []
+    for g in taxonomy.groups:
+        if g.multi_label:
+            best: dict[str, float] = {}
+            for t in tags:
+                for v, c in t.attributes.get(g.name, []):
+                    best[v] = max(best.get(v, 0.0), c)
+            if not best:
+                continue
+            values = sorted(best, key=lambda v: -best[v])
+            boxes = [d for t in tags for d in t.detections if d.attributes.get(g.name) in best]
+            box = list(max(boxes, key=lambda d: d.score).box) if boxes else None
+            out.append(
+                AttributeValue(
+                    attribute=g.name,
+                    value=json.dumps(values),
+                    confidence=best[values[0]],
+                    alternatives=[{"value": v, "confidence": round(best[v], 4)} for v in values],
+                    box=box,
+                )
+            )
+        else:
+            candidates = [t.attributes[g.name] for t in tags if t.attributes.get(g.name)]
+            if not candidates:
+                continue
+            chosen = max(candidates, key=lambda vals: vals[0][1])
+            out.append(
+                AttributeValue(
+                    attribute=g.name,
+                    value=chosen[0][0],
+                    confidence=chosen[0][1],
+                    alternatives=[{"value": v, "confidence": round(c, 4)} for v, c in chosen],
+                )
+            )
+    return out
