@@ -21,9 +21,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from daemon import commands_tag
+    from daemon import commands_run, commands_tag
 
     commands_tag.register(app)
+    commands_run.register(app)
 
 
 _register()

@@ -177,6 +177,10 @@ class Enricher:
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def abort(self) -> None:
+        """Stop waiting for in-flight work (second signal, or shutdown timeout)."""
+        self._abort.set()
+
     def _consume_once(self) -> None:
         if self._paused:
             time.sleep(self.opts.poll_timeout_ms / 1000)

@@ -1,0 +1,194 @@
+"""Composition root of the enrichment daemon: settings in, a running `Enricher` out.
+
+Builds the engine from the model bundle, the product store (migrated), the image fetcher, the event
+source (Kafka or the local default) and its dead-letter sink, the metrics registry and the health server,
+and stops them in order. Signal handling lives here: SIGTERM/SIGINT ask for a graceful stop (finish the
+in-flight batch, write, commit, leave the group); a second signal stops waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.config import Settings, redact_url
+from daemon.metrics import ServiceMetrics
+from daemon.pipeline import DeadLetterSink, Enricher, EventSource, PipelineOptions
+
+log = logging.getLogger("shelfsight.service")
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says what to do."""
+
+
+@dataclass
+class Service:
+    enricher: Enricher
+    metrics: ServiceMetrics
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+    idle: Callable[[], bool] | None = None
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - closing must go on
+                log.warning("error while closing: %s", exc)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
+    from connectors.db.store import ProductStore
+    from connectors.images import ImageFetcher
+    from learner.bundle import BundleError, load_bundle
+    from learner.engine import TaggingEngine
+
+    metrics = metrics or ServiceMetrics()
+    closers: list[Callable[[], Any]] = []
+
+    if not settings.model_path.is_file():
+        raise StartupError(
+            f"no model bundle at {settings.model_path}: train one (`shelfsight train ... --out {settings.model_path}`),"
+            " run `shelfsight demo`, or set SHELFSIGHT_MODEL_PATH"
+        )
+    try:
+        bundle = load_bundle(settings.model_path)
+    except BundleError as exc:
+        raise StartupError(str(exc)) from None
+    engine = TaggingEngine(bundle, device=settings.device, max_pixels=settings.max_pixels)
+    log.info("model %s on %s", bundle.model_version, engine.device)
+
+    if settings.database_url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    store = ProductStore(settings.database_url)
+    closers.append(store.close)
+    log.info("product database %s", redact_url(settings.database_url))
+    store.migrate()
+
+    f = settings.fetch
+    fetcher = ImageFetcher(
+        connect_timeout_s=f.connect_timeout_s,
+        read_timeout_s=f.read_timeout_s,
+        total_timeout_s=f.total_timeout_s,
+        max_bytes=f.max_bytes,
+        max_redirects=f.max_redirects,
+        max_concurrency=f.concurrency,
+        allow_private_networks=f.allow_private_networks,
+        file_root=f.file_root,
+    )
+    closers.append(fetcher.close)
+
+    revoke_hook: list[Callable[[Any], None]] = []
+    source, dead_letters, idle, source_name = _build_source(settings, revoke_hook, closers)
+
+    b = settings.batch
+    options = PipelineOptions(
+        max_batch_images=b.max_images,
+        max_batch_delay_ms=b.max_delay_ms,
+        max_in_flight_events=b.max_in_flight_events,
+        decode_workers=b.decode_workers,
+        fetch_attempts=f.attempts,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    enricher = Enricher(
+        source=source,
+        dead_letters=dead_letters,
+        store=store,
+        fetcher=fetcher,
+        engine=engine,
+        metrics=metrics,
+        options=options,
+        source_name=source_name,
+    )
+    revoke_hook.append(enricher.on_partitions_revoked)
+    return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle)
+
+
+def _build_source(
+    settings: Settings, revoke_hook: list[Callable[[Any], None]], closers: list[Callable[[], Any]]
+) -> tuple[EventSource, DeadLetterSink, Callable[[], bool] | None, str]:
+    if settings.source == "kafka":
+        from connectors.kafka import DeadLetterPublisher, KafkaEventSource
+
+        k = settings.kafka
+        source = KafkaEventSource(
+            bootstrap_servers=k.bootstrap_servers,
+            topic=k.topic,
+            group_id=k.group_id,
+            client_id=k.client_id,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            max_poll_records=k.max_poll_records,
+            on_revoke=lambda parts: [hook(parts) for hook in revoke_hook],
+        )
+        publisher = DeadLetterPublisher(bootstrap_servers=k.bootstrap_servers, topic=k.dead_letter_topic)
+        closers.append(publisher.close)
+        closers.append(source.close)
+        return source, publisher.publish, None, "kafka"
+
+    from connectors.local_source import LocalDirectorySource, StdinSource
+
+    local = settings.local
+    if local.stdin:
+        stdin_source = StdinSource(sys.stdin.buffer)
+        return stdin_source, stdin_source.dead_letter, stdin_source.idle if local.exit_when_idle else None, "stdin"
+    dir_source = LocalDirectorySource(local.events_dir)
+    log.info("reading events from %s (dead letters in %s)", local.events_dir, dir_source.dead_dir)
+    return dir_source, dir_source.dead_letter, dir_source.idle if local.exit_when_idle else None, "local"
+
+
+def run_service(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (or until idle, when configured). Returns the process exit status."""
+    from daemon.http import HealthServer, main_loop_alive
+
+    service = build_service(settings)
+    enricher = service.enricher
+    server = None
+    if settings.http_port:
+        server = HealthServer(
+            settings.http_host,
+            settings.http_port,
+            service.metrics.registry,
+            ready=enricher.ready.is_set,
+            alive=main_loop_alive(lambda: enricher.heartbeat),
+        ).start()
+        log.info("health and metrics on http://%s:%d", settings.http_host, server.port)
+
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        log.info("signal %s: graceful stop", signal.Signals(signum).name)
+        enricher.request_stop()
+        if signals["count"] > 1:
+            enricher.abort()  # second signal: stop waiting for in-flight work
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        enricher.run(exit_when_idle=service.idle)
+    finally:
+        if server is not None:
+            server.stop()
+        service.close()
+    log.info("stopped")
+    return 0
