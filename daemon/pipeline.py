@@ -243,7 +243,7 @@ class Enricher:
         try:
             for (topic, partition), lag in self.source.lag().items():
                 self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
-        except Exception as exc:  # noqa: BLE001 - lag is best-effort monitoring, never fatal
+        except Exception as exc:
             log.debug("lag unavailable: %s", exc)
 
     def on_partitions_revoked(self, partitions: Iterable[TopicPartition]) -> None:
@@ -303,7 +303,7 @@ class Enricher:
             self._write_q.put(Finished(job, failure=failure))
         except _Aborted:
             return  # shutting down hard; the event stays uncommitted and will be redelivered
-        except Exception as exc:  # noqa: BLE001 - a bug must not lose the event silently
+        except Exception as exc:
             log.exception("unexpected error preparing %s", job.record.offset)
             self._write_q.put(Finished(job, failure=PermanentFailure("internal_error", repr(exc))))
 
@@ -360,13 +360,13 @@ class Enricher:
             self.metrics.stage_seconds.labels("queue").observe(t0 - item.queued_at)
         try:
             results = self.engine.infer([item.prepared for item in batch])
-        except Exception as exc:  # noqa: BLE001 - e.g. CUDA OOM: retry images one by one
+        except Exception as exc:
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for item in batch:
                 try:
                     (tags,) = self.engine.infer([item.prepared])
                     self._image_done(item, tags)
-                except Exception as exc2:  # noqa: BLE001
+                except Exception as exc2:
                     self._write_q.put(Finished(item.job, failure=PermanentFailure("inference_error", repr(exc2))))
             return
         self.metrics.stage_seconds.labels("inference").observe(time.monotonic() - t0)

@@ -38,7 +38,7 @@ class Service:
         for close in reversed(self.closers):
             try:
                 close()
-            except Exception as exc:  # noqa: BLE001 - closing must go on
+            except Exception as exc:
                 log.warning("error while closing: %s", exc)
 
 
