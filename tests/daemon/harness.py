@@ -170,7 +170,7 @@ class Db:
     def processed(self) -> int:
         try:
             return int(self.scalar("SELECT COUNT(*) FROM processing_log") or 0)
-        except Exception:  # noqa: BLE001 - the table may not exist before the daemon migrated
+        except Exception:
             return 0
 
 
