@@ -1,0 +1,120 @@
+"""SQLAlchemy 2 declarative models of the product database: products, their current attributes, and the
+processing log that makes writes idempotent.
+
+The migrations in `connectors/db/migrations/versions/` are the source of truth for the schema that exists in a
+database; these models must describe the same thing (a test compares them). This module defines tables only:
+no engines, no sessions, no queries (those live in `store.py`), and it must not import `daemon/` or `learner/`.
+
+Encoding notes, for anyone reading the tables directly:
+- `product_attributes.value` is text. For a multi-label group it is a JSON array of labels encoded as text
+  (e.g. '["floral","striped"]') and `value_is_list` is true; otherwise it is the label itself.
+- `alternatives` is JSON: the model's top-k as [{"value": str, "confidence": float}, ...] ([] for humans).
+- `box` is JSON [x1, y1, x2, y2] in pixels of the original image, or null.
+- JSON columns are JSONB on PostgreSQL and JSON text on SQLite.
+- Timestamps are timezone-aware UTC on PostgreSQL; SQLite stores them without a zone, and the store reads
+  them back as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    product_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    title: Mapped[str | None] = mapped_column(Text)
+    category_hint: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    last_event_id: Mapped[str | None] = mapped_column(Text)
+
+
+class ProductAttribute(Base):
+    """The current value of one attribute of one product; (product_id, attribute) is the primary key, so there
+    is exactly one row per pair. A row with source 'human' is never overwritten by the model."""
+
+    __tablename__ = "product_attributes"
+    __table_args__ = (
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
+        CheckConstraint("source IN ('model', 'human')", name="source_kind"),
+        CheckConstraint(
+            "(source = 'model' AND model_version IS NOT NULL AND annotator IS NULL)"
+            " OR (source = 'human' AND annotator IS NOT NULL)",
+            name="provenance",
+        ),
+    )
+
+    product_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("products.product_id", ondelete="CASCADE"), primary_key=True
+    )
+    attribute: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    value_is_list: Mapped[bool] = mapped_column(nullable=False, server_default=false())
+    confidence: Mapped[float] = mapped_column(Float, nullable=False)
+    alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
+    source: Mapped[str] = mapped_column(String(8), nullable=False)
+    model_version: Mapped[str | None] = mapped_column(Text)
+    box: Mapped[list[float] | None] = mapped_column(JsonType)
+    image_digest: Mapped[str | None] = mapped_column(Text)
+    annotator: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+class ProcessingLog(Base):
+    """One row per (product_id, image_digest, model_version) ever written; `attempts` counts how many times
+    that key was written, so attempts > 1 means the same result was processed more than once (a redelivered
+    event, a replay after a crash)."""
+
+    __tablename__ = "processing_log"
+    __table_args__ = (
+        UniqueConstraint("product_id", "image_digest", "model_version"),
+        CheckConstraint("attempts >= 1", name="attempts_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    product_id: Mapped[str] = mapped_column(Text, nullable=False)
+    image_digest: Mapped[str] = mapped_column(Text, nullable=False)
+    model_version: Mapped[str] = mapped_column(Text, nullable=False)
+    image_url: Mapped[str] = mapped_column(Text, nullable=False)
+    event_id: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    first_processed_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
