@@ -25,6 +25,9 @@ def _register() -> None:
 
     commands_tag.register(app)
     commands_run.register(app)
+    from daemon import commands_learner
+
+    commands_learner.register(app)
 
 
 _register()

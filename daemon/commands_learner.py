@@ -1,0 +1,179 @@
+"""`shelfsight train` and `shelfsight evaluate`: fine-tune a classifier into a model bundle, and measure a
+bundle on any labelled set.
+
+This file only turns command-line options into `learner.train.TrainConfig` / `learner.evaluate` calls
+and prints results; the recipe's defaults live in `TrainConfig` (one place). Every expected failure
+(missing data, invalid taxonomy, unreadable bundle, unknown backbone, weights not installed) prints one
+clear message on stderr and exits with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from learner.train import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def train_command(
+    data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
+    taxonomy: str = typer.Option(..., "--taxonomy", help="Taxonomy YAML file, or a built-in name (fashion-products)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the model bundle (.safetensors)."),
+    backbone: str = typer.Option(_DEFAULTS.backbone, help="tf_efficientnet_lite0/1/2 or a torchvision classifier."),
+    epochs: int = typer.Option(_DEFAULTS.epochs, help="Maximum epochs (cosine schedule spans them all)."),
+    freeze_stages: int = typer.Option(_DEFAULTS.freeze_stages, help="Backbone stages frozen, from the input."),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size),
+    lr: float = typer.Option(_DEFAULTS.lr, help="Peak learning rate of the heads."),
+    backbone_lr_decay: float = typer.Option(_DEFAULTS.backbone_lr_decay, help="LR factor per earlier stage."),
+    weight_decay: float = typer.Option(_DEFAULTS.weight_decay),
+    warmup_epochs: float = typer.Option(_DEFAULTS.warmup_epochs),
+    label_smoothing: float = typer.Option(_DEFAULTS.label_smoothing),
+    class_weight_power: float = typer.Option(
+        _DEFAULTS.class_weight_power, help="Class weight = frequency ** -power (0 = unweighted)."
+    ),
+    ema_decay: float = typer.Option(_DEFAULTS.ema_decay, help="Weight moving average decay (0 = off)."),
+    patience: int = typer.Option(_DEFAULTS.patience, help="Early stopping patience in epochs (0 = off)."),
+    input_size: int | None = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
+    dropout: float = typer.Option(_DEFAULTS.dropout),
+    seed: int = typer.Option(_DEFAULTS.seed),
+    group_by: str | None = typer.Option(None, help="Column that groups photos of one product for the split."),
+    image_column: str | None = typer.Option(None, help="Column naming the image file (default: image, else id)."),
+    split_salt: str = typer.Option(_DEFAULTS.split.salt, help="Salt of the product-id split hash."),
+    val_fraction: float = typer.Option(_DEFAULTS.split.val),
+    train_fraction: float = typer.Option(_DEFAULTS.split.train),
+    report_dir: Path | None = typer.Option(None, help="Also write val/ and test/ evaluation reports here."),
+    device: str = typer.Option(_DEFAULTS.device, help="auto, cpu, cuda or cuda:N."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Data loader processes (default: 0 on CPU, 4 on CUDA)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Fine-tune an attribute classifier and write a model bundle (selection on the validation split)."""
+    from learner.backbones import PretrainedWeightsUnavailable
+    from learner.data import DataError, SplitRule, load_labelled_set
+    from learner.report import build_report, write_report
+    from learner.taxonomy import TaxonomyError, load_taxonomy
+    from learner.train import train
+
+    started = time.time()
+    try:
+        tax = load_taxonomy(taxonomy)
+        labelled = load_labelled_set(data, tax, image_column=image_column, group_column=group_by)
+        config = TrainConfig(
+            backbone=backbone,
+            input_size=input_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            backbone_lr_decay=backbone_lr_decay,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            freeze_stages=freeze_stages,
+            label_smoothing=label_smoothing,
+            class_weight_power=class_weight_power,
+            dropout=dropout,
+            ema_decay=ema_decay,
+            patience=patience,
+            seed=seed,
+            device=device,
+            threads=threads,
+            workers=workers,
+            split=SplitRule(salt=split_salt, train=train_fraction, val=val_fraction),
+            progress=progress,
+        )
+        counts = labelled.summary(config.split)["split_counts"]
+        typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
+        result = train(config, labelled, out)
+    except TaxonomyError as exc:
+        raise _fail(str(exc)) from None
+    except (DataError, PretrainedWeightsUnavailable, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+    bundle = result.bundle
+    typer.echo(f"bundle: {result.bundle_path} ({bundle.model_version})")
+    typer.echo(f"best epoch {bundle.lineage['best_epoch']} of {bundle.lineage['epochs_run']}")
+    for split_name, metrics in (("validation", result.validation), ("test", result.test)):
+        if metrics is not None:
+            typer.echo(f"{split_name}: {_one_line(metrics)}")
+    if report_dir is not None:
+        for split_name, metrics in (("val", result.validation), ("test", result.test)):
+            if metrics is None:
+                continue
+            report = build_report(
+                metrics,
+                model_version=bundle.model_version,
+                split=split_name,
+                data={**labelled.summary(), "evaluated": counts.get(split_name, 0)},
+                split_rule=bundle.lineage["split"],
+                bundle_path=str(result.bundle_path),
+            )
+            paths = write_report(report, report_dir / split_name)
+            typer.echo(f"{split_name} report: {', '.join(str(p) for p in paths.values())}")
+    typer.echo(f"wall time {time.time() - started:.0f} s")
+
+
+def evaluate_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors)."),
+    data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
+    split: str = typer.Option("test", help="test, val, train or all (the bundle's own split rule)."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and the PNG charts."),
+    group_by: str | None = typer.Option(None, help="Split grouping column (default: the bundle's)."),
+    image_column: str | None = typer.Option(None, help="Column naming the image file (default: image, else id)."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration."""
+    from learner.bundle import BundleError, load_bundle
+    from learner.data import SPLITS, DataError, load_labelled_set
+    from learner.evaluate import evaluate_bundle, split_rule_of
+    from learner.report import build_report, write_report
+
+    if split not in (*SPLITS, "all"):
+        raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
+    try:
+        bundle = load_bundle(bundle_path)
+        group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
+        labelled = load_labelled_set(data, bundle.taxonomy, image_column=image_column, group_column=group_column)
+        rule = split_rule_of(bundle)
+        metrics, n = evaluate_bundle(bundle, labelled, split, rule, batch_size=batch_size, device=device)
+    except (BundleError, DataError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    report = build_report(
+        metrics,
+        model_version=bundle.model_version,
+        split=split,
+        data={**labelled.summary(), "evaluated": n},
+        split_rule=rule.to_dict() if split != "all" else None,
+        bundle_path=str(bundle_path),
+    )
+    paths = write_report(report, out)
+    typer.echo(f"{split} ({n} images): {_one_line(metrics)}")
+    typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "val", "test"))
+
+
+def _one_line(metrics: dict[str, Any]) -> str:
+    parts = []
+    for name, m in metrics["groups"].items():
+        if m.get("top1") is not None:
+            parts.append(f"{name} {m['top1']:.3f}/{m['macro_f1']:.3f}")
+    s = metrics["summary"]
+    return "top-1/macro-F1 " + " ".join(parts) + f" | mean top-1 {json.dumps(round(s['mean_top1'] or 0, 4))}"
