@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def in_ci() -> bool:
 
 def require_tool(name: str, install_hint: str) -> str:
     """Path of executable `name`; skips (outside CI) or fails (in CI) when it is missing."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))  # venv not activated
     if path:
         return path
     if in_ci():
