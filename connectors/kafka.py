@@ -296,7 +296,7 @@ class KafkaEventSource:
                 offset=r.offset,
                 key=r.key,
                 value=r.value,
-                headers=list(r.headers or []),
+                headers=[(k, v if v is not None else b"") for k, v in r.headers or ()],  # null header -> b""
                 timestamp_ms=r.timestamp,
             )
             for records in batches.values()

@@ -395,6 +395,9 @@ class KafkaBroker:
             # groups: no initial delay, and allow the short session timeouts tests use
             "group.initial.rebalance.delay.ms": "0",
             "group.min.session.timeout.ms": "1000",
+            # after a kill, the new incarnation waits for the old one's session to expire (default 9 s)
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "1000",
             # small machine
             "num.network.threads": "2",
             "num.io.threads": "2",

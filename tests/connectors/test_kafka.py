@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from kafka_server import KafkaBroker
+from kafka_server import KafkaBroker, free_port
 
 from connectors.events import parse_event
 from connectors.kafka import (
@@ -308,3 +308,9 @@ def test_ensure_topics_creates_missing_topics_once(kafka_broker: KafkaBroker) ->
     name = f"ensure-{uuid.uuid4().hex[:8]}"
     assert ensure_topics(kafka_broker.bootstrap, {name: 2}) == {name}
     assert ensure_topics(kafka_broker.bootstrap, {name: 2}) == set()
+
+
+def test_a_source_without_a_reachable_broker_raises_a_transient_error() -> None:
+    unused = free_port()  # nothing listens there
+    with pytest.raises(TransientKafkaError, match="cannot reach Kafka"):
+        KafkaEventSource(f"127.0.0.1:{unused}", "products.new", new_group(), connect_timeout_ms=1_000)
