@@ -30,9 +30,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -55,6 +55,9 @@ __all__ = ["MIGRATIONS_DIR", "DatabaseUnavailable", "ProductStore"]
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+PRODUCTS = cast(Table, Product.__table__)
+ATTRIBUTES = cast(Table, ProductAttribute.__table__)
+PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
 HUMAN = "human"
 # product_attributes columns an upsert replaces (everything but the key)
 _ATTRIBUTE_VALUE_COLUMNS = (
@@ -182,8 +185,8 @@ class ProductStore:
             return WriteStats()
         now = _now()
         written = duplicates = kept = 0
-        log_table = ProcessingLog.__table__
-        attr_table = ProductAttribute.__table__
+        log_table = PROCESSING_LOG
+        attr_table = ATTRIBUTES
         # A fixed order of row locks across concurrent writers makes deadlocks unlikely.
         ordered = sorted(results, key=lambda r: (r.product_id, r.image_digest, r.model_version))
         with self._transaction(write=True) as conn:
@@ -241,7 +244,7 @@ class ProductStore:
             raise ValueError("annotator is required for a human value")
         now = _now()
         encoded, is_list = _encode_value(value)
-        attr_table = ProductAttribute.__table__
+        attr_table = ATTRIBUTES
         with self._transaction(write=True) as conn:
             self._upsert_product(conn, product_id, now, None, None, None, update=False)
             insert = self._insert(attr_table).values(
@@ -276,7 +279,7 @@ class ProductStore:
         *,
         update: bool,
     ) -> None:
-        table = Product.__table__
+        table = PRODUCTS
         insert = self._insert(table).values(
             product_id=product_id,
             title=title,
@@ -304,7 +307,7 @@ class ProductStore:
 
     def is_processed(self, product_id: str, image_digest: str, model_version: str) -> bool:
         """True when this (product, image, model version) is already in the processing log."""
-        t = ProcessingLog.__table__
+        t = PROCESSING_LOG
         query = (
             select(t.c.id)
             .where(t.c.product_id == product_id, t.c.image_digest == image_digest, t.c.model_version == model_version)
@@ -315,8 +318,8 @@ class ProductStore:
 
     def get_product(self, product_id: str) -> ProductView | None:
         """The product with its current attributes, or None when unknown."""
-        p = Product.__table__
-        a = ProductAttribute.__table__
+        p = PRODUCTS
+        a = ATTRIBUTES
         with self._transaction() as conn:
             product = conn.execute(select(p).where(p.c.product_id == product_id)).mappings().first()
             if product is None:
@@ -335,10 +338,10 @@ class ProductStore:
 
     def count_products(self) -> int:
         with self._transaction() as conn:
-            return int(conn.execute(select(func.count()).select_from(Product.__table__)).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(PRODUCTS)).scalar_one())
 
     def processing_log_stats(self) -> ProcessingLogStats:
-        t = ProcessingLog.__table__
+        t = PROCESSING_LOG
         query = select(
             func.count(),
             func.coalesce(func.max(t.c.attempts), 0),

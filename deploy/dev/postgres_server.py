@@ -44,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["PostgresServer", "PostgresServerError"]
 
@@ -91,7 +92,7 @@ class PostgresServer:
         self._state_path = self.data_dir / "server.json"
         self._requested_port = port
         self.durable = durable
-        self._state: dict[str, object] | None = None
+        self._state: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- addresses
 
@@ -174,14 +175,14 @@ class PostgresServer:
 
     # ---------------------------------------------------------------- internals
 
-    def _load_state(self) -> dict[str, object]:
+    def _load_state(self) -> dict[str, Any]:
         if self._state is None:
             if not self._state_path.exists():
                 raise PostgresServerError(f"{self.data_dir} holds no server yet: call start() first")
             self._state = json.loads(self._state_path.read_text())
         return self._state
 
-    def _save_state(self, state: dict[str, object]) -> None:
+    def _save_state(self, state: dict[str, Any]) -> None:
         tmp = self._state_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -190,7 +191,7 @@ class PostgresServer:
         self._state = state
 
     def _ensure_initialised(self, run_as: _RunAs | None) -> None:
-        state: dict[str, object]
+        state: dict[str, Any]
         if self._state_path.exists():
             state = dict(self._load_state())
         else:
@@ -272,9 +273,6 @@ class PostgresServer:
         # Output goes to files, not pipes: the postmaster that `pg_ctl start` forks would inherit a pipe and
         # keep it open, and reading it would hang.
         with tempfile.TemporaryFile("w+") as out:
-            kwargs: dict[str, object] = {}
-            if run_as is not None:
-                kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
             result = subprocess.run(
                 argv,
                 stdout=out,
@@ -285,7 +283,9 @@ class PostgresServer:
                 timeout=timeout,
                 text=True,
                 check=False,
-                **kwargs,  # type: ignore[arg-type]
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
             )
             out.seek(0)
             output = out.read()
