@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -255,3 +256,18 @@ def test_sqlite_store_uses_wal_and_creates_its_directory(tmp_path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_launcher_status_names_the_server_without_its_password(postgres_server) -> None:
+    script = Path(__file__).resolve().parents[2] / "deploy" / "dev" / "postgres_server.py"
+    status = subprocess.run(
+        [sys.executable, str(script), "status", str(postgres_server.data_dir)], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"127.0.0.1:{postgres_server.port}" in status.stdout
+    assert postgres_server.password not in status.stdout + status.stderr
+    url = subprocess.run(
+        [sys.executable, str(script), "url", str(postgres_server.data_dir)], capture_output=True, text=True
+    )
+    assert url.stdout.strip() == postgres_server.url
