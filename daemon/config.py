@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 HOME = Path(os.environ.get("SHELFSIGHT_HOME", ".shelfsight"))
 
 
 class KafkaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "products.new"
     dead_letter_topic: str = "products.new.dlq"
@@ -35,12 +37,16 @@ class KafkaSettings(BaseModel):
 
 
 class LocalSourceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     events_dir: Path = HOME / "events"
     stdin: bool = False  # read JSON lines from standard input instead of the directory
     exit_when_idle: bool = False  # stop once every event has been processed (demo, batch jobs)
 
 
 class FetchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 10.0
     total_timeout_s: float = 20.0
@@ -53,6 +59,8 @@ class FetchSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     max_images: int = 32  # dynamic batching: a batch closes at this many images ...
     max_delay_ms: int = 25  # ... or this long after its first image arrived, whichever comes first
     max_in_flight_events: int = 256  # backpressure: partitions pause above this

@@ -23,7 +23,6 @@ nothing twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import queue
 import threading
@@ -33,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.db.store import AttributeValue, DatabaseUnavailable, ProductResult, ProductStore
+from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, ProductResult, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
 from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
@@ -486,7 +485,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
     """One value per attribute group for a product with one or more images.
 
     Single-choice groups take the image whose best value is most confident (with that image's
-    alternatives); multi-label groups take the union of values (stored as a JSON array), each at its
+    alternatives); multi-label groups take the union of values (stored as a list), each at its
     highest confidence, with the box of the strongest detection when the values come from the detector.
     """
     out: list[AttributeValue] = []
@@ -504,9 +503,9 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
             out.append(
                 AttributeValue(
                     attribute=g.name,
-                    value=json.dumps(values),
+                    value=values,
                     confidence=best[values[0]],
-                    alternatives=[{"value": v, "confidence": round(best[v], 4)} for v in values],
+                    alternatives=[Alternative(v, round(best[v], 4)) for v in values],
                     box=box,
                 )
             )
@@ -520,7 +519,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
                     attribute=g.name,
                     value=chosen[0][0],
                     confidence=chosen[0][1],
-                    alternatives=[{"value": v, "confidence": round(c, 4)} for v, c in chosen],
+                    alternatives=[Alternative(v, round(c, 4)) for v, c in chosen],
                 )
             )
     return out

@@ -53,7 +53,7 @@ def configure_logging(level: str) -> None:
 
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
-    from connectors.db.store import ProductStore
+    from connectors.db import ProductStore
     from connectors.images import ImageFetcher
     from learner.bundle import BundleError, load_bundle
     from learner.engine import TaggingEngine
@@ -125,20 +125,33 @@ def _build_source(
     settings: Settings, revoke_hook: list[Callable[[Any], None]], closers: list[Callable[[], Any]]
 ) -> tuple[EventSource, DeadLetterSink, Callable[[], bool] | None, str]:
     if settings.source == "kafka":
-        from connectors.kafka import DeadLetterPublisher, KafkaEventSource
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+        from connectors.kafka import DeadLetterPublisher, KafkaEventSource, TransientKafkaError
 
         k = settings.kafka
-        source = KafkaEventSource(
-            bootstrap_servers=k.bootstrap_servers,
-            topic=k.topic,
-            group_id=k.group_id,
-            client_id=k.client_id,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms,
-            max_poll_records=k.max_poll_records,
-            on_revoke=lambda parts: [hook(parts) for hook in revoke_hook],
-        )
+
+        def connect() -> KafkaEventSource:
+            return KafkaEventSource(
+                k.bootstrap_servers,
+                k.topic,
+                k.group_id,
+                client_id=k.client_id,
+                session_timeout_ms=k.session_timeout_ms,
+                heartbeat_interval_ms=k.heartbeat_interval_ms,
+                max_poll_interval_ms=k.max_poll_interval_ms,
+                max_poll_records=k.max_poll_records,
+                on_revoked=lambda parts: [hook(parts) for hook in revoke_hook] and None,
+            )
+
+        # the broker may still be starting (compose, a rolling restart): wait for it rather than crash-loop
+        source = Retrying(
+            retry=retry_if_exception_type(TransientKafkaError),
+            wait=wait_exponential(multiplier=1, max=15),
+            stop=stop_after_delay(300),
+            before_sleep=lambda state: log.warning("Kafka unreachable, retrying: %s", state.outcome.exception()),
+            reraise=True,
+        )(connect)
         publisher = DeadLetterPublisher(bootstrap_servers=k.bootstrap_servers, topic=k.dead_letter_topic)
         closers.append(publisher.close)
         closers.append(source.close)
