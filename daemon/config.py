@@ -54,6 +54,7 @@ class FetchSettings(BaseModel):
     max_redirects: int = 3
     concurrency: int = 16
     allow_private_networks: bool = False
+    allowed_networks: list[str] = Field(default_factory=list)  # CIDRs allowed even when private (internal CDN)
     file_root: Path | None = None  # file:// URLs are accepted only inside this directory
     attempts: int = 3  # per image, for transient failures (timeouts, 5xx) before the event is dead-lettered
 

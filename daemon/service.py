@@ -91,6 +91,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         max_redirects=f.max_redirects,
         max_concurrency=f.concurrency,
         allow_private_networks=f.allow_private_networks,
+        allowed_networks=f.allowed_networks,
         file_root=f.file_root,
     )
     closers.append(fetcher.close)

@@ -109,9 +109,10 @@ Handler = Callable[[RouteContext], None]
 
 
 class LocalHTTPServer:
-    """A threaded HTTP/1.1 server on 127.0.0.1 with a table of exact-path routes."""
+    """A threaded HTTP/1.1 server on a loopback address (127.0.0.1 unless told) with exact-path routes."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.jpeg_bytes = _demo_jpeg()
         self.png_bytes = _small_png()
         self._routes: dict[str, Handler] = {}
@@ -136,7 +137,7 @@ class LocalHTTPServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
+        self._httpd = ThreadingHTTPServer((host, 0), _RequestHandler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="local-http", daemon=True)
@@ -145,7 +146,7 @@ class LocalHTTPServer:
     # ------------------------------------------------------------------ public
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path if path.startswith('/') else '/' + path}"
+        return f"http://{self.host}:{self.port}{path if path.startswith('/') else '/' + path}"
 
     def add_route(self, path: str, handler: Handler) -> None:
         with self._lock:
@@ -337,6 +338,17 @@ def _small_png() -> bytes:
 @pytest.fixture(scope="session")
 def http_server_session() -> Iterator[LocalHTTPServer]:
     server = LocalHTTPServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_cdn() -> Iterator[LocalHTTPServer]:
+    """The same server on 127.0.0.2: a stand-in for an image CDN that a daemon allows explicitly
+    (`fetch.allowed_networks`), while 127.0.0.1 stays refused by the address guard."""
+    server = LocalHTTPServer(host="127.0.0.2")
     try:
         yield server
     finally:
