@@ -28,15 +28,18 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 KAFKA_VERSION = "4.2.2"
 SCALA_VERSION = "2.13"
@@ -193,6 +196,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_spawn_requests: queue.Queue[tuple[list[str], dict[str, Any], queue.Queue[Any]]] = queue.Queue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawner_loop() -> None:
+    while True:
+        cmd, kwargs, reply = _spawn_requests.get()
+        try:
+            reply.put(subprocess.Popen(cmd, **kwargs))
+        except BaseException as exc:
+            reply.put(exc)
+
+
+def _spawn_from_long_lived_thread(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Popen from one thread that lives as long as the process: the kernel's parent-death signal
+    (`setpriv --pdeathsig`) fires when the *thread* that forked the child exits, so a broker restarted
+    from a short-lived test thread would otherwise die with that thread."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawner_loop, name="kafka-broker-spawner", daemon=True)
+            _spawner.start()
+    reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+    _spawn_requests.put((cmd, kwargs, reply))
+    result = reply.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result  # type: ignore[no-any-return]
+
+
 def _is_our_broker(pid: int, properties: Path) -> bool:
     """True when `pid` is a `kafka.Kafka` JVM started with this workdir's server.properties."""
     try:
@@ -213,8 +247,8 @@ class KafkaBroker:
         heap: JVM max heap.
         auto_create_topics: broker-side `auto.create.topics.enable`; off by default so a misspelt
             topic fails loudly (create topics with `connectors.kafka.ensure_topics`).
-        die_with_parent: ask the kernel to kill the JVM when the thread that started it exits
-            (tests: no stray brokers after a crashed pytest). Start from the main thread when set.
+        die_with_parent: ask the kernel to kill the JVM when this Python process dies, even by
+            SIGKILL (tests: no stray brokers after a crashed pytest).
         version: Kafka version whose jars are used.
         jvm_options: JVM flags besides the heap (default: one GC thread, C1 compiler only).
     """
@@ -298,7 +332,8 @@ class KafkaBroker:
         try:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting kafka {self.version} ====\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
+            spawn = _spawn_from_long_lived_thread if self.die_with_parent else subprocess.Popen
+            self._proc = spawn(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
