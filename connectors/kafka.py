@@ -195,10 +195,11 @@ class OffsetTracker:
 class KafkaEventSource:
     """A member of consumer group `group_id` reading `topics`, with manual, explicit offset commits.
 
-    Arguments mirror kafka-python's consumer settings (defaults are kafka-python's, except those noted):
-        auto_offset_reset: where a group with no committed offset starts; "earliest" (default) so no
-            event produced before the first deployment is skipped.
-        max_poll_records: the most records one `poll()` returns (default 100).
+    Keyword arguments carry kafka-python's consumer setting of the same name; defaults are kafka-python's
+    except session_timeout_ms (10 s, not 45 s: a dead replica's partitions move sooner), max_poll_records
+    (100, not 500: a poll's worth of events fits the daemon's in-flight limit) and these:
+        auto_offset_reset: where a group with no committed offset starts; "earliest" so no event
+            produced before the first deployment is skipped.
         commit_timeout_ms: how long `commit()` retries before raising `TransientKafkaError`.
         reconnect_backoff_max_ms: ceiling of the reconnect backoff (default 5 s, not 30 s, so the source
             is back within seconds of a broker restart).
@@ -235,7 +236,6 @@ class KafkaEventSource:
     ) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.group_id = group_id
-        self._bootstrap = bootstrap_servers
         self._commit_timeout_ms = commit_timeout_ms
         self._committed: dict[Partition, int] = {}  # last known committed offsets, for lag()
         self._lock = threading.Lock()
