@@ -115,6 +115,20 @@ def _require_tool(name: str, hint: str) -> str:
     return path
 
 
+def _require_java(minimum: int = 17) -> str:
+    """Path of `java`, checked to be version `minimum`+ (Kafka 4.x brokers are Java 17 bytecode)."""
+    java = _require_tool("java", f"the Kafka broker is a JVM program; Java {minimum}+ is needed")
+    result = subprocess.run([java, "-XshowSettings:properties", "-version"], capture_output=True, text=True)
+    spec = next((line for line in result.stderr.splitlines() if "java.specification.version" in line), "")
+    major = spec.rpartition("=")[2].strip()
+    if major.isdigit() and int(major) < minimum:
+        raise KafkaUnavailable(
+            f"{java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {minimum}+ "
+            "(apt-get install openjdk-17-jre-headless, or put a newer java first on PATH)"
+        )
+    return java
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Serialise downloads between processes (several test sessions may start at once)."""
@@ -307,7 +321,7 @@ class KafkaBroker:
         """
         if self.is_running():
             return self
-        java = _require_tool("java", "the Kafka broker is a JVM program; Java 17+ is needed")
+        java = _require_java()
         libs = ensure_jars(self.version)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_config()
