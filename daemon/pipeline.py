@@ -22,6 +22,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -89,6 +90,7 @@ class EventJob:
     images: list[tuple[str, str]] = field(default_factory=list)  # (url, sha256) in event order
     tags: dict[int, ImageTags] = field(default_factory=dict)
     expected: int = 0
+    abandoned: bool = False  # shutting down before its work started: left uncommitted, redelivered later
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -134,8 +136,11 @@ class Enricher:
         self.source_name = source_name
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()  # graceful: stop consuming, finish in-flight work
+        self._draining = threading.Event()  # set by the graceful stop: work not yet started is abandoned
         self._abort = threading.Event()  # hard: give up waiting (shutdown timeout)
-        self._infer_q: queue.Queue[_InferItem | None] = queue.Queue()
+        # bounded: prepared images wait for at most two batches, so memory stays flat, fetch workers block
+        # (backpressure reaches the consumer through the in-flight limit) and a graceful stop has little to finish
+        self._infer_q: queue.Queue[_InferItem | None] = queue.Queue(maxsize=2 * self.opts.max_batch_images)
         self._write_q: queue.Queue[Finished | None] = queue.Queue()
         self._done_q: queue.Queue[EventJob] = queue.Queue()
         self._jobs: dict[tuple[str, int, int], EventJob] = {}
@@ -207,7 +212,8 @@ class Enricher:
             except queue.Empty:
                 break
             self._jobs.pop((job.record.topic, job.record.partition, job.record.offset), None)
-            self.tracker.done(job.tp, job.record.offset)
+            if not job.abandoned:
+                self.tracker.done(job.tp, job.record.offset)
             n += 1
         if n:
             self.metrics.in_flight.set(len(self._jobs))
@@ -262,8 +268,15 @@ class Enricher:
         self.tracker.forget(revoked)
 
     def _shutdown(self) -> None:
-        """Graceful stop: nothing new is consumed; in-flight events finish, are written and committed."""
-        log.info("stopping: finishing %d in-flight events", len(self._jobs))
+        """Graceful stop: nothing new is consumed; events being worked on finish, are written and committed.
+
+        Events still waiting for a fetch worker are abandoned: not written, not committed, so they are
+        redelivered (to this daemon after a restart or to another group member). The fetch pool takes
+        work in order, so within a partition the abandoned events are always after every finished one
+        and no finished event is ever redelivered: a clean stop processes nothing twice.
+        """
+        self._draining.set()
+        log.info("stopping: finishing the events being processed (%d consumed, not committed)", len(self._jobs))
         deadline = time.monotonic() + self.opts.shutdown_timeout_s
         while self._jobs and time.monotonic() < deadline:
             self._drain_done(timeout_s=0.1)
@@ -276,6 +289,10 @@ class Enricher:
     # fetch / decode pool
     # ---------------------------------------------------------------------------------------------
     def _prepare_event(self, job: EventJob) -> None:
+        if self._draining.is_set():
+            job.abandoned = True
+            self._done_q.put(job)
+            return
         started = time.monotonic()
         self.metrics.stage_seconds.labels("queue").observe(started - job.consumed_at)
         try:
@@ -297,7 +314,7 @@ class Enricher:
             job.expected = len(prepared)
             now = time.monotonic()
             for i, p in enumerate(prepared):
-                self._infer_q.put(_InferItem(job, i, p, now))
+                self._put_blocking(self._infer_q, _InferItem(job, i, p, now))
         except PermanentFailure as failure:
             self._write_q.put(Finished(job, failure=failure))
         except _Aborted:
@@ -326,6 +343,15 @@ class Enricher:
             finally:
                 self.metrics.stage_seconds.labels("fetch").observe(time.monotonic() - t0)
         raise AssertionError("unreachable")
+
+    def _put_blocking(self, q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._abort.is_set():
+                    raise _Aborted from None
 
     def _sleep(self, seconds: float) -> None:
         if self._abort.wait(seconds):
@@ -471,7 +497,8 @@ class Enricher:
     def _stop_threads(self) -> None:
         self._abort.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._infer_q.put(None)
+        with contextlib.suppress(queue.Full):
+            self._infer_q.put(None, timeout=5)  # the inference thread is still draining the queue
         self._write_q.put(None)
         for t in self._threads:
             t.join(timeout=10)

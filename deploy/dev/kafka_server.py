@@ -402,7 +402,7 @@ class KafkaBroker:
         path = self.workdir / STATE_FILE
         if not path.exists():
             return {}
-        state = json.loads(path.read_text())
+        state: dict[str, int] = json.loads(path.read_text())
         pid = state.get("pid")
         if isinstance(pid, int) and _is_our_broker(pid, self._properties):
             self._pid = pid
@@ -479,8 +479,7 @@ class KafkaBroker:
             f"{libs}/*",
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            _new_cluster_id(),
+            f"--cluster-id={_new_cluster_id()}",  # '=' form: a random id may start with '-'
             "--config",
             str(self._properties),
             "--ignore-formatted",
@@ -510,7 +509,7 @@ class KafkaBroker:
         raise KafkaStartError(f"broker did not become ready in {timeout_s:.0f}s ({last_error!r}){self._log_tail()}")
 
     def _serves_metadata(self) -> bool:
-        from kafka import KafkaAdminClient  # the dev venv has kafka-python; imported late for `fetch`
+        from kafka import KafkaAdminClient  # type: ignore[import-untyped]  # imported late: `fetch` needs no kafka-python
 
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=2000, request_timeout_ms=2000)
         try:
