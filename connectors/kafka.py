@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+# kafka-python ships no type information
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from kafka import errors as kafka_errors
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.future import Future
-from kafka.structs import OffsetAndMetadata
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener  # type: ignore[import-untyped]
+from kafka.future import Future  # type: ignore[import-untyped]
+from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 log = logging.getLogger("shelfsight.kafka")
 
@@ -430,7 +431,7 @@ class KafkaEventSource:
         await finished
 
 
-class _RebalanceBridge(AsyncConsumerRebalanceListener):
+class _RebalanceBridge(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Forwards kafka-python's rebalance events to the owner's callbacks (see `KafkaEventSource`)."""
 
     def __init__(self, source: KafkaEventSource) -> None:

@@ -134,4 +134,4 @@ def test_url_schemes_are_not_judged_here() -> None:
 def test_parsed_events_are_immutable() -> None:
     parsed = parse_event(encode(event()))
     with pytest.raises(ValueError):
-        parsed.product_id = "other"  # type: ignore[misc]
+        parsed.product_id = "other"
