@@ -51,6 +51,7 @@ class EventSource(Protocol):
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
     def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
     def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+    def paused(self) -> set[TopicPartition]: ...
     def assignment(self) -> set[TopicPartition]: ...
     def lag(self) -> dict[TopicPartition, int]: ...
     def close(self) -> None: ...
@@ -231,14 +232,18 @@ class Enricher:
             log.warning("offset commit failed, will retry: %s", exc)
 
     def _apply_backpressure(self) -> None:
-        full = len(self._jobs) >= self.opts.max_in_flight_events
-        if full and not self._paused:
-            self.source.pause(self.source.assignment())
+        in_flight = len(self._jobs)
+        if in_flight >= self.opts.max_in_flight_events:
             self._paused = True
-        elif not full and self._paused and len(self._jobs) <= self.opts.max_in_flight_events // 2:
+        elif self._paused and in_flight <= self.opts.max_in_flight_events // 2:
             self.source.resume(self.source.assignment())
             self._paused = False
-        self.metrics.paused_partitions.set(len(self.source.assignment()) if self._paused else 0)
+        if self._paused:
+            # re-applied every turn: partitions assigned by a rebalance arrive unpaused
+            unpaused = self.source.assignment() - self.source.paused()
+            if unpaused:
+                self.source.pause(unpaused)
+        self.metrics.paused_partitions.set(len(self.source.paused()))
 
     def _report_lag(self) -> None:
         now = time.monotonic()
