@@ -23,6 +23,7 @@ nothing twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -58,6 +59,8 @@ class EventSource(Protocol):
 
 
 DeadLetterSink = Callable[[SourceRecord, str, str, int], None]
+# Decides whether a product goes to human review; returns the outbox payload, or None to accept it as is.
+ReviewRouter = Callable[[ProductResult, list[ImageTags]], dict[str, Any] | None]
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Enricher:
         metrics: ServiceMetrics,
         options: PipelineOptions | None = None,
         source_name: str = "kafka",
+        review_router: ReviewRouter | None = None,
     ) -> None:
         self.source = source
         self.dead_letters = dead_letters
@@ -135,6 +139,7 @@ class Enricher:
         self.metrics = metrics
         self.opts = options or PipelineOptions()
         self.source_name = source_name
+        self.review_router = review_router
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()  # graceful: stop consuming, finish in-flight work
         self._draining = threading.Event()  # set by the graceful stop: work not yet started is abandoned
@@ -418,7 +423,7 @@ class Enricher:
         tags = [job.tags[i] for i in range(job.expected)]
         digests = [d for _, d in job.images]
         digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
-        return ProductResult(
+        result = ProductResult(
             product_id=job.event.product_id,
             title=job.event.title,
             category_hint=job.event.category_hint,
@@ -429,6 +434,11 @@ class Enricher:
             attributes=merge_attributes(tags, self.engine.bundle.taxonomy),
             source=f"{self.source_name}:{job.record.topic}/{job.record.partition}@{job.record.offset}",
         )
+        if self.review_router is not None:
+            review = self.review_router(result, tags)
+            if review is not None:
+                result = dataclasses.replace(result, review=review)
+        return result
 
     # ---------------------------------------------------------------------------------------------
     # writer thread

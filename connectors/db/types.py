@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 AttributeSource = Literal["model", "human"]
 
@@ -56,6 +56,9 @@ class ProductResult:
     model_version: str
     attributes: list[AttributeValue]
     source: str
+    # Set when the review policy chose this product for human review: the store writes it to the review
+    # outbox in the same transaction as the attributes, so a routed product is never lost.
+    review: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
