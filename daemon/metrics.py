@@ -82,5 +82,15 @@ class ServiceMetrics:
         )
         self.up = Gauge("shelfsight_ready", "1 when the service is ready to process events.", registry=r)
 
+        # known label values start at zero, so every series exists (and rate() works) from the first scrape
+        for outcome in ("tagged", "skipped_duplicate"):
+            self.events_processed.labels(outcome)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for operation in ("fetch", "database", "dead_letter", "commit"):
+            self.retries.labels(operation)
+        for outcome in ("loaded", "failed"):
+            self.model_reloads.labels(outcome)
+
     def set_model(self, version: str, backbone: str, taxonomy: str) -> None:
         self.model_info.info({"version": version, "backbone": backbone, "taxonomy": taxonomy})

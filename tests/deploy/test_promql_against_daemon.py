@@ -16,9 +16,8 @@ What is checked, per expression:
   well), so for them each compared signal returns data: `x > 2` checks `x`, `a and b` checks `a` and `b`,
   `absent(x)` checks `x`.
 
-The scraped target is a small HTTP server exporting `daemon.metrics.ServiceMetrics().registry`, fed by a thread
-that makes the observations a busy daemon makes. TODO(daemon): switch the `metrics_target` fixture to a real
-`shelfsight run`.
+The scraped target is a real `shelfsight run` (Kafka source, SQLite, an untrained model of the production
+architecture) fed with a steady stream of good and bad events by the `metrics_target` fixture.
 """
 
 from __future__ import annotations
@@ -36,13 +35,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
-
-from daemon.metrics import STAGES, ServiceMetrics
 
 from .conftest import DEPLOY, in_ci
 
@@ -213,75 +210,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class BusyDaemonMetrics:
-    """Makes the observations a busy daemon makes, on a real `ServiceMetrics`, until stopped (at most 3 min)."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.m = metrics
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="busy-daemon-metrics", daemon=True)
-        self._tick = 0
-
-    def start(self) -> BusyDaemonMetrics:
-        m = self.m
-        m.set_model(version="2026.11.22-1", backbone="tf_efficientnet_lite0", taxonomy="clothing-v1")
-        m.up.set(1)
-        self.step()  # every labelled series exists before the first scrape
-        self._thread.start()
-        return self
-
-    def step(self) -> None:
-        m, t = self.m, self._tick
-        self._tick += 1
-        m.events_consumed.labels(source="kafka").inc(8)
-        m.events_processed.labels(outcome="tagged").inc(6)
-        m.events_processed.labels(outcome="skipped_duplicate").inc(1)
-        m.events_failed.labels(reason="image_fetch_failed", kind="transient").inc()
-        m.events_failed.labels(reason="undecodable_image", kind="permanent").inc()
-        m.dead_letters.labels(reason="undecodable_image").inc()
-        m.retries.labels(operation="fetch").inc(2)
-        m.model_reloads.labels(outcome="loaded").inc(0 if t else 1)
-        m.images_processed.inc(12)
-        for i, stage in enumerate(STAGES):
-            m.stage_seconds.labels(stage=stage).observe(0.002 * (i + 1) * (1 + t % 3))
-        m.stage_seconds.labels(stage="inference").observe(0.3)
-        m.event_latency.observe(0.4 + 0.01 * (t % 10))
-        m.batch_size.observe(8 + t % 8)
-        m.in_flight.set(20 + t % 5)
-        m.paused_partitions.set(t % 2)
-        for partition in range(3):
-            m.consumer_lag.labels(topic="products.new", partition=str(partition)).set(100 * partition + 10 * t)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 180
-        while not self._stop.wait(0.25) and time.monotonic() < deadline:
-            self.step()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
-def metrics_target() -> Iterator[str]:
-    """host:port of a /metrics endpoint exporting the daemon's metric names, with data on every series.
+def metrics_target(
+    kafka_broker: Any, untrained_bundle_path: Path, cc0_images: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """host:port of a real `shelfsight run` consuming a steady stream of events from the real broker, some of
+    them bad (a file that is not an image), so processing, failures and dead letters all have series."""
+    from connectors.kafka import EventPublisher, ensure_topics
+    from tests.daemon.harness import DaemonProcess, daemon_env, product_event, wait_until
 
-    TODO(daemon): yield the address of a real `shelfsight run` instead: start it with SHELFSIGHT_SOURCE=kafka,
-    SHELFSIGHT_HTTP_PORT=<free port> and SHELFSIGHT_HTTP_HOST=127.0.0.1 against the Kafka and PostgreSQL test
-    fixtures, publish events (some with an undecodable image, so dead letters and failures have series), wait for
-    /readyz, and yield "127.0.0.1:<port>". Nothing else in this file needs to change.
-    """
-    metrics = ServiceMetrics()
-    busy = BusyDaemonMetrics(metrics).start()
-    port = _free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    work = tmp_path_factory.mktemp("promql-daemon")
+    topic = "promql.products"
+    ensure_topics(kafka_broker.bootstrap, {topic: 2, f"{topic}.dlq": 1})
+    root = work / "images"
+    root.mkdir()
+    for image in cc0_images[:10]:
+        (root / image.name).write_bytes(image.read_bytes())
+    (root / "not-an-image.jpg").write_bytes(b"<html>an error page</html>")
+    env = daemon_env(
+        bootstrap=kafka_broker.bootstrap,
+        topic=topic,
+        database_url=f"sqlite:///{work / 'db.sqlite'}",
+        model_path=untrained_bundle_path,
+        file_root=root,
+        group_id="promql",
+        extra={"SHELFSIGHT_HTTP_HOST": "127.0.0.1", "SHELFSIGHT_LOG_LEVEL": "WARNING"},
+    )
+    daemon = DaemonProcess(env, work / "daemon.log").start().wait_ready()
+    stop = threading.Event()
+
+    def feed() -> None:
+        publisher = EventPublisher(kafka_broker.bootstrap, topic)
+        i = 0
+        deadline = time.monotonic() + 240
+        while not stop.wait(0.25) and time.monotonic() < deadline:
+            image = root / ("not-an-image.jpg" if i % 5 == 4 else cc0_images[i % 10].name)
+            publisher.publish(product_event(f"promql-{i}", image))
+            publisher.flush()
+            i += 1
+        publisher.close()
+
+    feeder = threading.Thread(target=feed, name="promql-feeder", daemon=True)
+    feeder.start()
     try:
-        yield f"127.0.0.1:{port}"
+        # hand the daemon over once it is busy: partitions assigned (lag reported), events tagged and dead-lettered
+        wait_until(
+            lambda: (
+                {
+                    "shelfsight_consumer_lag_messages",
+                    "shelfsight_dead_letters_total",
+                    "shelfsight_events_consumed_total",
+                }
+                <= {key.split("{")[0] for key in daemon.metrics()}
+            ),
+            90,
+            "the daemon to consume, tag and dead-letter events",
+            daemon.log_tail,
+        )
+        yield f"127.0.0.1:{daemon.port}"
     finally:
-        busy.stop()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        stop.set()
+        feeder.join(timeout=10)
+        daemon.terminate()
 
 
 @pytest.fixture(scope="module")
