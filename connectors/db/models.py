@@ -28,9 +28,11 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    Unicode,
     UniqueConstraint,
     false,
 )
@@ -118,3 +120,55 @@ class ProcessingLog(Base):
     first_processed_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     last_seen_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+
+
+# ---------------------------------------------------------------------- learner (retraining)
+
+
+class LearnerRun(Base):
+    """One retraining run of the learner, from start to its outcome. `status` is 'running' while it trains, then
+    'promoted', 'rejected', 'failed', 'skipped' (nothing to learn from), or 'abandoned' (found still 'running' by
+    the next run: the process died). `corrections_until` is the newest human correction the run trained on: the
+    trigger counts corrections after the last promoted or rejected run's. `detail` holds the gate's figures."""
+
+    __tablename__ = "learner_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running', 'promoted', 'rejected', 'failed', 'skipped', 'abandoned')", name="status_kind"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)  # schedule | corrections | manual
+    holder: Mapped[str] = mapped_column(Text, nullable=False)  # host:pid of the learner process
+    champion_version: Mapped[str | None] = mapped_column(Text)
+    challenger_version: Mapped[str | None] = mapped_column(Text)
+    corrections_used: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    corrections_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+
+
+class LearnerLock(Base):
+    """Named leases for databases without advisory locks (SQLite): a lock is held while `expires_at` is in the
+    future and its holder renews it. PostgreSQL uses session advisory locks instead and leaves this empty."""
+
+    __tablename__ = "learner_locks"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text, nullable=False)
+    acquired_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+class LearnerJob(Base):
+    """APScheduler 3's job table (`SQLAlchemyJobStore(tablename="learner_jobs")`), created by the migrations so
+    the schema is ours: the job store finds it and does not create anything. Columns as APScheduler defines them."""
+
+    __tablename__ = "learner_jobs"
+
+    id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

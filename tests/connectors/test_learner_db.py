@@ -1,0 +1,126 @@
+"""The learner's side of the product database (connectors/db/learner.py) on real SQLite and PostgreSQL: human
+corrections with their images, the run log, and the cross-process lock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db.learner import DatabaseLock, LearnerStore
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[ProductStore]:
+    s = ProductStore(database_url, connect_timeout_s=2.0)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _model_result(product_id: str, digest: str, url: str, garment: str = "Shirt") -> ProductResult:
+    return ProductResult(
+        product_id=product_id,
+        title=None,
+        category_hint=None,
+        event_id=None,
+        image_url=url,
+        image_digest=digest,
+        model_version="m1",
+        attributes=[AttributeValue("garment", garment, 0.4), AttributeValue("kids", "False", 0.9)],
+        source="test",
+    )
+
+
+def test_human_corrections_are_the_annotators_values_with_their_images(store: ProductStore) -> None:
+    store.write_results(
+        [_model_result("p1", "d1", "file:///img/p1.jpg"), _model_result("p2", "d2", "file:///img/p2.jpg")]
+    )
+    store.set_human_value("p1", "garment", "Dress", annotator="ann", image_digest="d1")
+    store.set_human_value("p2", "garment", "Skirt", annotator="ann")  # no digest: the product's latest image
+    learner = LearnerStore(store)
+    corrections = learner.human_corrections()
+    assert [(c.product_id, c.attribute, c.value, c.image_digest, c.image_url) for c in corrections] == [
+        ("p1", "garment", "Dress", "d1", "file:///img/p1.jpg"),
+        ("p2", "garment", "Skirt", "d2", "file:///img/p2.jpg"),
+    ]
+    # the model's own values (kids, and everything on p2 but garment) are never training labels
+    assert all(c.attribute == "garment" for c in corrections)
+    assert learner.count_human_corrections() == 2
+    assert learner.count_human_corrections(since=corrections[0].updated_at) == 1
+    assert [c.product_id for c in learner.human_corrections(since=corrections[0].updated_at)] == ["p2"]
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_abandoned_by_the_next(store: ProductStore) -> None:
+    learner = LearnerStore(store)
+    first, abandoned = learner.start_run("schedule", "v1")
+    assert abandoned == 0
+    second, abandoned = learner.start_run("schedule", "v1")
+    assert abandoned == 1
+    until = datetime(2026, 1, 1, tzinfo=UTC)
+    learner.finish_run(second, "rejected", challenger_version="v2", corrections_used=3, corrections_until=until)
+    runs = {r.id: r for r in learner.runs()}
+    assert runs[first].status == "abandoned"
+    last = learner.last_completed_run()
+    assert last is not None and last.id == second and last.corrections_until == until
+
+
+def test_only_one_holder_of_a_database_lock_at_a_time(store: ProductStore) -> None:
+    a, b = DatabaseLock(store, "retrain"), DatabaseLock(store, "retrain")
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    assert a.held() and not b.held()
+    assert DatabaseLock(store, "another-name").try_acquire()
+    a.release()
+    assert b.try_acquire()
+    b.release()
+
+
+@pytest.mark.postgres
+def test_postgres_lock_goes_with_its_connection_when_the_holder_dies(postgres_url: str) -> None:
+    store = ProductStore(postgres_url)
+    store.migrate()
+    holder = DatabaseLock(store, "retrain")
+    assert holder.try_acquire()
+    assert holder._conn is not None
+    holder._conn.invalidate()  # what a killed process looks like to the server: its session ends
+    other = DatabaseLock(store, "retrain")
+    deadline = time.monotonic() + 5
+    while not other.try_acquire() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert other.acquired
+    other.release()
+    store.close()
+
+
+def test_sqlite_lease_of_a_holder_that_stopped_renewing_can_be_taken_over(sqlite_url: str) -> None:
+    store = ProductStore(sqlite_url)
+    store.migrate()
+    dead = DatabaseLock(store, "retrain", lease_s=0.6)
+    assert dead.try_acquire()
+    dead._stop.set()  # the heartbeat stops, as when the process is killed
+    other = DatabaseLock(store, "retrain", lease_s=0.6)
+    assert not other.try_acquire()
+    time.sleep(1.0)
+    assert other.try_acquire()
+    assert not dead.held()
+    other.release()
+
+
+def test_sqlite_lease_is_renewed_while_the_holder_lives(sqlite_url: str) -> None:
+    store = ProductStore(sqlite_url)
+    store.migrate()
+    live = DatabaseLock(store, "retrain", lease_s=0.6)
+    assert live.try_acquire()
+    time.sleep(1.5)
+    assert not DatabaseLock(store, "retrain", lease_s=0.6).try_acquire()
+    assert live.held()
+    live.release()
