@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 declarative models of the product database: products, their current attributes, and the
-processing log that makes writes idempotent.
+"""SQLAlchemy 2 declarative models of the product database: products, their current attributes, the
+processing log that makes writes idempotent, and the review loop's outbox and annotations.
 
 The migrations in `connectors/db/migrations/versions/` are the source of truth for the schema that exists in a
 database; these models must describe the same thing (a test compares them). This module defines tables only:
@@ -27,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -172,3 +173,99 @@ class LearnerJob(Base):
     id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
     next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
     job_state: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# ---------------------------------------------------------------------- review loop (migration 0002)
+
+REVIEW_OUTBOX_STATUSES = ("pending", "sent", "failed")
+REVIEW_ANNOTATION_STATES = ("active", "deleted", "superseded")
+
+
+class ReviewOutbox(Base):
+    """A product chosen for human review, written in the same transaction as its model results (transactional
+    outbox), then sent to Label Studio by the review worker. (product_id, image_digest, model_version) is unique:
+    one task per product, image and model version, however often the event is redelivered.
+
+    `status`: 'pending' (not in Label Studio yet; `next_attempt_at` says when to try again), 'sent' (`task_id` is
+    the Label Studio task), 'failed' (Label Studio refused it for good; `last_error` says why). `payload` is JSON:
+    what the task needs (image URL, title, the model's prediction as Label Studio result JSON, model values).
+    `priority` is the routing policy's uncertainty: higher is sent first.
+    """
+
+    __tablename__ = "review_outbox"
+    __table_args__ = (
+        UniqueConstraint("product_id", "image_digest", "model_version"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_kind"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_review_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    product_id: Mapped[str] = mapped_column(Text, nullable=False)
+    image_digest: Mapped[str] = mapped_column(Text, nullable=False)
+    model_version: Mapped[str] = mapped_column(Text, nullable=False)
+    image_url: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    priority: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    status: Mapped[str] = mapped_column(String(8), nullable=False, server_default="pending")
+    task_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ReviewAnnotation(Base):
+    """What an annotator said about one attribute of one product, one row per (annotation, attribute, revision).
+
+    `revision` is a digest of the annotation's content, so the same annotation delivered twice (webhook and poll,
+    or a webhook retried) adds nothing; an edit adds new rows and marks the earlier ones 'superseded'; a deleted
+    annotation's rows become 'deleted'. `outcome` says what was done with the value: 'applied' (written to
+    product_attributes as a human value), 'skipped' (the annotator skipped the task; `attribute` is '*'),
+    'unknown_label' / 'unknown_group' (not in the taxonomy: kept here, never applied), 'not_answered' (the
+    annotation left a group the model had predicted empty). `value` is encoded like product_attributes.value;
+    `box` is JSON [{"label": str, "box": [x1, y1, x2, y2]}, ...] in pixels of the original image, or null.
+    `model_value` is what the model had predicted (same encoding) and `model_was_right` whether the annotator
+    agreed with it (null when the model had no value or the outcome is not 'applied').
+    """
+
+    __tablename__ = "review_annotations"
+    __table_args__ = (
+        UniqueConstraint("annotation_id", "attribute", "revision"),
+        CheckConstraint("state IN ('active', 'deleted', 'superseded')", name="state_kind"),
+        Index("ix_review_annotations_product_id_attribute", "product_id", "attribute"),
+        Index("ix_review_annotations_task_id", "task_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    annotation_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger)
+    product_id: Mapped[str] = mapped_column(Text, nullable=False)
+    attribute: Mapped[str] = mapped_column(Text, nullable=False)
+    value: Mapped[str | None] = mapped_column(Text)
+    value_is_list: Mapped[bool] = mapped_column(nullable=False, server_default=false())
+    box: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    annotator: Mapped[str] = mapped_column(Text, nullable=False)
+    annotation_created_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    annotation_updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    lead_time_s: Mapped[float | None] = mapped_column(Float)
+    model_value: Mapped[str | None] = mapped_column(Text)
+    model_was_right: Mapped[bool | None] = mapped_column()
+    state: Mapped[str] = mapped_column(String(12), nullable=False, server_default="active")
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    revision: Mapped[str] = mapped_column(Text, nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+class ReviewSyncState(Base):
+    """Small key/value state of the review worker (e.g. the polling watermark per Label Studio project)."""
+
+    __tablename__ = "review_sync_state"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)

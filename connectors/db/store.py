@@ -10,6 +10,8 @@ What it guarantees:
   `DatabaseUnavailable`; the caller retries with backoff and the same `ProductStore` reconnects by itself
   (pooled connections are checked before use). Mistakes (constraint violations, a missing schema) propagate as
   SQLAlchemy errors: retrying them cannot help.
+- A result with `review` set also gets its row in `review_outbox`, in the same transaction (the transactional
+  outbox of the review loop; `connectors/db/review_store.py` reads and updates it).
 - `migrate()` brings the schema to the newest revision; on PostgreSQL two processes may call it at once.
 
 What it must not do: log or raise anything that contains the database password (use `redacted_url`); decide
@@ -39,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
-from connectors.db.models import ProcessingLog, Product, ProductAttribute
+from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
 from connectors.db.types import (
     Alternative,
     AttributeValue,
@@ -58,6 +60,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 PRODUCTS = cast(Table, Product.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)
 PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
+REVIEW_OUTBOX = cast(Table, ReviewOutbox.__table__)
 HUMAN = "human"
 # product_attributes columns an upsert replaces (everything but the key)
 _ATTRIBUTE_VALUE_COLUMNS = (
@@ -225,8 +228,30 @@ class ProductStore:
                     ).returning(attr_table.c.attribute)
                     updated = conn.execute(attr_upsert, rows).all()
                     kept += len(rows) - len(updated)
+                if result.review is not None:
+                    self._insert_review_outbox(conn, result, now)
                 written += 1
         return WriteStats(written=written, duplicates=duplicates, human_values_kept=kept)
+
+    def _insert_review_outbox(self, conn: Connection, result: ProductResult, now: datetime) -> None:
+        """The transactional outbox: the product chosen for review is stored with its results, or not at all.
+        One row per (product, image digest, model version): a second routing of the same key adds nothing."""
+        review = result.review or {}
+        insert = self._insert(REVIEW_OUTBOX).values(
+            product_id=result.product_id,
+            image_digest=result.image_digest,
+            model_version=result.model_version,
+            image_url=result.image_url,
+            reason=str(review.get("reason", "review")),
+            priority=float(review.get("priority", 0.0)),
+            payload=review,
+            status="pending",
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
+        conn.execute(insert.on_conflict_do_nothing(index_elements=["product_id", "image_digest", "model_version"]))
 
     def set_human_value(
         self,
@@ -242,31 +267,43 @@ class ProductStore:
         or human, and from then on the model never overwrites it. Creates the product row if needed."""
         if not annotator:
             raise ValueError("annotator is required for a human value")
-        now = _now()
-        encoded, is_list = _encode_value(value)
-        attr_table = ATTRIBUTES
         with self._transaction(write=True) as conn:
-            self._upsert_product(conn, product_id, now, None, None, None, update=False)
-            insert = self._insert(attr_table).values(
-                product_id=product_id,
-                attribute=attribute,
-                value=encoded,
-                value_is_list=is_list,
-                confidence=1.0,
-                alternatives=[],
-                source=HUMAN,
-                model_version=None,
-                box=list(box) if box is not None else None,
-                image_digest=image_digest,
-                annotator=annotator,
-                updated_at=now,
+            self._write_human_value(conn, product_id, attribute, value, annotator, box, image_digest, _now())
+
+    def _write_human_value(
+        self,
+        conn: Connection,
+        product_id: str,
+        attribute: str,
+        value: str | Sequence[str],
+        annotator: str,
+        box: Sequence[float] | None,
+        image_digest: str | None,
+        now: datetime,
+    ) -> None:
+        """`set_human_value` inside the caller's transaction (the review store applies annotations with it)."""
+        encoded, is_list = _encode_value(value)
+        self._upsert_product(conn, product_id, now, None, None, None, update=False)
+        insert = self._insert(ATTRIBUTES).values(
+            product_id=product_id,
+            attribute=attribute,
+            value=encoded,
+            value_is_list=is_list,
+            confidence=1.0,
+            alternatives=[],
+            source=HUMAN,
+            model_version=None,
+            box=list(box) if box is not None else None,
+            image_digest=image_digest,
+            annotator=annotator,
+            updated_at=now,
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["product_id", "attribute"],
+                set_={name: insert.excluded[name] for name in _ATTRIBUTE_VALUE_COLUMNS},
             )
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["product_id", "attribute"],
-                    set_={name: insert.excluded[name] for name in _ATTRIBUTE_VALUE_COLUMNS},
-                )
-            )
+        )
 
     def _upsert_product(
         self,

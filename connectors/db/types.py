@@ -57,7 +57,8 @@ class ProductResult:
     attributes: list[AttributeValue]
     source: str
     # Set when the review policy chose this product for human review: the store writes it to the review
-    # outbox in the same transaction as the attributes, so a routed product is never lost.
+    # outbox in the same transaction as the attributes, so a routed product is never lost. JSON-serialisable;
+    # its "reason" (str) and "priority" (float, higher is sent first) keys are also stored as columns.
     review: dict[str, Any] | None = None
 
 
