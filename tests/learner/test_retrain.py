@@ -1,0 +1,242 @@
+"""Retraining end to end (learner/retrain.py) on a real SQLite product database, the CC0 photos and a real registry:
+a challenger that learned is promoted, one trained on shuffled labels is rejected and the champion stays, rollback
+restores the previous champion, and the data rules (holdout never trained on, human values only, dedup, replay).
+
+Small on purpose: ~150 CC0 photos at 64 px, EfficientNet-Lite0 with the backbone stages frozen, 3 epochs, one
+thread. The first champion has untrained heads, so a fine-tuned challenger beats it clearly on the holdout.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db.learner import LearnerStore
+from connectors.images import ImageFetcher
+from learner.bundle import ModelBundle, load_bundle
+from learner.classifier import AttributeClassifier
+from learner.gate import GateConfig
+from learner.registry import ModelRegistry, read_alias_state, resolve_alias
+from learner.retrain import (
+    HoldoutRule,
+    RetrainConfig,
+    RetrainError,
+    assemble_training_data,
+    pin_holdout_rule,
+    run_retraining,
+)
+from learner.taxonomy import load_taxonomy
+from learner.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
+HOLDOUT = HoldoutRule(salt="test-holdout", fraction=0.3)
+
+
+@dataclasses.dataclass
+class World:
+    config: RetrainConfig
+    store: ProductStore
+    learner: LearnerStore
+    fetcher: ImageFetcher
+    registry: ModelRegistry
+    rows: list[dict[str, str]]  # the CC0 labels.csv rows used (image = product id)
+    images: Path
+    first_champion: str
+
+
+def _recipe() -> TrainConfig:
+    return TrainConfig(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        warmup_epochs=0.3,
+        freeze_stages=9,  # every EfficientNet-Lite0 stage: only the heads (and the last batch-norm) learn
+        ema_decay=0.0,
+        patience=0,
+        device="cpu",
+        threads=1,
+        progress=False,
+    )
+
+
+def _write_base_set(directory: Path, rows: list[dict[str, str]], images: Path) -> Path:
+    directory.mkdir(parents=True)
+    with (directory / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "product_id", "label", "kids"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    "image": str(images / f"{r['image']}.jpg"),
+                    "product_id": r["image"],
+                    "label": r["label"],
+                    "kids": r["kids"],
+                }
+            )
+    return directory
+
+
+def _processed(store: ProductStore, rows: list[dict[str, str]], images: Path) -> None:
+    """What the daemon leaves behind: each product processed once by the model (with its image URL)."""
+    results = []
+    for r in rows:
+        path = images / f"{r['image']}.jpg"
+        results.append(
+            ProductResult(
+                product_id=r["image"],
+                title=None,
+                category_hint=None,
+                event_id=None,
+                image_url=path.as_uri(),
+                image_digest=hashlib.sha256(path.read_bytes()).hexdigest(),
+                model_version="cc0-untrained-test",
+                attributes=[AttributeValue("garment", "Hat", 0.2)],  # the model's guess: never a training label
+                source="test",
+            )
+        )
+    store.write_results(results)
+
+
+def _correct(store: ProductStore, rows: list[dict[str, str]], images: Path, labels: list[str] | None = None) -> None:
+    for i, r in enumerate(rows):
+        digest = hashlib.sha256((images / f"{r['image']}.jpg").read_bytes()).hexdigest()
+        label = labels[i] if labels is not None else r["label"]
+        store.set_human_value(r["image"], "garment", label, annotator="ann", image_digest=digest)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, cc0_dir: Path) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("retrain")
+    images = cc0_dir / "images"
+    with (cc0_dir / "labels.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()]
+    rows = rows[::5] + rows[1::5] + rows[2::5]  # ~150 photos spread over every garment
+    base = _write_base_set(tmp / "base", rows[:100], images)
+
+    taxonomy = load_taxonomy(TAXONOMY)
+    torch.manual_seed(0)
+    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
+    registry = ModelRegistry(tmp / "registry")
+    path = ModelBundle("cc0-untrained-champion", taxonomy, model).save(tmp / "untrained.safetensors")
+    registry.promote(registry.register(path).version, reason="first champion")
+
+    store = ProductStore(f"sqlite:///{tmp / 'shelfsight.db'}")
+    store.migrate()
+    _processed(store, rows, images)
+    config = RetrainConfig(
+        registry=registry.root,
+        work_dir=tmp / "work",
+        base_data=base,
+        base_group_column="product_id",
+        holdout=HOLDOUT,
+        val_fraction=0.2,
+        min_corrections=5,
+        replay_ratio=4.0,
+        replay_min_samples=1000,
+        recipe=_recipe(),
+        gate=GateConfig(bootstrap_samples=1000, max_group_regression=0.05),
+    )
+    fetcher = ImageFetcher(file_root=images)
+    yield World(config, store, LearnerStore(store), fetcher, registry, rows, images, "cc0-untrained-champion")
+    fetcher.close()
+    store.close()
+
+
+def _outside_holdout(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [r for r in rows if not HOLDOUT.contains(r["image"])]
+
+
+def test_training_data_keeps_the_holdout_out_and_uses_only_human_values(world: World) -> None:
+    corrected = _outside_holdout(world.rows[100:])[:10]
+    in_holdout = [r for r in world.rows[100:] if HOLDOUT.contains(r["image"])][:3]
+    _correct(world.store, corrected + in_holdout, world.images)
+    corrections = world.learner.human_corrections()
+    champion = load_bundle(resolve_alias(world.registry.root))
+    data = assemble_training_data(world.config, champion.taxonomy, corrections, None, world.fetcher)
+
+    trained = {s.split_key for s in data.train + data.val}
+    held = {s.split_key for s in data.holdout}
+    assert held and trained and not trained & held
+    assert all(HOLDOUT.contains(p) for p in held)
+    assert {r["image"] for r in in_holdout} <= held  # audited products in the holdout's buckets join it
+    # a correction-only product is labelled for the corrected group only; the model's values are not labels
+    by_product = {s.split_key: s for s in data.train + data.val + data.holdout}
+    for r in corrected:
+        sample = by_product[r["image"]]
+        assert sample.labels["kids"] is None
+        assert sample.labels["garment"] is not None
+    # one sample per image: base images are not duplicated by corrections of the same photo
+    assert len({s.image_path.name for s in data.train + data.val + data.holdout}) == len(by_product)
+    assert data.snapshot["corrections"]["images"] == len(corrected) + len(in_holdout)
+    assert data.snapshot["holdout"]["rule"] == HOLDOUT.describe()
+
+
+def test_a_challenger_that_learned_is_promoted(world: World) -> None:
+    outcome = run_retraining(world.config, world.learner, world.fetcher, reason="manual")
+    assert outcome.status == "promoted", outcome.message
+    state = read_alias_state(world.registry.root)
+    assert state.aliases == {"champion": outcome.challenger, "previous": world.first_champion}
+    bundle = load_bundle(resolve_alias(world.registry.root))
+    assert bundle.lineage["parent"] == world.first_champion
+    assert bundle.metrics["holdout"]["summary"]["mean_top1"] > 0
+    assert bundle.thresholds["garment"]  # per-class thresholds from validation travel in the bundle
+    assert outcome.decision is not None and outcome.decision["bootstrap"]["low"] > 0
+    assert outcome.decision["champion_holdout"]["groups"]["garment"]["ece"] is not None
+    record = world.registry.get(outcome.challenger or "")
+    assert record.data["status"] == "promoted" and record.data["gate"]["outcome"] == "promoted"
+    run = world.learner.last_completed_run()
+    assert run is not None and run.status == "promoted" and run.challenger_version == outcome.challenger
+
+
+def test_nothing_new_means_a_skipped_run(world: World) -> None:
+    outcome = run_retraining(world.config, world.learner, world.fetcher, reason="corrections")
+    assert outcome.status == "skipped"
+    assert "0 new correction" in outcome.message
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_rejected_and_the_champion_stays(world: World) -> None:
+    champion_before = read_alias_state(world.registry.root)
+    victims = _outside_holdout(world.rows[:100])[:60]
+    labels = [r["label"] for r in victims]
+    random.Random(1).shuffle(labels)
+    _correct(world.store, victims, world.images, labels)
+    worse = dataclasses.replace(world.config, replay_ratio=0.0, replay_min_samples=0)
+    worse.recipe = dataclasses.replace(_recipe(), epochs=4, lr=1e-2)
+    outcome = run_retraining(worse, world.learner, world.fetcher, reason="corrections")
+    assert outcome.status == "rejected", outcome.message
+    assert outcome.decision is not None and outcome.decision["bootstrap"]["difference"] < 0
+    assert read_alias_state(world.registry.root).aliases == champion_before.aliases
+    assert world.registry.get(outcome.challenger or "").data["status"] == "rejected"
+    assert any(d["outcome"] == "rejected" for d in world.registry.decisions())
+
+
+def test_rollback_restores_the_previous_champion(world: World) -> None:
+    state = world.registry.rollback(reason="test")
+    assert state.aliases == {"champion": world.first_champion}
+    assert load_bundle(resolve_alias(world.registry.root)).model_version == world.first_champion
+
+
+def test_a_second_run_while_one_holds_the_lock_does_nothing(world: World) -> None:
+    from connectors.db.learner import DatabaseLock
+    from learner.retrain import RUN_LOCK
+
+    with DatabaseLock(world.store, RUN_LOCK):
+        outcome = run_retraining(world.config, world.learner, world.fetcher, force=True)
+    assert outcome.status == "locked"
+
+
+def test_changing_the_pinned_holdout_rule_is_refused(tmp_path: Path) -> None:
+    pin_holdout_rule(tmp_path, HOLDOUT)
+    pin_holdout_rule(tmp_path, HOLDOUT)
+    with pytest.raises(RetrainError, match="pinned"):
+        pin_holdout_rule(tmp_path, HoldoutRule(salt="test-holdout", fraction=0.4))
