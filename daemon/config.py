@@ -68,6 +68,45 @@ class BatchSettings(BaseModel):
     decode_workers: int = 4
 
 
+class LearnerSettings(BaseModel):
+    """The learner (`shelfsight learn`, `shelfsight models`): model registry, retraining schedule and trigger,
+    training data, fine-tuning recipe and promotion gate. See learner/retrain.py for the rules these feed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry_dir: Path = HOME / "registry"  # versions/, aliases.json (champion, previous), decisions/
+    work_dir: Path = HOME / "learner"  # fetched correction images, per-run scratch
+    base_data: Path | None = None  # the original labelled set (labels.csv + images/); None: corrections only
+    base_group_column: str | None = None  # labels.csv column holding the product id (default: the image name)
+    # -- when to retrain (APScheduler jobs stored in the product database)
+    interval_hours: float | None = Field(default=24.0, gt=0)  # periodic run (None: no periodic run)
+    cron: str | None = None  # crontab expression ("0 3 * * *"), used instead of interval_hours when set
+    check_interval_s: float = Field(default=300.0, gt=0)  # how often the new-correction count is checked
+    min_corrections: int = Field(default=200, ge=1)  # new human corrections that trigger a run
+    misfire_grace_s: int = Field(default=3600, ge=1)  # a run missed by up to this long (restart) still happens
+    standby_poll_s: float = Field(default=15.0, gt=0)  # a standby replica retries the scheduler lock this often
+    # -- training data
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # pinned in the registry on first use
+    holdout_salt: str = "shelfsight-holdout-v1"
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    replay_ratio: float = Field(default=4.0, ge=0)  # earlier samples replayed per new corrected sample
+    replay_min_samples: int = Field(default=1000, ge=0)
+    # -- fine-tuning (the rest of the recipe: learner.train.TrainConfig's defaults)
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    backbone_lr_decay: float = Field(default=0.8, gt=0)
+    freeze_stages: int = Field(default=3, ge=0)
+    patience: int = Field(default=3, ge=0)
+    amp: bool = True
+    threads: int | None = None  # CPU threads for training (None: all cores)
+    nproc_per_node: int = Field(default=1, ge=1)  # >1: torchrun, one process per GPU (DistributedDataParallel)
+    # -- promotion gate
+    gate_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of any group's top-1 / macro-F1
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHELFSIGHT_", env_nested_delimiter="__", extra="forbid", protected_namespaces=()
@@ -87,6 +126,7 @@ class Settings(BaseSettings):
     local: LocalSourceSettings = Field(default_factory=LocalSourceSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
 
     @classmethod
     def settings_customise_sources(
