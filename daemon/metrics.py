@@ -10,6 +10,9 @@ counters.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -94,3 +97,95 @@ class ServiceMetrics:
 
     def set_model(self, version: str, backbone: str, taxonomy: str) -> None:
         self.model_info.info({"version": version, "backbone": backbone, "taxonomy": taxonomy})
+
+
+RUN_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
+RUN_OUTCOMES = ("promoted", "rejected", "failed", "skipped", "locked")
+
+
+class LearnerMetrics:
+    """Metrics of the learner (`shelfsight learn`): retraining runs, their duration, holdout figures per model
+    version and promotion decisions. Its own registry, like `ServiceMetrics`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "shelfsight_learner_runs_total",
+            "Retraining runs by outcome: promoted, rejected, failed, skipped (nothing new), locked (another "
+            "learner was running).",
+            ["outcome"],
+            registry=r,
+        )
+        self.run_seconds = Histogram(
+            "shelfsight_learner_run_duration_seconds",
+            "Wall time of retraining runs that trained (promoted, rejected or failed).",
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.last_run = Gauge(
+            "shelfsight_learner_last_run_timestamp_seconds",
+            "Unix time of the last run that ended with this outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "shelfsight_learner_promotion_decisions_total",
+            "Promotion gate decisions on challengers: promoted or rejected.",
+            ["decision"],
+            registry=r,
+        )
+        self.gate_difference = Gauge(
+            "shelfsight_learner_gate_difference",
+            "Last gate decision: challenger minus champion on the primary metric (estimate) and the bounds of its "
+            "paired-bootstrap confidence interval (low, high).",
+            ["bound"],
+            registry=r,
+        )
+        self.holdout = Gauge(
+            "shelfsight_learner_holdout_score",
+            "Holdout figures of the models of the last decision, by version, role (champion or challenger), "
+            "attribute group (or 'summary') and metric (top1, macro_f1, ece, mean_top1, mean_macro_f1).",
+            ["version", "role", "group", "metric"],
+            registry=r,
+        )
+        self.running = Gauge("shelfsight_learner_running", "1 while this learner runs a retraining.", registry=r)
+        self.leader = Gauge(
+            "shelfsight_learner_scheduler_leader",
+            "1 when this replica holds the scheduler lock and runs the retraining jobs (0: standby).",
+            registry=r,
+        )
+        self.champion = Info("shelfsight_learner_champion", "The registry's champion model version.", registry=r)
+        for outcome in RUN_OUTCOMES:
+            self.runs.labels(outcome)
+        for decision in ("promoted", "rejected"):
+            self.decisions.labels(decision)
+
+    def observe_outcome(self, outcome: dict[str, Any], now: float | None = None) -> None:
+        """Record one run's outcome (`learner.retrain.RunOutcome.to_dict()`)."""
+        status = str(outcome.get("status", "failed"))
+        self.runs.labels(status).inc()
+        self.last_run.labels(status).set(now if now is not None else time.time())
+        if status in ("promoted", "rejected", "failed"):
+            self.run_seconds.observe(float(outcome.get("duration_s") or 0.0))
+        if status in ("promoted", "rejected"):
+            self.decisions.labels(status).inc()
+        decision = outcome.get("decision") or {}
+        boot = decision.get("bootstrap") or {}
+        for bound, key in (("estimate", "difference"), ("low", "low"), ("high", "high")):
+            if boot.get(key) is not None:
+                self.gate_difference.labels(bound).set(float(boot[key]))
+        if decision:
+            self.holdout.clear()  # only the versions of the last decision: the label set stays small
+        for role in ("champion", "challenger"):
+            figures = outcome.get(f"{role}_holdout")
+            version = outcome.get(role)
+            if not figures or not version:
+                continue
+            for metric, value in (figures.get("summary") or {}).items():
+                if value is not None:
+                    self.holdout.labels(version, role, "summary", metric).set(float(value))
+            for group, values in (figures.get("groups") or {}).items():
+                for metric in ("top1", "macro_f1", "ece", "micro_f1"):
+                    if values.get(metric) is not None:
+                        self.holdout.labels(version, role, group, metric).set(float(values[metric]))
