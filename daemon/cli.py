@@ -28,6 +28,7 @@ def _register() -> None:
     from daemon import commands_learner
 
     commands_learner.register(app)
+    __import__("daemon.commands_review", fromlist=["register"]).register(app)
 
 
 _register()

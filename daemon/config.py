@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 HOME = Path(os.environ.get("SHELFSIGHT_HOME", ".shelfsight"))
@@ -66,6 +66,58 @@ class BatchSettings(BaseModel):
     max_delay_ms: int = 25  # ... or this long after its first image arrived, whichever comes first
     max_in_flight_events: int = 256  # backpressure: partitions pause above this
     decode_workers: int = 4
+
+
+class ReviewGroupSettings(BaseModel):
+    """Routing policy of one attribute group (`review.groups.<name>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    review: bool = True  # false: this group is never a reason to route a product (still shown to annotators)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # overrides the bundle's calibrated thresholds
+
+
+class ReviewSettings(BaseModel):
+    """The review loop: routing policy (enrichment daemon) and Label Studio (review worker, `shelfsight review`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # route low-confidence products into the review outbox (`shelfsight run`)
+    # -- routing policy
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = "margin"  # ranks routed products
+    default_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # for values the bundle has no threshold for
+    groups: dict[str, ReviewGroupSettings] = Field(default_factory=dict)
+    audit_rate: float = Field(default=0.02, ge=0.0, le=1.0)  # random sample of accepted products
+    audit_seed: int | None = None  # fixed seed: reproducible audit samples
+    max_per_hour: int | None = Field(default=500, ge=0)  # caps on routed products (None: no cap)
+    max_per_day: int | None = Field(default=5000, ge=0)
+    # -- Label Studio
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_token: SecretStr | None = None
+    project_title: str = "ShelfSight review"
+    request_timeout_s: float = 10.0
+    # local images: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, and the directory under it registered as
+    # the project's local storage (default: fetch.file_root); file:// images must lie inside that directory
+    local_files_root: Path | None = None
+    local_storage_path: Path | None = None
+    # -- review worker
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 9111  # POST /webhook from Label Studio; GET /metrics, /healthz (0: no receiver)
+    webhook_url: str | None = None  # how Label Studio reaches the receiver (default http://webhook_host:port/webhook)
+    webhook_secret: SecretStr | None = None  # sent by Label Studio in the X-ShelfSight-Webhook-Secret header
+    send_batch: int = Field(default=50, ge=1)
+    send_interval_s: float = 2.0
+    poll_interval_s: float = 30.0  # the backstop for webhooks Label Studio dropped
+    retry_initial_s: float = 2.0
+    retry_max_s: float = 300.0
+    max_attempts_rejected: int = Field(default=5, ge=1)  # Label Studio refusing a task (4xx) this often: failed
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("label_studio_url must start with http:// or https://")
+        return url.rstrip("/")
 
 
 class LearnerSettings(BaseModel):
@@ -127,6 +179,7 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -50,6 +50,7 @@ def configure_logging(level: str) -> None:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
@@ -108,6 +109,18 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         fetch_attempts=f.attempts,
         shutdown_timeout_s=settings.shutdown_timeout_s,
     )
+    review_router = None
+    if settings.review.enabled:
+        from daemon.metrics import ReviewRoutingMetrics
+        from daemon.review import ReviewConfigError, build_review_router
+
+        try:
+            review_router = build_review_router(settings, bundle, store, ReviewRoutingMetrics(metrics.registry))
+        except ReviewConfigError as exc:
+            raise StartupError(str(exc)) from None
+        log.info(
+            "review routing on (%s uncertainty, audit rate %s)", settings.review.uncertainty, settings.review.audit_rate
+        )
     enricher = Enricher(
         source=source,
         dead_letters=dead_letters,
@@ -117,6 +130,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         metrics=metrics,
         options=options,
         source_name=source_name,
+        review_router=review_router,
     )
     revoke_hook.append(enricher.on_partitions_revoked)
     return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle)

@@ -1,0 +1,194 @@
+"""`shelfsight learn`: the learner service (scheduled retraining, /metrics) and `shelfsight learn --once` (one run).
+
+This file turns `LearnerSettings` into `learner.retrain.RetrainConfig` / `learner.schedule.ScheduleConfig` and
+wires the database, the image fetcher, metrics and the HTTP endpoint; the rules live in learner/.
+
+- `shelfsight learn --once [--reason manual|schedule|corrections] [--force]`: one retraining run under the
+  database run lock. Exit status 0 whatever the gate decided (promoted, rejected), also when there was nothing
+  to do (skipped) or another learner was running (locked); 1 when the run failed; 2 on bad configuration.
+- `shelfsight learn`: the service. The replica holding the scheduler lock runs the APScheduler jobs; each run
+  is a child `shelfsight learn --once` process. Serves /healthz, /readyz and /metrics (`LearnerMetrics`) on
+  `http_host:http_port`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from daemon.config import LearnerSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("learn")(learn_command)
+
+
+def learn_command(
+    once: bool = typer.Option(False, "--once", help="Run one retraining now and exit (no scheduler)."),
+    reason: str = typer.Option("manual", help="Why this run: manual, schedule or corrections (with --once)."),
+    force: bool = typer.Option(False, help="Retrain even without new corrections (with --once)."),
+    outcome_file: Path | None = typer.Option(None, help="Also write the run's outcome as JSON here (with --once)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML configuration file (or SHELFSIGHT_CONFIG)."),
+) -> None:
+    """Retrain on human corrections: as a scheduled service, or one run with --once."""
+    from daemon.commands_run import _settings_or_exit
+    from daemon.service import configure_logging
+
+    if config is not None:
+        os.environ["SHELFSIGHT_CONFIG"] = str(config)
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level)
+    if reason not in ("manual", "schedule", "corrections"):
+        typer.echo(f"error: --reason must be manual, schedule or corrections, not {reason!r}", err=True)
+        raise typer.Exit(2)
+    if once:
+        raise typer.Exit(run_once(settings, reason, force, outcome_file))
+    raise typer.Exit(serve(settings))
+
+
+def retrain_config(learner: LearnerSettings, device: str) -> Any:
+    """`LearnerSettings` -> `learner.retrain.RetrainConfig` (the recipe's other fields: TrainConfig defaults)."""
+    import dataclasses
+
+    from learner.gate import GateConfig
+    from learner.retrain import HoldoutRule, RetrainConfig, default_recipe
+
+    recipe = dataclasses.replace(
+        default_recipe(),
+        epochs=learner.epochs,
+        batch_size=learner.batch_size,
+        lr=learner.lr,
+        backbone_lr_decay=learner.backbone_lr_decay,
+        freeze_stages=learner.freeze_stages,
+        patience=learner.patience,
+        amp=learner.amp,
+        threads=learner.threads,
+        device=device,
+    )
+    return RetrainConfig(
+        registry=learner.registry_dir,
+        work_dir=learner.work_dir,
+        base_data=learner.base_data,
+        base_group_column=learner.base_group_column,
+        holdout=HoldoutRule(salt=learner.holdout_salt, fraction=learner.holdout_fraction),
+        val_fraction=learner.val_fraction,
+        min_corrections=learner.min_corrections,
+        replay_ratio=learner.replay_ratio,
+        replay_min_samples=learner.replay_min_samples,
+        recipe=recipe,
+        gate=GateConfig(
+            bootstrap_samples=learner.bootstrap_samples,
+            confidence=learner.confidence,
+            max_group_regression=learner.gate_margin,
+        ),
+        nproc_per_node=learner.nproc_per_node,
+    )
+
+
+def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | None) -> int:
+    from connectors.db import ProductStore
+    from connectors.db.learner import LearnerStore
+    from connectors.images import ImageFetcher
+    from learner.retrain import run_retraining
+
+    store = ProductStore(settings.database_url)
+    f = settings.fetch
+    fetcher = ImageFetcher(
+        connect_timeout_s=f.connect_timeout_s,
+        read_timeout_s=f.read_timeout_s,
+        total_timeout_s=f.total_timeout_s,
+        max_bytes=f.max_bytes,
+        max_redirects=f.max_redirects,
+        max_concurrency=f.concurrency,
+        allow_private_networks=f.allow_private_networks,
+        allowed_networks=f.allowed_networks,
+        file_root=f.file_root,
+    )
+    try:
+        store.migrate()
+        outcome = run_retraining(
+            retrain_config(settings.learner, settings.device), LearnerStore(store), fetcher, reason, force
+        )
+    finally:
+        fetcher.close()
+        store.close()
+    result = outcome.to_dict()
+    if outcome_file is not None:
+        tmp = outcome_file.with_name(outcome_file.name + ".tmp")
+        tmp.write_text(json.dumps(result, default=str), encoding="utf-8")
+        tmp.replace(outcome_file)
+    line = f"{outcome.status}: {outcome.message}".rstrip(": ")
+    if outcome.challenger:
+        line += f" (challenger {outcome.challenger})"
+    typer.echo(line)
+    return 1 if outcome.status == "failed" else 0
+
+
+def serve(settings: Settings) -> int:
+    from connectors.db import ProductStore
+    from daemon.http import HealthServer
+    from daemon.metrics import LearnerMetrics
+    from learner.registry import read_alias_state
+    from learner.schedule import LearnerService, ScheduleConfig
+
+    learner = settings.learner
+    metrics = LearnerMetrics()
+    store = ProductStore(settings.database_url)
+    store.migrate()
+
+    def on_outcome(outcome: dict[str, Any]) -> None:
+        metrics.observe_outcome(outcome)
+        _publish_champion(metrics, learner.registry_dir, read_alias_state)
+
+    command = [sys.executable, "-m", "daemon.cli", "learn", "--once"]
+    service = LearnerService(
+        store,
+        command,
+        ScheduleConfig(
+            interval_hours=learner.interval_hours,
+            cron=learner.cron,
+            check_interval_s=learner.check_interval_s,
+            min_corrections=learner.min_corrections,
+            misfire_grace_s=learner.misfire_grace_s,
+            standby_poll_s=learner.standby_poll_s,
+        ),
+        on_outcome=on_outcome,
+        on_leader=lambda leader: metrics.leader.set(1 if leader else 0),
+    )
+    _publish_champion(metrics, learner.registry_dir, read_alias_state)
+    http = None
+    if settings.http_port:
+        http = HealthServer(settings.http_host, settings.http_port, metrics.registry, ready=store.ping).start()
+        log.info("learner metrics on http://%s:%d/metrics", settings.http_host, http.port)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the learner", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        service.run()
+    finally:
+        if http is not None:
+            http.stop()
+        store.close()
+    return 0
+
+
+def _publish_champion(metrics: Any, registry_dir: Path, read_alias_state: Any) -> None:
+    try:
+        state = read_alias_state(registry_dir)
+    except Exception as exc:  # metrics must never stop the service
+        log.warning("registry %s unreadable: %s", registry_dir, exc)
+        return
+    metrics.champion.info({"version": state.version("champion") or "", "generation": str(state.generation)})
