@@ -103,8 +103,8 @@ REVIEW_DELAY_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 864
 
 
 class ReviewRoutingMetrics:
-    """The routing decisions of the review loop, exported by the enrichment daemon (`shelfsight run`) on its
-    own registry next to `ServiceMetrics`."""
+    """The routing decisions of the review loop, made and exported by the enrichment daemon (`shelfsight run`):
+    pass it the daemon's registry (`ServiceMetrics.registry`) so they appear on its /metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
