@@ -29,6 +29,8 @@ def _register() -> None:
 
     commands_learner.register(app)
     __import__("daemon.commands_review", fromlist=["register"]).register(app)
+    __import__("daemon.commands_learn", fromlist=["register"]).register(app)
+    __import__("daemon.commands_models", fromlist=["register"]).register(app)
 
 
 _register()

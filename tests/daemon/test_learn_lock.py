@@ -1,0 +1,146 @@
+"""`shelfsight learn --once` as real processes against a real PostgreSQL: two learners started together run one
+retraining, not two; and `shelfsight models` shows, promotes and rolls back what the learner registered.
+
+Small on purpose: 60 CC0 photos at 64 px, EfficientNet-Lite0 with every backbone stage frozen, 2 epochs, one
+thread per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db.learner import LearnerStore
+from daemon.cli import app
+from learner.bundle import ModelBundle
+from learner.classifier import AttributeClassifier
+from learner.registry import ModelRegistry, read_alias_state
+from learner.taxonomy import load_taxonomy
+
+ROOT = Path(__file__).resolve().parents[2]
+TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
+
+
+def _prepare(tmp: Path, database_url: str, cc0_dir: Path) -> dict[str, str]:
+    """A champion in a registry, a labelled base set, and a product database with processed products and a few
+    human corrections; returns the environment a learner process needs."""
+    images = cc0_dir / "images"
+    with (cc0_dir / "labels.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()][::4][:60]
+    base = tmp / "base"
+    base.mkdir()
+    with (base / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "kids"])
+        writer.writeheader()
+        for r in rows[:45]:
+            writer.writerow({"image": str(images / f"{r['image']}.jpg"), "label": r["label"], "kids": r["kids"]})
+    taxonomy = load_taxonomy(TAXONOMY)
+    torch.manual_seed(0)
+    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
+    registry = ModelRegistry(tmp / "registry")
+    bundle = ModelBundle("lock-test-champion", taxonomy, model).save(tmp / "champion.safetensors")
+    registry.promote(registry.register(bundle).version)
+
+    store = ProductStore(database_url)
+    store.migrate()
+    for r in rows[45:]:
+        path = images / f"{r['image']}.jpg"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        store.write_results(
+            [
+                ProductResult(
+                    product_id=str(path),  # the base set's product id is the image name it lists
+                    title=None,
+                    category_hint=None,
+                    event_id=None,
+                    image_url=path.as_uri(),
+                    image_digest=digest,
+                    model_version="lock-test-champion",
+                    attributes=[AttributeValue("garment", "Hat", 0.3)],
+                    source="test",
+                )
+            ]
+        )
+        store.set_human_value(str(path), "garment", r["label"], annotator="ann", image_digest=digest)
+    store.close()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "SHELFSIGHT_DATABASE_URL": database_url,
+        "SHELFSIGHT_DEVICE": "cpu",
+        "SHELFSIGHT_LOG_LEVEL": "WARNING",
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(images),
+        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(registry.root),
+        "SHELFSIGHT_LEARNER__WORK_DIR": str(tmp / "work"),
+        "SHELFSIGHT_LEARNER__BASE_DATA": str(base),
+        "SHELFSIGHT_LEARNER__HOLDOUT_FRACTION": "0.3",
+        "SHELFSIGHT_LEARNER__EPOCHS": "2",
+        "SHELFSIGHT_LEARNER__BATCH_SIZE": "16",
+        "SHELFSIGHT_LEARNER__LR": "0.003",
+        "SHELFSIGHT_LEARNER__FREEZE_STAGES": "9",
+        "SHELFSIGHT_LEARNER__THREADS": "1",
+        "SHELFSIGHT_LEARNER__BOOTSTRAP_SAMPLES": "500",
+    }
+    env.pop("SHELFSIGHT_CONFIG", None)
+    return env
+
+
+@pytest.mark.postgres
+def test_two_learners_started_together_run_one_retraining(postgres_url: str, cc0_dir: Path, tmp_path: Path) -> None:
+    env = _prepare(tmp_path, postgres_url, cc0_dir)
+    command = [sys.executable, "-m", "daemon.cli", "learn", "--once"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--outcome-file", str(tmp_path / f"outcome{i}.json")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, f"{out}\n{err[-3000:]}"
+    statuses = sorted(json.loads((tmp_path / f"outcome{i}.json").read_text())["status"] for i in range(2))
+    trained = [s for s in statuses if s in ("promoted", "rejected")]
+    assert len(trained) == 1, statuses
+    assert statuses[1 - statuses.index(trained[0])] in ("locked", "skipped")
+
+    store = ProductStore(postgres_url)
+    runs = LearnerStore(store).runs()
+    store.close()
+    assert [r.status for r in runs if r.status in ("promoted", "rejected")] == trained
+    registry = ModelRegistry(env["SHELFSIGHT_LEARNER__REGISTRY_DIR"])
+    assert len(registry.versions()) == 2  # the champion and exactly one challenger
+
+    # the registry from the command line: list, show, and (when the challenger won) rollback
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--json", "--registry", str(registry.root)])
+    assert listed.exit_code == 0, listed.output
+    versions = json.loads(listed.output)["versions"]
+    challenger = next(v for v in versions if v["version"] != "lock-test-champion")
+    assert challenger["parent"] == "lock-test-champion" and challenger["status"] == trained[0]
+    shown = runner.invoke(app, ["models", "show", challenger["version"], "--registry", str(registry.root)])
+    assert shown.exit_code == 0 and json.loads(shown.output)["gate"]["outcome"] == trained[0]
+    if trained[0] == "rejected":
+        promoted = runner.invoke(app, ["models", "promote", challenger["version"], "--registry", str(registry.root)])
+        assert promoted.exit_code == 0, promoted.output
+    rolled = runner.invoke(app, ["models", "rollback", "--registry", str(registry.root)])
+    assert rolled.exit_code == 0, rolled.output
+    assert read_alias_state(registry.root).aliases["champion"] == "lock-test-champion"
+    again = runner.invoke(app, ["models", "rollback", "--registry", str(registry.root)])
+    assert again.exit_code == 1 and "nothing to roll back" in again.output
