@@ -166,6 +166,8 @@ class Settings(BaseSettings):
 
     source: Literal["local", "kafka"] = "local"
     model_path: Path = HOME / "models" / "champion.safetensors"
+    registry_dir: Path | None = None  # when set, serve the registry's champion instead of model_path
+    reload_interval_s: float = 5.0  # how often to look for a new champion (or a replaced model file); 0: never
     database_url: str = f"sqlite:///{HOME / 'shelfsight.db'}"
     device: str = "auto"
     max_pixels: int = 40_000_000

@@ -94,6 +94,7 @@ class EventJob:
     images: list[tuple[str, str]] = field(default_factory=list)  # (url, sha256) in event order
     tags: dict[int, ImageTags] = field(default_factory=dict)
     expected: int = 0
+    engine: TaggingEngine | None = None  # the engine that tags this event (fixed when its work starts)
     abandoned: bool = False  # shutting down before its work started: left uncommitted, redelivered later
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -115,6 +116,7 @@ class _InferItem:
     index: int
     prepared: PreparedImage
     queued_at: float
+    engine: TaggingEngine  # the engine that prepared it (its preprocessing) infers it, even across a reload
 
 
 class Enricher:
@@ -183,6 +185,12 @@ class Enricher:
             self.ready.clear()
             self.metrics.up.set(0)
             self._stop_threads()
+
+    def install_engine(self, engine: TaggingEngine) -> None:
+        """Serve `engine` from now on (hot reload). Images already prepared finish on their own engine."""
+        self.engine = engine
+        bundle = engine.bundle
+        self.metrics.set_model(engine.model_version, bundle.classifier.backbone_name, bundle.taxonomy.name)
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -311,11 +319,12 @@ class Enricher:
             except EventRejected as exc:
                 raise PermanentFailure(exc.reason, str(exc)) from None
             prepared: list[PreparedImage] = []
+            engine = job.engine = self.engine  # one engine for all images of an event, even across a reload
             for url in job.event.image_urls:
                 data, digest = self._fetch(url)
                 t0 = time.monotonic()
                 try:
-                    prepared.append(self.engine.prepare(data))
+                    prepared.append(engine.prepare(data))
                 except ImageDecodeError as exc:
                     raise PermanentFailure(f"image_{exc.reason}", f"{url}: {exc}") from None
                 finally:
@@ -324,7 +333,7 @@ class Enricher:
             job.expected = len(prepared)
             now = time.monotonic()
             for i, p in enumerate(prepared):
-                self._put_blocking(self._infer_q, _InferItem(job, i, p, now))
+                self._put_blocking(self._infer_q, _InferItem(job, i, p, now, engine))
         except PermanentFailure as failure:
             self._write_q.put(Finished(job, failure=failure))
         except _Aborted:
@@ -390,16 +399,23 @@ class Enricher:
             self._infer_batch(batch)
 
     def _infer_batch(self, batch: list[_InferItem]) -> None:
+        by_engine: dict[int, list[_InferItem]] = {}
+        for item in batch:  # more than one group only in the batch that straddles a hot reload
+            by_engine.setdefault(id(item.engine), []).append(item)
+        for items in by_engine.values():
+            self._infer_with(items[0].engine, items)
+
+    def _infer_with(self, engine: TaggingEngine, batch: list[_InferItem]) -> None:
         t0 = time.monotonic()
         for item in batch:
             self.metrics.stage_seconds.labels("queue").observe(t0 - item.queued_at)
         try:
-            results = self.engine.infer([item.prepared for item in batch])
-        except Exception as exc:
+            results = engine.infer([item.prepared for item in batch])
+        except Exception as exc:  # e.g. CUDA OOM: retry images one by one
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for item in batch:
                 try:
-                    (tags,) = self.engine.infer([item.prepared])
+                    (tags,) = engine.infer([item.prepared])
                     self._image_done(item, tags)
                 except Exception as exc2:
                     self._write_q.put(Finished(item.job, failure=PermanentFailure("inference_error", repr(exc2))))
@@ -431,7 +447,9 @@ class Enricher:
             image_url=job.images[0][0],
             image_digest=digest,
             model_version=tags[0].model_version,
-            attributes=merge_attributes(tags, self.engine.bundle.taxonomy),
+            attributes=merge_attributes(
+                tags, job.engine.bundle.taxonomy if job.engine else self.engine.bundle.taxonomy
+            ),
             source=f"{self.source_name}:{job.record.topic}/{job.record.partition}@{job.record.offset}",
         )
         if self.review_router is not None:

@@ -162,20 +162,33 @@ class ReviewProject:
         from learner.review import label_config
 
         with self._lock:
-            version = self._model_version()
             if self._id is None:
-                project_id = self.client.ensure_project(self.title, label_config(self.taxonomy), model_version=version)
+                project_id = self.client.ensure_project(self.title, label_config(self.taxonomy))
                 if self.local_storage_path is not None:
                     self.client.ensure_local_storage(project_id, str(self.local_storage_path))
                 if self.webhook_url is not None and self._webhook_secret is not None:
                     self.client.ensure_webhook(project_id, self.webhook_url, {SECRET_HEADER: self._webhook_secret})
                 self._id = project_id
-                self._shown_version = version
                 log.info("Label Studio project %d (%r) ready at %s", project_id, self.title, self.client.url)
-            elif version is not None and version != self._shown_version:
-                self.client.set_model_version(self._id, version)
-                self._shown_version = version
+                self._follow_champion(project_id)
             return self._id
+
+    def follow_champion(self) -> str | None:
+        """Show the champion's predictions once Label Studio has some (it refuses a version without any); called
+        after every import. Returns the version shown."""
+        with self._lock:
+            if self._id is not None:
+                self._follow_champion(self._id)
+            return self._shown_version
+
+    def _follow_champion(self, project_id: int) -> None:
+        version = self._model_version()
+        if (
+            version is not None
+            and version != self._shown_version
+            and self.client.set_model_version(project_id, version)
+        ):
+            self._shown_version = version
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -282,6 +295,7 @@ class OutboxSender:
             report.sent += 1
         self.metrics.tasks_sent.inc(len(ready))
         log.info("sent %d tasks to Label Studio project %d", len(ready), project_id)
+        self.project.follow_champion()
 
     def _retry_later(self, item: OutboxItem, error: str, report: SendReport, *, kind: str) -> None:
         delay = self.backoff(item.attempts + 1)
@@ -663,7 +677,7 @@ class ReviewWorker:
         while not self.stop_event.is_set():
             report = SendReport()
             try:
-                self.project.ensure()  # bootstrap once, then only follows the champion's model version
+                self.project.ensure()  # bootstrap once (the webhook is registered before any task exists)
                 report = self.sender.send_once()
                 if time.monotonic() - last_stats > self.options.stats_interval_s:
                     self.refresh_gauges()

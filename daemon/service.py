@@ -14,11 +14,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings, redact_url
 from daemon.metrics import ServiceMetrics
 from daemon.pipeline import DeadLetterSink, Enricher, EventSource, PipelineOptions
+from daemon.reload import ModelSource, ModelWatcher
 
 log = logging.getLogger("shelfsight.service")
 
@@ -33,6 +35,7 @@ class Service:
     metrics: ServiceMetrics
     closers: list[Callable[[], Any]] = field(default_factory=list)
     idle: Callable[[], bool] | None = None
+    watcher: ModelWatcher | None = None
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -62,21 +65,28 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     metrics = metrics or ServiceMetrics()
     closers: list[Callable[[], Any]] = []
 
-    if not settings.model_path.is_file():
+    model_source = ModelSource(settings.model_path, settings.registry_dir)
+    try:
+        model_path = model_source.resolve()
+    except Exception as exc:
+        raise StartupError(f"no champion model in the registry {settings.registry_dir}: {exc}") from None
+    if not model_path.is_file():
         raise StartupError(
-            f"no model bundle at {settings.model_path}: train one (`shelfsight train ... --out {settings.model_path}`),"
+            f"no model bundle at {model_path}: train one (`shelfsight train ... --out {model_path}`),"
             " run `shelfsight demo`, or set SHELFSIGHT_MODEL_PATH"
         )
+
+    def build_engine(path: Path) -> TaggingEngine:
+        return TaggingEngine(load_bundle(path), device=settings.device, max_pixels=settings.max_pixels)
+
     try:
-        bundle = load_bundle(settings.model_path)
+        engine = build_engine(model_path)
     except BundleError as exc:
         raise StartupError(str(exc)) from None
-    engine = TaggingEngine(bundle, device=settings.device, max_pixels=settings.max_pixels)
+    bundle = engine.bundle
     log.info("model %s on %s", bundle.model_version, engine.device)
 
     if settings.database_url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     store = ProductStore(settings.database_url)
     closers.append(store.close)
@@ -133,7 +143,10 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         review_router=review_router,
     )
     revoke_hook.append(enricher.on_partitions_revoked)
-    return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle)
+    watcher = None
+    if settings.reload_interval_s > 0:
+        watcher = ModelWatcher(model_source, build_engine, enricher.install_engine, metrics, settings.reload_interval_s)
+    return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle, watcher=watcher)
 
 
 def _build_source(
@@ -212,9 +225,13 @@ def run_service(settings: Settings) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    if service.watcher is not None:
+        service.watcher.start()
     try:
         enricher.run(exit_when_idle=service.idle)
     finally:
+        if service.watcher is not None:
+            service.watcher.stop()
         if server is not None:
             server.stop()
         service.close()
