@@ -1,0 +1,137 @@
+"""`LabelStudioClient` against the real Label Studio 1.23.2 server (tests/plugins/labelstudio.py): projects,
+local files, tasks with pre-annotations, lookups, incremental listing, webhooks, and how failures are sorted."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from labelstudio_server import LabelStudioServer
+
+from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable, parse_timestamp
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="garment" toName="image" choice="single"><Choice value="Shirt"/><Choice value="Dress"/></Choices>
+</View>"""
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def client(label_studio: LabelStudioServer) -> LabelStudioClient:
+    return LabelStudioClient(label_studio.url, label_studio.token)
+
+
+def title() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def guess(choice: str = "Shirt", score: float = 0.4) -> dict[str, object]:
+    result = [
+        {"id": "g", "from_name": "garment", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}
+    ]
+    return {"model_version": "m-1", "score": score, "result": [{**result[0], "score": score}]}
+
+
+def test_a_project_is_created_once_and_reused_by_title(client: LabelStudioClient) -> None:
+    name = title()
+    first = client.ensure_project(name, CONFIG)
+    assert client.ensure_project(name, CONFIG) == first
+    changed = CONFIG.replace('<Choice value="Dress"/>', '<Choice value="Dress"/><Choice value="Skirt"/>')
+    assert client.ensure_project(name, changed) == first
+    assert "Skirt" in client.project(first)["label_config"]
+
+
+def test_tasks_carry_the_models_guess_as_pre_annotations(client: LabelStudioClient) -> None:
+    project = client.ensure_project(title(), CONFIG)
+    assert client.set_model_version(project, "m-1") is False  # refused until it has predictions of m-1
+    imported = client.import_tasks(
+        project,
+        [
+            {"data": {"image": "https://cdn.example/a.jpg", "key": "a"}, "predictions": [guess("Shirt", 0.4)]},
+            {"data": {"image": "https://cdn.example/b.jpg", "key": "b"}, "predictions": [guess("Dress", 0.3)]},
+        ],
+    )
+    assert len(imported.task_ids) == 2 and imported.predictions == 2
+    assert client.set_model_version(project, "m-1") is True
+    assert client.project(project)["model_version"] == "m-1"
+    task = client.get_task(imported.task_ids[1])
+    (prediction,) = task["predictions"]
+    assert prediction["model_version"] == "m-1" and prediction["score"] == pytest.approx(0.3)
+    assert prediction["result"][0]["value"] == {"choices": ["Dress"]} and prediction["result"][0]["score"] == 0.3
+    assert client.find_task(project, "key", "b") == imported.task_ids[1]
+    assert client.find_task(project, "key", "nope") is None
+
+
+def test_local_files_are_served_to_annotators_through_a_local_storage(
+    client: LabelStudioClient, label_studio: LabelStudioServer
+) -> None:
+    project = client.ensure_project(title(), CONFIG)
+    assert label_studio.document_root is not None
+    images = label_studio.document_root / "images"
+    storage = client.ensure_local_storage(project, str(images))
+    assert client.ensure_local_storage(project, str(images)) == storage  # idempotent
+    photo = sorted(images.glob("*.jpg"))[0]
+    response = httpx.get(
+        f"{label_studio.url}/data/local-files/?d=images/{photo.name}",
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=10,
+    )
+    assert response.status_code == 200 and response.content == photo.read_bytes()
+
+
+def test_changed_tasks_are_listed_incrementally_including_edits(client: LabelStudioClient) -> None:
+    project = client.ensure_project(title(), CONFIG)
+    (first, second) = client.import_tasks(
+        project, [{"data": {"image": "https://cdn.example/a.jpg"}}, {"data": {"image": "https://cdn.example/b.jpg"}}]
+    ).task_ids
+    time.sleep(0.05)
+    before = datetime.now(UTC)  # same machine, same clock as the server
+    annotation = client.sdk.annotations.create(id=second, result=guess("Dress")["result"], lead_time=3.5)
+    changed = list(client.tasks_updated_since(project, before))
+    assert [t["id"] for t in changed] == [second]
+    (seen,) = changed[0]["annotations"]
+    assert (
+        seen["id"] == annotation.id
+        and seen["lead_time"] == 3.5
+        and "admin@shelfsight.local" in seen["created_username"]
+    )
+    watermark = parse_timestamp(changed[0]["updated_at"])
+    assert watermark is not None
+    assert list(client.tasks_updated_since(project, watermark)) == []
+    time.sleep(0.01)
+    client.sdk.annotations.update(id=annotation.id, result=guess("Shirt")["result"])
+    assert [t["id"] for t in client.tasks_updated_since(project, watermark)] == [second]
+    assert {t["id"] for t in client.tasks_updated_since(project, None)} == {first, second}
+
+
+def test_the_webhook_is_registered_once_per_url(client: LabelStudioClient) -> None:
+    project = client.ensure_project(title(), CONFIG)
+    hook = client.ensure_webhook(project, "http://127.0.0.1:9/webhook", {"X-ShelfSight-Webhook-Secret": "s"})
+    assert client.ensure_webhook(project, "http://127.0.0.1:9/webhook", {"X-ShelfSight-Webhook-Secret": "t"}) == hook
+    (stored,) = [h for h in client.sdk.webhooks.list(project=str(project)) if h.id == hook]
+    assert stored.headers == {"X-ShelfSight-Webhook-Secret": "t"} and stored.send_payload is True
+
+
+def test_an_unreachable_server_is_unavailable_and_a_refusal_is_an_error(label_studio: LabelStudioServer) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    down = LabelStudioClient(f"http://127.0.0.1:{closed_port}", "token", timeout_s=2)
+    with pytest.raises(LabelStudioUnavailable, match="unreachable"):
+        down.ensure_project(title(), CONFIG)
+    assert down.ping() is False
+    wrong = LabelStudioClient(label_studio.url, "not-the-token")
+    with pytest.raises(LabelStudioError, match="401") as refused:
+        wrong.ensure_project(title(), CONFIG)
+    assert refused.value.status_code == 401
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    with pytest.raises(LabelStudioError, match="400"):
+        client.ensure_project(title(), "<View><Image name='image' value='$image'/><Choices name='x'/></View>")
+    assert "not-the-token" not in repr(wrong) and json.dumps(wrong.url)
