@@ -177,6 +177,7 @@ class TrainingData:
     snapshot: dict[str, Any]
     new_corrections: int
     corrections_until: datetime | None
+    holdout_boxes: dict[Path, list[tuple[str, list[float]]]] = field(default_factory=dict)  # image -> objects
 
 
 @dataclass
@@ -191,6 +192,11 @@ class HoldoutEvaluation:
     metrics: dict[str, Any]  # learner.evaluate.compute_metrics on the holdout, at the bundle's thresholds
     scores: ProductScores  # per product and single-choice group, for the paired bootstrap
     images: int
+    detection: dict[str, Any] | None = None  # mAP@[.5:.95] etc. when the bundle detects and boxes exist
+
+    def summary(self) -> dict[str, Any]:
+        """What is recorded: `learner.evaluate.headline` figures plus detection mAP."""
+        return {**headline(self.metrics), "detection": self.detection}
 
 
 @dataclass
@@ -342,6 +348,7 @@ def assemble_training_data(
     train = [s for s in chosen if val_rule.split_of(s.split_key) == "train"]
     val = [s for s in chosen if val_rule.split_of(s.split_key) == "val"]
     until = max((updated for _, _, updated in fixed), default=None)
+    boxes = holdout_boxes(corrections, taxonomy, config.holdout, fetcher, config.work_dir / "images")
     snapshot = {
         "base": base_summary,
         "corrections": {
@@ -363,8 +370,82 @@ def assemble_training_data(
         "train": len(train),
         "val": len(val),
         "train_sha256": _samples_digest(train),
+        "holdout_boxes": {"images": len(boxes), "objects": sum(len(v) for v in boxes.values())},
     }
-    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until)
+    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until, boxes)
+
+
+def holdout_boxes(
+    corrections: Sequence[HumanCorrection],
+    taxonomy: Taxonomy,
+    holdout: HoldoutRule,
+    fetcher: ImageFetcher,
+    image_dir: Path,
+) -> dict[Path, list[tuple[str, list[float]]]]:
+    """Objects annotators boxed on holdout products, as (detector class, [x1, y1, x2, y2]) per image.
+
+    A box is a human value of a detector group (`source: detector` in the taxonomy) with a `box`: one object
+    whose class is the detector class the taxonomy's `detector_mapping` maps to that value."""
+    detector_groups = {g.name for g in taxonomy.groups if g.source == "detector"}
+    to_class = {
+        (group, value): det_class
+        for det_class, attrs in taxonomy.detector_mapping.items()
+        for group, value in attrs.items()
+    }
+    out: dict[Path, list[tuple[str, list[float]]]] = {}
+    fetched: dict[str, tuple[Path, str] | None] = {}
+    for c in corrections:
+        if c.attribute not in detector_groups or c.box is None or not c.image_url:
+            continue
+        if not holdout.contains(c.product_id):
+            continue
+        values = [c.value] if isinstance(c.value, str) else list(c.value)
+        det_class = to_class.get((c.attribute, values[0])) if len(values) == 1 else None
+        if det_class is None:
+            continue
+        if c.image_url not in fetched:
+            fetched[c.image_url] = _fetch_into(fetcher, c.image_url, image_dir)
+        got = fetched[c.image_url]
+        if got is not None:
+            out.setdefault(got[0], []).append((det_class, list(c.box)))
+    return out
+
+
+def detection_map(
+    predicted: Sequence[Sequence[tuple[str, float, Sequence[float]]]],
+    targets: Sequence[Sequence[tuple[str, Sequence[float]]]],
+) -> dict[str, Any]:
+    """COCO mAP@[.5:.95], mAP@.5 and mAP@.75 (torchmetrics) of detections against boxed objects, per image:
+    predictions (class, score, [x1, y1, x2, y2]) and targets (class, [x1, y1, x2, y2])."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    classes = sorted({c for t in targets for c, _ in t} | {c for p in predicted for c, _, _ in p})
+    index = {c: i for i, c in enumerate(classes)}
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    preds = [
+        {
+            "boxes": torch.tensor([list(b) for _, _, b in p], dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.tensor([s for _, s, _ in p], dtype=torch.float32),
+            "labels": torch.tensor([index[c] for c, _, _ in p], dtype=torch.int64),
+        }
+        for p in predicted
+    ]
+    truth = [
+        {
+            "boxes": torch.tensor([list(b) for _, b in t], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([index[c] for c, _ in t], dtype=torch.int64),
+        }
+        for t in targets
+    ]
+    metric.update(preds, truth)
+    result = metric.compute()
+    return {
+        "map": round(float(result["map"]), 4),
+        "map_50": round(float(result["map_50"]), 4),
+        "map_75": round(float(result["map_75"]), 4),
+        "images": len(targets),
+        "objects": sum(len(t) for t in targets),
+    }
 
 
 def _samples_digest(samples: Sequence[Sample]) -> str:
@@ -493,6 +574,8 @@ def fine_tune(
         model_version=model_version(taxonomy, model.backbone_name, model),
         taxonomy=taxonomy,
         classifier=model,
+        detector=champion.detector,  # not fine-tuned here: the champion's detector goes on unchanged
+        detector_spec=champion.detector_spec,
         thresholds=thresholds,
         metrics={
             "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy)",
@@ -521,10 +604,16 @@ def fine_tune(
 
 
 def evaluate_on_holdout(
-    bundle: ModelBundle, samples: Sequence[Sample], device: str = "auto", batch_size: int = 64
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    device: str = "auto",
+    batch_size: int = 64,
+    boxes: dict[Path, list[tuple[str, list[float]]]] | None = None,
 ) -> HoldoutEvaluation:
     """Metrics of a bundle on the holdout (its own preprocessing and thresholds: per group top-1, macro-F1,
-    ECE, per-class figures) and its per-product scores for the paired bootstrap."""
+    ECE, per-class figures), its per-product scores for the paired bootstrap, and detection mAP when the bundle
+    has a detector and annotators boxed objects on holdout images (detections as the tagging engine serves
+    them, i.e. above the detector's score threshold)."""
     if not samples:
         raise RetrainError("the holdout is empty: label more products or raise the holdout fraction")
     dev = pick_device(device)
@@ -545,7 +634,20 @@ def evaluate_on_holdout(
     scores = scores_from_rows(rows, single)
     if not np.isfinite(scores.correct).all():
         raise RetrainError("holdout scores are not finite")
-    return HoldoutEvaluation(metrics, scores, len(samples))
+    detection = None
+    if boxes and bundle.detector is not None:
+        from learner.engine import ImageTags, TaggingEngine
+
+        engine = TaggingEngine(bundle, device=device)
+        paths = sorted(boxes)
+        tagged = engine.tag_bytes([p.read_bytes() for p in paths])
+        predicted = [
+            [(d.label, d.score, list(d.box)) for d in t.detections] if isinstance(t, ImageTags) else [] for t in tagged
+        ]
+        detection = detection_map(predicted, [boxes[p] for p in paths])
+        bundle.detector.to("cpu")
+        model.to("cpu")
+    return HoldoutEvaluation(metrics, scores, len(samples), detection)
 
 
 # --- one run ------------------------------------------------------------------------------------------
@@ -632,11 +734,10 @@ def _run(
     phase("evaluate")
     champion_eval = challenger_eval = None
     try:
-        champion_eval = evaluate_on_holdout(champion, data.holdout, config.recipe.device, config.eval_batch_size)
+        device, batch = config.recipe.device, config.eval_batch_size
+        champion_eval = evaluate_on_holdout(champion, data.holdout, device, batch, data.holdout_boxes)
         if challenger is not None:
-            challenger_eval = evaluate_on_holdout(
-                challenger, data.holdout, config.recipe.device, config.eval_batch_size
-            )
+            challenger_eval = evaluate_on_holdout(challenger, data.holdout, device, batch, data.holdout_boxes)
     except Exception as exc:  # a failed evaluation means rejection, with the reason recorded
         log.exception("holdout evaluation failed")
         failure = failure or f"evaluation failed: {type(exc).__name__}: {exc}"
@@ -653,7 +754,7 @@ def _run(
     phase("register")
     challenger_version = None
     if challenger is not None:
-        challenger.metrics["holdout"] = headline(challenger_eval.metrics) if challenger_eval else None
+        challenger.metrics["holdout"] = challenger_eval.summary() if challenger_eval else None
         challenger.lineage["gate"] = decision.to_dict()
         path = challenger.save(run_dir / "challenger.safetensors")
         registry.register(path, run_id=run_id, status=decision.outcome, holdout=challenger.metrics["holdout"])
@@ -726,8 +827,8 @@ def _decision_record(
         "run_id": run_id,
         "champion": champion_version,
         **decision.to_dict(),
-        "champion_holdout": headline(champion_eval.metrics) if champion_eval else None,
-        "challenger_holdout": headline(challenger_eval.metrics) if challenger_eval else None,
+        "champion_holdout": champion_eval.summary() if champion_eval else None,
+        "challenger_holdout": challenger_eval.summary() if challenger_eval else None,
         "holdout_images": champion_eval.images if champion_eval else len(data.holdout),
         "data": data.snapshot,
     }

@@ -23,6 +23,7 @@ from connectors.db.learner import LearnerStore
 from connectors.images import ImageFetcher
 from learner.bundle import ModelBundle, load_bundle
 from learner.classifier import AttributeClassifier
+from learner.data import load_labelled_set
 from learner.gate import GateConfig
 from learner.registry import ModelRegistry, read_alias_state, resolve_alias
 from learner.retrain import (
@@ -240,3 +241,53 @@ def test_changing_the_pinned_holdout_rule_is_refused(tmp_path: Path) -> None:
     pin_holdout_rule(tmp_path, HOLDOUT)
     with pytest.raises(RetrainError, match="pinned"):
         pin_holdout_rule(tmp_path, HoldoutRule(salt="test-holdout", fraction=0.4))
+
+
+def test_detection_map_rewards_boxes_that_match_the_annotators_objects() -> None:
+    from learner.retrain import detection_map
+
+    truth = [[("person", [10.0, 10.0, 50.0, 90.0])], [("handbag", [0.0, 0.0, 20.0, 20.0])]]
+    perfect = [[("person", 0.9, [10.0, 10.0, 50.0, 90.0])], [("handbag", 0.8, [0.0, 0.0, 20.0, 20.0])]]
+    assert detection_map(perfect, truth)["map"] == pytest.approx(1.0)
+    shifted = [[("person", 0.9, [14.0, 14.0, 54.0, 94.0])], [("handbag", 0.8, [3.0, 3.0, 23.0, 23.0])]]
+    partly = detection_map(shifted, truth)
+    assert 0.0 < partly["map"] < partly["map_50"] == pytest.approx(1.0)
+    wrong_class = [[("handbag", 0.9, [10.0, 10.0, 50.0, 90.0])], []]
+    assert detection_map(wrong_class, truth)["map"] == pytest.approx(0.0)
+    assert partly["images"] == 2 and partly["objects"] == 2
+
+
+def test_holdout_evaluation_measures_the_detector_on_boxed_holdout_images(
+    world: World, untrained_bundle_path: Path
+) -> None:
+    from learner.detector import DetectorSpec, build_detector
+    from learner.retrain import evaluate_on_holdout, holdout_boxes
+
+    rows = [r for r in world.rows if HOLDOUT.contains(r["image"])][:2]
+    for r in rows:
+        path = world.images / f"{r['image']}.jpg"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        world.store.set_human_value(
+            r["image"], "detectedObjects", ["person"], annotator="ann", box=[5, 5, 60, 120], image_digest=digest
+        )
+    bundle = load_bundle(untrained_bundle_path)
+    spec = DetectorSpec(
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        ["__background__", "person", "handbag"],
+        weights="bundle",
+        score_threshold=0.0,
+        max_detections=5,
+    )
+    torch.manual_seed(0)
+    bundle.detector, bundle.detector_spec = build_detector(spec).eval(), spec
+    boxes = holdout_boxes(
+        world.learner.human_corrections(), bundle.taxonomy, HOLDOUT, world.fetcher, world.config.work_dir / "images"
+    )
+    assert sorted(len(v) for v in boxes.values()) == [1, 1]
+    assert all(objects == [("person", [5.0, 5.0, 60.0, 120.0])] for objects in boxes.values())
+    samples = load_labelled_set(world.config.base_data, bundle.taxonomy, group_column="product_id").samples[:4]
+    evaluation = evaluate_on_holdout(bundle, samples, "cpu", 8, boxes)
+    assert evaluation.detection is not None
+    assert evaluation.detection["images"] == 2 and evaluation.detection["objects"] == 2
+    assert 0.0 <= evaluation.detection["map"] <= 1.0
+    assert evaluation.summary()["detection"] == evaluation.detection
