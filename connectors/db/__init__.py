@@ -1,6 +1,14 @@
 """The product database: schema (models, migrations) and `ProductStore`, the one way the services read and
 write it. Importing this package does not connect to anything."""
 
+from connectors.db.review_store import (
+    AnnotationRecord,
+    AnnotationValue,
+    OutboxItem,
+    RecordResult,
+    ReviewStats,
+    ReviewStore,
+)
 from connectors.db.store import DatabaseUnavailable, ProductStore
 from connectors.db.types import (
     Alternative,
@@ -14,12 +22,18 @@ from connectors.db.types import (
 
 __all__ = [
     "Alternative",
+    "AnnotationRecord",
+    "AnnotationValue",
     "AttributeValue",
     "DatabaseUnavailable",
+    "OutboxItem",
     "ProcessingLogStats",
     "ProductResult",
     "ProductStore",
     "ProductView",
+    "RecordResult",
+    "ReviewStats",
+    "ReviewStore",
     "StoredAttribute",
     "WriteStats",
 ]

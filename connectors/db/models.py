@@ -228,8 +228,8 @@ class ReviewAnnotation(Base):
     'unknown_label' / 'unknown_group' (not in the taxonomy: kept here, never applied), 'not_answered' (the
     annotation left a group the model had predicted empty). `value` is encoded like product_attributes.value;
     `box` is JSON [{"label": str, "box": [x1, y1, x2, y2]}, ...] in pixels of the original image, or null.
-    `model_value` is what the model had predicted (same encoding) and `model_was_right` whether the annotator
-    agreed with it (null when the model had no value or the outcome is not 'applied').
+    `model_value` is what the model had predicted, as JSON text ('"Shirt"', '["person"]'), and `model_was_right`
+    whether the annotator agreed with it (null when the model had no value or the outcome is not 'applied').
     """
 
     __tablename__ = "review_annotations"

@@ -1,0 +1,550 @@
+"""`ReviewStore`: the review loop's tables (review_outbox, review_annotations, review_sync_state) as the review
+worker uses them, on the same database and engine as `ProductStore`.
+
+What it guarantees:
+- Outbox: rows are only ever added by `ProductStore.write_results` (same transaction as the model's results).
+  `claim_due` hands out pending rows due for an attempt, most uncertain first, and pushes their next attempt
+  back by a lease in the same transaction, so two workers do not send the same row at once (on PostgreSQL rows
+  locked by another worker are skipped). A row stays 'pending' until Label Studio has it (`mark_sent`) or has
+  refused it for good (`mark_failed`): nothing routed is lost while Label Studio is down.
+- Annotations: `record_annotation` is idempotent and atomic. The same annotation content (same `revision`)
+  recorded twice changes nothing the second time; an edit supersedes the earlier rows; a deleted annotation's
+  rows become 'deleted' and a late delivery of it is ignored. After each change, every attribute it touched is
+  resolved again in the same transaction: the most recently updated active annotation that answered it sets
+  the product's human value; when none is left, the model's value from the outbox payload comes back.
+
+What it must not do: decide policy (what to route, when to retry), talk to Label Studio, or import `learner/` or
+`daemon/`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import Connection, Table, case, delete, func, select, update
+
+from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState
+from connectors.db.store import ProductStore, _encode_value, _now, _utc
+
+__all__ = [
+    "AnnotationRecord",
+    "AnnotationValue",
+    "OutboxItem",
+    "RecordResult",
+    "ReviewStats",
+    "ReviewStore",
+]
+
+OUTBOX = cast(Table, ReviewOutbox.__table__)
+ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
+SYNC_STATE = cast(Table, ReviewSyncState.__table__)
+ATTRIBUTES = cast(Table, ProductAttribute.__table__)
+APPLIED = "applied"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One routed product. `attempts` counts claims before this one: above 0, an earlier attempt may have reached
+    Label Studio before the worker stopped, so the sender looks the task up before importing it again."""
+
+    id: int
+    product_id: str
+    image_digest: str
+    model_version: str
+    image_url: str
+    reason: str
+    priority: float
+    payload: dict[str, Any]
+    status: str
+    task_id: int | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key also stored in the Label Studio task's data."""
+        return f"{self.product_id}|{self.image_digest}|{self.model_version}"
+
+
+@dataclass(frozen=True)
+class AnnotationValue:
+    """One attribute of one annotation, already parsed (see learner/review.py: `parse_annotation`)."""
+
+    attribute: str
+    outcome: str  # applied | skipped | unknown_label | unknown_group | not_answered | invalid
+    value: str | list[str] | None = None
+    boxes: list[dict[str, Any]] | None = None
+    model_value: str | list[str] | None = None
+    model_was_right: bool | None = None
+
+
+@dataclass(frozen=True)
+class AnnotationRecord:
+    """One Label Studio annotation, as the review worker records it."""
+
+    task_id: int
+    annotation_id: int
+    product_id: str
+    annotator: str
+    created_at: datetime
+    updated_at: datetime
+    revision: str
+    values: Sequence[AnnotationValue]
+    outbox_id: int | None = None
+    image_digest: str | None = None
+    lead_time_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """`status`: 'recorded' (new content), 'unchanged' (this content was already recorded) or 'ignored_deleted'
+    (the annotation was deleted before; a late delivery). `changed_attributes`: product attributes whose value
+    was set or restored. `first_for_task`: this was the task's first annotation or skip (it completed the task)."""
+
+    status: Literal["recorded", "unchanged", "ignored_deleted"]
+    changed_attributes: list[str] = field(default_factory=list)
+    first_for_task: bool = False
+
+
+@dataclass(frozen=True)
+class ReviewStats:
+    """`pending`/`sent`/`failed`: outbox rows by status. `completed`: sent tasks with at least one active
+    annotation or skip; `backlog`: sent tasks without. `agreement`: per attribute group, (values where the model
+    was right, values judged) over active applied annotations."""
+
+    pending: int
+    sent: int
+    failed: int
+    completed: int
+    backlog: int
+    annotations: int
+    skipped: int
+    agreement: dict[str, tuple[int, int]]
+
+    def agreement_ratio(self, group: str) -> float | None:
+        right, judged = self.agreement.get(group, (0, 0))
+        return right / judged if judged else None
+
+
+class ReviewStore:
+    """The review tables of `store`'s database. Thread-safe like `ProductStore` (share one per process)."""
+
+    def __init__(self, store: ProductStore) -> None:
+        self.store = store
+        self._insert = store._insert
+
+    # ------------------------------------------------------------------ outbox
+
+    def claim_due(self, limit: int, lease_s: float = 60.0, now: datetime | None = None) -> list[OutboxItem]:
+        """Up to `limit` pending rows whose next attempt is due, most uncertain first (priority, then age). Their
+        next attempt moves `lease_s` ahead and their attempt count goes up, in one transaction."""
+        now = now or _now()
+        t = OUTBOX
+        query = (
+            select(t)
+            .where(t.c.status == "pending", t.c.next_attempt_at <= now)
+            .order_by(t.c.priority.desc(), t.c.id)
+            .limit(limit)
+        )
+        if self.store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.store._transaction(write=True) as conn:
+            rows = conn.execute(query).mappings().all()
+            if rows:
+                conn.execute(
+                    update(t)
+                    .where(t.c.id.in_([r["id"] for r in rows]))
+                    .values(
+                        attempts=t.c.attempts + 1,
+                        next_attempt_at=now + timedelta(seconds=lease_s),
+                        updated_at=now,
+                    )
+                )
+        return [_outbox_item(r) for r in rows]
+
+    def mark_sent(self, outbox_id: int, task_id: int, now: datetime | None = None) -> None:
+        now = now or _now()
+        t = OUTBOX
+        with self.store._transaction(write=True) as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.id == outbox_id)
+                .values(status="sent", task_id=task_id, sent_at=now, updated_at=now, last_error=None)
+            )
+
+    def mark_retry(self, outbox_id: int, error: str, next_attempt_at: datetime, now: datetime | None = None) -> None:
+        """Still pending: try again at `next_attempt_at` (backoff chosen by the caller)."""
+        now = now or _now()
+        t = OUTBOX
+        with self.store._transaction(write=True) as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.id == outbox_id, t.c.status == "pending")
+                .values(last_error=error[:2000], next_attempt_at=next_attempt_at, updated_at=now)
+            )
+
+    def mark_failed(self, outbox_id: int, error: str, now: datetime | None = None) -> None:
+        """Label Studio refused this task for good; `retry_failed` puts it back in the queue."""
+        now = now or _now()
+        t = OUTBOX
+        with self.store._transaction(write=True) as conn:
+            conn.execute(
+                update(t).where(t.c.id == outbox_id).values(status="failed", last_error=error[:2000], updated_at=now)
+            )
+
+    def retry_failed(self, now: datetime | None = None) -> int:
+        """Failed rows back to pending, due now (after fixing what Label Studio refused). Returns how many."""
+        now = now or _now()
+        t = OUTBOX
+        with self.store._transaction(write=True) as conn:
+            result = conn.execute(
+                update(t).where(t.c.status == "failed").values(status="pending", next_attempt_at=now, updated_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    def make_due(self, now: datetime | None = None) -> int:
+        """Every pending row due now, whatever its backoff (`shelfsight review sync`). Returns how many."""
+        now = now or _now()
+        t = OUTBOX
+        with self.store._transaction(write=True) as conn:
+            result = conn.execute(
+                update(t).where(t.c.status == "pending", t.c.next_attempt_at > now).values(next_attempt_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    def outbox_item(self, outbox_id: int) -> OutboxItem | None:
+        with self.store._transaction() as conn:
+            row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().first()
+        return _outbox_item(row) if row is not None else None
+
+    def outbox_for_task(self, task_id: int) -> OutboxItem | None:
+        with self.store._transaction() as conn:
+            row = conn.execute(select(OUTBOX).where(OUTBOX.c.task_id == task_id)).mappings().first()
+        return _outbox_item(row) if row is not None else None
+
+    def outbox_items(self, product_id: str | None = None) -> list[OutboxItem]:
+        query = select(OUTBOX).order_by(OUTBOX.c.id)
+        if product_id is not None:
+            query = query.where(OUTBOX.c.product_id == product_id)
+        with self.store._transaction() as conn:
+            return [_outbox_item(r) for r in conn.execute(query).mappings().all()]
+
+    def routed_since(self, since: datetime) -> list[datetime]:
+        """When each product routed after `since` was routed (seeds the routing caps after a restart)."""
+        query = select(OUTBOX.c.created_at).where(OUTBOX.c.created_at > since).order_by(OUTBOX.c.created_at)
+        with self.store._transaction() as conn:
+            return [_utc(v) for v in conn.execute(query).scalars().all()]
+
+    # ------------------------------------------------------------------ annotations
+
+    def record_annotation(self, record: AnnotationRecord, now: datetime | None = None) -> RecordResult:
+        """Record one annotation (idempotent; see the module docstring) and update the product's attributes."""
+        now = now or _now()
+        a = ANNOTATIONS
+        with self.store._transaction(write=True) as conn:
+            existing = conn.execute(
+                select(a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator).where(
+                    a.c.annotation_id == record.annotation_id
+                )
+            ).all()
+            if any(row.state == "deleted" for row in existing):
+                return RecordResult("ignored_deleted")
+            if any(row.state == "active" and row.revision == record.revision for row in existing):
+                return RecordResult("unchanged")
+            first = (
+                conn.execute(select(a.c.id).where(a.c.task_id == record.task_id, a.c.state != "superseded").limit(1))
+                .scalars()
+                .first()
+                is None
+            )
+            previous = [row for row in existing if row.state == "active"]
+            touched = {row.attribute for row in previous if row.outcome == APPLIED}
+            if previous:
+                conn.execute(update(a).where(a.c.id.in_([row.id for row in previous])).values(state="superseded"))
+            earlier_same = [row.id for row in existing if row.revision == record.revision]
+            if earlier_same:  # an edit undone: the rows of that content come back
+                conn.execute(update(a).where(a.c.id.in_(earlier_same)).values(state="active"))
+                touched |= {row.attribute for row in existing if row.id in earlier_same and row.outcome == APPLIED}
+            else:
+                rows = [_annotation_row(record, value, now) for value in record.values]
+                if rows:
+                    conn.execute(self._insert(a), rows)
+                touched |= {v.attribute for v in record.values if v.outcome == APPLIED}
+            withdrawn = {row.attribute: row for row in previous if row.outcome == APPLIED}
+            changed = [
+                attr
+                for attr in sorted(touched)
+                if self._resolve_attribute(conn, record.product_id, attr, withdrawn_by=withdrawn.get(attr), now=now)
+            ]
+        return RecordResult("recorded", changed, first)
+
+    def delete_annotations(self, annotation_ids: Iterable[int], now: datetime | None = None) -> list[str]:
+        """Annotations deleted in Label Studio: their rows become 'deleted' and the attributes they had set are
+        resolved again. Idempotent. Returns the product attributes changed, as 'product_id/attribute'."""
+        now = now or _now()
+        ids = sorted(set(annotation_ids))
+        if not ids:
+            return []
+        a = ANNOTATIONS
+        changed: list[str] = []
+        with self.store._transaction(write=True) as conn:
+            rows = conn.execute(
+                select(a.c.id, a.c.product_id, a.c.attribute, a.c.outcome, a.c.state, a.c.value, a.c.annotator).where(
+                    a.c.annotation_id.in_(ids), a.c.state != "deleted"
+                )
+            ).all()
+            if not rows:
+                return []
+            conn.execute(update(a).where(a.c.id.in_([r.id for r in rows])).values(state="deleted"))
+            for row in rows:
+                if row.state != "active" or row.outcome != APPLIED:
+                    continue
+                if self._resolve_attribute(conn, row.product_id, row.attribute, withdrawn_by=row, now=now):
+                    changed.append(f"{row.product_id}/{row.attribute}")
+        return changed
+
+    def active_annotation_ids(self, task_id: int) -> set[int]:
+        a = ANNOTATIONS
+        with self.store._transaction() as conn:
+            return set(
+                conn.execute(select(a.c.annotation_id).where(a.c.task_id == task_id, a.c.state == "active"))
+                .scalars()
+                .all()
+            )
+
+    def annotations(self, product_id: str | None = None, *, state: str | None = None) -> list[dict[str, Any]]:
+        """Recorded annotation rows (for `shelfsight review status`, the learner and tests), oldest first."""
+        a = ANNOTATIONS
+        query = select(a).order_by(a.c.id)
+        if product_id is not None:
+            query = query.where(a.c.product_id == product_id)
+        if state is not None:
+            query = query.where(a.c.state == state)
+        with self.store._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+        out = []
+        for row in rows:
+            item = dict(row)
+            item["value"] = _decode(row["value"], row["value_is_list"])
+            item["model_value"] = _decode_any(row["model_value"])
+            for key in ("annotation_created_at", "annotation_updated_at", "recorded_at"):
+                item[key] = _utc(row[key])
+            out.append(item)
+        return out
+
+    def _resolve_attribute(
+        self, conn: Connection, product_id: str, attribute: str, *, withdrawn_by: Any, now: datetime
+    ) -> bool:
+        """Set the product's value of `attribute` from the latest active annotation that answered it; with none
+        left, undo the withdrawn annotation's value (the model's value comes back). True when something changed."""
+        a = ANNOTATIONS
+        winner = (
+            conn.execute(
+                select(a)
+                .where(
+                    a.c.product_id == product_id,
+                    a.c.attribute == attribute,
+                    a.c.state == "active",
+                    a.c.outcome == APPLIED,
+                )
+                .order_by(a.c.annotation_updated_at.desc(), a.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        current = (
+            conn.execute(
+                select(ATTRIBUTES).where(ATTRIBUTES.c.product_id == product_id, ATTRIBUTES.c.attribute == attribute)
+            )
+            .mappings()
+            .first()
+        )
+        if winner is not None:
+            value = _decode(winner["value"], winner["value_is_list"])
+            assert value is not None
+            boxes = winner["box"] or []
+            box = next((b["box"] for b in boxes if b.get("box")), None)
+            digest = self._outbox_digest(conn, winner["outbox_id"])
+            if (
+                current is not None
+                and current["source"] == "human"
+                and current["value"] == winner["value"]
+                and current["annotator"] == winner["annotator"]
+                and (current["box"] or None) == (box or None)
+            ):
+                return False
+            self.store._write_human_value(conn, product_id, attribute, value, winner["annotator"], box, digest, now)
+            return True
+        if withdrawn_by is None or current is None or current["source"] != "human":
+            return False
+        if current["annotator"] != withdrawn_by.annotator or current["value"] != withdrawn_by.value:
+            return False  # set by someone else since: theirs stays
+        model = self._model_value(conn, product_id, attribute)
+        if model is None:
+            conn.execute(
+                delete(ATTRIBUTES).where(ATTRIBUTES.c.product_id == product_id, ATTRIBUTES.c.attribute == attribute)
+            )
+            return True
+        value, confidence, box, model_version, digest = model
+        encoded, is_list = _encode_value(value)
+        conn.execute(
+            update(ATTRIBUTES)
+            .where(ATTRIBUTES.c.product_id == product_id, ATTRIBUTES.c.attribute == attribute)
+            .values(
+                value=encoded,
+                value_is_list=is_list,
+                confidence=confidence,
+                alternatives=[],
+                source="model",
+                model_version=model_version,
+                box=box,
+                image_digest=digest,
+                annotator=None,
+                updated_at=now,
+            )
+        )
+        return True
+
+    def _outbox_digest(self, conn: Connection, outbox_id: int | None) -> str | None:
+        if outbox_id is None:
+            return None
+        return cast(
+            "str | None",
+            conn.execute(select(OUTBOX.c.image_digest).where(OUTBOX.c.id == outbox_id)).scalar_one_or_none(),
+        )
+
+    def _model_value(
+        self, conn: Connection, product_id: str, attribute: str
+    ) -> tuple[str | list[str], float, list[float] | None, str, str] | None:
+        """The model's value of `attribute` from the product's newest outbox payload that has one."""
+        rows = conn.execute(
+            select(OUTBOX.c.payload, OUTBOX.c.model_version, OUTBOX.c.image_digest)
+            .where(OUTBOX.c.product_id == product_id)
+            .order_by(OUTBOX.c.id.desc())
+        ).all()
+        for payload, model_version, digest in rows:
+            model = (payload or {}).get("model_values", {}).get(attribute)
+            if model and model.get("value") is not None:
+                confidence = min(max(float(model.get("confidence", 0.0)), 0.0), 1.0)
+                return model["value"], confidence, model.get("box"), model_version, digest
+        return None
+
+    # ------------------------------------------------------------------ sync state, statistics
+
+    def get_state(self, name: str) -> str | None:
+        with self.store._transaction() as conn:
+            return cast(
+                "str | None",
+                conn.execute(select(SYNC_STATE.c.value).where(SYNC_STATE.c.name == name)).scalar_one_or_none(),
+            )
+
+    def set_state(self, name: str, value: str, now: datetime | None = None) -> None:
+        now = now or _now()
+        insert = self._insert(SYNC_STATE).values(name=name, value=value, updated_at=now)
+        with self.store._transaction(write=True) as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["name"], set_={"value": insert.excluded.value, "updated_at": now}
+                )
+            )
+
+    def stats(self) -> ReviewStats:
+        t, a = OUTBOX, ANNOTATIONS
+        with self.store._transaction() as conn:
+            by_status = dict(conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all())
+            answered = select(a.c.task_id).where(a.c.state == "active").distinct().scalar_subquery()
+            completed = conn.execute(
+                select(func.count()).select_from(t).where(t.c.status == "sent", t.c.task_id.in_(answered))
+            ).scalar_one()
+            annotations = conn.execute(
+                select(func.count(func.distinct(a.c.annotation_id))).where(a.c.state == "active")
+            ).scalar_one()
+            skipped = conn.execute(
+                select(func.count()).select_from(a).where(a.c.state == "active", a.c.outcome == SKIPPED)
+            ).scalar_one()
+            right = func.sum(case((a.c.model_was_right.is_(True), 1), else_=0))
+            agreement_rows = conn.execute(
+                select(a.c.attribute, right, func.count())
+                .where(a.c.state == "active", a.c.outcome == APPLIED, a.c.model_was_right.is_not(None))
+                .group_by(a.c.attribute)
+            ).all()
+        sent = int(by_status.get("sent", 0))
+        return ReviewStats(
+            pending=int(by_status.get("pending", 0)),
+            sent=sent,
+            failed=int(by_status.get("failed", 0)),
+            completed=int(completed),
+            backlog=sent - int(completed),
+            annotations=int(annotations),
+            skipped=int(skipped),
+            agreement={str(g): (int(r or 0), int(n)) for g, r, n in agreement_rows},
+        )
+
+
+# ---------------------------------------------------------------------- conversions
+
+
+def _outbox_item(row: Any) -> OutboxItem:
+    return OutboxItem(
+        id=int(row["id"]),
+        product_id=row["product_id"],
+        image_digest=row["image_digest"],
+        model_version=row["model_version"],
+        image_url=row["image_url"],
+        reason=row["reason"],
+        priority=float(row["priority"]),
+        payload=dict(row["payload"] or {}),
+        status=row["status"],
+        task_id=int(row["task_id"]) if row["task_id"] is not None else None,
+        attempts=int(row["attempts"]),
+        last_error=row["last_error"],
+        created_at=_utc(row["created_at"]),
+        sent_at=_utc(row["sent_at"]) if row["sent_at"] is not None else None,
+    )
+
+
+def _annotation_row(record: AnnotationRecord, value: AnnotationValue, now: datetime) -> dict[str, Any]:
+    encoded: str | None = None
+    is_list = False
+    if value.value is not None:
+        encoded, is_list = _encode_value(value.value)
+    model = None if value.model_value is None else json.dumps(value.model_value, ensure_ascii=False)
+    return {
+        "task_id": record.task_id,
+        "annotation_id": record.annotation_id,
+        "outbox_id": record.outbox_id,
+        "product_id": record.product_id,
+        "attribute": value.attribute,
+        "value": encoded,
+        "value_is_list": is_list,
+        "box": value.boxes,
+        "annotator": record.annotator,
+        "annotation_created_at": record.created_at,
+        "annotation_updated_at": record.updated_at,
+        "lead_time_s": record.lead_time_s,
+        "model_value": model,
+        "model_was_right": value.model_was_right,
+        "state": "active",
+        "outcome": value.outcome,
+        "revision": record.revision,
+        "recorded_at": now,
+    }
+
+
+def _decode(value: str | None, is_list: bool) -> str | list[str] | None:
+    if value is None:
+        return None
+    decoded: str | list[str] = json.loads(value) if is_list else value
+    return decoded
+
+
+def _decode_any(value: str | None) -> Any:
+    return None if value is None else json.loads(value)

@@ -1,0 +1,225 @@
+"""The review loop's tables against the real databases (SQLite and PostgreSQL 18): the transactional outbox written
+with the model's results, claiming and retrying it, and recording annotations idempotently into the catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.db import (
+    Alternative,
+    AnnotationRecord,
+    AnnotationValue,
+    AttributeValue,
+    ProductResult,
+    ProductStore,
+    ReviewStore,
+)
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Iterator[ProductStore]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    s = ProductStore(url, connect_timeout_s=2.0)
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def reviews(store: ProductStore) -> ReviewStore:
+    return ReviewStore(store)
+
+
+def routed(product_id: str = "p1", priority: float = 0.5, garment: str = "Shirt", **changes: object) -> ProductResult:
+    result = ProductResult(
+        product_id=product_id,
+        title="Linen shirt",
+        category_hint=None,
+        event_id=f"e-{product_id}",
+        image_url=f"https://cdn.example/{product_id}.jpg",
+        image_digest=f"d-{product_id}",
+        model_version="m1",
+        attributes=[AttributeValue("garment", garment, 0.4, [Alternative(garment, 0.4)])],
+        source="test",
+        review={
+            "reason": "low_confidence",
+            "priority": priority,
+            "model_values": {"garment": {"value": garment, "confidence": 0.4, "box": None}},
+        },
+    )
+    return dataclasses.replace(result, **changes)  # type: ignore[arg-type]
+
+
+def annotation(
+    annotation_id: int = 101,
+    value: str = "Dress",
+    *,
+    task_id: int = 7,
+    product_id: str = "p1",
+    annotator: str = "alice@example.com",
+    updated: datetime = T0,
+    outcome: str = "applied",
+) -> AnnotationRecord:
+    return AnnotationRecord(
+        task_id=task_id,
+        annotation_id=annotation_id,
+        product_id=product_id,
+        annotator=annotator,
+        created_at=updated,
+        updated_at=updated,
+        revision=f"rev-{value}-{outcome}",
+        values=[AnnotationValue("garment", outcome, value, None, "Shirt", value == "Shirt")],
+        lead_time_s=4.2,
+    )
+
+
+def garment(store: ProductStore, product_id: str = "p1") -> tuple[object, ...]:
+    product = store.get_product(product_id)
+    assert product is not None
+    a = product.attributes["garment"]
+    return (a.value, a.source, a.annotator, a.updated_at)
+
+
+# -------------------------------------------------------------------------------------------- outbox
+
+
+def test_a_routed_product_gets_its_outbox_row_in_the_same_transaction(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    store.write_results([routed("p1"), routed("p2", review=None)])
+    (item,) = reviews.outbox_items()
+    assert (item.product_id, item.status, item.attempts, item.reason) == ("p1", "pending", 0, "low_confidence")
+    assert item.payload["model_values"]["garment"]["value"] == "Shirt" and item.key == "p1|d-p1|m1"
+    # a batch that fails half-way stores neither results nor outbox rows
+    bad = routed("p3", attributes=[AttributeValue("garment", "Shirt", 1.5)])
+    with pytest.raises(sa.exc.IntegrityError):
+        store.write_results([routed("p0"), bad])
+    assert [i.product_id for i in reviews.outbox_items()] == ["p1"] and store.get_product("p0") is None
+
+
+def test_a_redelivered_event_adds_no_second_outbox_row(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("p1")])
+    stats = store.write_results([routed("p1", priority=0.9)])
+    assert stats.duplicates == 1 and len(reviews.outbox_items()) == 1
+
+
+def test_due_rows_are_claimed_most_uncertain_first_and_leased(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("low", 0.2), routed("high", 0.9), routed("mid", 0.5)])
+    now = datetime.now(UTC)
+    assert [i.product_id for i in reviews.claim_due(2, lease_s=60, now=now)] == ["high", "mid"]
+    assert [i.product_id for i in reviews.claim_due(5, lease_s=60, now=now)] == ["low"]  # the others are leased
+    again = reviews.claim_due(5, lease_s=60, now=now + timedelta(seconds=61))
+    assert [(i.product_id, i.attempts) for i in again] == [("high", 1), ("mid", 1), ("low", 1)]
+
+
+def test_a_row_waits_for_its_backoff_and_stays_pending_until_sent(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("p1")])
+    now = datetime.now(UTC)
+    (item,) = reviews.claim_due(1, now=now)
+    reviews.mark_retry(item.id, "Label Studio unreachable", now + timedelta(seconds=30), now=now)
+    assert reviews.claim_due(1, lease_s=0, now=now + timedelta(seconds=29)) == []
+    (again,) = reviews.claim_due(1, now=now + timedelta(seconds=31))
+    assert again.status == "pending" and again.last_error == "Label Studio unreachable"
+    reviews.mark_sent(again.id, task_id=42, now=now)
+    (sent,) = reviews.outbox_items()
+    assert (sent.status, sent.task_id) == ("sent", 42) and reviews.outbox_for_task(42) == sent
+    assert reviews.claim_due(5, now=now + timedelta(days=1)) == []
+
+
+def test_refused_rows_fail_and_can_be_put_back(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("p1")])
+    (item,) = reviews.claim_due(1)
+    reviews.mark_failed(item.id, "HTTP 400: bad image")
+    assert reviews.stats().failed == 1 and reviews.claim_due(1, now=datetime.now(UTC) + timedelta(days=1)) == []
+    assert reviews.retry_failed() == 1
+    assert [i.product_id for i in reviews.claim_due(1, now=datetime.now(UTC) + timedelta(seconds=1))] == ["p1"]
+
+
+# -------------------------------------------------------------------------------------------- annotations
+
+
+def test_an_annotation_sets_a_human_value_once(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("p1")])
+    first = reviews.record_annotation(annotation())
+    assert first.status == "recorded" and first.changed_attributes == ["garment"] and first.first_for_task
+    before = garment(store)
+    assert before[:3] == ("Dress", "human", "alice@example.com")
+    again = reviews.record_annotation(annotation())
+    assert again.status == "unchanged" and garment(store) == before
+    (row,) = reviews.annotations("p1")
+    assert row["model_was_right"] is False and row["lead_time_s"] == 4.2 and row["model_value"] == "Shirt"
+    # the model's later output never overwrites it
+    store.write_results([routed("p1", image_digest="d-new", garment="Polo")])
+    assert garment(store) == before
+
+
+def test_an_edit_supersedes_and_undoing_it_brings_the_first_answer_back(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    store.write_results([routed("p1")])
+    reviews.record_annotation(annotation(value="Dress"))
+    edited = reviews.record_annotation(annotation(value="Skirt", updated=T0 + timedelta(minutes=1)))
+    assert edited.status == "recorded" and not edited.first_for_task and garment(store)[0] == "Skirt"
+    assert [(r["value"], r["state"]) for r in reviews.annotations("p1")] == [
+        ("Dress", "superseded"),
+        ("Skirt", "active"),
+    ]
+    reviews.record_annotation(annotation(value="Dress", updated=T0 + timedelta(minutes=2)))
+    assert garment(store)[0] == "Dress"
+    assert [r["state"] for r in reviews.annotations("p1")] == ["active", "superseded"]
+
+
+def test_the_latest_of_several_annotators_wins_and_a_deletion_falls_back(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    store.write_results([routed("p1")])
+    reviews.record_annotation(annotation(101, "Dress", annotator="alice@example.com", updated=T0))
+    reviews.record_annotation(annotation(102, "Skirt", annotator="bob@example.com", updated=T0 + timedelta(minutes=5)))
+    assert garment(store)[:3] == ("Skirt", "human", "bob@example.com")
+    assert reviews.delete_annotations([102]) == ["p1/garment"]
+    assert garment(store)[:3] == ("Dress", "human", "alice@example.com")
+    assert reviews.delete_annotations([102]) == []  # idempotent
+    late = reviews.record_annotation(annotation(102, "Skirt", annotator="bob@example.com"))
+    assert late.status == "ignored_deleted" and garment(store)[0] == "Dress"
+    reviews.delete_annotations([101])
+    value, source, annotator, _ = garment(store)
+    assert (value, source, annotator) == ("Shirt", "model", None)  # the model's value is back
+
+
+def test_unknown_labels_and_skips_are_recorded_but_change_no_attribute(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    store.write_results([routed("p1")])
+    before = garment(store)
+    unknown = reviews.record_annotation(annotation(101, "Kimono", outcome="unknown_label"))
+    assert unknown.status == "recorded" and unknown.changed_attributes == [] and garment(store) == before
+    skip = AnnotationRecord(7, 103, "p1", "carol@example.com", T0, T0, "rev-skip", [AnnotationValue("*", "skipped")])
+    assert reviews.record_annotation(skip).changed_attributes == []
+    stats = reviews.stats()
+    assert stats.annotations == 2 and stats.skipped == 1 and stats.agreement == {}
+
+
+def test_stats_count_the_queue_and_the_agreement(store: ProductStore, reviews: ReviewStore) -> None:
+    store.write_results([routed("p1"), routed("p2"), routed("p3")])
+    items = {i.product_id: i for i in reviews.outbox_items()}
+    reviews.mark_sent(items["p1"].id, 7)
+    reviews.mark_sent(items["p2"].id, 8)
+    reviews.record_annotation(annotation(101, "Dress", task_id=7, product_id="p1"))
+    reviews.record_annotation(annotation(102, "Shirt", task_id=8, product_id="p2"))
+    stats = reviews.stats()
+    assert (stats.pending, stats.sent, stats.completed, stats.backlog) == (1, 2, 2, 0)
+    assert stats.agreement == {"garment": (1, 2)} and stats.agreement_ratio("garment") == 0.5
+
+
+def test_sync_state_is_kept(reviews: ReviewStore) -> None:
+    assert reviews.get_state("w") is None
+    reviews.set_state("w", "2026-11-22T12:00:00+00:00")
+    reviews.set_state("w", "2026-11-22T13:00:00+00:00")
+    assert reviews.get_state("w") == "2026-11-22T13:00:00+00:00"
