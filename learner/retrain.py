@@ -11,9 +11,10 @@ Training data (`assemble_training_data`):
   kept once, the corrected one first): the digest is the SHA-256 of the image bytes.
 - the holdout (`HoldoutRule`) is split off first and never trained on. The rest is split into train and
   validation (early stopping, thresholds) by product id with `learner.data.SplitRule`.
-- replay: corrections newer than the last completed run are all trained on; the older data (original set and
-  earlier corrections) is replayed: a deterministic sample of `replay_ratio` times as many items, at least
-  `replay_min_samples` (all of it when it is smaller), so the model does not forget what it knew.
+- replay: corrections the champion was not trained on (newer than those in its lineage) are all trained on; the
+  older data (original set and corrections the champion already learned from) is replayed: a deterministic
+  sample of `replay_ratio` times as many items, at least `replay_min_samples` (all of it when it is smaller),
+  so the model does not forget what it knew.
 
 The holdout rule (documented in `HoldoutRule`): a product is in the holdout iff
 `sha256("<salt>:<product id>")[:8] / 2**64 < fraction`, and only products labelled by humans (the original
@@ -662,9 +663,10 @@ def run_retraining(
     on_phase: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """One retraining run under the database run lock (see the module docstring). Without `force`, a run with
-    fewer than one new correction (`reason` 'schedule') or fewer than `min_corrections` ('corrections') is
-    recorded as skipped. Exceptions after the run is recorded become a 'failed' run; the champion only ever
-    changes in the last step (an atomic alias update), so a crash anywhere leaves it as it was."""
+    no correction newer than the last completed (promoted or rejected) run's, or for `reason` 'corrections' fewer
+    than `min_corrections` of them, is recorded as skipped. Exceptions after the run is recorded become a 'failed'
+    run; the champion only ever changes in the last step (an atomic alias update), so a crash anywhere leaves it
+    as it was."""
     started = time.time()
     lock = DatabaseLock(learner_store.store, RUN_LOCK)
     if not lock.try_acquire():
@@ -722,7 +724,8 @@ def _run(
         return RunOutcome("skipped", run_id=run_id, champion=champion_version, message=message)
 
     phase("data")
-    data = assemble_training_data(config, champion.taxonomy, corrections, since, fetcher)
+    # "new" for the replay rule: corrections the champion has not learned from (a rejected run's are still new)
+    data = assemble_training_data(config, champion.taxonomy, corrections, champion_data_until(champion), fetcher)
     run_dir = config.work_dir / "runs" / str(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     lineage = {"data": data.snapshot, "split": data.snapshot["val_split"], "holdout": config.holdout.to_dict()}
@@ -784,6 +787,12 @@ def _run(
         challenger_holdout=record.get("challenger_holdout"),
         message=decision.summary(),
     )
+
+
+def champion_data_until(bundle: ModelBundle) -> datetime | None:
+    """The newest human correction the bundle was trained on (None: none, e.g. the first champion)."""
+    until = ((bundle.lineage.get("data") or {}).get("corrections") or {}).get("until")
+    return datetime.fromisoformat(until) if until else None
 
 
 def _train(

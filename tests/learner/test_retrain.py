@@ -291,3 +291,14 @@ def test_holdout_evaluation_measures_the_detector_on_boxed_holdout_images(
     assert evaluation.detection["images"] == 2 and evaluation.detection["objects"] == 2
     assert 0.0 <= evaluation.detection["map"] <= 1.0
     assert evaluation.summary()["detection"] == evaluation.detection
+
+
+def test_a_run_with_two_torchrun_processes_trains_registers_and_decides(world: World) -> None:
+    two = dataclasses.replace(world.config, nproc_per_node=2)
+    two.recipe = dataclasses.replace(_recipe(), epochs=1)
+    outcome = run_retraining(two, world.learner, world.fetcher, reason="manual", force=True)
+    assert outcome.status in ("promoted", "rejected"), outcome.message
+    challenger = load_bundle(world.registry.resolve(outcome.challenger or ""))
+    assert challenger.lineage["world_size"] == 2
+    assert challenger.lineage["parent"] == outcome.champion
+    assert not (world.config.work_dir / "runs" / str(outcome.run_id)).exists()  # scratch removed after the run
