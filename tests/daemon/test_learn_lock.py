@@ -144,3 +144,34 @@ def test_two_learners_started_together_run_one_retraining(postgres_url: str, cc0
     assert read_alias_state(registry.root).aliases["champion"] == "lock-test-champion"
     again = runner.invoke(app, ["models", "rollback", "--registry", str(registry.root)])
     assert again.exit_code == 1 and "nothing to roll back" in again.output
+
+
+@pytest.mark.postgres
+def test_a_learner_killed_mid_run_leaves_the_champion_and_the_next_run_starts_cleanly(
+    postgres_url: str, cc0_dir: Path, tmp_path: Path
+) -> None:
+    import time
+
+    env = _prepare(tmp_path, postgres_url, cc0_dir)
+    registry = ModelRegistry(env["SHELFSIGHT_LEARNER__REGISTRY_DIR"])
+    before = read_alias_state(registry.root)
+    store = ProductStore(postgres_url)
+    learner = LearnerStore(store)
+    command = [sys.executable, "-m", "daemon.cli", "learn", "--once"]
+    victim = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(r.status == "running" for r in learner.runs()) and time.monotonic() < deadline:
+        assert victim.poll() is None, "the learner ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the run: data assembly or training
+    victim.kill()
+    victim.wait(30)
+    assert read_alias_state(registry.root) == before  # the champion is untouched
+    assert [r.status for r in learner.runs()] == ["running"]
+
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    statuses = [r.status for r in learner.runs()]  # newest first
+    assert statuses[1] == "abandoned" and statuses[0] in ("promoted", "rejected"), statuses
+    assert not list((tmp_path / "work" / "runs").iterdir())
+    store.close()
