@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 PRIMARY_METRIC = "mean_top1"  # same key as learner.train.PRIMARY_METRIC (kept import-free: this module is pure)
 GROUP_FIGURES = ("top1", "macro_f1")  # per attribute group, what must not regress beyond the margin
@@ -56,8 +57,8 @@ class ProductScores:
 
     products: tuple[str, ...]
     groups: tuple[str, ...]
-    correct: np.ndarray  # (P, G) images right
-    known: np.ndarray  # (P, G) images with a human label for that group
+    correct: NDArray[np.float64]  # (P, G) images right
+    known: NDArray[np.float64]  # (P, G) images with a human label for that group
 
     def __post_init__(self) -> None:
         shape = (len(self.products), len(self.groups))
@@ -77,12 +78,12 @@ class ProductScores:
         )
 
 
-def primary_metric(correct: np.ndarray, known: np.ndarray) -> float:
+def primary_metric(correct: NDArray[np.float64], known: NDArray[np.float64]) -> float:
     """Mean over groups of sum(correct) / sum(known); groups without any label are left out (NaN if none has)."""
     return float(_primary_from_sums(correct.sum(axis=0, keepdims=True), known.sum(axis=0, keepdims=True))[0])
 
 
-def _primary_from_sums(correct: np.ndarray, known: np.ndarray) -> np.ndarray:
+def _primary_from_sums(correct: NDArray[np.float64], known: NDArray[np.float64]) -> NDArray[np.float64]:
     """Row-wise primary metric of (B, G) summed counts."""
     with np.errstate(divide="ignore", invalid="ignore"):
         acc = np.where(known > 0, correct / np.where(known > 0, known, 1), np.nan)
