@@ -1,0 +1,73 @@
+"""`shelfsight learn` (the service) as a real process on SQLite: it leads the scheduler, stores its jobs in the
+product database, serves its metrics and health on the HTTP port, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from connectors.db import ProductStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SHELFSIGHT_DATABASE_URL": sqlite_url,
+        "SHELFSIGHT_HTTP_PORT": str(port),
+        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(tmp_path / "registry"),
+        "SHELFSIGHT_LEARNER__WORK_DIR": str(tmp_path / "work"),
+        "SHELFSIGHT_LEARNER__CRON": "0 3 * * *",
+    }
+    env.pop("SHELFSIGHT_CONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "learn"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        metrics = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "shelfsight_learner_scheduler_leader 1.0" not in metrics:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+            _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        assert "shelfsight_learner_scheduler_leader 1.0" in metrics
+        assert 'shelfsight_learner_runs_total{outcome="promoted"} 0.0' in metrics
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+        store = ProductStore(sqlite_url)
+        with store.engine.connect() as conn:
+            jobs = {row[0] for row in conn.execute(sa.text("SELECT id FROM learner_jobs"))}
+        store.close()
+        assert jobs == {"retrain-schedule", "retrain-on-corrections"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
