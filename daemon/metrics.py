@@ -238,7 +238,8 @@ class LearnerMetrics:
         self.holdout = Gauge(
             "shelfsight_learner_holdout_score",
             "Holdout figures of the models of the last decision, by version, role (champion or challenger), "
-            "attribute group (or 'summary') and metric (top1, macro_f1, ece, mean_top1, mean_macro_f1).",
+            "attribute group (or 'summary', or 'detection') and metric (top1, macro_f1, ece, mean_top1, mean_macro_f1; "
+            "map, map_50, map_75 for detection).",
             ["version", "role", "group", "metric"],
             registry=r,
         )
@@ -282,3 +283,6 @@ class LearnerMetrics:
                 for metric in ("top1", "macro_f1", "ece", "micro_f1"):
                     if values.get(metric) is not None:
                         self.holdout.labels(version, role, group, metric).set(float(values[metric]))
+            for metric, value in (figures.get("detection") or {}).items():
+                if metric.startswith("map") and value is not None:
+                    self.holdout.labels(version, role, "detection", metric).set(float(value))
