@@ -407,7 +407,7 @@ def train(
                 f"epoch {epoch}/{config.epochs} loss {stats['loss']:.3f} {stats['images_per_s']:.1f} img/s | "
                 f"val {PRIMARY_METRIC} {score:.4f} macro-F1 {row['val_mean_macro_f1']:.4f} | {tops}"
             )
-        if score > best_score:
+        if score >= best_score:  # a tie goes to the later epoch (further down the cosine, longer averaged)
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}
         elif config.patience and epoch - best_epoch >= config.patience:
@@ -421,7 +421,9 @@ def train(
     val_predictions = predict(model, eval_loaders["val"], device, amp_dtype)
     thresholds, defaulted = choose_thresholds(val_predictions)
     validation = compute_metrics(val_predictions, thresholds)
-    test = evaluate(model, eval_loaders["test"], device, amp_dtype, thresholds) if evaluate_test else None
+    test = None
+    if evaluate_test and splits["test"]:
+        test = evaluate(model, eval_loaders["test"], device, amp_dtype, thresholds)
     elapsed = time.time() - start
 
     model.to("cpu").to(memory_format=torch.contiguous_format)
