@@ -148,16 +148,15 @@ class LabelStudioClient:
     @_translate("find or create the project")
     def ensure_project(self, title: str, label_config: str) -> int:
         """The id of the project called `title`, created if missing. Its labelling configuration is updated when
-        it differs (Label Studio refuses a change that would drop labels existing annotations use: that
-        surfaces as LabelStudioError)."""
+        it differs; when Label Studio refuses the change (it would drop labels existing annotations use), the
+        project keeps its configuration and a warning says so."""
         existing = [p for p in self._sdk.projects.list(title=title) if getattr(p, "title", None) == title]
         if existing:
             project = existing[0]
             project_id = int(project.id)
             current = self._sdk.projects.get(id=project_id)
             if (getattr(current, "label_config", None) or "").strip() != label_config.strip():
-                log.info("updating the labelling configuration of Label Studio project %d (%s)", project_id, title)
-                self._sdk.projects.update(id=project_id, label_config=label_config)
+                self._update_label_config(project_id, title, label_config)
         else:
             created = self._sdk.projects.create(
                 title=title,
@@ -168,6 +167,23 @@ class LabelStudioClient:
             project_id = int(created.id)
             log.info("created Label Studio project %d (%s)", project_id, title)
         return project_id
+
+    def _update_label_config(self, project_id: int, title: str, label_config: str) -> None:
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            self._sdk.projects.update(id=project_id, label_config=label_config)
+            log.info("updated the labelling configuration of Label Studio project %d (%s)", project_id, title)
+        except ApiError as exc:
+            if exc.status_code != 400:
+                raise
+            # e.g. labels removed from the taxonomy that annotations still use: keep the project's configuration;
+            # answers with labels unknown to the taxonomy are recorded as such and never applied
+            log.warning(
+                "Label Studio kept project %d's labelling configuration (it refused the taxonomy's: %s)",
+                project_id,
+                _short(exc.body, 300),
+            )
 
     @_translate("set the project's model version")
     def set_model_version(self, project_id: int, model_version: str) -> bool:

@@ -157,6 +157,11 @@ class ReviewProject:
     def id(self) -> int | None:
         return self._id
 
+    def use_webhook(self, url: str, secret: str) -> None:
+        """Register this receiver at the next bootstrap (call before `ensure`)."""
+        self.webhook_url = url
+        self._webhook_secret = secret
+
     def ensure(self) -> int:
         """The project id, bootstrapping Label Studio on first use. Raises LabelStudioUnavailable/Error."""
         from learner.review import label_config
@@ -609,9 +614,10 @@ class ReviewWorker:
                 self.metrics.registry,
                 self.metrics,
             ).start()
-            self.project.webhook_url = self.options.webhook_url or (
-                f"http://{self.options.webhook_host}:{self.webhook.port}{self.webhook.path}"
+            url = (
+                self.options.webhook_url or f"http://{self.options.webhook_host}:{self.webhook.port}{self.webhook.path}"
             )
+            self.project.use_webhook(url, self.webhook_secret)
             log.info("webhook receiver on http://%s:%d%s", self.options.webhook_host, self.webhook.port, "/webhook")
         for name, target in (
             ("review-sender", self._send_loop),
@@ -658,7 +664,7 @@ class ReviewWorker:
             if report.unavailable is None:
                 report.tasks_polled = self.poller.poll_once(full=full)
         except LabelStudioUnavailable as exc:
-            report.unavailable = str(exc)
+            report.unavailable = f"Label Studio is unavailable; the outbox keeps every routed product ({exc})"
         self.refresh_gauges()
         return report
 
@@ -677,8 +683,11 @@ class ReviewWorker:
         while not self.stop_event.is_set():
             report = SendReport()
             try:
-                self.project.ensure()  # bootstrap once (the webhook is registered before any task exists)
-                report = self.sender.send_once()
+                try:
+                    self.project.ensure()  # bootstrap once: the webhook is registered before any task exists
+                except LabelStudioUnavailable as exc:
+                    log.warning("Label Studio unavailable: %s", exc)
+                report = self.sender.send_once()  # Label Studio down: due rows are retried with backoff
                 if time.monotonic() - last_stats > self.options.stats_interval_s:
                     self.refresh_gauges()
                     last_stats = time.monotonic()

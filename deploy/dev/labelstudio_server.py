@@ -241,7 +241,10 @@ def free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """True when a server could listen on the port now (like the server, ignoring connections in TIME_WAIT that
+    a restart leaves behind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -1,0 +1,489 @@
+"""The review loop end to end against the real Label Studio server and real databases: the enrichment daemon routes
+products (a real model, the CC0 photos, a local event directory), the review worker sends them to Label Studio, an
+annotator answers through the SDK, and the answer reaches the product database by webhook or by polling.
+Nothing is mocked; each test has its own Label Studio project and its own database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from labelstudio_server import LabelStudioServer
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from connectors.db import ProductStore, ReviewStore
+from daemon.config import Settings
+from daemon.review import SECRET_HEADER, TASK_KEY, ReviewWorker, ReviewWorkerOptions, build_review_worker
+from daemon.service import run_service
+
+pytestmark = pytest.mark.timeout(300)
+
+SECRET = "webhook-test-secret"
+CC0_DIR = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "clothing-cc0"
+MODEL_VERSION = "cc0-untrained-test"  # tests/plugins/models.py
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_database(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
+
+
+def review_settings(
+    tmp_path: Path, bundle: Path, database_url: str, label_studio: LabelStudioServer, **review: Any
+) -> Settings:
+    return Settings(
+        source="local",
+        model_path=bundle,
+        database_url=database_url,
+        device="cpu",
+        http_port=0,
+        local={"events_dir": tmp_path / "events", "exit_when_idle": True},  # type: ignore[arg-type]
+        fetch={"file_root": CC0_DIR / "images", "attempts": 1},  # type: ignore[arg-type]
+        review={  # type: ignore[arg-type]
+            "enabled": True,
+            "audit_rate": 0.0,
+            "label_studio_url": label_studio.url,
+            "label_studio_token": label_studio.token,
+            "project_title": f"review-test-{uuid.uuid4().hex[:8]}",
+            "webhook_secret": SECRET,
+            "local_files_root": CC0_DIR,
+            "retry_initial_s": 0.2,
+            "retry_max_s": 1.0,
+            **review,
+        },
+    )
+
+
+def enrich(settings: Settings, images: list[Path]) -> list[str]:
+    """Publish one new-product event per image and run the enrichment daemon until it has processed them."""
+    events = settings.local.events_dir
+    events.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, image in enumerate(images):
+        product_id = f"SKU-{uuid.uuid4().hex[:6]}-{i}"
+        event = {"schema_version": 1, "product_id": product_id, "image_urls": [image.as_uri()], "title": f"Item {i}"}
+        (events / f"{product_id}.json").write_text(json.dumps(event))
+        ids.append(product_id)
+    run_service(settings)
+    return ids
+
+
+@pytest.fixture
+def workers() -> Iterator[Callable[..., ReviewWorker]]:
+    started: list[ReviewWorker] = []
+
+    def start(settings: Settings, **options: Any) -> ReviewWorker:
+        defaults: dict[str, Any] = {"send_interval_s": 0.3, "poll_interval_s": 3600.0, "webhook_port": 0}
+        worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(**{**defaults, **options}))
+        started.append(worker.start())
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        worker.store.store.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def attribute(database_url: str, product_id: str, name: str) -> tuple[Any, ...] | None:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT value, source, annotator, model_version, updated_at FROM product_attributes "
+                    "WHERE product_id = :p AND attribute = :a"
+                ),
+                {"p": product_id, "a": name},
+            ).first()
+    finally:
+        engine.dispose()
+    return tuple(row) if row is not None else None
+
+
+def snapshot(database_url: str) -> list[list[tuple[Any, ...]]]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [
+                [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
+                for table in ("product_attributes", "review_annotations", "review_outbox", "products")
+            ]
+    finally:
+        engine.dispose()
+
+
+def all_sent(worker: ReviewWorker, n: int) -> bool:
+    items = worker.store.outbox_items()
+    return len(items) == n and all(i.status == "sent" for i in items)
+
+
+def other_garment(model_value: str) -> str:
+    return "Dress" if model_value != "Dress" else "Skirt"
+
+
+def garment_answer(value: str) -> list[dict[str, Any]]:
+    return [{"from_name": "garment", "to_name": "image", "type": "choices", "value": {"choices": [value]}}]
+
+
+def metric(worker: ReviewWorker, name: str, **labels: str) -> float:
+    assert worker.webhook is not None
+    body = httpx.get(f"http://127.0.0.1:{worker.webhook.port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+class CapturedWebhooks:
+    """A second webhook receiver registered in Label Studio: records the real deliveries, to replay them."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        captured = self.deliveries
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                captured.append((dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/capture"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -------------------------------------------------------------------------------------------------------------
+
+
+def test_a_routed_product_is_pre_filled_in_label_studio_and_the_annotation_reaches_the_catalog_by_webhook(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    any_database: str,
+    label_studio: LabelStudioServer,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, any_database, label_studio)
+    products = enrich(settings, cc0_images[:3])
+    worker = workers(settings)  # polling every hour: only the webhook can be quick
+    wait_for(lambda: all_sent(worker, 3), 30, "the routed products to reach Label Studio")
+
+    project = worker.project.id
+    assert project is not None
+    client = worker.client
+    assert client.project(project)["model_version"] == MODEL_VERSION  # in step with the champion
+    item = next(i for i in worker.store.outbox_items() if i.product_id == products[0])
+    assert item.reason == "low_confidence" and item.task_id is not None
+    task = client.get_task(item.task_id)
+    model_garment = attribute(any_database, products[0], "garment")
+    assert model_garment is not None and model_garment[1] == "model"
+    # the model's guess is pre-filled, with its score and version; the image is served from local storage
+    (prediction,) = task["predictions"]
+    assert prediction["model_version"] == MODEL_VERSION
+    choices = {r["from_name"]: r for r in prediction["result"]}
+    assert choices["garment"]["value"]["choices"] == [model_garment[0]] and 0 < choices["garment"]["score"] < 1
+    assert task["data"]["product_id"] == products[0] and task["data"]["title"] == "Item 0"
+    image = httpx.get(
+        f"{label_studio.url}{task['data']['image']}",
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=10,
+    )
+    assert image.status_code == 200 and image.content == cc0_images[0].read_bytes()
+
+    # an annotator corrects the garment
+    answer = other_garment(str(model_garment[0]))
+    started = time.monotonic()
+    client.sdk.annotations.create(id=item.task_id, result=garment_answer(answer), lead_time=7.5)
+    human = wait_for(
+        lambda: (a := attribute(any_database, products[0], "garment")) and a[1] == "human" and a,
+        10,
+        "the annotation to reach the product database",
+    )
+    elapsed = time.monotonic() - started
+    assert human[0] == answer and human[2] == label_studio.username, human
+    assert elapsed < 10
+    rows = worker.store.annotations(products[0])
+    garment_row = next(r for r in rows if r["attribute"] == "garment")
+    assert garment_row["model_was_right"] is False and garment_row["model_value"] == model_garment[0]
+    assert garment_row["lead_time_s"] == 7.5 and garment_row["annotator"] == label_studio.username
+    assert metric(worker, "shelfsight_review_webhooks_total", outcome="accepted") >= 1
+    assert metric(worker, "shelfsight_review_tasks_sent_total") == 3
+    # the model's next output for this product never overwrites the annotator's value
+    (settings.local.events_dir / "again.json").write_text(
+        json.dumps({"schema_version": 1, "product_id": products[0], "image_urls": [cc0_images[5].as_uri()]})
+    )
+    run_service(settings)
+    assert attribute(any_database, products[0], "garment")[:3] == human[:3]  # type: ignore[index]
+
+
+def test_with_the_webhook_receiver_down_polling_brings_the_annotation_in(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    (product,) = enrich(settings, cc0_images[3:4])
+    worker = workers(settings, poll_interval_s=1.0)
+    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    assert worker.webhook is not None
+    worker.webhook.stop()  # the receiver is down: Label Studio's delivery is lost
+    (item,) = worker.store.outbox_items()
+    assert item.task_id is not None
+    model_value = attribute(sqlite_url, product, "garment")[0]  # type: ignore[index]
+    worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(other_garment(model_value)))
+    human = wait_for(
+        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "human" and a,
+        10,
+        "polling to bring the annotation in",
+    )
+    assert human[0] == other_garment(model_value)
+    assert worker.metrics.webhooks.labels("accepted")._value.get() == 0  # it came by polling
+
+
+def test_label_studio_down_while_products_are_routed_loses_nothing_and_all_arrive_once_it_is_back(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    any_database: str,
+    label_studio: LabelStudioServer,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, any_database, label_studio)
+    label_studio.stop()
+    try:
+        products = enrich(settings, cc0_images[6:10])
+        worker = workers(settings)
+        wait_for(
+            lambda: all(i.attempts >= 2 for i in worker.store.outbox_items()),
+            30,
+            "the sender to retry while Label Studio is down",
+        )
+        items = worker.store.outbox_items()
+        assert sorted(i.product_id for i in items) == sorted(products)
+        assert all(i.status == "pending" and i.task_id is None and i.last_error for i in items)
+        assert metric(worker, "shelfsight_review_send_errors_total", kind="unavailable") >= 4
+    finally:
+        label_studio.start()
+    wait_for(lambda: all_sent(worker, 4), 30, "every routed product to reach Label Studio")
+    project = worker.project.id
+    assert project is not None
+    tasks = list(worker.client.tasks_updated_since(project, None))
+    keys = [t["data"][TASK_KEY] for t in tasks]
+    assert sorted(keys) == sorted(i.key for i in worker.store.outbox_items())  # each exactly once
+    assert all(len(t["predictions"]) == 1 for t in tasks)
+
+
+def test_a_send_interrupted_after_label_studio_stored_the_task_creates_no_second_task(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    enrich(settings, cc0_images[10:11])
+    # a worker that imported the task and died before recording it: the row is claimed, the task exists
+    crashed = build_review_worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
+    (item,) = crashed.store.claim_due(1, lease_s=0)
+    project = crashed.project.ensure()
+    (task_id,) = crashed.client.import_tasks(project, [crashed.sender.tasks.task(item)]).task_ids
+    crashed.store.store.close()
+
+    worker = workers(settings)
+    wait_for(lambda: all_sent(worker, 1), 30, "the interrupted send to be completed")
+    (sent,) = worker.store.outbox_items()
+    assert sent.task_id == task_id
+    assert [t["id"] for t in worker.client.tasks_updated_since(project, None)] == [task_id]
+
+
+def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    (product,) = enrich(settings, cc0_images[11:12])
+    worker = workers(settings)
+    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    project = worker.project.id
+    assert project is not None and worker.webhook is not None
+    capture = CapturedWebhooks()
+    try:
+        worker.client.ensure_webhook(project, capture.url, {SECRET_HEADER: SECRET})
+        (item,) = worker.store.outbox_items()
+        assert item.task_id is not None
+        worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer("Hoodie"))
+        wait_for(lambda: attribute(sqlite_url, product, "garment")[0] == "Hoodie", 10, "the first delivery")  # type: ignore[index]
+        wait_for(lambda: capture.deliveries, 5, "Label Studio's delivery to the capture receiver")
+    finally:
+        capture.close()
+    headers, body = capture.deliveries[0]
+    assert json.loads(body)["action"] == "ANNOTATION_CREATED" and headers[SECRET_HEADER] == SECRET
+    before = snapshot(sqlite_url)
+
+    url = f"http://127.0.0.1:{worker.webhook.port}/webhook"
+    replay = httpx.post(url, content=body, headers={SECRET_HEADER: SECRET, "Content-Type": "application/json"})
+    assert replay.status_code == 200
+    wait_for(lambda: metric(worker, "shelfsight_review_annotations_total", outcome="unchanged") >= 1, 10, "the replay")
+    assert snapshot(sqlite_url) == before
+
+    # without the shared secret, nothing is even queued
+    for wrong in ({}, {SECRET_HEADER: "guess"}):
+        refused = httpx.post(url, content=body, headers={**wrong, "Content-Type": "application/json"})
+        assert refused.status_code == 401
+    assert metric(worker, "shelfsight_review_webhooks_total", outcome="rejected_secret") == 2
+    assert httpx.post(url, content=b"{not json", headers={SECRET_HEADER: SECRET}).status_code == 400
+    assert snapshot(sqlite_url) == before
+
+
+def test_edits_deletions_skips_several_annotators_and_unknown_labels_have_clear_outcomes(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    (product,) = enrich(settings, cc0_images[12:13])
+    worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
+    try:
+        assert worker.sync().sent == 1
+        (item,) = worker.store.outbox_items()
+        assert item.task_id is not None
+        sdk = worker.client.sdk
+        model_value = attribute(sqlite_url, product, "garment")[0]  # type: ignore[index]
+
+        def garment_now() -> tuple[Any, ...]:
+            worker.sync()  # incremental poll: picks up edits and deletions too
+            return attribute(sqlite_url, product, "garment")[:3]  # type: ignore[index]
+
+        first = sdk.annotations.create(id=item.task_id, result=garment_answer("Dress"))
+        assert garment_now() == ("Dress", "human", label_studio.username)
+        sdk.annotations.update(id=first.id, result=garment_answer("Blazer"))  # an edit
+        assert garment_now() == ("Blazer", "human", label_studio.username)
+        edits = [(r["value"], r["state"]) for r in worker.store.annotations(product) if r["attribute"] == "garment"]
+        assert edits == [("Dress", "superseded"), ("Blazer", "active")]
+
+        bob = sdk.users.create(email=f"bob-{uuid.uuid4().hex[:6]}@example.com", username=f"bob{uuid.uuid4().hex[:6]}")
+        second = sdk.annotations.create(id=item.task_id, result=garment_answer("Hoodie"), completed_by=bob.id)
+        assert garment_now() == ("Hoodie", "human", bob.email)  # the latest annotator wins
+        skip = sdk.annotations.create(id=item.task_id, result=[], was_cancelled=True)
+        assert garment_now() == ("Hoodie", "human", bob.email)  # a skip changes nothing
+
+        sdk.annotations.delete(id=second.id)
+        assert garment_now() == ("Blazer", "human", label_studio.username)  # back to the remaining answer
+        sdk.annotations.delete(id=first.id)
+        assert garment_now() == (model_value, "model", None)  # no answer left: the model's value again
+
+        outcomes = {(r["annotation_id"], r["attribute"], r["state"], r["outcome"]) for r in worker.store.annotations()}
+        assert (first.id, "garment", "deleted", "applied") in outcomes  # every revision of a deleted annotation
+        assert (second.id, "garment", "deleted", "applied") in outcomes
+        assert (skip.id, "*", "active", "skipped") in outcomes
+
+        # a label the taxonomy does not know (someone added it to the project in Label Studio)
+        config = worker.client.project(worker.project.ensure())["label_config"]
+        sdk.projects.update(
+            id=worker.project.id, label_config=config.replace("</Choices>", '<Choice value="Kimono"/></Choices>', 1)
+        )
+        kimono = sdk.annotations.create(id=item.task_id, result=garment_answer("Kimono"))
+        assert garment_now() == (model_value, "model", None)  # never applied
+        (row,) = [
+            r for r in worker.store.annotations() if (r["annotation_id"], r["attribute"]) == (kimono.id, "garment")
+        ]
+        assert row["outcome"] == "unknown_label" and row["value"] == "Kimono"
+    finally:
+        worker.store.store.close()
+
+
+def test_review_status_and_sync_commands(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from daemon.cli import app
+
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    enrich(settings, cc0_images[13:15])
+    for name, value in {
+        "SHELFSIGHT_DATABASE_URL": sqlite_url,
+        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio.url,
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN": label_studio.token,
+        "SHELFSIGHT_REVIEW__PROJECT_TITLE": settings.review.project_title,
+        "SHELFSIGHT_REVIEW__LOCAL_FILES_ROOT": str(CC0_DIR),
+        "SHELFSIGHT_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+
+    def status() -> dict[str, Any]:
+        result = runner.invoke(app, ["review", "status", "--json"])
+        assert result.exit_code == 0, result.output
+        return dict(json.loads(result.output))
+
+    assert status()["queue_depth"] == 2
+    synced = runner.invoke(app, ["review", "sync"])
+    assert synced.exit_code == 0 and "sent 2 tasks" in synced.output, synced.output
+    assert (status()["queue_depth"], status()["sent"], status()["waiting_for_annotators"]) == (0, 2, 2)
+
+    store = ProductStore(sqlite_url)
+    item = ReviewStore(store).outbox_items()[0]
+    store.close()
+    model_value = str(item.payload["model_values"]["garment"]["value"])
+    worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
+    worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(model_value))  # the model was right
+    worker.store.store.close()
+    assert runner.invoke(app, ["review", "sync"]).exit_code == 0
+    report = status()
+    assert report["completed"] == 1 and report["waiting_for_annotators"] == 1
+    assert report["agreement"]["garment"] == {"model_right": 1, "reviewed": 1, "ratio": 1.0}
+    human = runner.invoke(app, ["review", "status"])
+    assert "model-human agreement" in human.output and "garment" in human.output
+
+    label_studio.stop()
+    try:
+        down = runner.invoke(app, ["review", "sync"])
+        assert down.exit_code == 1 and "unavailable" in down.output
+    finally:
+        label_studio.start()
