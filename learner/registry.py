@@ -3,7 +3,8 @@
 Layout under the registry root (every path relative, so the same keys can live in an object store later):
 
     aliases.json                        {"generation": 7, "aliases": {"champion": V, "previous": U},
-                                         "history": [...champions in promotion order...], "events": [...]}
+                                         "history": [...champions in promotion order...]}  (a few hundred bytes)
+    events/<generation>.json            who changed the aliases, when, why (promote / rollback)
     versions/<version>.safetensors      the bundle (written once, never modified)
     versions/<version>.json             its record: parent, registered_at, training-data snapshot, metrics,
                                         holdout figures, gate decision, file sha256
@@ -46,7 +47,8 @@ RECORD_SUFFIX = ".json"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 ALIASES = (CHAMPION, PREVIOUS)
-MAX_EVENTS = 200  # alias events kept in aliases.json (decisions/ keeps everything)
+EVENTS_DIR = "events"
+MAX_HISTORY = 100  # champions remembered for rollback (keeps aliases.json small to poll)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -61,7 +63,6 @@ class AliasState:
     generation: int
     aliases: dict[str, str]
     history: list[str] = field(default_factory=list)  # champions in promotion order, the current one last
-    events: list[dict[str, Any]] = field(default_factory=list)
 
     def version(self, alias: str) -> str | None:
         return self.aliases.get(alias)
@@ -83,7 +84,6 @@ def read_alias_state(root: str | Path) -> AliasState:
         generation=int(raw.get("generation", 0)),
         aliases={k: str(v) for k, v in raw.get("aliases", {}).items() if v},
         history=[str(v) for v in raw.get("history", [])],
-        events=list(raw.get("events", [])),
     )
 
 
@@ -252,6 +252,13 @@ class ModelRegistry:
             return []
         return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every alias change (promote, rollback), oldest first."""
+        directory = self.root / EVENTS_DIR
+        if not directory.is_dir():
+            return []
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+
     def remove_orphans(self) -> list[Path]:
         """Delete what a crash can leave behind: temporary files and bundles that were never registered
         (their record was not written). Never touches a registered version."""
@@ -279,22 +286,12 @@ class ModelRegistry:
         aliases = {CHAMPION: history[-1]} if history else {}
         if len(history) > 1:
             aliases[PREVIOUS] = history[-2]
-        event = {
-            **event,
-            "at": _now(),
-            "reason": reason,
-            "actor": actor or _actor(),
-            "generation": state.generation + 1,
-        }
-        new = AliasState(state.generation + 1, aliases, history, [*state.events, event][-MAX_EVENTS:])
-        payload = {
-            "generation": new.generation,
-            "aliases": new.aliases,
-            "history": new.history,
-            "events": new.events,
-            "updated_at": event["at"],
-        }
+        generation = state.generation + 1
+        event = {**event, "at": _now(), "reason": reason, "actor": actor or _actor(), "generation": generation}
+        new = AliasState(generation, aliases, history[-MAX_HISTORY:])
+        payload = {"generation": generation, "aliases": aliases, "history": new.history, "updated_at": event["at"]}
         _write_json_atomic(self.root / ALIASES_FILE, payload)
+        _write_json_atomic(self.root / EVENTS_DIR / f"{generation:08d}.json", event)
         return new
 
     @contextlib.contextmanager

@@ -69,7 +69,10 @@ def test_promote_moves_champion_to_previous_and_bumps_the_generation(registry: M
     assert state.aliases == {"champion": "v2", "previous": "v1"}
     assert state.generation == 2
     assert resolve_alias(registry.root, "champion") == registry.root / "versions" / "v2.safetensors"
-    assert [e["action"] for e in state.events] == ["promote", "promote"]
+    assert [(e["action"], e["reason"]) for e in registry.events()] == [
+        ("promote", "first"),
+        ("promote", "won the gate"),
+    ]
 
 
 def test_rollback_restores_the_previous_champion(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -79,7 +82,7 @@ def test_rollback_restores_the_previous_champion(registry: ModelRegistry, tmp_pa
     state = registry.rollback(reason="bad reviews")
     assert state.aliases == {"champion": "v2", "previous": "v1"}
     assert resolve_alias(registry.root, "champion").name == "v2.safetensors"
-    assert state.events[-1]["rolled_back"] == "v3"
+    assert registry.events()[-1]["rolled_back"] == "v3"
     state = registry.rollback()
     assert state.aliases == {"champion": "v1"}
     with pytest.raises(RegistryError, match="nothing to roll back"):
