@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader
 from connectors.db.learner import DatabaseLock, HumanCorrection, LearnerStore
 from connectors.images import FetchError, ImageFetcher
 from learner import distributed
-from learner.bundle import ModelBundle, load_bundle
+from learner.bundle import BundleError, ModelBundle, load_bundle
 from learner.classifier import AttributeClassifier
 from learner.data import DataError, ImageDataset, Label, Sample, SplitRule, load_labelled_set
 from learner.engine import pick_device
@@ -684,7 +684,10 @@ def run_retraining(
             log.warning("%d earlier run(s) were still marked running: recorded as abandoned", abandoned)
         outcome = _run(config, learner_store, fetcher, registry, run_id, champion_version, reason, force, on_phase)
     except Exception as exc:
-        log.exception("retraining run %s failed", run_id)
+        if isinstance(exc, RegistryError | RetrainError | DataError | BundleError):  # expected: the message says it
+            log.error("retraining run %s failed: %s", run_id, exc)
+        else:
+            log.exception("retraining run %s failed", run_id)
         outcome = RunOutcome("failed", run_id=run_id, message=f"{type(exc).__name__}: {exc}")
         if run_id is not None:
             learner_store.finish_run(run_id, "failed", detail={"error": outcome.message})
