@@ -45,6 +45,7 @@ from connectors.db import AnnotationRecord, AnnotationValue, DatabaseUnavailable
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable, parse_timestamp
 from daemon.config import ReviewSettings, Settings
 from daemon.metrics import ReviewMetrics, ReviewRoutingMetrics
+from daemon.reload import ModelSource
 from learner.review import IMAGE_NAME, annotation_revision, parse_annotation
 from learner.taxonomy import Taxonomy
 
@@ -759,21 +760,24 @@ class ReviewConfigError(RuntimeError):
     """The review loop cannot start with this configuration; the message says what to set."""
 
 
-def champion_model_version(model_path: Path) -> Callable[[], str | None]:
-    """Reads the champion bundle's model version (manifest only, cheap), re-read when the file changes."""
+def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
+    """Reads the champion's model version (the registry's champion alias, or the bundle file; manifest only,
+    cheap), re-read when the resolved file or its modification time changes."""
     from learner.bundle import BundleError, read_manifest
 
-    cache: dict[str, Any] = {"mtime": None, "version": None}
+    cache: dict[str, Any] = {"key": None, "version": None}
 
     def version() -> str | None:
         try:
-            mtime = model_path.stat().st_mtime_ns
-        except OSError:
+            path = source.resolve()
+            key = (str(path), path.stat().st_mtime_ns)
+        except Exception as exc:  # registry being rewritten, file replaced: keep the last known version
+            log.debug("champion not readable right now: %s", exc)
             return cache["version"]  # type: ignore[no-any-return]
-        if mtime != cache["mtime"]:
+        if key != cache["key"]:
             try:
-                cache["version"] = read_manifest(model_path)["model_version"]
-                cache["mtime"] = mtime
+                cache["version"] = read_manifest(path)["model_version"]
+                cache["key"] = key
             except BundleError as exc:
                 log.warning("cannot read the champion's model version: %s", exc)
         return cache["version"]  # type: ignore[no-any-return]
@@ -781,14 +785,18 @@ def champion_model_version(model_path: Path) -> Callable[[], str | None]:
     return version
 
 
-def review_taxonomy(model_path: Path) -> Taxonomy:
+def review_taxonomy(source: ModelSource) -> Taxonomy:
+    """The champion's taxonomy (the labelling configuration is generated from it)."""
     from learner.bundle import BundleError, read_manifest
+    from learner.registry import RegistryError
 
     try:
-        return Taxonomy.from_dict(read_manifest(model_path)["taxonomy"], source=f"{model_path}#taxonomy")
-    except BundleError as exc:
+        path = source.resolve()
+        return Taxonomy.from_dict(read_manifest(path)["taxonomy"], source=f"{path}#taxonomy")
+    except (BundleError, RegistryError, OSError, LookupError) as exc:
         raise ReviewConfigError(
-            f"the review loop takes its taxonomy from the champion bundle: {exc} (set SHELFSIGHT_MODEL_PATH)"
+            f"the review loop takes its taxonomy from the champion bundle: {exc} "
+            "(set SHELFSIGHT_MODEL_PATH or SHELFSIGHT_REGISTRY_DIR)"
         ) from None
 
 
@@ -804,7 +812,8 @@ def build_review_worker(
     r: ReviewSettings = settings.review
     if r.label_studio_token is None:
         raise ReviewConfigError("set review.label_studio_token (SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN)")
-    taxonomy = review_taxonomy(settings.model_path)
+    champion = ModelSource(settings.model_path, settings.registry_dir)
+    taxonomy = review_taxonomy(champion)
     if store is None:
         store = ProductStore(settings.database_url)
         store.migrate()
@@ -827,7 +836,7 @@ def build_review_worker(
         client,
         taxonomy,
         r.project_title,
-        model_version=champion_model_version(settings.model_path),
+        model_version=champion_model_version(champion),
         local_storage_path=storage.resolve() if r.local_files_root is not None and storage is not None else None,
     )
     tasks = TaskBuilder(r.local_files_root, storage if r.local_files_root is not None else None)
@@ -875,28 +884,29 @@ def build_review_router(
     bundle: Any,
     store: ProductStore,
     metrics: ReviewRoutingMetrics,
+    *,
+    current_bundle: Callable[[], Any] | None = None,
     clock: Callable[[], datetime] = _utcnow,
-) -> Callable[..., dict[str, Any] | None]:
+) -> Callable[[Any, list[Any]], dict[str, Any] | None]:
     """The enrichment daemon's `ReviewRouter` from settings and the loaded bundle (its thresholds and taxonomy).
-    The caps start from what the outbox already holds for the last day, so a restart does not reset them."""
-    from learner.review import Decision, GroupPolicy, ReviewCaps, ReviewPolicy, ReviewRouting
+
+    `current_bundle` (optional) gives the bundle being served after a hot reload: a result from a model version
+    not seen yet is routed with that bundle's thresholds and taxonomy, under the same caps and audit sampler. The
+    caps start from what the outbox already holds for the last day, so a restart does not reset them."""
+    from learner.review import (
+        AuditSample,
+        BelowThreshold,
+        Decision,
+        GroupPolicy,
+        ReviewCaps,
+        ReviewPolicy,
+        ReviewRouting,
+    )
 
     r = settings.review
     caps = ReviewCaps(per_hour=r.max_per_hour, per_day=r.max_per_day)
     caps.seed(ReviewStore(store).routed_since(clock() - timedelta(days=1)))
-    try:
-        policy = ReviewPolicy(
-            bundle.taxonomy,
-            bundle.thresholds,
-            groups={name: GroupPolicy(g.review, g.threshold) for name, g in r.groups.items()},
-            default_threshold=r.default_threshold,
-            uncertainty=r.uncertainty,
-            audit_rate=r.audit_rate,
-            audit_seed=r.audit_seed,
-            caps=caps,
-        )
-    except ValueError as exc:
-        raise ReviewConfigError(f"review policy: {exc}") from None
+    strategies = [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
 
     def count(decision: Decision) -> None:
         if decision.routed and decision.reason:
@@ -904,4 +914,38 @@ def build_review_router(
         elif decision.reason and decision.reason.startswith("capped:"):
             metrics.capped.labels(decision.reason.removeprefix("capped:")).inc()
 
-    return ReviewRouting(policy, clock, on_decision=count)
+    def routing_for(served: Any) -> ReviewRouting:
+        policy = ReviewPolicy(
+            served.taxonomy,
+            served.thresholds,
+            groups={name: GroupPolicy(g.review, g.threshold) for name, g in r.groups.items()},
+            default_threshold=r.default_threshold,
+            uncertainty=r.uncertainty,
+            strategies=strategies,
+            caps=caps,
+        )
+        return ReviewRouting(policy, clock, on_decision=count)
+
+    try:
+        latest = routing_for(bundle)
+    except ValueError as exc:
+        raise ReviewConfigError(f"review policy: {exc}") from None
+    by_version: dict[str, ReviewRouting] = {bundle.model_version: latest}
+
+    def route(result: Any, tags: list[Any]) -> dict[str, Any] | None:
+        nonlocal latest
+        routing = by_version.get(result.model_version)
+        if routing is None and current_bundle is not None:
+            served = current_bundle()
+            if served.model_version == result.model_version:
+                try:
+                    routing = latest = by_version[served.model_version] = routing_for(served)
+                except ValueError as exc:
+                    log.error(
+                        "review policy does not fit model %s (%s); routing with the previous one",
+                        result.model_version,
+                        exc,
+                    )
+        return (routing or latest)(result, tags)
+
+    return route

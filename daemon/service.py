@@ -125,7 +125,13 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         from daemon.review import ReviewConfigError, build_review_router
 
         try:
-            review_router = build_review_router(settings, bundle, store, ReviewRoutingMetrics(metrics.registry))
+            review_router = build_review_router(
+                settings,
+                bundle,
+                store,
+                ReviewRoutingMetrics(metrics.registry),
+                current_bundle=lambda: enricher.engine.bundle,  # follows hot reloads
+            )
         except ReviewConfigError as exc:
             raise StartupError(str(exc)) from None
         log.info(

@@ -238,6 +238,10 @@ def test_a_routed_product_is_pre_filled_in_label_studio_and_the_annotation_reach
     assert garment_row["lead_time_s"] == 7.5 and garment_row["annotator"] == label_studio.username
     assert metric(worker, "shelfsight_review_webhooks_total", outcome="accepted") >= 1
     assert metric(worker, "shelfsight_review_tasks_sent_total") == 3
+    assert metric(worker, "shelfsight_review_annotation_delay_seconds_count") == 1
+    worker.refresh_gauges()
+    assert metric(worker, "shelfsight_review_agreement_ratio", group="garment") == 0.0  # the model was wrong
+    assert metric(worker, "shelfsight_review_backlog_tasks") == 2
     # the model's next output for this product never overwrites the annotator's value
     (settings.local.events_dir / "again.json").write_text(
         json.dumps({"schema_version": 1, "product_id": products[0], "image_urls": [cc0_images[5].as_uri()]})
@@ -372,6 +376,14 @@ def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
     assert httpx.post(url, content=b"{not json", headers={SECRET_HEADER: SECRET}).status_code == 400
     assert snapshot(sqlite_url) == before
 
+    # deleting the annotation in Label Studio withdraws it (ANNOTATIONS_DELETED): the model's value comes back
+    annotation_id = json.loads(body)["annotation"]["id"]
+    worker.client.sdk.annotations.delete(id=annotation_id)
+    restored = wait_for(
+        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "model" and a, 10, "the deletion"
+    )
+    assert restored[0] == worker.store.outbox_items()[0].payload["model_values"]["garment"]["value"]
+
 
 def test_edits_deletions_skips_several_annotators_and_unknown_labels_have_clear_outcomes(
     tmp_path: Path,
@@ -487,3 +499,56 @@ def test_review_status_and_sync_commands(
         assert down.exit_code == 1 and "unavailable" in down.output
     finally:
         label_studio.start()
+
+
+def test_the_review_worker_command_runs_until_sigterm(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    enrich(settings, cc0_images[15:16])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SHELFSIGHT_DATABASE_URL": sqlite_url,
+        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio.url,
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN": label_studio.token,
+        "SHELFSIGHT_REVIEW__PROJECT_TITLE": settings.review.project_title,
+        "SHELFSIGHT_REVIEW__LOCAL_FILES_ROOT": str(CC0_DIR),
+        "SHELFSIGHT_REVIEW__WEBHOOK_SECRET": SECRET,
+        "SHELFSIGHT_REVIEW__WEBHOOK_PORT": str(port),
+        "SHELFSIGHT_REVIEW__SEND_INTERVAL_S": "0.5",
+    }
+    log_path = tmp_path / "review.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "review", "run"], env=env, stdout=log, stderr=log)
+    try:
+
+        def sent() -> bool:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return False
+            return "shelfsight_review_tasks_sent_total 1.0" in body
+
+        wait_for(sent, 60, "the worker to send the routed product")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text_log = log_path.read_text()
+    assert label_studio.token not in text_log and SECRET not in text_log  # secrets never logged
