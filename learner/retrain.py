@@ -682,7 +682,9 @@ def run_retraining(
         run_id, abandoned = learner_store.start_run(reason, champion_version)
         if abandoned:
             log.warning("%d earlier run(s) were still marked running: recorded as abandoned", abandoned)
-        outcome = _run(config, learner_store, fetcher, registry, run_id, champion_version, reason, force, on_phase)
+        outcome = _run(
+            config, learner_store, fetcher, registry, lock, run_id, champion_version, reason, force, on_phase
+        )
     except Exception as exc:
         if isinstance(exc, RegistryError | RetrainError | DataError | BundleError):  # expected: the message says it
             log.error("retraining run %s failed: %s", run_id, exc)
@@ -702,6 +704,7 @@ def _run(
     learner_store: LearnerStore,
     fetcher: ImageFetcher,
     registry: ModelRegistry,
+    lock: DatabaseLock,
     run_id: int,
     champion_version: str | None,
     reason: str,
@@ -758,6 +761,16 @@ def _run(
     record = _decision_record(decision, champion_version, champion_eval, challenger_eval, data, run_id)
 
     phase("register")
+    if not lock.held():
+        raise RetrainError(
+            "the run lock was lost during the run (database connection or lease gone), so another learner may be "
+            "running: nothing registered or promoted; the next run starts over"
+        )
+    current = read_alias_state(config.registry).version(CHAMPION)
+    if decision.promote and current != champion_version:
+        decision.promote = False
+        decision.reasons.append(f"the champion changed during the run ({champion_version} -> {current}): not promoted")
+        record = _decision_record(decision, champion_version, champion_eval, challenger_eval, data, run_id)
     challenger_version = None
     if challenger is not None:
         challenger.metrics["holdout"] = challenger_eval.summary() if challenger_eval else None

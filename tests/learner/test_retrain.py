@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import torch
 
 from connectors.db import AttributeValue, ProductResult, ProductStore
@@ -302,3 +303,35 @@ def test_a_run_with_two_torchrun_processes_trains_registers_and_decides(world: W
     assert challenger.lineage["world_size"] == 2
     assert challenger.lineage["parent"] == outcome.champion
     assert not (world.config.work_dir / "runs" / str(outcome.run_id)).exists()  # scratch removed after the run
+
+
+def test_a_challenger_is_not_promoted_over_a_champion_changed_during_the_run(world: World) -> None:
+    if read_alias_state(world.registry.root).aliases.get("champion") != world.first_champion:
+        world.registry.promote(world.first_champion)  # an untrained champion: a fine-tuned challenger beats it
+    other = next(r.version for r in world.registry.versions() if r.version != world.first_champion)
+
+    def promote_meanwhile(phase: str) -> None:
+        if phase == "evaluate":
+            world.registry.promote(other, reason="manual promotion during the run")
+
+    # the data now holds the shuffled corrections of an earlier test: judge on the primary metric alone
+    config = dataclasses.replace(world.config, gate=GateConfig(bootstrap_samples=1000, max_group_regression=1.0))
+    outcome = run_retraining(config, world.learner, world.fetcher, force=True, on_phase=promote_meanwhile)
+    assert outcome.status == "rejected", outcome.message
+    assert "the champion changed during the run" in outcome.message
+    assert read_alias_state(world.registry.root).aliases["champion"] == other
+
+
+def test_a_run_that_lost_its_lock_registers_and_promotes_nothing(world: World) -> None:
+    before = read_alias_state(world.registry.root)
+    versions = len(world.registry.versions())
+
+    def lose_the_lease(phase: str) -> None:
+        if phase == "evaluate":  # what an expired and taken-over lease looks like on SQLite
+            with world.store.engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM learner_locks"))
+
+    outcome = run_retraining(world.config, world.learner, world.fetcher, force=True, on_phase=lose_the_lease)
+    assert outcome.status == "failed" and "lock was lost" in outcome.message
+    assert read_alias_state(world.registry.root) == before
+    assert len(world.registry.versions()) == versions
