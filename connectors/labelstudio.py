@@ -123,8 +123,9 @@ class LabelStudioClient:
     def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
         from label_studio_sdk import LabelStudio
 
+        sdk_class: Any = LabelStudio  # the generated SDK is only partly typed; this adapter is the typed surface
         self.url = url.rstrip("/")
-        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout_s, max_retries=0)
+        self._sdk: Any = sdk_class(base_url=self.url, api_key=token, timeout=timeout_s, max_retries=0)
         self._emails: dict[int, str] = {}
 
     def __repr__(self) -> str:

@@ -238,8 +238,8 @@ class OutboxSender:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: exponential from `retry_initial_s`, capped, with 10% jitter."""
-        delay = min(self.retry_initial_s * (2 ** max(attempts - 1, 0)), self.retry_max_s)
-        return delay * random.uniform(0.9, 1.1)
+        delay = min(self.retry_initial_s * 2.0 ** max(attempts - 1, 0), self.retry_max_s)
+        return float(delay * random.uniform(0.9, 1.1))
 
     def send_once(self) -> SendReport:
         """One batch. Never raises for Label Studio trouble (it is reported); DatabaseUnavailable propagates."""
@@ -453,8 +453,8 @@ class AnnotationPoller:
         project_id = self.project.ensure()
         name = self.state_name(project_id)
         stored = None if full else self.store.get_state(name)
-        since = parse_timestamp(stored) - POLL_OVERLAP if stored else None
         newest = parse_timestamp(stored) if stored else None
+        since = newest - POLL_OVERLAP if newest is not None else None
         seen = 0
         for task in self.project.client.tasks_updated_since(project_id, since):
             self.applier.reconcile(task)
@@ -901,12 +901,13 @@ def build_review_router(
         ReviewCaps,
         ReviewPolicy,
         ReviewRouting,
+        RoutingStrategy,
     )
 
     r = settings.review
     caps = ReviewCaps(per_hour=r.max_per_hour, per_day=r.max_per_day)
     caps.seed(ReviewStore(store).routed_since(clock() - timedelta(days=1)))
-    strategies = [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
+    strategies: list[RoutingStrategy] = [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
 
     def count(decision: Decision) -> None:
         if decision.routed and decision.reason:

@@ -459,7 +459,9 @@ class ReviewStore:
     def stats(self) -> ReviewStats:
         t, a = OUTBOX, ANNOTATIONS
         with self.store._transaction() as conn:
-            by_status = dict(conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all())
+            by_status: dict[str, int] = {
+                str(status): int(n) for status, n in conn.execute(select(t.c.status, func.count()).group_by(t.c.status))
+            }
             answered = select(a.c.task_id).where(a.c.state == "active").distinct().scalar_subquery()
             completed = conn.execute(
                 select(func.count()).select_from(t).where(t.c.status == "sent", t.c.task_id.in_(answered))
