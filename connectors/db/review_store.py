@@ -19,13 +19,14 @@ What it must not do: decide policy (what to route, when to retry), talk to Label
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Table, case, delete, func, select, update
+from sqlalchemy import Connection, Table, case, delete, func, select, text, update
 
 from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState
 from connectors.db.store import ProductStore, _encode_value, _now, _utc
@@ -44,6 +45,7 @@ ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
 SYNC_STATE = cast(Table, ReviewSyncState.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)
 APPLIED = "applied"
+REVIEW_LOCK_NAMESPACE = 0x52455649  # "REVI": first key of the review loop's per-product advisory locks
 SKIPPED = "skipped"
 
 
@@ -249,6 +251,7 @@ class ReviewStore:
         now = now or _now()
         a = ANNOTATIONS
         with self.store._transaction(write=True) as conn:
+            self._lock_products(conn, [record.product_id])
             existing = conn.execute(
                 select(a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator).where(
                     a.c.annotation_id == record.annotation_id
@@ -302,6 +305,7 @@ class ReviewStore:
             ).all()
             if not rows:
                 return []
+            self._lock_products(conn, [r.product_id for r in rows])
             conn.execute(update(a).where(a.c.id.in_([r.id for r in rows])).values(state="deleted"))
             for row in rows:
                 if row.state != "active" or row.outcome != APPLIED:
@@ -309,6 +313,16 @@ class ReviewStore:
                 if self._resolve_attribute(conn, row.product_id, row.attribute, withdrawn_by=row, now=now):
                     changed.append(f"{row.product_id}/{row.attribute}")
         return changed
+
+    def _lock_products(self, conn: Connection, product_ids: Iterable[str]) -> None:
+        """Serialise annotation writes per product for the rest of the transaction, so the webhook and the poller
+        (or two workers) recording answers for one product at once cannot interleave their resolution. SQLite
+        needs nothing: its write transactions (BEGIN IMMEDIATE) already run one at a time."""
+        if self.store.dialect != "postgresql":
+            return
+        for product_id in sorted(set(product_ids)):  # one order for everyone: no deadlocks between workers
+            key = int.from_bytes(hashlib.sha256(product_id.encode()).digest()[:4], "big", signed=True)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": REVIEW_LOCK_NAMESPACE, "key": key})
 
     def active_annotation_ids(self, task_id: int) -> set[int]:
         a = ANNOTATIONS

@@ -20,7 +20,8 @@ CONFIG = """<View>
   <Choices name="garment" toName="image" choice="single"><Choice value="Shirt"/><Choice value="Dress"/></Choices>
 </View>"""
 
-pytestmark = pytest.mark.timeout(120)
+# generous: the first test of a session on a fresh machine also installs and initialises Label Studio (minutes)
+pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture

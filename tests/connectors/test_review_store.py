@@ -223,3 +223,32 @@ def test_sync_state_is_kept(reviews: ReviewStore) -> None:
     reviews.set_state("w", "2026-11-22T12:00:00+00:00")
     reviews.set_state("w", "2026-11-22T13:00:00+00:00")
     assert reviews.get_state("w") == "2026-11-22T13:00:00+00:00"
+
+
+def test_concurrent_deliveries_for_one_product_end_with_the_latest_answer(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    import threading
+
+    store.write_results([routed("p1")])
+    for round_ in range(5):
+        base = T0 + timedelta(hours=round_)
+        records = [
+            annotation(1000 + 10 * round_, "Dress", annotator="alice@example.com", updated=base),
+            annotation(1001 + 10 * round_, "Skirt", annotator="bob@example.com", updated=base + timedelta(seconds=1)),
+        ]
+        records.append(records[1])  # the same delivery twice at once (webhook and poll)
+        results: list[str] = []
+        barrier = threading.Barrier(len(records))
+
+        def deliver(record: AnnotationRecord, barrier: threading.Barrier, results: list[str]) -> None:
+            barrier.wait()
+            results.append(reviews.record_annotation(record).status)
+
+        threads = [threading.Thread(target=deliver, args=(r, barrier, results)) for r in records]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == ["recorded", "recorded", "unchanged"]
+        assert garment(store)[:3] == ("Skirt", "human", "bob@example.com")

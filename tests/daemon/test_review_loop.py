@@ -26,7 +26,8 @@ from daemon.config import Settings
 from daemon.review import SECRET_HEADER, TASK_KEY, ReviewWorker, ReviewWorkerOptions, build_review_worker
 from daemon.service import run_service
 
-pytestmark = pytest.mark.timeout(300)
+# generous: the first test of a session on a fresh machine also installs and initialises Label Studio (minutes)
+pytestmark = pytest.mark.timeout(1200)
 
 SECRET = "webhook-test-secret"
 CC0_DIR = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "clothing-cc0"
