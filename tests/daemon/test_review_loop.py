@@ -553,3 +553,36 @@ def test_the_review_worker_command_runs_until_sigterm(
             proc.kill()
     text_log = log_path.read_text()
     assert label_studio.token not in text_log and SECRET not in text_log  # secrets never logged
+
+
+def test_the_projects_model_version_follows_the_champion(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    import shutil
+
+    from learner.bundle import load_bundle
+
+    champion = tmp_path / "champion.safetensors"
+    shutil.copy(untrained_bundle_path, champion)
+    settings = review_settings(tmp_path, champion, sqlite_url, label_studio)
+    enrich(settings, cc0_images[16:17])
+    worker = workers(settings)
+    wait_for(lambda: all_sent(worker, 1), 30, "the first task")
+    project = worker.project.id
+    assert project is not None and worker.client.project(project)["model_version"] == MODEL_VERSION
+
+    successor = load_bundle(untrained_bundle_path)
+    successor.model_version = "cc0-untrained-test-2"
+    successor.save(champion)  # a new champion replaces the file (atomically)
+    enrich(settings, cc0_images[17:18])  # the daemon now routes with the new model
+    wait_for(lambda: all_sent(worker, 2), 30, "the second task")
+    wait_for(
+        lambda: worker.client.project(project)["model_version"] == "cc0-untrained-test-2",
+        10,
+        "the project to show the new champion's predictions",
+    )
