@@ -66,6 +66,7 @@ class ModelBundle:
             "classifier": {
                 "backbone": self.classifier.backbone_name,
                 "dropout": float(self.classifier.dropout.p),
+                "colour_bins": self.classifier.colour_bins,
                 "heads": {g.name: len(g.values) for g in self.taxonomy.classifier_groups},
             },
             "preprocessing": self.preprocessing.to_dict(),
@@ -142,7 +143,11 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
 
     spec = manifest["classifier"]
     classifier = AttributeClassifier(
-        taxonomy, spec["backbone"], pretrained=False, dropout=float(spec.get("dropout", 0.2))
+        taxonomy,
+        spec["backbone"],
+        pretrained=False,
+        dropout=float(spec.get("dropout", 0.2)),
+        colour_bins=int(spec.get("colour_bins", 0)),
     )
     saved_pre = Preprocessing.from_dict(manifest["preprocessing"])
     classifier.preprocessing = saved_pre

@@ -77,6 +77,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # CE class weight = frequency ** -power (0: unweighted, 1: inverse freq)
     dropout: float = 0.2
+    colour_bins: int = 0  # >0: colour groups also see a bins^3 RGB histogram of the product (see classifier.py)
     ema_decay: float = 0.998  # 0 disables the moving average of weights
     patience: int = 5  # epochs without validation improvement before stopping (0: never stop early)
     hflip: float = 0.5
@@ -339,7 +340,9 @@ def train(
             "use more images or a larger val fraction"
         )
 
-    model = AttributeClassifier(taxonomy, config.backbone, pretrained=config.pretrained, dropout=config.dropout)
+    model = AttributeClassifier(
+        taxonomy, config.backbone, pretrained=config.pretrained, dropout=config.dropout, colour_bins=config.colour_bins
+    )
     if config.input_size is not None:
         model.preprocessing = dataclasses.replace(model.preprocessing, input_size=config.input_size)
     if not 0 <= config.freeze_stages <= model.num_stages:
