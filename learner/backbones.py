@@ -111,7 +111,11 @@ def _timm_lite(name: str, pretrained: bool) -> Backbone:
                 raise PretrainedWeightsUnavailable(f"{path}: tensor {sk} {tuple(sv.shape)} != {tk} {tuple(tv.shape)}")
             mapped[tk] = sv
         module.load_state_dict(mapped)
-    stages: list[nn.Module] = [nn.ModuleList([module.conv_stem, module.bn1]), *module.blocks, module.conv_head]
+    stages: list[nn.Module] = [
+        nn.ModuleList([module.conv_stem, module.bn1]),
+        *module.blocks,
+        nn.ModuleList([module.conv_head, module.bn2]),
+    ]
     pre = Preprocessing(input_size=size, resize_interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return Backbone(module=module, feature_dim=module.num_features, preprocessing=pre, stages=stages)
 
