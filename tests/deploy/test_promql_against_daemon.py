@@ -1,5 +1,5 @@
 """Every PromQL expression of the Grafana dashboard and the Prometheus rules, evaluated by a real Prometheus
-that scrapes the daemon's metrics.
+that scrapes the real services: the enrichment daemon, the review worker and the learner.
 
 A dashboard panel or rule that names a metric the daemon does not export, misspells a label, or does not parse,
 shows nothing in production and fails nobody's build: these tests fail instead. Expressions are read from
@@ -8,7 +8,7 @@ deploy/prometheus/rules/*.yml (every `expr`), so a new panel or rule is checked 
 
 What is checked, per expression:
 - it parses (promql-parser) and Prometheus evaluates it without error;
-- every metric name in it is exported by the scraped target, is a recording rule of ours, or is `up`
+- every metric name in it is exported by one of the scraped services, is a recording rule of ours, or is `up`
   (the one series Prometheus itself adds to every target, used by the target-down alerts);
 - every vector selector in it, with its label matchers, selects at least one series (a misspelled label value
   such as stage="infer" selects nothing);
@@ -16,8 +16,15 @@ What is checked, per expression:
   well), so for them each compared signal returns data: `x > 2` checks `x`, `a and b` checks `a` and `b`,
   `absent(x)` checks `x`.
 
-The scraped target is a real `shelfsight run` (Kafka source, SQLite, an untrained model of the production
-architecture) fed with a steady stream of good and bad events by the `metrics_target` fixture.
+The scraped targets, each a real process started as an operator would (environment variables):
+- job "shelfsight": `shelfsight run` (Kafka source, SQLite, an untrained model of the production architecture,
+  review routing on) fed with a steady stream of good and bad events from the real broker;
+- job "shelfsight-review": `shelfsight review run` on the daemon's database, sending the routed products to a real
+  Label Studio, where the fixture annotates two tasks through the SDK (the answers come back by webhook);
+- job "shelfsight-learner": `shelfsight learn` (the scheduled service) that runs one real retraining, ending in a
+  promotion decision, before Prometheus starts.
+Metrics that only exist after an event (a dead letter, a capped product, an annotation, a promotion decision)
+exist because the fixtures make the event happen.
 """
 
 from __future__ import annotations
@@ -25,23 +32,27 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import DEPLOY, in_ci
+from tests.daemon.harness import DaemonProcess, daemon_env, free_port, product_event, wait_until
+
+from .conftest import DEPLOY, ROOT, in_ci
 
 try:
     import promql_parser
@@ -50,11 +61,16 @@ except ImportError:
         raise
     pytest.skip("needs promql-parser: pip install promql-parser", allow_module_level=True)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# the first test also waits for the services to start and the learner to retrain (about a minute on two cores)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
-JOB = "shelfsight"  # the job name the rules and the dashboard's default expect (deploy/prometheus/prometheus.yml)
+# the job names of deploy/prometheus/prometheus*.yml, which the rules and the dashboard's defaults expect
+JOB = "shelfsight"
+REVIEW_JOB = "shelfsight-review"
+LEARNER_JOB = "shelfsight-learner"
+CC0_DIR = ROOT / "deploy" / "demo" / "clothing-cc0"
 SERIES_ADDED_BY_PROMETHEUS = {"up"}
 # Values for Grafana's variables: the built-in interval and this dashboard's own template variables.
 GRAFANA_VARIABLES = {
@@ -63,6 +79,8 @@ GRAFANA_VARIABLES = {
     "__range": "1m",
     "job": JOB,
     "instance": ".*",
+    "review_job": REVIEW_JOB,
+    "learner_job": LEARNER_JOB,
     "datasource": "prometheus",
 }
 
@@ -203,38 +221,163 @@ def alert_signals(node: object) -> list[object]:
     return [node]
 
 
-# -- the scraped target ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- the scraped targets ----------------------------------------------------------------------------------------
+class ServiceProcess(DaemonProcess):
+    """A `shelfsight` command other than `run` as a real subprocess, with the harness's helpers (metrics, log tail,
+    SIGTERM). `port_setting` names the setting that gets the process's free port."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port_setting: str) -> None:
+        super().__init__(env, log_path)
+        self.args = args
+        self.env[port_setting] = str(self.port)
+
+    def start(self) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", *self.args], env=self.env, cwd=ROOT, stdout=log, stderr=log
+        )
+        return self
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """The value of the first series `name` with these labels, None when there is none (or no answer)."""
+        try:
+            samples = self.metrics()
+        except httpx.HTTPError:
+            return None
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        for key, value in samples.items():
+            metric, _, rest = key.partition("{")
+            if metric == name and all(w in rest.rstrip("}").split(",") for w in wanted):
+                return value
+        return None
+
+
+def _stop(process: DaemonProcess) -> None:
+    if process.alive:
+        try:
+            process.terminate(timeout_s=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.fixture(scope="module")
-def metrics_target(
+def learner_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A real `shelfsight learn` (the scheduled service, SQLite) whose corrections job starts one real retraining
+    run at once: a small champion (EfficientNet-Lite0 at 64 px, backbone frozen) in a registry, a labelled base
+    set and human corrections in its product database. Started first and not waited for here: the run trains
+    while the other services start (`scrape_targets` waits for its promotion decision)."""
+    work = tmp_path_factory.mktemp("promql-learner")
+    database_url = f"sqlite:///{work / 'learner.sqlite'}"
+    registry = prepare_learner_data(work, database_url)
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "SHELFSIGHT_DATABASE_URL": database_url,
+        "SHELFSIGHT_DEVICE": "cpu",
+        "SHELFSIGHT_LOG_LEVEL": "WARNING",
+        "SHELFSIGHT_HTTP_HOST": "127.0.0.1",
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
+        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(registry),
+        "SHELFSIGHT_LEARNER__WORK_DIR": str(work / "work"),
+        "SHELFSIGHT_LEARNER__BASE_DATA": str(work / "base"),
+        "SHELFSIGHT_LEARNER__CHECK_INTERVAL_S": "1",  # the corrections job: first run one second after start
+        "SHELFSIGHT_LEARNER__MIN_CORRECTIONS": "1",
+        "SHELFSIGHT_LEARNER__HOLDOUT_FRACTION": "0.3",
+        "SHELFSIGHT_LEARNER__EPOCHS": "1",
+        "SHELFSIGHT_LEARNER__BATCH_SIZE": "16",
+        "SHELFSIGHT_LEARNER__LR": "0.003",
+        "SHELFSIGHT_LEARNER__FREEZE_STAGES": "9",
+        "SHELFSIGHT_LEARNER__THREADS": "1",
+        "SHELFSIGHT_LEARNER__BOOTSTRAP_SAMPLES": "100",
+    }
+    learner = ServiceProcess(["learn"], env, work / "learner.log", "SHELFSIGHT_HTTP_PORT")
+    learner.env.pop("SHELFSIGHT_CONFIG", None)
+    learner.start()
+    try:
+        yield learner
+    finally:
+        _stop(learner)
+
+
+def prepare_learner_data(work: Path, database_url: str) -> Path:
+    """Registry (with a champion), base set (`work/base`) and corrections for `learner_service`; returns the
+    registry directory."""
+    import csv
+    import dataclasses
+    import hashlib
+
+    import torch
+
+    from connectors.db import AttributeValue, ProductResult, ProductStore
+    from learner.bundle import ModelBundle
+    from learner.classifier import AttributeClassifier
+    from learner.registry import ModelRegistry
+    from learner.taxonomy import load_taxonomy
+
+    images = CC0_DIR / "images"
+    with (CC0_DIR / "labels.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()][::4][:60]
+    base = work / "base"
+    base.mkdir()
+    with (base / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "kids"])
+        writer.writeheader()
+        for r in rows[:45]:
+            writer.writerow({"image": str(images / f"{r['image']}.jpg"), "label": r["label"], "kids": r["kids"]})
+    taxonomy = load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
+    torch.manual_seed(0)
+    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
+    registry = ModelRegistry(work / "registry")
+    bundle = ModelBundle("promql-champion", taxonomy, model).save(work / "champion.safetensors")
+    registry.promote(registry.register(bundle).version)
+    store = ProductStore(database_url)
+    store.migrate()
+    for r in rows[45:]:
+        path = images / f"{r['image']}.jpg"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        result = ProductResult(
+            product_id=str(path),  # the base set's product id is the image name it lists
+            title=None,
+            category_hint=None,
+            event_id=None,
+            image_url=path.as_uri(),
+            image_digest=digest,
+            model_version="promql-champion",
+            attributes=[AttributeValue("garment", "Hat", 0.3)],
+            source="test",
+        )
+        store.write_results([result])
+        store.set_human_value(str(path), "garment", r["label"], annotator="ann", image_digest=digest)
+    store.close()
+    return registry.root
+
+
+@pytest.fixture(scope="module")
+def daemon_service(
     kafka_broker: Any, untrained_bundle_path: Path, cc0_images: list[Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """host:port of a real `shelfsight run` consuming a steady stream of events from the real broker, some of
-    them bad (a file that is not an image), so processing, failures and dead letters all have series."""
+) -> Iterator[DaemonProcess]:
+    """A real `shelfsight run` consuming a steady stream of events from the real broker, some of them bad (a file
+    that is not an image), so processing, failures and dead letters all have series. Review routing is on, with a
+    cap of 4 products an hour: the first ones go to the outbox (for `review_service`), the rest are capped."""
     from connectors.kafka import EventPublisher, ensure_topics
-    from tests.daemon.harness import DaemonProcess, daemon_env, product_event, wait_until
 
     work = tmp_path_factory.mktemp("promql-daemon")
     topic = "promql.products"
     ensure_topics(kafka_broker.bootstrap, {topic: 2, f"{topic}.dlq": 1})
-    root = work / "images"
-    root.mkdir()
-    for image in cc0_images[:10]:
-        (root / image.name).write_bytes(image.read_bytes())
-    (root / "not-an-image.jpg").write_bytes(b"<html>an error page</html>")
+    not_an_image = CC0_DIR / "labels.csv"
     env = daemon_env(
         bootstrap=kafka_broker.bootstrap,
         topic=topic,
         database_url=f"sqlite:///{work / 'db.sqlite'}",
         model_path=untrained_bundle_path,
-        file_root=root,
+        file_root=CC0_DIR,
         group_id="promql",
-        extra={"SHELFSIGHT_HTTP_HOST": "127.0.0.1", "SHELFSIGHT_LOG_LEVEL": "WARNING"},
+        extra={
+            "SHELFSIGHT_HTTP_HOST": "127.0.0.1",
+            "SHELFSIGHT_LOG_LEVEL": "WARNING",
+            "SHELFSIGHT_REVIEW__ENABLED": "true",
+            "SHELFSIGHT_REVIEW__MAX_PER_HOUR": "4",
+        },
     )
     daemon = DaemonProcess(env, work / "daemon.log").start().wait_ready()
     stop = threading.Event()
@@ -242,9 +385,9 @@ def metrics_target(
     def feed() -> None:
         publisher = EventPublisher(kafka_broker.bootstrap, topic)
         i = 0
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 400
         while not stop.wait(0.25) and time.monotonic() < deadline:
-            image = root / ("not-an-image.jpg" if i % 5 == 4 else cc0_images[i % 10].name)
+            image = not_an_image if i % 5 == 4 else cc0_images[i % 10]
             publisher.publish(product_event(f"promql-{i}", image))
             publisher.flush()
             i += 1
@@ -253,32 +396,133 @@ def metrics_target(
     feeder = threading.Thread(target=feed, name="promql-feeder", daemon=True)
     feeder.start()
     try:
-        # hand the daemon over once it is busy: partitions assigned (lag reported), events tagged and dead-lettered
+        # hand the daemon over once it is busy: partitions assigned (lag reported), events tagged, dead-lettered,
+        # routed to review and capped
         wait_until(
             lambda: (
                 {
                     "shelfsight_consumer_lag_messages",
                     "shelfsight_dead_letters_total",
                     "shelfsight_events_consumed_total",
+                    "shelfsight_review_routed_total",
+                    "shelfsight_review_capped_total",
                 }
                 <= {key.split("{")[0] for key in daemon.metrics()}
             ),
             90,
-            "the daemon to consume, tag and dead-letter events",
+            "the daemon to consume, tag, dead-letter and route events",
             daemon.log_tail,
         )
-        yield f"127.0.0.1:{daemon.port}"
+        yield daemon
     finally:
         stop.set()
         feeder.join(timeout=10)
-        daemon.terminate()
+        _stop(daemon)
+
+
+def _garment_answer(value: str) -> list[dict[str, Any]]:
+    return [{"from_name": "garment", "to_name": "image", "type": "choices", "value": {"choices": [value]}}]
 
 
 @pytest.fixture(scope="module")
-def exported_metric_names(metrics_target: str) -> set[str]:
-    with urllib.request.urlopen(f"http://{metrics_target}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+def review_service(
+    daemon_service: DaemonProcess,
+    label_studio_server: Any,
+    untrained_bundle_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """A real `shelfsight review run` on the daemon's database: it sends the routed products to the real Label
+    Studio, where an annotator (the SDK) keeps the model's garment on one task and changes it on another; the
+    answers come back by webhook, so annotations, corrections, agreement and delays all have series."""
+    from connectors.db import ProductStore, ReviewStore
+    from connectors.labelstudio import LabelStudioClient
+
+    label_studio_server.start()  # the session's server, restarted if a test elsewhere left it stopped
+    work = tmp_path_factory.mktemp("promql-review")
+    database_url = daemon_service.env["SHELFSIGHT_DATABASE_URL"]
+    env = {
+        "SHELFSIGHT_DATABASE_URL": database_url,
+        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
+        "SHELFSIGHT_LOG_LEVEL": "WARNING",
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio_server.url,
+        "SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN": label_studio_server.token,
+        "SHELFSIGHT_REVIEW__PROJECT_TITLE": f"promql-{uuid.uuid4().hex[:8]}",
+        "SHELFSIGHT_REVIEW__LOCAL_FILES_ROOT": str(CC0_DIR),
+        "SHELFSIGHT_REVIEW__WEBHOOK_SECRET": "promql-webhook-secret",
+        "SHELFSIGHT_REVIEW__WEBHOOK_HOST": "127.0.0.1",
+        "SHELFSIGHT_REVIEW__SEND_INTERVAL_S": "0.5",
+        "SHELFSIGHT_REVIEW__POLL_INTERVAL_S": "2",
+    }
+    worker = ServiceProcess(["review", "run"], env, work / "review.log", "SHELFSIGHT_REVIEW__WEBHOOK_PORT")
+    worker.env.pop("SHELFSIGHT_CONFIG", None)
+    worker.start()
+    try:
+        wait_until(
+            lambda: (worker.sample("shelfsight_review_tasks_sent_total") or 0) >= 2,
+            60,
+            "the review worker to send routed products to Label Studio",
+            worker.log_tail,
+        )
+        store = ProductStore(database_url)
+        sent = [i for i in ReviewStore(store).outbox_items() if i.task_id is not None][:2]
+        store.close()
+        client = LabelStudioClient(label_studio_server.url, label_studio_server.token)
+        for item, keep in zip(sent, (True, False), strict=True):
+            model_value = str(item.payload["model_values"]["garment"]["value"])
+            answer = model_value if keep else ("Dress" if model_value != "Dress" else "Skirt")
+            client.sdk.annotations.create(id=item.task_id, result=_garment_answer(answer))
+        wait_until(
+            lambda: (
+                worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="true")
+                and worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="false")
+                and worker.sample("shelfsight_review_agreement_ratio", group="garment") is not None
+                and worker.sample("shelfsight_review_webhooks_total", outcome="accepted")
+                and worker.sample("shelfsight_review_polls_total", outcome="ok")
+            ),
+            30,
+            "both annotations to reach the review worker by webhook",
+            worker.log_tail,
+        )
+        yield worker
+    finally:
+        _stop(worker)
+
+
+@pytest.fixture(scope="module")
+def scrape_targets(
+    learner_service: ServiceProcess, daemon_service: DaemonProcess, review_service: ServiceProcess
+) -> dict[str, str]:
+    """job -> host:port of the three services, once the learner's retraining run reached a promotion decision."""
+    wait_until(
+        lambda: (
+            not learner_service.alive
+            or (learner_service.sample("shelfsight_learner_runs_total", outcome="failed") or 0) > 0
+            or (learner_service.sample("shelfsight_learner_promotion_decisions_total", decision="promoted") or 0)
+            + (learner_service.sample("shelfsight_learner_promotion_decisions_total", decision="rejected") or 0)
+            > 0
+        ),
+        150,
+        "the learner's retraining run to reach a promotion decision",
+        learner_service.log_tail,
+    )
+    assert learner_service.alive, learner_service.log_tail()
+    assert not learner_service.sample("shelfsight_learner_runs_total", outcome="failed"), learner_service.log_tail()
+    return {
+        JOB: f"127.0.0.1:{daemon_service.port}",
+        REVIEW_JOB: f"127.0.0.1:{review_service.port}",
+        LEARNER_JOB: f"127.0.0.1:{learner_service.port}",
+    }
+
+
+@pytest.fixture(scope="module")
+def exported_metric_names(scrape_targets: dict[str, str]) -> set[str]:
+    names = set()
+    for target in scrape_targets.values():
+        with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        names |= {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    return names
 
 
 # -- a real Prometheus -------------------------------------------------------------------------------------------
@@ -304,7 +548,7 @@ def _wait_for_data(prom: Prometheus, recording_rules: set[str], timeout_s: float
     """Until the target was scraped a few times and every recording rule has several samples (rate() and
     deriv() need two or more), or the timeout passes: then the tests report whatever is missing."""
     deadline = time.monotonic() + timeout_s
-    waiting_for = {f'up{{job="{JOB}"}}', *recording_rules}
+    waiting_for = {*(f'up{{job="{job}"}}' for job in (JOB, REVIEW_JOB, LEARNER_JOB)), *recording_rules}
     while waiting_for and time.monotonic() < deadline:
         with contextlib.suppress(OSError):  # not listening yet
             waiting_for = {name for name in waiting_for if not prom.query(f"count_over_time({name}[1m]) >= 5")}
@@ -313,16 +557,18 @@ def _wait_for_data(prom: Prometheus, recording_rules: set[str], timeout_s: float
 
 @pytest.fixture(scope="module")
 def prometheus(
-    prometheus_binary: str, metrics_target: str, tmp_path_factory: pytest.TempPathFactory
+    prometheus_binary: str, scrape_targets: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     workdir = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in RULE_FILES],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [metrics_target]}]}],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in scrape_targets.items()
+        ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (workdir / "prometheus.log").open("w")
     process = subprocess.Popen(
         [
@@ -375,19 +621,27 @@ def test_expressions_are_found_in_every_dashboard_panel_and_rule() -> None:
     assert kinds == {"dashboard", "variable", "record", "alert"}, kinds
 
 
+@pytest.mark.label_studio
+def test_prometheus_scrapes_the_daemon_the_review_worker_and_the_learner(prometheus: Prometheus) -> None:
+    for job in (JOB, REVIEW_JOB, LEARNER_JOB):
+        assert prometheus.query(f'up{{job="{job}"}} == 1'), f"job {job} is not scraped"
+
+
+@pytest.mark.label_studio
 @pytest.mark.parametrize("expression", EXPRESSIONS, ids=lambda e: e.origin)
-def test_expression_refers_only_to_metrics_the_daemon_exports(
+def test_expression_refers_only_to_metrics_the_services_export(
     expression: Expression, exported_metric_names: set[str]
 ) -> None:
     names = metric_names(promql_parser.parse(expression.promql))
     assert names, f"{expression}: selects no metric by name"
     unknown = names - exported_metric_names - recording_rule_names() - SERIES_ADDED_BY_PROMETHEUS
     assert not unknown, (
-        f"{expression.origin} uses {sorted(unknown)}, which the daemon does not export "
+        f"{expression.origin} uses {sorted(unknown)}, which no ShelfSight service exports "
         f"(exported: {sorted(n for n in exported_metric_names if n.startswith('shelfsight_'))})"
     )
 
 
+@pytest.mark.label_studio
 @pytest.mark.parametrize("expression", EXPRESSIONS, ids=lambda e: e.origin)
 def test_every_selector_of_expression_matches_series(expression: Expression, prometheus: Prometheus) -> None:
     for selector in vector_selectors(promql_parser.parse(expression.promql)):
@@ -395,6 +649,7 @@ def test_every_selector_of_expression_matches_series(expression: Expression, pro
         assert prometheus.query(promql), f"{expression.origin}: selector {promql} matches no series"
 
 
+@pytest.mark.label_studio
 @pytest.mark.parametrize("expression", EXPRESSIONS, ids=lambda e: e.origin)
 def test_expression_returns_data(expression: Expression, prometheus: Prometheus) -> None:
     tree = promql_parser.parse(expression.promql)
