@@ -21,6 +21,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -45,6 +46,7 @@ K8S_VERSIONS = (kubernetes_validate.utils.all_versions()[0], kubernetes_validate
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile*"))
 DOCKERIGNORE = ROOT / ".dockerignore"
 HTTP_PORT = 9108
+REVIEW_PORT = 9111  # the review worker's webhook port, which also serves /metrics and /healthz
 NON_SETTING_VARIABLES = {"SHELFSIGHT_CONFIG", "SHELFSIGHT_HOME"}  # read by daemon/config.py outside Settings
 
 
@@ -184,6 +186,7 @@ def test_compose_stack_runs_kafka_kraft_postgres_label_studio_daemon_learner_pro
     assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:")
     assert services["daemon"]["command"] == ["run"]
     assert services["learner"]["command"] == ["learn"]
+    assert services["review-worker"]["command"] == ["review", "run"]
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
     assert services["grafana"]["image"].startswith("grafana/grafana:")
     for name, service in services.items():
@@ -220,7 +223,7 @@ def test_compose_daemon_reads_the_model_and_config_from_read_only_mounts() -> No
     daemon_mounts = {target: read_only for _, target, read_only in _bind_mounts(services["daemon"])}
     assert daemon_mounts == {"/models": True, "/etc/shelfsight/shelfsight.toml": True}
     environment = services["daemon"]["environment"]
-    assert environment["SHELFSIGHT_MODEL_PATH"].startswith("/models/")
+    assert environment["SHELFSIGHT_REGISTRY_DIR"].startswith("/models/")
     assert environment["SHELFSIGHT_CONFIG"] == "/etc/shelfsight/shelfsight.toml"
 
 
@@ -241,6 +244,20 @@ def test_compose_prometheus_and_grafana_use_this_repositorys_monitoring_files() 
     (daemon_job,) = [job for job in scrape if job["job_name"] == "shelfsight"]
     assert daemon_job["dns_sd_configs"][0]["names"] == ["daemon"]
     assert daemon_job["dns_sd_configs"][0]["port"] == HTTP_PORT
+
+
+def test_compose_review_worker_and_learner_are_healthchecked_and_scraped_on_their_ports() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    review, learner = services["review-worker"], services["learner"]
+    assert int(review["environment"]["SHELFSIGHT_REVIEW__WEBHOOK_PORT"]) == REVIEW_PORT
+    assert review["expose"] == [str(REVIEW_PORT)]
+    # the image's HEALTHCHECK probes 9108, where the review worker serves nothing: compose probes its own port
+    assert f"http://127.0.0.1:{REVIEW_PORT}/healthz" in " ".join(review["healthcheck"]["test"])
+    assert not learner.get("healthcheck", {}).get("disable"), "the learner serves /healthz on the image's port"
+    assert learner["expose"] == [str(HTTP_PORT)]
+    scrape = {job["job_name"]: job for job in load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]}
+    assert scrape["shelfsight-review"]["static_configs"] == [{"targets": [f"review-worker:{REVIEW_PORT}"]}]
+    assert scrape["shelfsight-learner"]["static_configs"] == [{"targets": [f"learner:{HTTP_PORT}"]}]
 
 
 def test_grafana_dashboard_is_provisionable() -> None:
@@ -320,6 +337,105 @@ def test_shipped_configuration_loads_into_the_daemon_settings(tmp_path: Path, mo
         assert settings.http_host == "0.0.0.0" and settings.http_port == HTTP_PORT, env_name
         assert settings.kafka.topic == "products.new" and settings.kafka.dead_letter_topic == "products.new.dlq"
         assert settings.database_url.startswith("postgresql+psycopg://"), env_name
+
+
+SERVICES = {  # compose service -> Kubernetes Deployment
+    "daemon": "shelfsight-daemon",
+    "review-worker": "shelfsight-review-worker",
+    "learner": "shelfsight-learner",
+}
+
+
+def _k8s_environment(deployment: str) -> dict[str, str]:
+    """What the container of `deployment` gets: its envFrom ConfigMaps and Secrets in order, then its env."""
+    (container,) = _pod_spec(deployment)["containers"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        kind, ref = (
+            ("ConfigMap", source["configMapRef"]) if "configMapRef" in source else ("Secret", source["secretRef"])
+        )
+        doc = k8s_object(kind, ref["name"])
+        env.update({**doc.get("data", {}), **doc.get("stringData", {})})
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    return env
+
+
+def _environment(platform: str, service: str) -> dict[str, str]:
+    if platform == "compose":
+        env = load_yaml(COMPOSE)["services"][service]["environment"]
+        return {k: interpolate_defaults(str(v)) for k, v in env.items()}
+    return _k8s_environment(SERVICES[service])
+
+
+def _settings_of(
+    platform: str, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:  # daemon.config.Settings
+    from daemon.config import Settings
+
+    toml = next(path for name, path in _toml_files(tmp_path).items() if name.startswith(platform))
+    for key in [k for k in os.environ if k.startswith("SHELFSIGHT_")]:
+        monkeypatch.delenv(key)
+    for key, value in _environment(platform, service).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SHELFSIGHT_CONFIG", str(toml))
+    return Settings()
+
+
+def _models_mount(platform: str, service: str) -> tuple[str, bool]:
+    """(mount path, read-only) of the model registry volume in `service`."""
+    if platform == "compose":
+        (mount,) = [
+            (target, read_only)
+            for host, target, read_only in _bind_mounts(load_yaml(COMPOSE)["services"][service])
+            if host == (ROOT / "models").resolve()
+        ]
+        return mount
+    (container,) = _pod_spec(SERVICES[service])["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    return mount["mountPath"], bool(mount.get("readOnly"))
+
+
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+def test_daemon_and_review_worker_follow_the_registry_the_learner_writes(
+    platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    learner = _settings_of(platform, "learner", tmp_path, monkeypatch)
+    registry = learner.learner.registry_dir
+    mount, read_only = _models_mount(platform, "learner")
+    assert registry.is_relative_to(mount) and not read_only, "the learner writes the registry on the models volume"
+    for service in ("daemon", "review-worker"):
+        settings = _settings_of(platform, service, tmp_path, monkeypatch)
+        assert settings.registry_dir == registry, f"{platform} {service} does not serve the learner's registry"
+        assert _models_mount(platform, service) == (mount, True), f"{platform} {service}: mount it read-only"
+    assert _settings_of(platform, "daemon", tmp_path, monkeypatch).review.enabled, "the daemon routes to review"
+
+
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+def test_review_worker_reaches_label_studio_and_label_studio_reaches_its_webhook(
+    platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    review = _settings_of(platform, "review-worker", tmp_path, monkeypatch).review
+    assert review.label_studio_token is not None and review.label_studio_token.get_secret_value()
+    assert review.webhook_secret is not None and review.webhook_secret.get_secret_value()  # else no receiver
+    assert review.webhook_host == "0.0.0.0" and review.webhook_port == REVIEW_PORT
+    assert review.webhook_url is not None
+    url = urlsplit(review.webhook_url)
+    assert (url.port, url.path) == (REVIEW_PORT, "/webhook")
+    if platform == "compose":
+        assert url.hostname == "review-worker"
+        assert urlsplit(review.label_studio_url).hostname == "label-studio"
+    else:
+        service = k8s_object("Service", "shelfsight-review")
+        assert url.hostname == f"{service['metadata']['name']}.shelfsight.svc"
+        assert service["spec"]["ports"][0]["port"] == REVIEW_PORT
+
+
+@pytest.mark.parametrize("platform", ["compose", "k8s"])
+def test_label_studio_credentials_reach_only_the_review_worker(platform: str) -> None:
+    secrets = {"SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN", "SHELFSIGHT_REVIEW__WEBHOOK_SECRET"}
+    assert secrets <= set(_environment(platform, "review-worker"))
+    for service in ("daemon", "learner"):
+        assert not secrets & set(_environment(platform, service)), f"{platform} {service} gets Label Studio secrets"
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------------------
@@ -410,7 +526,10 @@ def test_services_and_disruption_budgets_select_the_daemon_pods() -> None:
     assert not service["spec"]["selector"].items() <= learner_labels.items(), "the Service must not select the learner"
 
 
-@pytest.mark.parametrize("deployment", ["shelfsight-daemon", "shelfsight-learner"])
+DEPLOYMENTS = ["shelfsight-daemon", "shelfsight-review-worker", "shelfsight-learner"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_pods_reference_only_configmaps_secrets_and_claims_that_exist(deployment: str) -> None:
     spec = _pod_spec(deployment)
     for volume in spec["volumes"]:
@@ -428,7 +547,7 @@ def test_pods_reference_only_configmaps_secrets_and_claims_that_exist(deployment
         assert mounted == {v["name"] for v in spec["volumes"]}, deployment
 
 
-@pytest.mark.parametrize("deployment", ["shelfsight-daemon", "shelfsight-learner"])
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_pods_run_as_non_root_with_a_read_only_root_filesystem(deployment: str) -> None:
     spec = _pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -453,6 +572,67 @@ def test_learner_is_one_replica_that_is_never_doubled_during_a_rollout() -> None
     assert daemon_models["readOnly"] is True
     pvc = k8s_object("PersistentVolumeClaim", "shelfsight-models")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "daemons on several nodes read the registry"
+
+
+def test_review_worker_is_one_pod_without_a_gpu_behind_the_webhook_service() -> None:
+    deployment = k8s_object("Deployment", "shelfsight-review-worker")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["args"] == ["review", "run"]
+    assert container["ports"] == [{"name": "http", "containerPort": REVIEW_PORT, "protocol": "TCP"}]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe  # it serves no /readyz
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(REVIEW_PORT)
+    service = k8s_object("Service", "shelfsight-review")
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    assert service["spec"]["ports"] == [{"name": "http", "port": REVIEW_PORT, "targetPort": "http", "protocol": "TCP"}]
+    for other in ("shelfsight-daemon", "shelfsight-learner"):
+        labels = k8s_object("Deployment", other)["spec"]["template"]["metadata"]["labels"]
+        assert not service["spec"]["selector"].items() <= labels.items(), f"shelfsight-review selects {other}"
+    daemon_service = k8s_object("Service", "shelfsight")
+    assert not daemon_service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+
+
+def test_learner_serves_probes_and_metrics_on_the_http_port() -> None:
+    template = k8s_object("Deployment", "shelfsight-learner")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(HTTP_PORT)
+    service = k8s_object("Service", "shelfsight-learner")
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    daemon_labels = k8s_object("Deployment", "shelfsight-daemon")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= daemon_labels.items()
+
+
+@pytest.mark.parametrize(
+    ("job", "deployment"),
+    [
+        ("shelfsight", "shelfsight-daemon"),
+        ("shelfsight-review", "shelfsight-review-worker"),
+        ("shelfsight-learner", "shelfsight-learner"),
+    ],
+)
+def test_kubernetes_scrape_job_keeps_the_pods_of_its_deployment_only(job: str, deployment: str) -> None:
+    jobs = {j["job_name"]: j for j in load_yaml(DEPLOY / "prometheus" / "prometheus-kubernetes.yml")["scrape_configs"]}
+    (keep,) = [
+        r
+        for r in jobs[job]["relabel_configs"]
+        if r.get("action") == "keep" and "__meta_kubernetes_pod_label_app_kubernetes_io_component" in r["source_labels"]
+    ]
+
+    def kept(name: str) -> bool:
+        labels = k8s_object("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        value = ";".join(labels.get(k, "") for k in ("app.kubernetes.io/name", "app.kubernetes.io/component"))
+        return re.fullmatch(keep["regex"], value) is not None
+
+    assert kept(deployment)
+    assert not [other for other in SERVICES.values() if other != deployment and kept(other)]
+    (container,) = _pod_spec(deployment)["containers"]
+    assert [p["name"] for p in container["ports"]] == ["http"]  # the port the job keeps
 
 
 # -- Dockerfiles -------------------------------------------------------------------------------------------------

@@ -152,3 +152,16 @@ def test_scrape_config_scrapes_the_daemon_as_job_shelfsight(config_path: Path) -
     assert "shelfsight" in jobs
     assert jobs["shelfsight"].get("metrics_path", "/metrics") == "/metrics"
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+@pytest.mark.parametrize("config_path", SCRAPE_CONFIGS, ids=lambda p: p.name)
+def test_scrape_config_scrapes_review_worker_and_learner_under_the_jobs_target_down_watches(config_path: Path) -> None:
+    # ShelfSightTargetDown selects the jobs by name: a review worker or learner scraped under another job name
+    # could be down without anyone paged.
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config_path.read_text())["scrape_configs"]}
+    watched = re.search(r'up\{job=~"([^"]*)"\}', _alerts()["ShelfSightTargetDown"]["expr"])
+    assert watched, 'ShelfSightTargetDown should select up{job=~"..."}'
+    for job in ("shelfsight", "shelfsight-review", "shelfsight-learner"):
+        assert job in jobs, f"{config_path.name} has no job {job}"
+        assert jobs[job].get("metrics_path", "/metrics") == "/metrics"
+        assert re.fullmatch(watched.group(1), job), f"ShelfSightTargetDown does not watch job {job}"
