@@ -473,12 +473,14 @@ def review_service(
             answer = model_value if keep else ("Dress" if model_value != "Dress" else "Skirt")
             client.sdk.annotations.create(id=item.task_id, result=_garment_answer(answer))
         wait_until(
-            lambda: (
-                worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="true")
-                and worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="false")
-                and worker.sample("shelfsight_review_agreement_ratio", group="garment") is not None
-                and worker.sample("shelfsight_review_webhooks_total", outcome="accepted")
-                and worker.sample("shelfsight_review_polls_total", outcome="ok")
+            lambda: all(
+                (
+                    worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="true"),
+                    worker.sample("shelfsight_review_corrections_total", group="garment", model_was_right="false"),
+                    worker.sample("shelfsight_review_agreement_ratio", group="garment") is not None,
+                    worker.sample("shelfsight_review_webhooks_total", outcome="accepted"),
+                    worker.sample("shelfsight_review_polls_total", outcome="ok"),
+                )
             ),
             30,
             "both annotations to reach the review worker by webhook",
