@@ -97,22 +97,11 @@ def retrain_config(learner: LearnerSettings, device: str) -> Any:
 def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | None) -> int:
     from connectors.db import ProductStore
     from connectors.db.learner import LearnerStore
-    from connectors.images import ImageFetcher
+    from daemon.service import build_fetcher
     from learner.retrain import run_retraining
 
     store = ProductStore(settings.database_url)
-    f = settings.fetch
-    fetcher = ImageFetcher(
-        connect_timeout_s=f.connect_timeout_s,
-        read_timeout_s=f.read_timeout_s,
-        total_timeout_s=f.total_timeout_s,
-        max_bytes=f.max_bytes,
-        max_redirects=f.max_redirects,
-        max_concurrency=f.concurrency,
-        allow_private_networks=f.allow_private_networks,
-        allowed_networks=f.allowed_networks,
-        file_root=f.file_root,
-    )
+    fetcher = build_fetcher(settings.fetch)
     try:
         store.migrate()
         outcome = run_retraining(

@@ -15,12 +15,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.config import Settings, redact_url
+from daemon.config import FetchSettings, Settings, redact_url
 from daemon.metrics import ServiceMetrics
 from daemon.pipeline import DeadLetterSink, Enricher, EventSource, PipelineOptions
 from daemon.reload import ModelSource, ModelWatcher
+
+if TYPE_CHECKING:
+    from connectors.images import ImageFetcher
 
 log = logging.getLogger("shelfsight.service")
 
@@ -58,7 +61,6 @@ def configure_logging(level: str) -> None:
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
     from connectors.db import ProductStore
-    from connectors.images import ImageFetcher
     from learner.bundle import BundleError, load_bundle
     from learner.engine import TaggingEngine
 
@@ -94,17 +96,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     store.migrate()
 
     f = settings.fetch
-    fetcher = ImageFetcher(
-        connect_timeout_s=f.connect_timeout_s,
-        read_timeout_s=f.read_timeout_s,
-        total_timeout_s=f.total_timeout_s,
-        max_bytes=f.max_bytes,
-        max_redirects=f.max_redirects,
-        max_concurrency=f.concurrency,
-        allow_private_networks=f.allow_private_networks,
-        allowed_networks=f.allowed_networks,
-        file_root=f.file_root,
-    )
+    fetcher = build_fetcher(f)
     closers.append(fetcher.close)
 
     revoke_hook: list[Callable[[Any], None]] = []
@@ -153,6 +145,23 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     if settings.reload_interval_s > 0:
         watcher = ModelWatcher(model_source, build_engine, enricher.install_engine, metrics, settings.reload_interval_s)
     return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle, watcher=watcher)
+
+
+def build_fetcher(f: FetchSettings) -> ImageFetcher:
+    """The image fetcher with the configured limits and address guard (daemon and learner alike)."""
+    from connectors.images import ImageFetcher
+
+    return ImageFetcher(
+        connect_timeout_s=f.connect_timeout_s,
+        read_timeout_s=f.read_timeout_s,
+        total_timeout_s=f.total_timeout_s,
+        max_bytes=f.max_bytes,
+        max_redirects=f.max_redirects,
+        max_concurrency=f.concurrency,
+        allow_private_networks=f.allow_private_networks,
+        allowed_networks=f.allowed_networks,
+        file_root=f.file_root,
+    )
 
 
 def _build_source(
