@@ -125,9 +125,8 @@ def plot_per_class_f1(report: Mapping[str, Any], path: Path) -> Path:
     if not panels:
         panels = [("(no labelled samples)", {}, [])]
     heights = [max(2, len(p[2])) * 0.22 + 0.9 for p in panels]
-    fig, axes = plt.subplots(
-        len(panels), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False
-    )
+    total = sum(heights) + 0.6  # inches; the top 0.6 hold the figure title
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, total), gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (name, m, classes) in zip(axes[:, 0], panels, strict=True):
         labels = [v for v, _ in classes]
         f1 = [c["f1"] for _, c in classes]
@@ -145,7 +144,7 @@ def plot_per_class_f1(report: Mapping[str, Any], path: Path) -> Path:
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("F1")
     fig.suptitle(f"{report['model_version']} - {report['split']} split - per-class F1", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / total))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
