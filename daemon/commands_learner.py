@@ -51,6 +51,9 @@ def train_command(
     brightness: float = typer.Option(_DEFAULTS.brightness, help="Brightness jitter (0 = off)."),
     contrast: float = typer.Option(_DEFAULTS.contrast, help="Contrast jitter (0 = off)."),
     colour_bins: int = typer.Option(_DEFAULTS.colour_bins, help="Colour-histogram input for colour groups (0 = off)."),
+    group_loss_weight: list[str] = typer.Option(
+        [], help="GROUP=WEIGHT multiplies that group's loss (repeatable; default 1 for every group)."
+    ),
     patience: int = typer.Option(_DEFAULTS.patience, help="Early stopping patience in epochs (0 = off)."),
     input_size: int | None = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
     dropout: float = typer.Option(_DEFAULTS.dropout),
@@ -77,6 +80,7 @@ def train_command(
     try:
         tax = load_taxonomy(taxonomy)
         labelled = load_labelled_set(data, tax, image_column=image_column, group_column=group_by)
+        group_weights = _parse_weights(group_loss_weight)
         config = TrainConfig(
             backbone=backbone,
             input_size=input_size,
@@ -94,6 +98,7 @@ def train_command(
             brightness=brightness,
             contrast=contrast,
             colour_bins=colour_bins,
+            group_loss_weights=group_weights,
             patience=patience,
             seed=seed,
             device=device,
@@ -170,6 +175,19 @@ def evaluate_command(
     paths = write_report(report, out)
     typer.echo(f"{split} ({n} images): {_one_line(metrics)}")
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--group-loss-weight takes GROUP=WEIGHT (e.g. articleType=2), not {item!r}")
+    return weights
 
 
 def _counts(counts: dict[str, int]) -> str:

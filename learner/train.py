@@ -77,6 +77,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # CE class weight = frequency ** -power (0: unweighted, 1: inverse freq)
     dropout: float = 0.2
+    group_loss_weights: dict[str, float] = field(default_factory=dict)  # group -> weight of its loss (default 1)
     colour_bins: int = 0  # >0: colour groups also see a bins^3 RGB histogram of the product (see classifier.py)
     ema_decay: float = 0.998  # 0 disables the moving average of weights
     patience: int = 5  # epochs without validation improvement before stopping (0: never stop early)
@@ -147,18 +148,28 @@ def amp_settings(device: torch.device, enabled: bool) -> tuple[torch.dtype | Non
 
 
 class AttributeLoss(nn.Module):
-    """Sum over classifier groups of each group's loss; missing labels are masked out.
+    """Weighted sum over classifier groups of each group's loss; missing labels are masked out.
 
     Single-choice: cross-entropy with label smoothing and class weights (frequency ** -power, normalised
     so the average training sample weighs 1). Multi-label: BCE with smoothed targets, NaN rows masked.
     """
 
     def __init__(
-        self, taxonomy: Taxonomy, train_samples: list[Sample], label_smoothing: float, class_weight_power: float
+        self,
+        taxonomy: Taxonomy,
+        train_samples: list[Sample],
+        label_smoothing: float,
+        class_weight_power: float,
+        group_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.taxonomy = taxonomy
         self.label_smoothing = label_smoothing
+        names = {g.name for g in taxonomy.classifier_groups}
+        unknown = set(group_weights or {}) - names
+        if unknown:
+            raise ValueError(f"loss weights name unknown groups {sorted(unknown)}; groups: {sorted(names)}")
+        self.group_weights = {name: float((group_weights or {}).get(name, 1.0)) for name in names}
         for g in taxonomy.classifier_groups:
             counts = torch.tensor(class_counts(train_samples, g), dtype=torch.float64)
             weights = torch.where(counts > 0, counts.clamp(min=1) ** -class_weight_power, torch.zeros_like(counts))
@@ -194,7 +205,7 @@ class AttributeLoss(nn.Module):
                     ignore_index=IGNORE_INDEX,
                     label_smoothing=self.label_smoothing,
                 )
-            total = total + loss
+            total = total + self.group_weights[g.name] * loss
             parts[g.name] = float(loss.detach())
         return total, parts
 
@@ -374,7 +385,9 @@ def train(
         for name, ds in eval_sets.items()
     }
 
-    loss_fn = AttributeLoss(taxonomy, splits["train"], config.label_smoothing, config.class_weight_power).to(device)
+    loss_fn = AttributeLoss(
+        taxonomy, splits["train"], config.label_smoothing, config.class_weight_power, config.group_loss_weights
+    ).to(device)
     optimizer = make_optimizer(model, config)
     steps_per_epoch = len(train_loader)
     scheduler = make_scheduler(
