@@ -68,6 +68,9 @@ def train_command(
     threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
     workers: int | None = typer.Option(None, help="Data loader processes (default: 0 on CPU, 4 on CUDA)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    test: bool = typer.Option(
+        True, help="Evaluate the test split at the end; --no-test while choosing a recipe, so test stays unseen."
+    ),
 ) -> None:
     """Fine-tune an attribute classifier and write a model bundle (selection on the validation split)."""
     from learner.backbones import PretrainedWeightsUnavailable
@@ -109,7 +112,7 @@ def train_command(
         )
         counts = labelled.summary(config.split)["split_counts"]
         typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
-        result = train(config, labelled, out)
+        result = train(config, labelled, out, evaluate_test=test)
     except TaxonomyError as exc:
         raise _fail(str(exc)) from None
     except (DataError, PretrainedWeightsUnavailable, ValueError) as exc:
