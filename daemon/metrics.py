@@ -111,7 +111,7 @@ class ReviewRoutingMetrics:
         r = self.registry
         self.routed = Counter(
             "shelfsight_review_routed_total",
-            "Products routed to human review, by reason (low_confidence, audit).",
+            "Products routed to human review, by reason (low_confidence, audit, random).",
             ["reason"],
             registry=r,
         )

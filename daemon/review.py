@@ -104,7 +104,8 @@ class TaskBuilder:
             "product_id": item.product_id,
             "title": payload.get("title") or "",
             "reason": item.reason,
-            "uncertainty": item.priority,
+            "uncertainty": (payload.get("uncertainty") or {}).get("score", item.priority),
+            "priority": item.priority,  # the queue order: the uncertainty, or a random rank (review.routing)
             "model_version": item.model_version,
             "image_url": item.image_url,
             "outbox_id": item.id,
@@ -898,6 +899,7 @@ def build_review_router(
         BelowThreshold,
         Decision,
         GroupPolicy,
+        RandomSample,
         ReviewCaps,
         ReviewPolicy,
         ReviewRouting,
@@ -907,7 +909,11 @@ def build_review_router(
     r = settings.review
     caps = ReviewCaps(per_hour=r.max_per_hour, per_day=r.max_per_day)
     caps.seed(ReviewStore(store).routed_since(clock() - timedelta(days=1)))
-    strategies: list[RoutingStrategy] = [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
+    strategies: list[RoutingStrategy] = (
+        [RandomSample(r.audit_rate, r.audit_seed)]
+        if r.routing == "random"
+        else [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
+    )
 
     def count(decision: Decision) -> None:
         if decision.routed and decision.reason:

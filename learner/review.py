@@ -3,14 +3,17 @@
 - Routing policy: which products go to annotators. `ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in
   order (`BelowThreshold`: a value under its group's threshold, from the bundle's calibration unless the group's
   policy overrides it; `AuditSample`: a seeded random sample of the products the model would have accepted, so
-  the accuracy of unreviewed output stays measured), then `ReviewCaps` (per hour and per day, sliding windows).
-  Each routed product carries an uncertainty score from a pluggable `UncertaintyMeasure` (least confidence,
-  margin, entropy); the outbox sends the most uncertain first.
+  the accuracy of unreviewed output stays measured; `RandomSample`: a seeded random sample of every product,
+  ranked in random order, the baseline that shows what uncertainty routing gains at the same labelling budget),
+  then `ReviewCaps` (per hour and per day, sliding windows). Each routed product carries an uncertainty score from
+  a pluggable `UncertaintyMeasure` (least confidence, margin, entropy) and a priority: its uncertainty, or a
+  random rank when `RandomSample` chose it; the outbox sends the highest priority first.
 - `ReviewRouting`: the daemon's `ReviewRouter` hook: a `ProductResult` and its `ImageTags` in, the outbox payload
   out (or None).
 - Label Studio formats: `label_config(taxonomy)` (one Choices block per classifier group, single or multiple
   choice; one RectangleLabels block per detector group), `prediction_result(...)` (the model's guess as
-  pre-annotations with per-region scores), `parse_annotation(...)` (an annotation's result back into attribute
+  pre-annotations with per-region scores), `answer_result(...)` (an annotator's choices, for scripted
+  annotators), `parse_annotation(...)` (an annotation's result back into attribute
   values and boxes, with a clear outcome for everything: applied, skipped, unknown_label, unknown_group,
   not_answered, invalid).
 
@@ -158,11 +161,13 @@ class Assessment:
 @dataclass(frozen=True)
 class Decision:
     """`routed`: send the product to annotators. `reason`: the strategy that chose it ('low_confidence',
-    'audit'), 'capped:<strategy>' when a cap stopped it, or None when the model's output is accepted."""
+    'audit', 'random'), 'capped:<strategy>' when a cap stopped it, or None when the model's output is accepted.
+    `priority`: the outbox order of a routed product, higher first (its uncertainty, or a random rank)."""
 
     routed: bool
     reason: str | None
     assessment: Assessment
+    priority: float = 0.0
 
 
 class RoutingStrategy(Protocol):
@@ -196,6 +201,28 @@ class AuditSample:
 
     def select(self, assessment: Assessment) -> bool:
         return self.rate > 0 and self._rng.random() < self.rate
+
+
+class RandomSample:
+    """Route a uniform random fraction `rate` of all products, whatever the model's confidence, and rank them in a
+    random order, so annotators who take the first N of the queue label a uniform random sample of N products.
+    The `random` routing (`review.routing`): the baseline an active-learning benchmark compares uncertainty
+    routing with at the same labelling budget (tests/benchmarks/bench_active_learning.py). Seeded: reproducible."""
+
+    name = "random"
+
+    def __init__(self, rate: float = 1.0, seed: int | None = None) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"random routing rate must be within [0, 1], got {rate}")
+        self.rate = rate
+        self._rng = random.Random(seed)
+
+    def select(self, assessment: Assessment) -> bool:
+        return self.rate > 0 and self._rng.random() < self.rate
+
+    def rank(self) -> float:
+        """A routed product's priority: uniform in [0, 1), independent of the model's output."""
+        return self._rng.random()
 
 
 class ReviewCaps:
@@ -318,7 +345,8 @@ class ReviewPolicy:
                 if not self.caps.allows(now):
                     return Decision(False, f"capped:{strategy.name}", assessment)
                 self.caps.record(now)
-                return Decision(True, strategy.name, assessment)
+                priority = strategy.rank() if isinstance(strategy, RandomSample) else assessment.uncertainty
+                return Decision(True, strategy.name, assessment, priority)
         return Decision(False, None, assessment)
 
 
@@ -422,6 +450,30 @@ def prediction_result(
                         "score": round(float(det.score), 4),
                     }
                 )
+    return out
+
+
+def answer_result(taxonomy: Taxonomy, values: Mapping[str, str | Sequence[str]]) -> list[dict[str, Any]]:
+    """An annotator's answer as Label Studio result JSON: one `choices` region per classifier group named in
+    `values` (a label, or labels for a multi-label group), in taxonomy order; what `parse_annotation` reads back.
+    Scripted annotators (tests, tests/benchmarks/bench_active_learning.py) submit it through the SDK. A group the
+    taxonomy lacks, or a value it does not list, raises ValueError (an annotator cannot pick it)."""
+    groups = {g.name: g for g in taxonomy.groups if g.source == "classifier"}
+    unknown = set(values) - set(groups)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not classifier groups of taxonomy {taxonomy.name!r}")
+    out: list[dict[str, Any]] = []
+    for name, group in groups.items():
+        if name not in values:
+            continue
+        given = values[name]
+        chosen = [given] if isinstance(given, str) else list(given)
+        missing = [v for v in chosen if v not in group.values]
+        if missing:
+            raise ValueError(f"{missing} are not values of group {name!r}")
+        out.append(
+            {"from_name": name, "to_name": IMAGE_NAME, "type": "choices", "value": {"choices": chosen}, "id": name}
+        )
     return out
 
 
@@ -632,7 +684,7 @@ class ReviewRouting:
         a = decision.assessment
         return {
             "reason": decision.reason,
-            "priority": round(a.uncertainty, 6),
+            "priority": round(decision.priority, 6),
             "uncertainty": {
                 "measure": self.policy.uncertainty_name,
                 "score": round(a.uncertainty, 6),

@@ -18,10 +18,12 @@ from learner.review import (
     AuditSample,
     BelowThreshold,
     ParsedValue,
+    RandomSample,
     ReviewCaps,
     ReviewPolicy,
     ReviewRouting,
     annotation_revision,
+    answer_result,
     box_from_percent,
     box_to_percent,
     entropy,
@@ -179,6 +181,33 @@ def test_audit_samples_only_accepted_products_and_low_confidence_wins(taxonomy: 
 def test_a_zero_audit_rate_never_samples(taxonomy: Taxonomy) -> None:
     p = policy(taxonomy, audit_rate=0.0)
     assert not any(p.decide(confident(), T0).routed for _ in range(2000))
+
+
+def test_random_routing_samples_every_product_whatever_its_confidence_in_a_random_order(
+    taxonomy: Taxonomy,
+) -> None:
+    def sample(seed: int) -> list[tuple[bool, float]]:
+        p = policy(taxonomy, thresholds={"garment": {"Shirt": 0.9}}, strategies=[RandomSample(0.3, seed=seed)])
+        outputs = [confident(garment=0.6), confident()] * 500  # half unsure, half sure
+        return [(d.routed, d.priority) for d in (p.decide(o, T0) for o in outputs)]
+
+    first = sample(7)
+    assert first == sample(7)  # seeded: reproducible
+    routed = [i for i, (r, _) in enumerate(first) if r]
+    assert 0.25 < len(routed) / len(first) < 0.35
+    unsure = sum(1 for i in routed if i % 2 == 0)
+    assert 0.4 < unsure / len(routed) < 0.6  # confidence plays no part
+    priorities = [first[i][1] for i in routed]
+    assert len(set(priorities)) == len(priorities) and all(0 <= x < 1 for x in priorities)
+    assert routed != sorted(routed, key=lambda i: -first[i][1])  # the queue order is not the arrival order
+    assert all(d.reason == "random" for d in [policy(taxonomy, strategies=[RandomSample(1.0)]).decide(confident(), T0)])
+    with pytest.raises(ValueError, match="within"):
+        RandomSample(1.5)
+
+
+def test_under_uncertainty_routing_the_priority_is_the_uncertainty(taxonomy: Taxonomy) -> None:
+    decision = policy(taxonomy, thresholds={"garment": {"Shirt": 0.9}}).decide(confident(garment=0.6), T0)
+    assert decision.routed and decision.priority == decision.assessment.uncertainty > 0
 
 
 def test_strategies_are_pluggable(taxonomy: Taxonomy) -> None:
@@ -383,6 +412,20 @@ def test_groups_left_empty_and_ambiguous_answers_are_not_applied(taxonomy: Taxon
     assert parsed["detectedObjects"].model_was_right is False
     none_predicted = by_attribute(parse_annotation(taxonomy, [choice("garment", "Shirt")], model={}))
     assert "detectedObjects" not in none_predicted
+
+
+def test_an_answer_built_for_an_annotator_parses_back_to_the_same_values(taxonomy: Taxonomy) -> None:
+    values: dict[str, str | list[str]] = {
+        g.name: list(g.values[:2]) if g.multi_label else g.values[-1] for g in taxonomy.classifier_groups
+    }
+    parsed = by_attribute(parse_annotation(taxonomy, answer_result(taxonomy, values)))
+    assert {name: (p.outcome, p.value) for name, p in parsed.items()} == {
+        name: ("applied", value) for name, value in values.items()
+    }
+    with pytest.raises(ValueError, match="not values"):
+        answer_result(taxonomy, {taxonomy.classifier_groups[0].name: "no such value"})
+    with pytest.raises(ValueError, match="not classifier groups"):
+        answer_result(taxonomy, {"nope": "x"})
 
 
 def test_the_revision_changes_with_the_content_only(taxonomy: Taxonomy) -> None:
