@@ -12,7 +12,9 @@ Pure functions over numbers (numpy only; no torch, no files, no database), so ev
   and returns the percentile confidence interval of challenger minus champion on the primary metric.
 - `decide`: promote only when (1) the challenger trained and evaluated cleanly (finite loss, evaluation done),
   (2) the lower end of that interval is above zero, and (3) no attribute group's figure (top-1 and macro-F1)
-  drops by more than `GateConfig.max_group_regression`. The `GateDecision` holds every figure used, for the record.
+  drops by more than `GateConfig.max_group_regression`, and (4) when both models have a detection mAP on the
+  holdout (annotators boxed objects there), the challenger's mAP@[.5:.95] does not drop by more than
+  `GateConfig.max_detection_regression`. The `GateDecision` holds every figure used, for the record.
 
 What it must not do: look at anything but the figures it is given, or promote anything itself (the registry does).
 """
@@ -35,11 +37,13 @@ GROUP_FIGURES = ("top1", "macro_f1")  # per attribute group, what must not regre
 class GateConfig:
     """Rules of the gate. `bootstrap_samples` resamples of the holdout products; the challenger must win with the
     lower bound of the two-sided `confidence` interval above zero; `max_group_regression` is the largest drop
-    (absolute, e.g. 0.02 = 2 points) of any group's top-1 or macro-F1 that is tolerated."""
+    (absolute, e.g. 0.02 = 2 points) of any group's top-1 or macro-F1 that is tolerated, `max_detection_regression`
+    the largest drop of the detector's holdout mAP@[.5:.95]."""
 
     bootstrap_samples: int = 2000
     confidence: float = 0.95
     max_group_regression: float = 0.02
+    max_detection_regression: float = 0.02
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class GateConfig:
             raise ValueError(f"confidence must be in (0.5, 1), not {self.confidence}")
         if self.max_group_regression < 0:
             raise ValueError(f"max_group_regression must be >= 0, not {self.max_group_regression}")
+        if self.max_detection_regression < 0:
+            raise ValueError(f"max_detection_regression must be >= 0, not {self.max_detection_regression}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class GateDecision:
     group_deltas: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> figure -> challenger - champ
     regressions: list[str] = field(default_factory=list)  # "group/figure: -0.0400 (margin 0.0200)"
     config: GateConfig = field(default_factory=GateConfig)
+    detection: dict[str, float] | None = None  # champion / challenger mAP@[.5:.95], difference (when both have one)
 
     @property
     def outcome(self) -> str:
@@ -178,6 +185,7 @@ class GateDecision:
             "bootstrap": self.bootstrap.to_dict() if self.bootstrap is not None else None,
             "group_deltas": {g: {k: round(v, 6) for k, v in d.items()} for g, d in self.group_deltas.items()},
             "regressions": list(self.regressions),
+            "detection": None if self.detection is None else {k: round(v, 6) for k, v in self.detection.items()},
             "config": asdict(self.config),
         }
 
@@ -207,9 +215,12 @@ def decide(
     challenger_scores: ProductScores | None,
     config: GateConfig,
     failure: str | None = None,
+    champion_detection: Mapping[str, Any] | None = None,
+    challenger_detection: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Apply the gate. `failure` (a non-finite training loss, an evaluation that raised, ...) means rejection, as
-    does anything missing; otherwise see the module docstring."""
+    does anything missing; otherwise see the module docstring. `*_detection`: each model's holdout detection
+    figures (`{"map": mAP@[.5:.95], ...}`, learner.retrain.detection_map), None where there are none."""
     if failure is not None:
         return GateDecision(False, [f"challenger failed: {failure}"], config=config)
     if champion_metrics is None or challenger_metrics is None or champion_scores is None or challenger_scores is None:
@@ -239,6 +250,17 @@ def decide(
     ]
     if regressions:
         reasons.append("group regression beyond the margin: " + ", ".join(regressions))
+
+    detection = detection_delta(champion_detection, challenger_detection)
+    if detection is not None and detection["difference"] < -config.max_detection_regression - 1e-12:
+        regressions.append(
+            f"detection/map: {detection['difference']:+.4f} (margin {config.max_detection_regression:.4f})"
+        )
+        reasons.append(
+            f"detection regression beyond the margin: mAP@[.5:.95] {detection['challenger']:.4f} vs "
+            f"{detection['champion']:.4f}, difference {detection['difference']:+.4f} "
+            f"(margin {config.max_detection_regression:.4f})"
+        )
     return GateDecision(
         promote=wins and not regressions,
         reasons=reasons,
@@ -246,7 +268,20 @@ def decide(
         group_deltas=deltas,
         regressions=regressions,
         config=config,
+        detection=detection,
     )
+
+
+def detection_delta(
+    champion: Mapping[str, Any] | None, challenger: Mapping[str, Any] | None
+) -> dict[str, float] | None:
+    """Champion and challenger mAP@[.5:.95] and their difference, when both have a finite one (else None)."""
+    if not champion or not challenger:
+        return None
+    a, b = champion.get("map"), challenger.get("map")
+    if a is None or b is None or not (math.isfinite(float(a)) and math.isfinite(float(b))):
+        return None
+    return {"champion": float(a), "challenger": float(b), "difference": float(b) - float(a)}
 
 
 def scores_from_rows(rows: Sequence[tuple[str, str, bool]], groups: Sequence[str] | None = None) -> ProductScores:

@@ -144,3 +144,37 @@ def test_gate_config_rejects_meaningless_settings() -> None:
         GateConfig(bootstrap_samples=10)
     with pytest.raises(ValueError):
         GateConfig(confidence=1.5)
+
+
+def test_a_challenger_whose_detection_map_regressed_beyond_the_margin_is_rejected() -> None:
+    decision = decide(
+        _metrics({"garment": 0.6, "kids": 0.6}),
+        _metrics({"garment": 0.8, "kids": 0.8}),
+        _scores(0.6, seed=1),
+        _scores(0.8, seed=2),
+        GateConfig(bootstrap_samples=500, max_detection_regression=0.02),
+        champion_detection={"map": 0.40, "map_50": 0.7},
+        challenger_detection={"map": 0.35, "map_50": 0.7},
+    )
+    assert decision.bootstrap is not None and decision.bootstrap.low > 0  # it would have won on the classifier
+    assert not decision.promote
+    assert "detection regression beyond the margin: mAP@[.5:.95] 0.3500 vs 0.4000" in decision.summary()
+    assert decision.regressions == ["detection/map: -0.0500 (margin 0.0200)"]
+    assert decision.to_dict()["detection"] == {"champion": 0.4, "challenger": 0.35, "difference": -0.05}
+
+
+def test_a_detection_map_drop_within_the_margin_or_without_both_figures_does_not_block_promotion() -> None:
+    def gate(champion: dict[str, float] | None, challenger: dict[str, float] | None) -> bool:
+        return decide(
+            _metrics({"garment": 0.6, "kids": 0.6}),
+            _metrics({"garment": 0.8, "kids": 0.8}),
+            _scores(0.6, seed=1),
+            _scores(0.8, seed=2),
+            GateConfig(bootstrap_samples=500, max_detection_regression=0.02),
+            champion_detection=champion,
+            challenger_detection=challenger,
+        ).promote
+
+    assert gate({"map": 0.40}, {"map": 0.39})
+    assert gate({"map": 0.40}, None)  # no boxes on the holdout for one of them: nothing to compare
+    assert not gate({"map": 0.40}, {"map": 0.37})
