@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import httpx
@@ -31,16 +31,20 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    """`shelfsight run` by default; `command` runs another service the same way (`("learn",)`,
+    `("review", "run")`): `wait_ready` and `metrics` read the HTTP port of those that serve one."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, command: Sequence[str] = ("run",)) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env, "SHELFSIGHT_HTTP_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
+        self.command = list(command)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run"], env=self.env, cwd=ROOT, stdout=log, stderr=log
+            [sys.executable, "-m", "daemon.cli", *self.command], env=self.env, cwd=ROOT, stdout=log, stderr=log
         )
         return self
 
