@@ -417,18 +417,16 @@ def train(
             "val_top1": {g: round(m["top1"], 4) for g, m in val["groups"].items() if m.get("top1") is not None},
         }
         history.append(row)
-        if config.progress:
-            tops = " ".join(f"{g}={v:.3f}" for g, v in row["val_top1"].items())
-            tqdm.write(
-                f"epoch {epoch}/{config.epochs} loss {stats['loss']:.3f} {stats['images_per_s']:.1f} img/s | "
-                f"val {PRIMARY_METRIC} {score:.4f} macro-F1 {row['val_mean_macro_f1']:.4f} | {tops}"
-            )
+        tops = " ".join(f"{g}={v:.3f}" for g, v in row["val_top1"].items())
+        tqdm.write(  # one line per epoch even without progress bars: it is the run's log
+            f"epoch {epoch}/{config.epochs} loss {stats['loss']:.3f} {stats['images_per_s']:.1f} img/s | "
+            f"val {PRIMARY_METRIC} {score:.4f} macro-F1 {row['val_mean_macro_f1']:.4f} | {tops}"
+        )
         if score >= best_score:  # a tie goes to the later epoch (further down the cosine, longer averaged)
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}
         elif config.patience and epoch - best_epoch >= config.patience:
-            if config.progress:
-                tqdm.write(f"early stop: no validation improvement for {config.patience} epochs (best {best_epoch})")
+            tqdm.write(f"early stop: no validation improvement for {config.patience} epochs (best {best_epoch})")
             break
 
     assert best_state is not None
