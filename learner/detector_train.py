@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from learner.detector import DetectorSpec, build_detector
 from learner.engine import DETECTOR_MAX_SIDE, pick_device
@@ -226,7 +226,8 @@ def _train_mode(detector: nn.Module, frozen: Sequence[str], freeze_batch_norm: b
 
 
 def _param_groups(detector: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in detector.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -30,6 +30,13 @@ torchrun it runs data-parallel (learner/distributed.py); the epoch loop is writt
 `learner.train.train` because it starts from a bundle and has to keep ranks in step (sampler epochs, one
 early-stopping decision broadcast from rank 0, saving on rank 0).
 
+The detector (`fine_tune_detector` in learner/detector_train.py, its recipe `RetrainConfig.detector`): when the
+champion has one and annotators boxed objects on products outside the holdout (`training_boxes`: the same rule as
+`holdout_boxes`), the challenger gets a copy fine-tuned on those boxes; otherwise the champion's detector goes on
+unchanged. The figures (images, objects, skipped boxes, loss per epoch) are recorded in the challenger's lineage and
+with the decision (`detector_training`); the gate rejects a challenger whose holdout mAP@[.5:.95] drops by more than
+`GateConfig.max_detection_regression`.
+
 What it must not do: read configuration (daemon/ passes a `RetrainConfig`), or promote without the gate.
 """
 
@@ -61,6 +68,7 @@ from learner import distributed
 from learner.bundle import BundleError, ModelBundle, load_bundle
 from learner.classifier import AttributeClassifier
 from learner.data import DataError, ImageDataset, Label, Sample, SplitRule, load_labelled_set
+from learner.detector_train import DetectorRecipe, DetectorTrainingError, fine_tune_detector
 from learner.engine import pick_device
 from learner.evaluate import choose_thresholds, compute_metrics, headline, predict
 from learner.gate import GateConfig, GateDecision, ProductScores, decide, scores_from_rows
@@ -162,6 +170,7 @@ class RetrainConfig:
     replay_ratio: float = 4.0
     replay_min_samples: int = 1000
     recipe: TrainConfig = field(default_factory=default_recipe)
+    detector: DetectorRecipe = field(default_factory=lambda: DetectorRecipe(progress=False))
     gate: GateConfig = field(default_factory=GateConfig)
     nproc_per_node: int = 1  # >1: torchrun with that many processes (one per GPU)
     eval_batch_size: int = 64
@@ -179,6 +188,7 @@ class TrainingData:
     new_corrections: int
     corrections_until: datetime | None
     holdout_boxes: dict[Path, list[tuple[str, list[float]]]] = field(default_factory=dict)  # image -> objects
+    train_boxes: dict[Path, list[tuple[str, list[float]]]] = field(default_factory=dict)  # outside the holdout
 
 
 @dataclass
@@ -350,6 +360,7 @@ def assemble_training_data(
     val = [s for s in chosen if val_rule.split_of(s.split_key) == "val"]
     until = max((updated for _, _, updated in fixed), default=None)
     boxes = holdout_boxes(corrections, taxonomy, config.holdout, fetcher, config.work_dir / "images")
+    train_boxes = training_boxes(corrections, taxonomy, config.holdout, fetcher, config.work_dir / "images")
     snapshot = {
         "base": base_summary,
         "corrections": {
@@ -372,8 +383,9 @@ def assemble_training_data(
         "val": len(val),
         "train_sha256": _samples_digest(train),
         "holdout_boxes": {"images": len(boxes), "objects": sum(len(v) for v in boxes.values())},
+        "train_boxes": {"images": len(train_boxes), "objects": sum(len(v) for v in train_boxes.values())},
     }
-    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until, boxes)
+    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until, boxes, train_boxes)
 
 
 def holdout_boxes(
@@ -387,6 +399,28 @@ def holdout_boxes(
 
     A box is a human value of a detector group (`source: detector` in the taxonomy) with a `box`: one object
     whose class is the detector class the taxonomy's `detector_mapping` maps to that value."""
+    return _correction_boxes(corrections, taxonomy, holdout.contains, fetcher, image_dir)
+
+
+def training_boxes(
+    corrections: Sequence[HumanCorrection],
+    taxonomy: Taxonomy,
+    holdout: HoldoutRule,
+    fetcher: ImageFetcher,
+    image_dir: Path,
+) -> dict[Path, list[tuple[str, list[float]]]]:
+    """Objects annotators boxed on products outside the holdout (the detector's training data); the rule of
+    `holdout_boxes` otherwise."""
+    return _correction_boxes(corrections, taxonomy, lambda p: not holdout.contains(p), fetcher, image_dir)
+
+
+def _correction_boxes(
+    corrections: Sequence[HumanCorrection],
+    taxonomy: Taxonomy,
+    keep: Callable[[str], bool],
+    fetcher: ImageFetcher,
+    image_dir: Path,
+) -> dict[Path, list[tuple[str, list[float]]]]:
     detector_groups = {g.name for g in taxonomy.groups if g.source == "detector"}
     to_class = {
         (group, value): det_class
@@ -395,10 +429,11 @@ def holdout_boxes(
     }
     out: dict[Path, list[tuple[str, list[float]]]] = {}
     fetched: dict[str, tuple[Path, str] | None] = {}
+    image_dir.mkdir(parents=True, exist_ok=True)
     for c in corrections:
         if c.attribute not in detector_groups or c.box is None or not c.image_url:
             continue
-        if not holdout.contains(c.product_id):
+        if not keep(c.product_id):
             continue
         values = [c.value] if isinstance(c.value, str) else list(c.value)
         det_class = to_class.get((c.attribute, values[0])) if len(values) == 1 else None
@@ -686,7 +721,8 @@ def run_retraining(
             config, learner_store, fetcher, registry, lock, run_id, champion_version, reason, force, on_phase
         )
     except Exception as exc:
-        if isinstance(exc, RegistryError | RetrainError | DataError | BundleError):  # expected: the message says it
+        expected = RegistryError | RetrainError | DataError | BundleError | DetectorTrainingError
+        if isinstance(exc, expected):  # expected: the message says it
             log.error("retraining run %s failed: %s", run_id, exc)
         else:
             log.exception("retraining run %s failed", run_id)
@@ -739,6 +775,10 @@ def _run(
 
     phase("train")
     challenger, failure = _train(config, champion, data, run_dir, lineage)
+    detector_training = None
+    if challenger is not None:
+        detector_training, detector_failure = _train_detector(config, champion, challenger, data)
+        failure = failure or detector_failure
 
     phase("evaluate")
     champion_eval = challenger_eval = None
@@ -757,8 +797,12 @@ def _run(
         challenger_eval.scores if challenger_eval else None,
         config.gate,
         failure=failure,
+        champion_detection=champion_eval.detection if champion_eval else None,
+        challenger_detection=challenger_eval.detection if challenger_eval else None,
     )
-    record = _decision_record(decision, champion_version, champion_eval, challenger_eval, data, run_id)
+    record = _decision_record(
+        decision, champion_version, champion_eval, challenger_eval, data, run_id, detector_training
+    )
 
     phase("register")
     if not lock.held():
@@ -770,7 +814,9 @@ def _run(
     if decision.promote and current != champion_version:
         decision.promote = False
         decision.reasons.append(f"the champion changed during the run ({champion_version} -> {current}): not promoted")
-        record = _decision_record(decision, champion_version, champion_eval, challenger_eval, data, run_id)
+        record = _decision_record(
+            decision, champion_version, champion_eval, challenger_eval, data, run_id, detector_training
+        )
     challenger_version = None
     if challenger is not None:
         challenger.metrics["holdout"] = challenger_eval.summary() if challenger_eval else None
@@ -840,6 +886,33 @@ def _train(
     return load_bundle(plan.out), None
 
 
+def _train_detector(
+    config: RetrainConfig, champion: ModelBundle, challenger: ModelBundle, data: TrainingData
+) -> tuple[dict[str, Any], str | None]:
+    """Give the challenger a detector fine-tuned on the boxes of training products when the champion has a detector
+    and annotators boxed objects the detector knows; otherwise it keeps the champion's (as `fine_tune` left it).
+    Returns the figures to record (in the challenger's lineage too) and a failure that rejects the challenger."""
+    if champion.detector is None or champion.detector_spec is None:
+        figures: dict[str, Any] = {"fine_tuned": False, "reason": "the champion has no detector"}
+    elif not data.train_boxes:
+        figures = {"fine_tuned": False, "reason": "no boxed objects on products outside the holdout"}
+    else:
+        result = fine_tune_detector(champion.detector, champion.detector_spec, data.train_boxes, config.detector)
+        figures = {"fine_tuned": result.detector is not None, **result.figures}
+        if result.detector is not None:
+            challenger.detector, challenger.detector_spec = result.detector, result.spec
+        else:
+            figures["reason"] = result.failure
+            if result.figures["images"] > 0:  # it trained and failed (a non-finite loss): the challenger is rejected
+                challenger.lineage["detector"] = figures
+                return figures, f"detector fine-tuning failed: {result.failure}"
+            # boxes, but none of a class the detector knows: as without boxes
+    challenger.lineage["detector"] = figures
+    if figures["fine_tuned"]:
+        log.info("detector fine-tuned on %d boxed objects in %d images", figures["objects"], figures["images"])
+    return figures, None
+
+
 def _decision_record(
     decision: GateDecision,
     champion_version: str,
@@ -847,6 +920,7 @@ def _decision_record(
     challenger_eval: HoldoutEvaluation | None,
     data: TrainingData,
     run_id: int,
+    detector_training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -855,6 +929,7 @@ def _decision_record(
         "champion_holdout": champion_eval.summary() if champion_eval else None,
         "challenger_holdout": challenger_eval.summary() if challenger_eval else None,
         "holdout_images": champion_eval.images if champion_eval else len(data.holdout),
+        "detector_training": detector_training,
         "data": data.snapshot,
     }
 
@@ -893,4 +968,5 @@ __all__ = [
     "fine_tune",
     "pin_holdout_rule",
     "run_retraining",
+    "training_boxes",
 ]

@@ -335,3 +335,113 @@ def test_a_run_that_lost_its_lock_registers_and_promotes_nothing(world: World) -
     assert outcome.status == "failed" and "lock was lost" in outcome.message
     assert read_alias_state(world.registry.root) == before
     assert len(world.registry.versions()) == versions
+
+
+# --- the detector: fine-tuned on annotators' boxes when there are any ------------------------------------
+
+
+@dataclasses.dataclass
+class SceneWorld:
+    config: RetrainConfig
+    store: ProductStore
+    learner: LearnerStore
+    fetcher: ImageFetcher
+    registry: ModelRegistry
+    scenes: dict[Path, list[tuple[str, list[float]]]]  # product image (product id = file stem) -> its objects
+
+
+@pytest.fixture
+def scene_world(tmp_path: Path) -> Iterator[SceneWorld]:
+    """A champion with a small random detector (tests/learner/scenes.py) and an untrained classifier, and 30
+    synthetic products the daemon processed and annotators labelled (garment: where the person stands)."""
+    from learner.detector_train import DetectorRecipe
+    from tests.learner.scenes import draw_scenes, small_detector
+
+    scenes = draw_scenes(tmp_path / "images", 30, seed=7)
+    taxonomy = load_taxonomy(TAXONOMY)
+    torch.manual_seed(0)
+    classifier = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    classifier.preprocessing = dataclasses.replace(classifier.preprocessing, input_size=64)
+    detector, spec = small_detector(seed=0)
+    registry = ModelRegistry(tmp_path / "registry")
+    champion = ModelBundle("scene-champion", taxonomy, classifier, detector=detector, detector_spec=spec)
+    registry.promote(registry.register(champion.save(tmp_path / "champion.safetensors")).version)
+
+    store = ProductStore(f"sqlite:///{tmp_path / 'shelfsight.db'}")
+    store.migrate()
+    results = []
+    for path in scenes:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        results.append(
+            ProductResult(path.stem, None, None, None, path.as_uri(), digest, "scene-champion", [], source="test")
+        )
+    store.write_results(results)
+    for path, objects in scenes.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        person_left = objects[0][1][0] < 64
+        store.set_human_value(path.stem, "garment", "Dress" if person_left else "Hat", "ann", image_digest=digest)
+    config = RetrainConfig(
+        registry=registry.root,
+        work_dir=tmp_path / "work",
+        holdout=HOLDOUT,
+        val_fraction=0.2,
+        min_corrections=1,
+        recipe=dataclasses.replace(_recipe(), epochs=1),
+        detector=DetectorRecipe(epochs=1, lr=1e-3, device="cpu", threads=1, progress=False),
+        gate=GateConfig(bootstrap_samples=200, max_group_regression=1.0, max_detection_regression=1.0),
+    )
+    fetcher = ImageFetcher(file_root=tmp_path / "images")
+    yield SceneWorld(config, store, LearnerStore(store), fetcher, registry, scenes)
+    fetcher.close()
+    store.close()
+
+
+def _box_the_people(world: SceneWorld) -> int:
+    """Annotators box the person in every scene (one box per product and detector group); returns how many
+    of them are outside the holdout."""
+    for path, objects in world.scenes.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        box = objects[0][1]
+        world.store.set_human_value(path.stem, "detectedObjects", ["person"], "ann", box=box, image_digest=digest)
+    return sum(1 for p in world.scenes if not HOLDOUT.contains(p.stem))
+
+
+def _detector_state(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    assert bundle.detector is not None
+    return bundle.detector.state_dict()
+
+
+def test_boxed_corrections_give_the_challenger_a_fine_tuned_detector(scene_world: SceneWorld) -> None:
+    trained_on = _box_the_people(scene_world)
+    assert 0 < trained_on < len(scene_world.scenes)
+
+    outcome = run_retraining(scene_world.config, scene_world.learner, scene_world.fetcher, force=True)
+
+    assert outcome.status in ("promoted", "rejected"), outcome.message
+    champion = load_bundle(scene_world.registry.resolve(outcome.champion or ""))
+    challenger = load_bundle(scene_world.registry.resolve(outcome.challenger or ""))
+    assert challenger.detector_spec is not None and challenger.detector_spec.weights == "bundle"
+    before, after = _detector_state(champion), _detector_state(challenger)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(v, after[k]) for k, v in before.items())
+    assert outcome.decision is not None
+    training = outcome.decision["detector_training"]
+    assert training["fine_tuned"] and training["images"] == trained_on and training["objects"] == trained_on
+    assert challenger.lineage["detector"]["images"] == trained_on
+    # holdout boxes exist, so the gate compared both detectors' mAP
+    assert outcome.decision["detection"] is not None
+    assert outcome.decision["challenger_holdout"]["detection"]["objects"] == len(scene_world.scenes) - trained_on
+
+
+def test_without_boxed_corrections_the_challenger_keeps_the_champions_detector(scene_world: SceneWorld) -> None:
+    outcome = run_retraining(scene_world.config, scene_world.learner, scene_world.fetcher, force=True)
+
+    assert outcome.status in ("promoted", "rejected"), outcome.message
+    champion = load_bundle(scene_world.registry.resolve(outcome.champion or ""))
+    challenger = load_bundle(scene_world.registry.resolve(outcome.challenger or ""))
+    before, after = _detector_state(champion), _detector_state(challenger)
+    assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
+    assert outcome.decision is not None
+    assert outcome.decision["detector_training"]["fine_tuned"] is False
+    assert "no boxed objects" in outcome.decision["detector_training"]["reason"]
+    assert outcome.decision["detection"] is None  # no holdout boxes: nothing for the detection rule to compare
