@@ -56,9 +56,11 @@ def learn_command(
 
 
 def retrain_config(learner: LearnerSettings, device: str) -> Any:
-    """`LearnerSettings` -> `learner.retrain.RetrainConfig` (the recipe's other fields: TrainConfig defaults)."""
+    """`LearnerSettings` -> `learner.retrain.RetrainConfig` (the recipes' other fields: TrainConfig's and
+    DetectorRecipe's defaults)."""
     import dataclasses
 
+    from learner.detector_train import DetectorRecipe
     from learner.gate import GateConfig
     from learner.retrain import HoldoutRule, RetrainConfig, default_recipe
 
@@ -85,10 +87,21 @@ def retrain_config(learner: LearnerSettings, device: str) -> Any:
         replay_ratio=learner.replay_ratio,
         replay_min_samples=learner.replay_min_samples,
         recipe=recipe,
+        detector=DetectorRecipe(
+            epochs=learner.detector_epochs,
+            batch_size=learner.detector_batch_size,
+            lr=learner.detector_lr,
+            trainable_blocks=learner.detector_trainable_blocks,
+            amp=learner.amp,
+            threads=learner.threads,
+            device=device,
+            progress=False,
+        ),
         gate=GateConfig(
             bootstrap_samples=learner.bootstrap_samples,
             confidence=learner.confidence,
             max_group_regression=learner.gate_margin,
+            max_detection_regression=learner.gate_detection_margin,
         ),
         nproc_per_node=learner.nproc_per_node,
     )

@@ -156,8 +156,14 @@ class LearnerSettings(BaseModel):
     amp: bool = True
     threads: int | None = None  # CPU threads for training (None: all cores)
     nproc_per_node: int = Field(default=1, ge=1)  # >1: torchrun, one process per GPU (DistributedDataParallel)
+    # -- detector fine-tuning on annotators' boxes (learner/detector_train.py; amp, threads as above)
+    detector_epochs: int = Field(default=6, ge=1)
+    detector_batch_size: int = Field(default=4, ge=1)
+    detector_lr: float = Field(default=1e-4, gt=0)
+    detector_trainable_blocks: int = Field(default=3, ge=0)  # last N backbone blocks that train; earlier ones frozen
     # -- promotion gate
     gate_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of any group's top-1 / macro-F1
+    gate_detection_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of holdout mAP@[.5:.95]
     bootstrap_samples: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
 

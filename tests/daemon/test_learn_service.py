@@ -71,3 +71,21 @@ def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str
             proc.kill()
             raise
     assert proc.returncode == 0
+
+
+def test_learner_settings_reach_the_detector_recipe_and_the_detection_gate() -> None:
+    from daemon.commands_learn import retrain_config
+    from daemon.config import LearnerSettings
+
+    settings = LearnerSettings(
+        detector_epochs=2,
+        detector_batch_size=8,
+        detector_lr=5e-5,
+        detector_trainable_blocks=1,
+        gate_detection_margin=0.05,
+        threads=1,
+    )
+    config = retrain_config(settings, "cpu")
+    assert (config.detector.epochs, config.detector.batch_size, config.detector.lr) == (2, 8, 5e-5)
+    assert config.detector.trainable_blocks == 1 and config.detector.device == "cpu" and config.detector.threads == 1
+    assert config.gate.max_detection_regression == 0.05
