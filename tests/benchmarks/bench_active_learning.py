@@ -2,7 +2,7 @@
 labelling budget, on ../shared/data/fashion-products.
 
     .venv/bin/python -m tests.benchmarks.bench_active_learning [--seed-size 200] [--rounds 5] [--budget 50]
-        [--epochs 4] [--quick] [--out runs/bench-active-learning]
+        [--epochs 4] [--seed-model BUNDLE] [--quick] [--out runs/bench-active-learning]
 
 Protocol (real services only: Kafka, PostgreSQL and Label Studio started by deploy/dev, the services as
 subprocesses configured by environment variables like an operator would):
@@ -12,7 +12,8 @@ subprocesses configured by environment variables like an operator would):
    the rest, a seed set (`--seed-size`, the products with the smallest sha256 of "seed:<id>") and the pool (the
    others, streamed in a fixed shuffled order, `--chunk` per round).
 2. Train the seed model on the seed set with `learner.train` (EfficientNet-Lite0, `--freeze-stages` of its 9
-   stages frozen, `--seed-epochs`), once; both arms start from it.
+   stages frozen, `--seed-epochs`), once; both arms start from it. It is kept as `seed.safetensors` in `--out`;
+   `--seed-model` reuses one (same `--seed-size`) instead of training again.
 3. Each arm gets fresh state: a database, a topic, a Label Studio project, a model registry with the seed model as
    champion, and its own `shelfsight run` (review routing on), `shelfsight review run` (webhook + polling) and
    `shelfsight learn` (the APScheduler service; its corrections trigger fires once a round's answers are in:
@@ -260,9 +261,9 @@ def run_arm(
     client = LabelStudioClient(services.label_studio.url, services.label_studio.token, timeout_s=60)
     annotator = ScriptedAnnotator(client, taxonomy, truth)
     try:
-        daemon.start().wait_ready(timeout_s=1200)  # migrates the database first
+        daemon.start().wait_ready(timeout_s=args.service_timeout)  # migrates the database first
         reviewer.start()
-        learner.start().wait_ready(timeout_s=1200)
+        learner.start().wait_ready(timeout_s=args.service_timeout)
         time.sleep(3)  # consumer group join and partition assignment
 
         def tail() -> str:
@@ -273,7 +274,7 @@ def run_arm(
                 if not p.alive:
                     raise SystemExit(f"{arm}: {' '.join(p.command)} exited:\n{p.log_tail(60)}")
 
-        project_id = _project_id(client, project_title, wait_s=1200, on_fail=tail)
+        project_id = _project_id(client, project_title, wait_s=args.service_timeout, on_fail=tail)
         labels_used = 0
         seed_row: RoundFigures | None = None
         pool = list(split.pool)
@@ -473,15 +474,19 @@ def main() -> None:
     parser.add_argument("--holdout-size", type=int, help="use only this many holdout products (default: all)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: uncertainty,random")
     parser.add_argument("--routing-seed", type=int, default=0, help="random routing's seed")
+    parser.add_argument("--seed-model", type=Path, help="reuse this seed bundle (seed.safetensors of an earlier run)")
+    parser.add_argument("--service-timeout", type=float, default=900.0, help="seconds for each service to start")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration that checks the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-active-learning")
     args = parser.parse_args()
     if args.quick:
-        args.seed_size, args.rounds, args.budget = 120, 2, 15
-        args.chunk = args.chunk or 50
-        args.epochs, args.seed_epochs = 2, 3
-        args.holdout_size = args.holdout_size or 120
+        args.seed_size, args.rounds, args.budget = 80, 2, 8
+        args.chunk = args.chunk or 30
+        args.epochs, args.seed_epochs = 1, 2
+        args.holdout_size = args.holdout_size or 60
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "kafka"):  # one line per HTTP request / broker connection
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args.data = data = args.data.resolve()
     if not (data / "labels.csv").is_file():
         print(f"skipped: {data}/labels.csv is absent (../shared/data/fashion-products is needed)", file=sys.stderr)
@@ -510,7 +515,7 @@ def main() -> None:
         "seed_products": len(split.seed),
         "pool_products": len(split.pool),
     }
-    print(f"configuration: {json.dumps(config)}", file=sys.stderr)
+    print(f"configuration: {json.dumps(config, default=str)}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shelfsight-bench-al-"))
     t0 = time.monotonic()
@@ -519,19 +524,23 @@ def main() -> None:
     base_dir = write_labelled_dir(
         work / "base", columns, [by_id[i] for i in split.seed + split.holdout], data / "images"
     )
-    print(f"training the seed model on {len(split.seed)} products ...", file=sys.stderr)
     seed_started = time.monotonic()
-    seed_bundle = train_seed(seed_dir, work / "seed.safetensors", args.seed_epochs, args.freeze_stages)
+    if args.seed_model:
+        seed_bundle = args.seed_model.resolve()
+        print(f"seed model: {seed_bundle} (not retrained)", file=sys.stderr)
+    else:
+        print(f"training the seed model on {len(split.seed)} products ...", file=sys.stderr)
+        seed_bundle = train_seed(seed_dir, args.out / "seed.safetensors", args.seed_epochs, args.freeze_stages)
     seed_s = time.monotonic() - seed_started
 
     print("starting Kafka, PostgreSQL and Label Studio ...", file=sys.stderr)
-    broker = KafkaBroker(work / "kafka", die_with_parent=True).start()
+    broker = KafkaBroker(work / "kafka", die_with_parent=True).start(timeout_s=args.service_timeout)
     pg = PostgresServer(work / "pg", durable=False)
     pg.start()
     label_studio = LabelStudioServer(work / "label-studio", document_root=data, die_with_parent=True)
     results: list[ArmResult] = []
     try:
-        label_studio.start()
+        label_studio.start(timeout_s=args.service_timeout)
         services = Services(broker.bootstrap, pg, label_studio)
         for arm in arms:
             results.append(run_arm(arm, args, services, split, truth, titles, seed_bundle, base_dir, work))
