@@ -66,6 +66,7 @@ DATA = ROOT.parent / "shared" / "data" / "fashion-products"
 TAXONOMY = ROOT / "learner" / "taxonomies" / "fashion-products.yaml"
 ARMS = ("uncertainty", "random")
 WEBHOOK_SECRET = "bench-active-learning"
+TOP_UP_AFTER_S = 60.0  # no run this long after a round's answers: check the trigger's count, top up if short
 
 log = logging.getLogger("bench_active_learning")
 
@@ -182,6 +183,8 @@ def run_arm(
 ) -> ArmResult:
     import psycopg
 
+    from connectors.db.learner import LearnerStore
+    from connectors.db.store import ProductStore
     from connectors.kafka import ensure_topics
     from connectors.labelstudio import LabelStudioClient
     from learner.registry import ModelRegistry
@@ -252,6 +255,7 @@ def run_arm(
         extra=common,
     )
     db = Db(database_url)
+    learner_store = LearnerStore(ProductStore(database_url, pool_size=1))  # what the scheduler's trigger counts
     daemon = DaemonProcess(env, arm_dir / "daemon.log")
     reviewer = DaemonProcess(
         {**env, "SHELFSIGHT_REVIEW__WEBHOOK_PORT": str(_free_port())}, arm_dir / "review.log", ("review", "run")
@@ -314,13 +318,30 @@ def run_arm(
                 )
             with tqdm(desc=f"{arm} round {rnd}: retraining", unit="s", leave=False) as bar:
                 deadline = time.monotonic() + 3600
+                top_up_at = time.monotonic() + TOP_UP_AFTER_S
                 while _completed_runs(db) <= runs_before:
                     check_alive()
                     if time.monotonic() > deadline:
                         raise SystemExit(f"{arm}: no retraining run finished\n{tail()}")
+                    if time.monotonic() > top_up_at and not _run_in_progress(db):
+                        # The trigger counts new human values; an answer that changed nothing (the product's values
+                        # were already human) adds none, so the round can fall short of it: answer one more task.
+                        pending = learner_store.count_human_corrections(_last_until(learner_store))
+                        extra = annotator.annotate(project_id, 1) if pending < min_corrections else []
+                        labels_used += len(extra)
+                        log.warning(
+                            "%s round %d: %d new human values, the trigger needs %d: %s",
+                            arm,
+                            rnd,
+                            pending,
+                            min_corrections,
+                            "answered one more task" if extra else "waiting",
+                        )
+                        top_up_at = time.monotonic() + TOP_UP_AFTER_S
                     time.sleep(2)
                     bar.update(2)
             run = _last_run(db)
+            labels_used = _labels_trained_on(run, labels_used)
             detail = run["detail"] or {}
             champ_top1, champ_f1, champ_groups = _figures(detail.get("champion_holdout"))
             chall_top1, chall_f1, chall_groups = _figures(detail.get("challenger_holdout"))
@@ -360,6 +381,7 @@ def run_arm(
                 except Exception:
                     p.ensure_stopped()
         db.engine.dispose()
+        learner_store.store.close()
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
@@ -385,6 +407,21 @@ def _outbox_pending(db: Any) -> int:
         return int(db.scalar("SELECT COUNT(*) FROM review_outbox WHERE status = 'pending'") or 0)
     except Exception:
         return 1
+
+
+def _run_in_progress(db: Any) -> bool:
+    return bool(db.scalar("SELECT COUNT(*) FROM learner_runs WHERE status = 'running'"))
+
+
+def _last_until(learner_store: Any) -> Any:
+    last = learner_store.last_completed_run()
+    return last.corrections_until if last else None
+
+
+def _labels_trained_on(run: dict[str, Any], answered: int) -> int:
+    """The annotated products the run trained on (its data snapshot), else the number of tasks answered so far."""
+    corrections = ((run["detail"] or {}).get("data") or {}).get("corrections") or {}
+    return int(corrections.get("images") or answered)
 
 
 def _completed_runs(db: Any) -> int:
