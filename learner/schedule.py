@@ -53,6 +53,16 @@ JOB_FUNCTION = "learner.schedule:run_job"
 _SERVICE: LearnerService | None = None
 
 
+class _SkipsWhileRunning(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached" warning: with one executor
+    thread and `max_instances=1`, every trigger check that falls during a run is skipped on purpose (the first
+    check after the run counts the corrections that arrived meanwhile), and a warning every `check_interval_s`
+    would bury the run's own log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
 def run_job(reason: str) -> None:
     """What the stored jobs call (by this import path): one run of the service this process runs."""
     service = _SERVICE
@@ -141,6 +151,8 @@ class LearnerService:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": self.config.misfire_grace_s},
             timezone=dt.UTC,
         )
+        skips = _SkipsWhileRunning()
+        logging.getLogger("apscheduler.scheduler").addFilter(skips)
         scheduler.start()
         try:
             self._install_jobs(scheduler)
@@ -153,6 +165,7 @@ class LearnerService:
                 if self._child is not None and self._child.poll() is None:
                     self._child.send_signal(signal.SIGTERM)
             scheduler.shutdown(wait=True)
+            logging.getLogger("apscheduler.scheduler").removeFilter(skips)
 
     def _install_jobs(self, scheduler: BackgroundScheduler) -> None:
         c = self.config

@@ -100,3 +100,45 @@ def test_only_the_leader_runs_the_stored_jobs_and_a_standby_takes_over_when_it_d
                     p.kill()
         store.close()
     assert second is not None and second.returncode == 0
+
+
+SLOW_RUN = """
+import json, os, sys, time
+with open(os.environ["RUN_LOG"], "a") as f:
+    f.write("run\\n")
+time.sleep(2.5)
+args = sys.argv[1:]
+with open(args[args.index("--outcome-file") + 1], "w") as f:
+    json.dump({"status": "skipped", "message": "stand-in run"}, f)
+"""
+
+QUIET_SERVICE = """
+import logging, os, signal, sys
+logging.basicConfig(level=logging.WARNING)
+from connectors.db import ProductStore
+from learner.schedule import LearnerService, ScheduleConfig
+store = ProductStore(os.environ["DATABASE_URL"])
+store.migrate()
+config = ScheduleConfig(interval_hours=1 / 3600, check_interval_s=3600, standby_poll_s=0.3, lock_check_s=0.3)
+service = LearnerService(store, [sys.executable, os.environ["SLOW_RUN"]], config)
+signal.signal(signal.SIGTERM, lambda *_: service.stop())
+service.run()
+"""
+
+
+def test_trigger_checks_skipped_during_a_run_do_not_flood_the_log_with_warnings(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "slow_run.py").write_text(SLOW_RUN)
+    (tmp_path / "service.py").write_text(QUIET_SERVICE)
+    env = {**os.environ, "DATABASE_URL": sqlite_url, "SLOW_RUN": str(tmp_path / "slow_run.py"), "PYTHONPATH": str(ROOT)}
+    env["RUN_LOG"] = str(tmp_path / "runs.log")
+    service = subprocess.Popen(
+        [sys.executable, str(tmp_path / "service.py")], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(8)  # the 1 s interval job fires about twice during each 2.5 s run
+    service.send_signal(signal.SIGTERM)
+    _, stderr = service.communicate(timeout=30)
+    assert service.returncode == 0, stderr
+    assert len(_runs(tmp_path / "runs.log")) >= 2  # so trigger checks did fall during runs
+    assert "maximum number of running instances" not in stderr, stderr
