@@ -547,12 +547,12 @@ def main() -> None:
     taxonomy = load_taxonomy(TAXONOMY)
     truth = {pid: {g.name: r.get(g.label_column, "") for g in taxonomy.classifier_groups} for pid, r in by_id.items()}
     titles = {pid: r.get("productDisplayName", "") for pid, r in by_id.items()}
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "data")} | {
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "data")} | {
         "holdout_products": len(split.holdout),
         "seed_products": len(split.seed),
         "pool_products": len(split.pool),
     }
-    print(f"configuration: {json.dumps(config, default=str)}", file=sys.stderr)
+    print(f"configuration: {json.dumps(config)}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shelfsight-bench-al-"))
     t0 = time.monotonic()
