@@ -171,7 +171,10 @@ class Decision:
 
 
 class RoutingStrategy(Protocol):
-    """One reason to send a product to annotators. Strategies run in order; the first that selects wins."""
+    """One reason to send a product to annotators. Strategies run in order; the first that selects wins.
+
+    A strategy may also define `rank(assessment) -> float`, the outbox priority of the products it selects (higher
+    first); without it the priority is the product's uncertainty."""
 
     name: str
 
@@ -220,7 +223,7 @@ class RandomSample:
     def select(self, assessment: Assessment) -> bool:
         return self.rate > 0 and self._rng.random() < self.rate
 
-    def rank(self) -> float:
+    def rank(self, assessment: Assessment) -> float:
         """A routed product's priority: uniform in [0, 1), independent of the model's output."""
         return self._rng.random()
 
@@ -345,7 +348,8 @@ class ReviewPolicy:
                 if not self.caps.allows(now):
                     return Decision(False, f"capped:{strategy.name}", assessment)
                 self.caps.record(now)
-                priority = strategy.rank() if isinstance(strategy, RandomSample) else assessment.uncertainty
+                rank = getattr(strategy, "rank", None)
+                priority = float(rank(assessment)) if rank is not None else assessment.uncertainty
                 return Decision(True, strategy.name, assessment, priority)
         return Decision(False, None, assessment)
 
