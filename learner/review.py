@@ -198,7 +198,7 @@ class AuditSample:
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"audit rate must be within [0, 1], got {rate}")
+            raise ValueError(f"{self.name} rate must be within [0, 1], got {rate}")
         self.rate = rate
         self._rng = random.Random(seed)
 
@@ -206,7 +206,7 @@ class AuditSample:
         return self.rate > 0 and self._rng.random() < self.rate
 
 
-class RandomSample:
+class RandomSample(AuditSample):
     """Route a uniform random fraction `rate` of all products, whatever the model's confidence, and rank them in a
     random order, so annotators who take the first N of the queue label a uniform random sample of N products.
     The `random` routing (`review.routing`): the baseline an active-learning benchmark compares uncertainty
@@ -215,13 +215,7 @@ class RandomSample:
     name = "random"
 
     def __init__(self, rate: float = 1.0, seed: int | None = None) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"random routing rate must be within [0, 1], got {rate}")
-        self.rate = rate
-        self._rng = random.Random(seed)
-
-    def select(self, assessment: Assessment) -> bool:
-        return self.rate > 0 and self._rng.random() < self.rate
+        super().__init__(rate, seed)
 
     def rank(self, assessment: Assessment) -> float:
         """A routed product's priority: uniform in [0, 1), independent of the model's output."""
