@@ -14,6 +14,7 @@ What it must not do: read or write the product database, or touch the review out
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from connectors.labelstudio import LabelStudioClient
 from learner.review import answer_result
 from learner.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,17 @@ class ScriptedAnnotator:
         return sorted(tasks, key=lambda t: (-float(t["data"].get("priority") or 0.0), int(t["id"])))
 
     def annotate(self, project_id: int, n: int) -> list[Answered]:
-        """Answer the first `n` tasks of the queue; returns what was submitted (fewer when the queue is shorter)."""
+        """Answer the first `n` tasks of the queue; returns what was submitted (fewer when the queue is shorter).
+
+        Tasks this annotator already answered are skipped even when Label Studio still lists them as unannotated:
+        its task counters can lag just after an annotation is created, and answering a task twice adds no label."""
         done: list[Answered] = []
-        for task in self.pending(project_id)[:n]:
+        answered_ids = {a.task_id for a in self.answered}
+        listed = self.pending(project_id)
+        queue = [t for t in listed if int(t["id"]) not in answered_ids]
+        if len(queue) < len(listed):
+            log.info("%d task(s) already answered are still listed as unannotated: skipped", len(listed) - len(queue))
+        for task in queue[:n]:
             product_id = str(task["data"]["product_id"])
             result = self.answer_for(product_id)
             self.client.sdk.annotations.create(id=int(task["id"]), result=result, lead_time=self.lead_time_s)
