@@ -185,3 +185,59 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, on_fa
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{on_fail()}")
+
+
+def prepare_learner_world(work: Path, database_url: str, cc0_dir: Path, version: str) -> Path:
+    """What a learner process needs, from the CC0 fixture photos: a registry under `work/registry` whose champion
+    (`version`, an untrained 64 px EfficientNet-Lite0) is registered and promoted, a labelled base set in
+    `work/base` (45 photos), and a migrated product database holding 15 more products, each processed by the
+    champion and corrected by an annotator. Returns the registry directory."""
+    import csv
+    import dataclasses
+    import hashlib
+
+    import torch
+
+    from connectors.db import AttributeValue, ProductResult, ProductStore
+    from learner.bundle import ModelBundle
+    from learner.classifier import AttributeClassifier
+    from learner.registry import ModelRegistry
+    from learner.taxonomy import load_taxonomy
+
+    images = cc0_dir / "images"
+    with (cc0_dir / "labels.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()][::4][:60]
+    base = work / "base"
+    base.mkdir()
+    with (base / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "kids"])
+        writer.writeheader()
+        for r in rows[:45]:
+            writer.writerow({"image": str(images / f"{r['image']}.jpg"), "label": r["label"], "kids": r["kids"]})
+    taxonomy = load_taxonomy(Path(__file__).resolve().parents[2] / "learner" / "taxonomies" / "clothing-cc0.yaml")
+    torch.manual_seed(0)
+    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
+    registry = ModelRegistry(work / "registry")
+    bundle = ModelBundle(version, taxonomy, model).save(work / "champion.safetensors")
+    registry.promote(registry.register(bundle).version)
+    store = ProductStore(database_url)
+    store.migrate()
+    for r in rows[45:]:
+        path = images / f"{r['image']}.jpg"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        result = ProductResult(
+            product_id=str(path),  # the base set's product id is the image name it lists
+            title=None,
+            category_hint=None,
+            event_id=None,
+            image_url=path.as_uri(),
+            image_digest=digest,
+            model_version=version,
+            attributes=[AttributeValue("garment", "Hat", 0.3)],
+            source="test",
+        )
+        store.write_results([result])
+        store.set_human_value(str(path), "garment", r["label"], annotator="ann", image_digest=digest)
+    store.close()
+    return registry.root

@@ -7,9 +7,6 @@ thread per process.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -17,16 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
 from connectors.db.learner import LearnerStore
 from daemon.cli import app
-from learner.bundle import ModelBundle
-from learner.classifier import AttributeClassifier
 from learner.registry import ModelRegistry, read_alias_state
-from learner.taxonomy import load_taxonomy
+from tests.daemon.harness import prepare_learner_world
 
 ROOT = Path(__file__).resolve().parents[2]
 TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
@@ -35,56 +29,17 @@ TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
 def _prepare(tmp: Path, database_url: str, cc0_dir: Path) -> dict[str, str]:
     """A champion in a registry, a labelled base set, and a product database with processed products and a few
     human corrections; returns the environment a learner process needs."""
-    images = cc0_dir / "images"
-    with (cc0_dir / "labels.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()][::4][:60]
-    base = tmp / "base"
-    base.mkdir()
-    with (base / "labels.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "label", "kids"])
-        writer.writeheader()
-        for r in rows[:45]:
-            writer.writerow({"image": str(images / f"{r['image']}.jpg"), "label": r["label"], "kids": r["kids"]})
-    taxonomy = load_taxonomy(TAXONOMY)
-    torch.manual_seed(0)
-    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
-    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
-    registry = ModelRegistry(tmp / "registry")
-    bundle = ModelBundle("lock-test-champion", taxonomy, model).save(tmp / "champion.safetensors")
-    registry.promote(registry.register(bundle).version)
-
-    store = ProductStore(database_url)
-    store.migrate()
-    for r in rows[45:]:
-        path = images / f"{r['image']}.jpg"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        store.write_results(
-            [
-                ProductResult(
-                    product_id=str(path),  # the base set's product id is the image name it lists
-                    title=None,
-                    category_hint=None,
-                    event_id=None,
-                    image_url=path.as_uri(),
-                    image_digest=digest,
-                    model_version="lock-test-champion",
-                    attributes=[AttributeValue("garment", "Hat", 0.3)],
-                    source="test",
-                )
-            ]
-        )
-        store.set_human_value(str(path), "garment", r["label"], annotator="ann", image_digest=digest)
-    store.close()
+    registry_root = prepare_learner_world(tmp, database_url, cc0_dir, "lock-test-champion")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "SHELFSIGHT_DATABASE_URL": database_url,
         "SHELFSIGHT_DEVICE": "cpu",
         "SHELFSIGHT_LOG_LEVEL": "WARNING",
-        "SHELFSIGHT_FETCH__FILE_ROOT": str(images),
-        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(registry.root),
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(cc0_dir / "images"),
+        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(registry_root),
         "SHELFSIGHT_LEARNER__WORK_DIR": str(tmp / "work"),
-        "SHELFSIGHT_LEARNER__BASE_DATA": str(base),
+        "SHELFSIGHT_LEARNER__BASE_DATA": str(tmp / "base"),
         "SHELFSIGHT_LEARNER__HOLDOUT_FRACTION": "0.3",
         "SHELFSIGHT_LEARNER__EPOCHS": "2",
         "SHELFSIGHT_LEARNER__BATCH_SIZE": "16",

@@ -50,7 +50,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.harness import DaemonProcess, daemon_env, free_port, product_event, wait_until
+from tests.daemon.harness import (
+    DaemonProcess,
+    daemon_env,
+    free_port,
+    prepare_learner_world,
+    product_event,
+    wait_until,
+)
 
 from .conftest import DEPLOY, ROOT, in_ci
 
@@ -268,7 +275,7 @@ def learner_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     while the other services start (`scrape_targets` waits for its promotion decision)."""
     work = tmp_path_factory.mktemp("promql-learner")
     database_url = f"sqlite:///{work / 'learner.sqlite'}"
-    registry = prepare_learner_data(work, database_url)
+    registry = prepare_learner_world(work, database_url, CC0_DIR, "promql-champion")
     env = {
         "OMP_NUM_THREADS": "1",
         "SHELFSIGHT_DATABASE_URL": database_url,
@@ -296,60 +303,6 @@ def learner_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
         yield learner
     finally:
         _stop(learner)
-
-
-def prepare_learner_data(work: Path, database_url: str) -> Path:
-    """Registry (with a champion), base set (`work/base`) and corrections for `learner_service`; returns the
-    registry directory."""
-    import csv
-    import dataclasses
-    import hashlib
-
-    import torch
-
-    from connectors.db import AttributeValue, ProductResult, ProductStore
-    from learner.bundle import ModelBundle
-    from learner.classifier import AttributeClassifier
-    from learner.registry import ModelRegistry
-    from learner.taxonomy import load_taxonomy
-
-    images = CC0_DIR / "images"
-    with (CC0_DIR / "labels.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if (images / f"{r['image']}.jpg").is_file()][::4][:60]
-    base = work / "base"
-    base.mkdir()
-    with (base / "labels.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "label", "kids"])
-        writer.writeheader()
-        for r in rows[:45]:
-            writer.writerow({"image": str(images / f"{r['image']}.jpg"), "label": r["label"], "kids": r["kids"]})
-    taxonomy = load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
-    torch.manual_seed(0)
-    model = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
-    model.preprocessing = dataclasses.replace(model.preprocessing, input_size=64)
-    registry = ModelRegistry(work / "registry")
-    bundle = ModelBundle("promql-champion", taxonomy, model).save(work / "champion.safetensors")
-    registry.promote(registry.register(bundle).version)
-    store = ProductStore(database_url)
-    store.migrate()
-    for r in rows[45:]:
-        path = images / f"{r['image']}.jpg"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        result = ProductResult(
-            product_id=str(path),  # the base set's product id is the image name it lists
-            title=None,
-            category_hint=None,
-            event_id=None,
-            image_url=path.as_uri(),
-            image_digest=digest,
-            model_version="promql-champion",
-            attributes=[AttributeValue("garment", "Hat", 0.3)],
-            source="test",
-        )
-        store.write_results([result])
-        store.set_human_value(str(path), "garment", r["label"], annotator="ann", image_digest=digest)
-    store.close()
-    return registry.root
 
 
 @pytest.fixture(scope="module")
