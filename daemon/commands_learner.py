@@ -51,6 +51,12 @@ def train_command(
     brightness: float = typer.Option(_DEFAULTS.brightness, help="Brightness jitter (0 = off)."),
     contrast: float = typer.Option(_DEFAULTS.contrast, help="Contrast jitter (0 = off)."),
     colour_bins: int = typer.Option(_DEFAULTS.colour_bins, help="Colour-histogram input for colour groups (0 = off)."),
+    tap_stage: list[int] = typer.Option(
+        [], help="Backbone stage whose pooled output the heads also see (repeatable; e.g. 3 and 5 for lite0)."
+    ),
+    tap_pooling: str = typer.Option(
+        _DEFAULTS.tap_pooling, help="How tapped stages are pooled: mean, or foreground (ignores white background)."
+    ),
     group_loss_weight: list[str] = typer.Option(
         [], help="GROUP=WEIGHT multiplies that group's loss (repeatable; default 1 for every group)."
     ),
@@ -101,6 +107,8 @@ def train_command(
             brightness=brightness,
             contrast=contrast,
             colour_bins=colour_bins,
+            tap_stages=tuple(tap_stage),
+            tap_pooling=tap_pooling,
             group_loss_weights=group_weights,
             patience=patience,
             seed=seed,

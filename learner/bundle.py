@@ -67,6 +67,8 @@ class ModelBundle:
                 "backbone": self.classifier.backbone_name,
                 "dropout": float(self.classifier.dropout.p),
                 "colour_bins": self.classifier.colour_bins,
+                "tap_stages": list(self.classifier.tap_stages),
+                "tap_pooling": self.classifier.tap_pooling,
                 "heads": {g.name: len(g.values) for g in self.taxonomy.classifier_groups},
             },
             "preprocessing": self.preprocessing.to_dict(),
@@ -148,6 +150,8 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         pretrained=False,
         dropout=float(spec.get("dropout", 0.2)),
         colour_bins=int(spec.get("colour_bins", 0)),
+        tap_stages=tuple(int(i) for i in spec.get("tap_stages", ())),
+        tap_pooling=str(spec.get("tap_pooling", "mean")),
     )
     saved_pre = Preprocessing.from_dict(manifest["preprocessing"])
     classifier.preprocessing = saved_pre

@@ -8,6 +8,12 @@ Colour groups (`colour: true` in the taxonomy) can also see a colour histogram o
 the product with its background, so a fixed (not learned) histogram of the foreground's RGB values,
 concatenated to the pooled features, gives the colour head the one thing it needs. It is computed inside
 the model from the same input tensor, so training, evaluation and inference cannot disagree.
+
+Every head can also see intermediate stages (`tap_stages`): the global average of each named stage's
+output is concatenated to the backbone's pooled features ("hypercolumn" pooling). The last stage of an
+ImageNet network has learnt to ignore much of an object's colour; a middle stage still carries it. With
+frozen ImageNet features this lifted baseColour top-1 on the validation split from 0.53 to 0.59
+(stages 3 and 5 of EfficientNet-Lite0), with articleType unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class AttributeClassifier(nn.Module):
         pretrained: bool = True,
         dropout: float = 0.2,
         colour_bins: int = 0,
+        tap_stages: tuple[int, ...] = (),
+        tap_pooling: str = "mean",
     ):
         super().__init__()
         self.taxonomy = taxonomy
@@ -38,16 +46,56 @@ class AttributeClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.colour_bins = colour_bins
         self.colour_groups = {g.name for g in taxonomy.classifier_groups if g.colour} if colour_bins else set()
+        self.tap_stages = tuple(sorted(set(tap_stages)))
+        if tap_pooling not in TAP_POOLING:
+            raise ValueError(f"tap_pooling must be one of {', '.join(TAP_POOLING)}, not {tap_pooling!r}")
+        self.tap_pooling = tap_pooling
+        feature_dim = bb.feature_dim + sum(self._tap_channels(bb))
         extra = colour_bins**3
         self.heads = nn.ModuleDict(
             {
-                g.name: nn.Linear(bb.feature_dim + (extra if g.name in self.colour_groups else 0), len(g.values))
+                g.name: nn.Linear(feature_dim + (extra if g.name in self.colour_groups else 0), len(g.values))
                 for g in taxonomy.classifier_groups
             }
         )
 
+    def _tap_channels(self, bb: Backbone) -> list[int]:
+        """Channels of each tapped stage's output, from one small forward pass (any backbone family)."""
+        if not self.tap_stages:
+            return []
+        for i in self.tap_stages:
+            if not 0 <= i < len(self._stages) or isinstance(self._stages[i], nn.ModuleList):
+                callable_stages = [j for j, s in enumerate(self._stages) if not isinstance(s, nn.ModuleList)]
+                raise ValueError(f"{self.backbone_name}: stage {i} cannot be tapped; choose from {callable_stages}")
+        was_training = bb.module.training
+        bb.module.eval()
+        with torch.no_grad():
+            _, taps = self._backbone_with_taps(torch.zeros(1, 3, 64, 64))
+        bb.module.train(was_training)
+        return [t.shape[1] for t in taps]
+
+    def _backbone_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backbone's pooled features and the globally averaged outputs of the tapped stages."""
+        if not self.tap_stages:
+            return self.backbone(x), []
+        outputs: dict[int, torch.Tensor] = {}
+        handles = [
+            self._stages[i].register_forward_hook(lambda _m, _in, out, i=i: outputs.__setitem__(i, out))
+            for i in self.tap_stages
+        ]
+        try:
+            features = self.backbone(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if self.tap_pooling == "mean":
+            return features, [outputs[i].mean(dim=(2, 3)) for i in self.tap_stages]
+        mask = foreground_mask(x, self.preprocessing)
+        return features, [masked_average(outputs[i], mask) for i in self.tap_stages]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.dropout(self.backbone(x))
+        pooled, taps = self._backbone_with_taps(x)
+        features = self.dropout(torch.cat([pooled, *taps], dim=1) if taps else pooled)
         if not self.colour_groups:
             return {name: head(features) for name, head in self.heads.items()}
         with_colour = torch.cat([features, colour_histogram(x, self.preprocessing, self.colour_bins)], dim=1)
@@ -102,6 +150,32 @@ class AttributeClassifier(nn.Module):
         return groups
 
 
+TAP_POOLING = ("mean", "foreground")
+
+
+def _rgb(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """Undo the normalisation: N x 3 x H x W float in [0, 1]."""
+    mean = torch.tensor(pre.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.detach().float() * std + mean).clamp(0.0, 1.0)
+
+
+def foreground_mask(x: torch.Tensor, pre: Preprocessing, background: float = 0.92) -> torch.Tensor:
+    """N x 1 x H x W: 1 where a pixel is not studio background or letterbox padding (some channel below
+    `background`), else 0."""
+    return (_rgb(x, pre).min(dim=1, keepdim=True).values < background).float()
+
+
+def masked_average(features: torch.Tensor, mask: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Average of an N x C x h x w map weighted by the share of foreground pixels under each cell.
+
+    `floor` keeps every cell slightly weighted, so a photo with no white background at all (or nothing
+    but background) degrades to the plain average instead of dividing by zero.
+    """
+    weights = torch.nn.functional.adaptive_avg_pool2d(mask, features.shape[-2:]).to(features.dtype) + floor
+    return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+
+
 def colour_histogram(x: torch.Tensor, pre: Preprocessing, bins: int, background: float = 0.92) -> torch.Tensor:
     """Square-rooted, normalised RGB histogram (bins^3 cells) of the non-background pixels of each image.
 
@@ -109,10 +183,7 @@ def colour_histogram(x: torch.Tensor, pre: Preprocessing, bins: int, background:
     padding) are left out; an image that is all background falls back to all its pixels.
     """
     with torch.no_grad():
-        mean = torch.tensor(pre.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-        rgb = (x.float() * std + mean).clamp(0.0, 1.0)
-        rgb = torch.nn.functional.avg_pool2d(rgb, 4)  # 56x56 is plenty for a colour summary
+        rgb = torch.nn.functional.avg_pool2d(_rgb(x, pre), 4)  # 56x56 is plenty for a colour summary
         q = (rgb * bins).long().clamp(max=bins - 1)
         index = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # N x h x w
         foreground = (rgb.min(dim=1).values < background).float()

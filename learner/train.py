@@ -79,6 +79,8 @@ class TrainConfig:
     dropout: float = 0.2
     group_loss_weights: dict[str, float] = field(default_factory=dict)  # group -> weight of its loss (default 1)
     colour_bins: int = 0  # >0: colour groups also see a bins^3 RGB histogram of the product (see classifier.py)
+    tap_stages: tuple[int, ...] = ()  # backbone stages whose pooled outputs every head also sees (classifier.py)
+    tap_pooling: str = "mean"  # how taps are pooled: mean, or foreground (non-background pixels only)
     ema_decay: float = 0.998  # 0 disables the moving average of weights
     patience: int = 5  # epochs without validation improvement before stopping (0: never stop early)
     hflip: float = 0.5
@@ -352,7 +354,13 @@ def train(
         )
 
     model = AttributeClassifier(
-        taxonomy, config.backbone, pretrained=config.pretrained, dropout=config.dropout, colour_bins=config.colour_bins
+        taxonomy,
+        config.backbone,
+        pretrained=config.pretrained,
+        dropout=config.dropout,
+        colour_bins=config.colour_bins,
+        tap_stages=config.tap_stages,
+        tap_pooling=config.tap_pooling,
     )
     if config.input_size is not None:
         model.preprocessing = dataclasses.replace(model.preprocessing, input_size=config.input_size)

@@ -79,3 +79,28 @@ def test_plain_safetensors_without_manifest_is_refused(tmp_path):
 def test_missing_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope.safetensors")
+
+
+def test_tapped_stages_survive_save_and_load_with_identical_outputs(cc0_images, tmp_path):
+    from pathlib import Path
+
+    import learner
+    from learner.bundle import ModelBundle
+    from learner.classifier import AttributeClassifier
+    from learner.taxonomy import load_taxonomy
+
+    torch.manual_seed(0)
+    taxonomy = load_taxonomy(Path(learner.__file__).parent / "taxonomies" / "clothing-cc0.yaml")
+    model = AttributeClassifier(
+        taxonomy, "tf_efficientnet_lite0", pretrained=False, tap_stages=(3, 5), tap_pooling="foreground"
+    )
+    path = ModelBundle("cc0-taps-test", taxonomy, model).save(tmp_path / "taps.safetensors")
+
+    reloaded = load_bundle(path)
+    assert reloaded.classifier.tap_stages == (3, 5)
+    assert reloaded.classifier.tap_pooling == "foreground"
+    assert read_manifest(path)["classifier"]["tap_stages"] == [3, 5]
+    images = [p.read_bytes() for p in cc0_images[:3]]
+    a = TaggingEngine(ModelBundle("cc0-taps-test", taxonomy, model.eval()), device="cpu").tag_bytes(images)
+    b = TaggingEngine(reloaded, device="cpu").tag_bytes(images)
+    assert [r.attributes for r in a] == [r.attributes for r in b]
