@@ -11,9 +11,9 @@ the model from the same input tensor, so training, evaluation and inference cann
 
 Every head can also see intermediate stages (`tap_stages`): the global average of each named stage's
 output is concatenated to the backbone's pooled features ("hypercolumn" pooling). The last stage of an
-ImageNet network has learnt to ignore much of an object's colour; a middle stage still carries it. With
-frozen ImageNet features this lifted baseColour top-1 on the validation split from 0.53 to 0.59
-(stages 3 and 5 of EfficientNet-Lite0), with articleType unchanged.
+ImageNet network has learnt to ignore much of an object's colour; a middle stage still carries it, and
+`tap_pooling="foreground"` averages it over the product's pixels only (`foreground_mask`), not the white
+studio backdrop. `tests/benchmarks/probe_pooling.py` measures what each pooling gives a linear probe.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class AttributeClassifier(nn.Module):
         bb.module.train(was_training)
         return [t.shape[1] for t in taps]
 
-    def _backbone_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The backbone's pooled features and the globally averaged outputs of the tapped stages."""
+    def backbone_and_stage_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backbone's pooled features and the raw output maps (N x C x h x w) of the tapped stages."""
         if not self.tap_stages:
             return self.backbone(x), []
         outputs: dict[int, torch.Tensor] = {}
@@ -88,10 +88,15 @@ class AttributeClassifier(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        if self.tap_pooling == "mean":
-            return features, [outputs[i].mean(dim=(2, 3)) for i in self.tap_stages]
+        return features, [outputs[i] for i in self.tap_stages]
+
+    def _backbone_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backbone's pooled features and the pooled outputs of the tapped stages (`tap_pooling`)."""
+        features, maps = self.backbone_and_stage_maps(x)
+        if self.tap_pooling == "mean" or not maps:
+            return features, [m.mean(dim=(2, 3)) for m in maps]
         mask = foreground_mask(x, self.preprocessing)
-        return features, [masked_average(outputs[i], mask) for i in self.tap_stages]
+        return features, [masked_average(m, mask) for m in maps]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled, taps = self._backbone_with_taps(x)
