@@ -24,22 +24,27 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import fcntl
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from devprocess import (  # sibling module: see its docstring
+    cache_root,
+    file_lock,
+    free_port,
+    log_tail,
+    pid_alive,
+    signal_and_wait,
+    spawn_from_long_lived_thread,
+)
 
 KAFKA_VERSION = "4.2.2"
 SCALA_VERSION = "2.13"
@@ -72,12 +77,6 @@ class KafkaStartError(RuntimeError):
 
 
 # -- jars ---------------------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where downloaded jars live: $SHELFSIGHT_CACHE_DIR, else ~/.cache/shelfsight (never inside the repo)."""
-    env = os.environ.get("SHELFSIGHT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "shelfsight"
 
 
 def _pom(version: str) -> str:
@@ -129,18 +128,6 @@ def _require_java(minimum: int = 17) -> str:
     return java
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise downloads between processes (several test sessions may start at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     """Return the directory holding the broker's jars, downloading them on first use (idempotent)."""
     home = cache_root() / f"kafka-{version}"
@@ -149,7 +136,7 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     if marker.exists():
         return libs
     mvn = _require_tool("mvn", "it resolves the broker jars from Maven Central")
-    with _file_lock(home / ".lock"):
+    with file_lock(home / ".lock"):
         if marker.exists():  # another process finished while we waited
             return libs
         pom = home / "pom.xml"
@@ -181,13 +168,6 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
 # -- broker -------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -198,47 +178,6 @@ def _port_open(port: int) -> bool:
 
 def _new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_spawn_requests: queue.Queue[tuple[list[str], dict[str, Any], queue.Queue[Any]]] = queue.Queue()
-_spawner_lock = threading.Lock()
-_spawner: threading.Thread | None = None
-
-
-def _spawner_loop() -> None:
-    while True:
-        cmd, kwargs, reply = _spawn_requests.get()
-        try:
-            reply.put(subprocess.Popen(cmd, **kwargs))
-        except BaseException as exc:
-            reply.put(exc)
-
-
-def _spawn_from_long_lived_thread(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen from one thread that lives as long as the process: the kernel's parent-death signal
-    (`setpriv --pdeathsig`) fires when the *thread* that forked the child exits, so a broker restarted
-    from a short-lived test thread would otherwise die with that thread."""
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = threading.Thread(target=_spawner_loop, name="kafka-broker-spawner", daemon=True)
-            _spawner.start()
-    reply: queue.Queue[Any] = queue.Queue(maxsize=1)
-    _spawn_requests.put((cmd, kwargs, reply))
-    result = reply.get()
-    if isinstance(result, BaseException):
-        raise result
-    return result  # type: ignore[no-any-return]
 
 
 def _is_our_broker(pid: int, properties: Path) -> bool:
@@ -312,7 +251,7 @@ class KafkaBroker:
     def is_running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and _pid_alive(self._pid) and _is_our_broker(self._pid, self._properties)
+        return self._pid is not None and pid_alive(self._pid) and _is_our_broker(self._pid, self._properties)
 
     def start(self, timeout_s: float = READY_TIMEOUT_S, detach: bool = False) -> KafkaBroker:
         """Start the broker and return once it serves metadata and lists itself as a live broker.
@@ -346,7 +285,7 @@ class KafkaBroker:
         try:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting kafka {self.version} ====\n".encode())
             log.flush()
-            spawn = _spawn_from_long_lived_thread if self.die_with_parent else subprocess.Popen
+            spawn = spawn_from_long_lived_thread if self.die_with_parent else subprocess.Popen
             self._proc = spawn(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -524,30 +463,11 @@ class KafkaBroker:
             self._pid = None
             raise KafkaStartError(f"broker exited with code {code}{self._log_tail()}")
 
-    def _log_tail(self, lines: int = 40) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return f"\n--- last lines of {self.log_path} ---\n" + "\n".join(tail)
+    def _log_tail(self) -> str:
+        return log_tail(self.log_path)
 
     def _signal_and_wait(self, sig: signal.Signals, timeout_s: float) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(sig)
-                try:
-                    self._proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-        elif self._pid is not None and _is_our_broker(self._pid, self._properties):
-            os.kill(self._pid, sig)
-            deadline = time.monotonic() + timeout_s
-            while _pid_alive(self._pid) and _is_our_broker(self._pid, self._properties):
-                if time.monotonic() > deadline:
-                    os.kill(self._pid, signal.SIGKILL)
-                    deadline = time.monotonic() + timeout_s
-                time.sleep(0.1)
+        signal_and_wait(self._proc, self._pid, lambda pid: _is_our_broker(pid, self._properties), sig, timeout_s)
         self._proc = None
         self._pid = None
         if self.workdir.exists():

@@ -28,23 +28,28 @@ that the recorded pid is this workdir's server).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from devprocess import (  # sibling module: see its docstring
+    cache_root,
+    file_lock,
+    free_port,
+    log_tail,
+    pid_alive,
+    signal_and_wait,
+    spawn_from_long_lived_thread,
+)
 
 __all__ = [
     "LABEL_STUDIO_VERSION",
@@ -80,26 +85,8 @@ class LabelStudioStartError(RuntimeError):
 # -- installation ---------------------------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    """Where the server's venv and template live: $SHELFSIGHT_CACHE_DIR, else ~/.cache/shelfsight."""
-    env = os.environ.get("SHELFSIGHT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "shelfsight"
-
-
 def _home(version: str) -> Path:
     return cache_root() / f"label-studio-{version}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise installs between processes (several test sessions may start at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_installed(version: str = LABEL_STUDIO_VERSION) -> Path:
@@ -110,7 +97,7 @@ def ensure_installed(version: str = LABEL_STUDIO_VERSION) -> Path:
     marker = home / ".installed"
     if marker.exists() and exe.exists():
         return exe
-    with _file_lock(home / ".lock"):
+    with file_lock(home / ".lock"):
         if marker.exists() and exe.exists():
             return exe
         shutil.rmtree(venv, ignore_errors=True)
@@ -204,7 +191,7 @@ def ensure_template(
     marker = template / ".initialised"
     if marker.exists():
         return template / "data"
-    with _file_lock(home / ".template.lock"):
+    with file_lock(home / ".template.lock"):
         if marker.exists():
             return template / "data"
         shutil.rmtree(template, ignore_errors=True)
@@ -233,13 +220,6 @@ def _slug(text: str) -> str:
 # -- server ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_free(port: int) -> bool:
     """True when a server could listen on the port now (like the server, ignoring connections in TIME_WAIT that
     a restart leaves behind)."""
@@ -250,47 +230,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_spawn_requests: queue.Queue[tuple[list[str], dict[str, Any], queue.Queue[Any]]] = queue.Queue()
-_spawner_lock = threading.Lock()
-_spawner: threading.Thread | None = None
-
-
-def _spawner_loop() -> None:
-    while True:
-        cmd, kwargs, reply = _spawn_requests.get()
-        try:
-            reply.put(subprocess.Popen(cmd, **kwargs))
-        except BaseException as exc:
-            reply.put(exc)
-
-
-def _spawn_from_long_lived_thread(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen from one thread that lives as long as the process: the parent-death signal (`setpriv --pdeathsig`)
-    fires when the *thread* that forked the child exits, so a server restarted from a short-lived test thread
-    would otherwise die with that thread."""
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = threading.Thread(target=_spawner_loop, name="label-studio-spawner", daemon=True)
-            _spawner.start()
-    reply: queue.Queue[Any] = queue.Queue(maxsize=1)
-    _spawn_requests.put((cmd, kwargs, reply))
-    result = reply.get()
-    if isinstance(result, BaseException):
-        raise result
-    return result  # type: ignore[no-any-return]
 
 
 class LabelStudioServer:
@@ -351,7 +290,7 @@ class LabelStudioServer:
     def is_running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and _pid_alive(self._pid) and self._is_ours(self._pid)
+        return self._pid is not None and pid_alive(self._pid) and self._is_ours(self._pid)
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when GET /health on our port answers {"status": "UP"}."""
@@ -394,7 +333,7 @@ class LabelStudioServer:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"\n==== {stamp} starting label-studio {self.version} ====\n".encode())
             log.flush()
-            spawn = _spawn_from_long_lived_thread if self.die_with_parent else subprocess.Popen
+            spawn = spawn_from_long_lived_thread if self.die_with_parent else subprocess.Popen
             self._proc = spawn(
                 cmd,
                 env=env,
@@ -445,7 +384,7 @@ class LabelStudioServer:
             return {}
         state: dict[str, Any] = json.loads(path.read_text())
         pid = state.get("pid")
-        if isinstance(pid, int) and _pid_alive(pid) and self._is_ours(pid):
+        if isinstance(pid, int) and pid_alive(pid) and self._is_ours(pid):
             self._pid = pid
         return state
 
@@ -468,30 +407,11 @@ class LabelStudioServer:
             f"label-studio did not answer {self.url}/health in {timeout_s:.0f}s{self._log_tail()}"
         )
 
-    def _log_tail(self, lines: int = 40) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return f"\n--- last lines of {self.log_path} ---\n" + "\n".join(tail)
+    def _log_tail(self) -> str:
+        return log_tail(self.log_path)
 
     def _signal_and_wait(self, sig: signal.Signals, timeout_s: float) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(sig)
-                try:
-                    self._proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-        elif self._pid is not None and self._is_ours(self._pid):
-            os.kill(self._pid, sig)
-            deadline = time.monotonic() + timeout_s
-            while _pid_alive(self._pid) and self._is_ours(self._pid):
-                if time.monotonic() > deadline:
-                    os.kill(self._pid, signal.SIGKILL)
-                    deadline = time.monotonic() + timeout_s
-                time.sleep(0.1)
+        signal_and_wait(self._proc, self._pid, self._is_ours, sig, timeout_s)
         self._proc = None
         self._pid = None
         if self.workdir.exists():

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devprocess import free_port  # sibling module: see its docstring
+
 __all__ = ["PostgresServer", "PostgresServerError"]
 
 HOST = "127.0.0.1"
@@ -199,7 +201,7 @@ class PostgresServer:
         if self._requested_port is not None:
             state["port"] = self._requested_port
         elif not state["port"]:
-            state["port"] = _free_port()
+            state["port"] = free_port()
         if state != self._state:
             self._save_state(state)
 
@@ -314,12 +316,6 @@ class PostgresServer:
                         f"server started but {HOST}:{self.port} does not accept connections: {exc}\n{self._log_tail()}"
                     ) from exc
                 time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _grant_traverse(path: Path) -> None:

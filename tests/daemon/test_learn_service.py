@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import sqlalchemy as sa
+from devprocess import free_port  # deploy/dev, on sys.path via tests/conftest.py
 
 from connectors.db import ProductStore
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -34,7 +28,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SHELFSIGHT_DATABASE_URL": sqlite_url,
