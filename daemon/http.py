@@ -11,29 +11,25 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-class HealthServer:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        registry: CollectorRegistry,
-        ready: Callable[[], bool],
-        alive: Callable[[], bool] = lambda: True,
-    ) -> None:
-        handler = _make_handler(registry, ready, alive)
+class BackgroundHTTPServer:
+    """A threading stdlib HTTP server on a daemon thread: `start()`, `stop()`, and the bound `port` (0 picks
+    a free one). The daemon's health endpoints and the review worker's webhook receiver are both one."""
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler], thread_name: str) -> None:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=thread_name, daemon=True)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def start(self) -> HealthServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -42,14 +38,44 @@ class HealthServer:
         self._server.server_close()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """Request handler base: `_send` writes a whole response; nothing is logged per request (scrapes every
+    few seconds would flood the log)."""
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_metrics(self, registry: CollectorRegistry) -> None:
+        self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+class HealthServer(BackgroundHTTPServer):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        super().__init__(host, port, _make_handler(registry, ready, alive), thread_name="http")
+
+
 def _make_handler(
     registry: CollectorRegistry, ready: Callable[[], bool], alive: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._send_metrics(registry)
             elif path == "/healthz":
                 ok = alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
@@ -58,16 +84,6 @@ def _make_handler(
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
             else:
                 self._send(404, b"not found\n")
-
-        def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return  # scrapes every few seconds would flood the log
 
     return Handler
 

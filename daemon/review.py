@@ -35,15 +35,16 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from connectors.db import AnnotationRecord, AnnotationValue, DatabaseUnavailable, OutboxItem, ProductStore, ReviewStore
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable, parse_timestamp
 from daemon.config import ReviewSettings, Settings
+from daemon.http import BackgroundHTTPServer, QuietHandler
 from daemon.metrics import ReviewMetrics, ReviewRoutingMetrics
 from daemon.reload import ModelSource
 from learner.review import IMAGE_NAME, annotation_revision, parse_annotation
@@ -468,7 +469,7 @@ class AnnotationPoller:
         return seen
 
 
-class WebhookReceiver:
+class WebhookReceiver(BackgroundHTTPServer):
     """POST /webhook (shared secret in the X-ShelfSight-Webhook-Secret header), GET /metrics and /healthz.
 
     Deliveries are checked, queued and answered at once; `process` (the worker's thread) applies them. A
@@ -488,31 +489,17 @@ class WebhookReceiver:
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=10_000)
         self.path = path
         handler = _webhook_handler(self, secret.encode(), registry, metrics)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="review-webhook", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> WebhookReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(host, port, handler, thread_name="review-webhook")
 
 
 def _webhook_handler(
     receiver: WebhookReceiver, secret: bytes, registry: CollectorRegistry, metrics: ReviewMetrics
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._send_metrics(registry)
             elif path == "/healthz":
                 self._send(200, b"ok\n")
             else:
@@ -551,16 +538,6 @@ def _webhook_handler(
                 return
             metrics.webhooks.labels("accepted").inc()
             self._send(200, b'{"status": "queued"}', "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
 
     return Handler
 
