@@ -247,10 +247,11 @@ class ReviewStore:
     # ------------------------------------------------------------------ annotations
 
     def record_annotation(self, record: AnnotationRecord, now: datetime | None = None) -> RecordResult:
-        """Record one annotation (idempotent; see the module docstring) and update the product's attributes."""
-        now = now or _now()
+        """Record one annotation (idempotent; see the module docstring) and update the product's attributes.
+        `now` (default: the time this transaction's turn comes, see `ProductStore._human_write_time`) stamps it."""
         a = ANNOTATIONS
         with self.store._transaction(write=True) as conn:
+            now = now or self.store._human_write_time(conn)
             self._lock_products(conn, [record.product_id])
             existing = conn.execute(
                 select(a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator).where(
@@ -291,13 +292,13 @@ class ReviewStore:
     def delete_annotations(self, annotation_ids: Iterable[int], now: datetime | None = None) -> list[str]:
         """Annotations deleted in Label Studio: their rows become 'deleted' and the attributes they had set are
         resolved again. Idempotent. Returns the product attributes changed, as 'product_id/attribute'."""
-        now = now or _now()
         ids = sorted(set(annotation_ids))
         if not ids:
             return []
         a = ANNOTATIONS
         changed: list[str] = []
         with self.store._transaction(write=True) as conn:
+            now = now or self.store._human_write_time(conn)
             rows = conn.execute(
                 select(a.c.id, a.c.product_id, a.c.attribute, a.c.outcome, a.c.state, a.c.value, a.c.annotator).where(
                     a.c.annotation_id.in_(ids), a.c.state != "deleted"

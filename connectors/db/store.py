@@ -54,6 +54,8 @@ from connectors.db.types import (
 
 __all__ = ["MIGRATIONS_DIR", "DatabaseUnavailable", "ProductStore"]
 
+HUMAN_VALUES_LOCK_NAMESPACE = 0x48554D4E  # "HUMN": the advisory lock that orders writers of human values
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -268,7 +270,20 @@ class ProductStore:
         if not annotator:
             raise ValueError("annotator is required for a human value")
         with self._transaction(write=True) as conn:
-            self._write_human_value(conn, product_id, attribute, value, annotator, box, image_digest, _now())
+            now = self._human_write_time(conn)
+            self._write_human_value(conn, product_id, attribute, value, annotator, box, image_digest, now)
+
+    def _human_write_time(self, conn: Connection) -> datetime:
+        """Serialise the transactions that write human values and return the time to stamp them with, read only
+        once this one is next: stamps then rise in commit order. The learner's watermark is the newest human
+        value a run trained on (`updated_at`), and the trigger counts values stamped after it; a value stamped
+        before a concurrent one but committed after the learner read would otherwise never count as new (two
+        review threads, the webhook's and the poller's, or two review workers, write at once). PostgreSQL: a
+        transaction-scoped advisory lock; SQLite: its write transactions (BEGIN IMMEDIATE) already run one at
+        a time."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": HUMAN_VALUES_LOCK_NAMESPACE})
+        return _now()
 
     def _write_human_value(
         self,

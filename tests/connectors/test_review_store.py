@@ -252,3 +252,32 @@ def test_concurrent_deliveries_for_one_product_end_with_the_latest_answer(
             t.join()
         assert sorted(results) == ["recorded", "recorded", "unchanged"]
         assert garment(store)[:3] == ("Skirt", "human", "bob@example.com")
+
+
+def test_an_answer_waiting_behind_another_writer_is_stamped_after_that_writer_committed(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    """The learner counts human values stamped after the newest one its last run trained on. A value stamped
+    before a concurrent writer's but committed after it would never count as new: stamps must follow commits."""
+    import threading
+    import time
+
+    store.write_results([routed("p1"), routed("p2")])
+    outcome: list[str] = []
+    with store._transaction(write=True) as conn:  # another writer of human values, mid-transaction
+        store._human_write_time(conn)
+        store._write_human_value(conn, "p1", "garment", "Dress", "alice@example.com", None, None, T0)
+        writer = threading.Thread(
+            target=lambda: outcome.append(
+                reviews.record_annotation(annotation(202, "Skirt", task_id=8, product_id="p2")).status
+            )
+        )
+        writer.start()
+        time.sleep(0.5)
+        assert writer.is_alive(), "the second writer must wait for the first to commit"
+        first_committed_by = datetime.now(UTC)
+    writer.join(timeout=30)
+    assert outcome == ["recorded"]
+    value, source, _, stamped = garment(store, "p2")
+    assert (value, source) == ("Skirt", "human")
+    assert stamped >= first_committed_by  # type: ignore[operator]
