@@ -397,11 +397,18 @@ class AnnotationApplier:
         return changed
 
     def reconcile(self, task: dict[str, Any]) -> None:
-        """Every annotation the task has now, and the withdrawal of those it no longer has."""
+        """Every annotation the task has now, and the withdrawal of those it no longer has.
+
+        `task` is a listing that may be older than an annotation the webhook has recorded since (the poller lists
+        tasks before it reconciles them): an annotation is withdrawn only when a fresh read of the task, made after
+        the database said it was active, no longer has it. Withdrawing on the listing alone lost answers."""
         live = task.get("annotations") or []
         for annotation in live:
             self.apply(task, annotation)
         gone = self.store.active_annotation_ids(int(task["id"])) - {int(a["id"]) for a in live}
+        if gone:
+            fresh = self.client.get_task(int(task["id"]))
+            gone -= {int(a["id"]) for a in fresh.get("annotations") or []}
         if gone:
             self.delete(gone)
 

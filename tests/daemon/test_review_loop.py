@@ -278,6 +278,32 @@ def test_with_the_webhook_receiver_down_polling_brings_the_annotation_in(
     assert worker.metrics.webhooks.labels("accepted")._value.get() == 0  # it came by polling
 
 
+def test_a_poll_listing_older_than_a_webhook_delivery_does_not_withdraw_that_annotation(
+    tmp_path: Path,
+    untrained_bundle_path: Path,
+    label_studio: LabelStudioServer,
+    sqlite_url: str,
+    cc0_images: list[Path],
+    workers: Callable[..., ReviewWorker],
+) -> None:
+    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
+    (product,) = enrich(settings, cc0_images[4:5])
+    worker = workers(settings)  # polls hourly: this test drives the poller's reconcile step itself
+    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    (item,) = worker.store.outbox_items()
+    assert item.task_id is not None
+    listed = worker.client.get_task(item.task_id)  # the poller lists the task, not yet answered ...
+    assert not listed.get("annotations")
+    answer = other_garment(attribute(sqlite_url, product, "garment")[0])  # type: ignore[index]
+    worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(answer))
+    wait_for(  # ... the annotator answers and the webhook brings the answer in ...
+        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "human", 30, "the webhook delivery"
+    )
+    worker.applier.reconcile(listed)  # ... then the poller reconciles its older listing
+    assert attribute(sqlite_url, product, "garment")[:2] == (answer, "human")  # type: ignore[index]
+    assert worker.store.active_annotation_ids(item.task_id), "the answer must not be withdrawn"
+
+
 def test_label_studio_down_while_products_are_routed_loses_nothing_and_all_arrive_once_it_is_back(
     tmp_path: Path,
     untrained_bundle_path: Path,
