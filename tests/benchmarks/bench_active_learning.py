@@ -324,8 +324,10 @@ def run_arm(
                     if time.monotonic() > deadline:
                         raise SystemExit(f"{arm}: no retraining run finished\n{tail()}")
                     if time.monotonic() > top_up_at and not _run_in_progress(db):
-                        # The trigger counts new human values; an answer that changed nothing (the product's values
-                        # were already human) adds none, so the round can fall short of it: answer one more task.
+                        # The trigger counts new human values. Rounds used to fall short because the review poller
+                        # withdrew answers the webhook had recorded after the poller's listing (fixed in
+                        # AnnotationApplier.reconcile); an answer that changes nothing adds none either. Should the
+                        # count fall short again, this warns and answers one more task rather than stall.
                         pending = learner_store.count_human_corrections(_last_until(learner_store))
                         extra = annotator.annotate(project_id, 1) if pending < min_corrections else []
                         labels_used += len(extra)
