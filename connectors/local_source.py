@@ -35,7 +35,25 @@ class _Pending:
     last_offset: int
 
 
-class LocalDirectorySource:
+class _SinglePartition:
+    """Pause, resume and assignment of a source with one partition (`LOCAL_TOPIC`, 0)."""
+
+    _paused = False
+
+    def pause(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        self._paused = True
+
+    def resume(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        self._paused = False
+
+    def paused(self) -> set[tuple[str, int]]:
+        return {(LOCAL_TOPIC, 0)} if self._paused else set()
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(LOCAL_TOPIC, 0)}
+
+
+class LocalDirectorySource(_SinglePartition):
     def __init__(self, events_dir: Path, poll_interval_s: float = 0.5) -> None:
         self.dir = Path(events_dir)
         self.done_dir = self.dir / "done"
@@ -73,18 +91,6 @@ class LocalDirectorySource:
             target = self.done_dir / done.file.name
             if done.file.exists():
                 done.file.replace(target)
-
-    def pause(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
-        self._paused = True
-
-    def resume(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
-        self._paused = False
-
-    def paused(self) -> set[tuple[str, int]]:
-        return {(LOCAL_TOPIC, 0)} if self._paused else set()
-
-    def assignment(self) -> set[tuple[str, int]]:
-        return {(LOCAL_TOPIC, 0)}
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {(LOCAL_TOPIC, 0): self._next_offset - self._committed + self._unread_estimate()}
@@ -148,7 +154,7 @@ class LocalDirectorySource:
             self._files.append(_Pending(path, first, self._next_offset - 1))
 
 
-class StdinSource:
+class StdinSource(_SinglePartition):
     """JSON lines from a stream (standard input by default). Ends when the stream does."""
 
     def __init__(self, stream: IO[bytes]) -> None:
@@ -185,18 +191,6 @@ class StdinSource:
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         return None
-
-    def pause(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
-        self._paused = True
-
-    def resume(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
-        self._paused = False
-
-    def paused(self) -> set[tuple[str, int]]:
-        return {(LOCAL_TOPIC, 0)} if self._paused else set()
-
-    def assignment(self) -> set[tuple[str, int]]:
-        return {(LOCAL_TOPIC, 0)}
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {(LOCAL_TOPIC, 0): self._queue.qsize()}
