@@ -157,7 +157,7 @@ def single_label_metrics(probs: np.ndarray, targets: np.ndarray, values: Iterabl
     p, t = probs[known], targets[known].astype(np.int64)
     out: dict[str, Any] = {"kind": "single", "n": int(known.sum()), "skipped": int((~known).sum())}
     if len(t) == 0:
-        return {**out, "top1": None, "macro_f1": None, "ece": None, "per_class": {}, "confusion": None}
+        return {**out, "top1": None, "top3": None, "macro_f1": None, "ece": None, "per_class": {}, "confusion": None}
     predicted = p.argmax(axis=1)
     cm = confusion_matrix(t, predicted, len(values))
     tp = np.diag(cm)
@@ -178,9 +178,12 @@ def single_label_metrics(probs: np.ndarray, targets: np.ndarray, values: Iterabl
         if support[i] > 0 or cm[:, i].sum() > 0
     }
     confidence = p[np.arange(len(t)), predicted]
+    # rank of the true value: how many values the model scored strictly higher
+    rank = (p > p[np.arange(len(t)), t][:, None]).sum(axis=1)
     return {
         **out,
         "top1": float((predicted == t).mean()),
+        "top3": float((rank < 3).mean()),
         "macro_f1": float(f1[present].mean()),
         "classes_present": int(present.sum()),
         "ece": expected_calibration_error(confidence, predicted == t),

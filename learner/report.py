@@ -35,6 +35,7 @@ def build_report(
         "data": dict(data),
         "metrics_definition": {
             "top1": "top-1 accuracy over samples whose label is known",
+            "top3": "share of those samples whose true value is among the model's three highest-scored values",
             "macro_f1": "mean per-class F1 over the classes present (support > 0) in the evaluated split",
             "ece": "expected calibration error of the top-1 confidence, 15 equal-width bins",
         },
@@ -69,18 +70,18 @@ def render_text(report: Mapping[str, Any]) -> str:
     lines += [
         f"Mean top-1 over groups: {_fmt(s.get('mean_top1'))}; mean macro-F1: {_fmt(s.get('mean_macro_f1'))}",
         "",
-        "| group | n | skipped | top-1 | macro-F1 | ECE | classes present |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["groups"].items():
         if m["kind"] == "single":
             lines.append(
-                f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m['macro_f1'])} | "
-                f"{_fmt(m['ece'])} | {m.get('classes_present', '-')} |"
+                f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('top3'))} | "
+                f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} |"
             )
         else:
             lines.append(
-                f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | "
+                f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
                 f"{_fmt(m['macro_f1'])} | - | - |"
             )
     for name, m in report["groups"].items():

@@ -49,6 +49,14 @@ def test_single_label_metrics_match_hand_computed_values() -> None:
     assert m["confusion"][1] == [0, 1, 0, 1]
 
 
+def test_top3_counts_a_sample_whose_true_value_is_among_the_three_highest_scores() -> None:
+    probs = np.array([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    m = single_label_metrics(probs, np.array([2, 3, 1]), VALUES)
+
+    assert m["top1"] == 0.0
+    assert m["top3"] == pytest.approx(2 / 3)  # rank 2 and rank 2 are in, rank 3 is out
+
+
 def test_macro_f1_averages_only_classes_present_in_the_evaluated_split() -> None:
     m = single_label_metrics(PROBS, TARGETS, VALUES)
 
@@ -121,6 +129,6 @@ def test_summary_means_are_over_groups_and_report_files_are_written(tmp_path) ->
 
     assert metrics["summary"]["mean_top1"] == pytest.approx((4 / 6 + 1 / 2) / 2)
     assert json.loads(paths["json"].read_text())["groups"]["binary"]["top1"] == pytest.approx(0.5)
-    assert "| letter | 6 | 1 | 0.667 | 0.767 |" in paths["text"].read_text()
+    assert "| letter | 6 | 1 | 0.667 | 1.000 | 0.767 |" in paths["text"].read_text()
     for key in ("f1_png", "confusion_png"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
