@@ -94,6 +94,8 @@ class ReviewSettings(BaseModel):
     audit_seed: int | None = None  # fixed seed: reproducible audit samples
     max_per_hour: int | None = Field(default=500, ge=0)  # caps on routed products (None: no cap)
     max_per_day: int | None = Field(default=5000, ge=0)
+    # how often a daemon re-reads what every replica has routed (the outbox), so the caps hold for all of them
+    caps_sync_s: float = Field(default=10.0, gt=0.0)
     # -- Label Studio
     label_studio_url: str = "http://127.0.0.1:8080"
     label_studio_token: SecretStr | None = None

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
@@ -864,6 +864,53 @@ def build_review_worker(
     )
 
 
+class CapsSync:
+    """Keeps a `ReviewCaps` in step with the outbox, which every replica writes to: at most every `every_s`, it
+    reads when each product of the last day was routed and hands that to `caps.sync`. So N replicas share the
+    caps instead of routing N times as much; between two reads a replica counts only its own routes.
+
+    A failed read (database outage) is logged, never raised into the routing path, and retried after a minute at
+    the earliest; meanwhile the replica keeps counting its own routes on top of the last read."""
+
+    RETRY_AFTER_FAILURE_S = 60.0
+
+    def __init__(
+        self,
+        caps: Any,
+        routed_since: Callable[[datetime], Sequence[datetime]],
+        every_s: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.caps = caps
+        self.routed_since = routed_since
+        self.every = timedelta(seconds=every_s)
+        self.clock = clock
+        self._due: datetime | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, fail: bool = False) -> None:
+        """Sync if due. `fail`: raise a failed read instead of logging it (at start-up, when a broken database
+        should stop the daemon)."""
+        now = self.clock()
+        with self._lock:
+            if self._due is not None and now < self._due:
+                return
+            try:
+                routed = self.routed_since(now - timedelta(days=1))
+            except DatabaseUnavailable as exc:
+                if fail:
+                    raise
+                self._due = now + max(self.every, timedelta(seconds=self.RETRY_AFTER_FAILURE_S))
+                log.warning(
+                    "review caps: cannot read the outbox (%s); counting this replica's routes only, retry at %s",
+                    exc,
+                    self._due.isoformat(timespec="seconds"),
+                )
+                return
+            self.caps.sync(routed)
+            self._due = now + self.every
+
+
 def build_review_router(
     settings: Settings,
     bundle: Any,
@@ -892,7 +939,8 @@ def build_review_router(
 
     r = settings.review
     caps = ReviewCaps(per_hour=r.max_per_hour, per_day=r.max_per_day)
-    caps.seed(ReviewStore(store).routed_since(clock() - timedelta(days=1)))
+    sync_caps = CapsSync(caps, ReviewStore(store).routed_since, r.caps_sync_s, clock)
+    sync_caps(fail=True)  # start from what the outbox holds: a restart does not reset the caps
     strategies: list[RoutingStrategy] = (
         [RandomSample(r.audit_rate, r.audit_seed)]
         if r.routing == "random"
@@ -925,6 +973,7 @@ def build_review_router(
 
     def route(result: Any, tags: list[Any]) -> dict[str, Any] | None:
         nonlocal latest
+        sync_caps()
         routing = by_version.get(result.model_version)
         if routing is None and current_bundle is not None:
             served = current_bundle()

@@ -23,12 +23,12 @@ knows nothing of databases, HTTP or configuration files (the daemon reads config
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
 import random
 import xml.etree.ElementTree as ET
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -224,43 +224,51 @@ class RandomSample(AuditSample):
 
 class ReviewCaps:
     """At most `per_hour` routed products in any 60 minutes and `per_day` in any 24 hours (None: no cap).
-    Not thread-safe by itself; `ReviewPolicy` calls it under its lock."""
+
+    Thread-safe. A process counts the routes it records; `sync` replaces that count with the routes every replica
+    has committed to the outbox, so replicas share one budget (and a restart does not reset it). This process's
+    own routes since the previous sync are kept on top, because they may not be committed yet: a route both
+    committed and that recent is counted twice until the next sync, so the caps err on the side of fewer products.
+    """
 
     def __init__(self, per_hour: int | None = None, per_day: int | None = None) -> None:
+        import threading
+
         for name, cap in (("per_hour", per_hour), ("per_day", per_day)):
             if cap is not None and cap < 0:
                 raise ValueError(f"{name} cap must be >= 0, got {cap}")
         self.per_hour = per_hour
         self.per_day = per_day
-        self._times: deque[datetime] = deque()
+        self._times: list[datetime] = []  # sorted: the outbox's routes at the last sync, plus own routes since
+        self._own_since_sync: list[datetime] = []
+        self._lock = threading.Lock()
 
-    def seed(self, times: Sequence[datetime]) -> None:
-        """Products routed before this process started (from the outbox), so a restart does not reset the caps."""
-        self._times = deque(sorted(times))
+    def sync(self, committed: Sequence[datetime]) -> None:
+        """The routes every replica has committed (the outbox, the last day), including this process's."""
+        with self._lock:
+            self._times = sorted([*committed, *self._own_since_sync])
+            self._own_since_sync = []
 
-    def allows(self, now: datetime) -> bool:
-        self._forget(now)
-        if self.per_day is not None and len(self._times) >= self.per_day:
-            return False
-        if self.per_hour is not None:
-            hour_ago = now - timedelta(hours=1)
-            if sum(1 for t in self._times if t > hour_ago) >= self.per_hour:
+    def try_record(self, now: datetime) -> bool:
+        """Count one more route at `now` if the caps allow it; False (nothing counted) if they do not."""
+        with self._lock:
+            hour, day = self._counts(now)
+            if (self.per_day is not None and day >= self.per_day) or (
+                self.per_hour is not None and hour >= self.per_hour
+            ):
                 return False
-        return True
-
-    def record(self, now: datetime) -> None:
-        self._times.append(now)
+            bisect.insort(self._times, now)
+            self._own_since_sync.append(now)
+            return True
 
     def counts(self, now: datetime) -> tuple[int, int]:
         """(routed in the last hour, routed in the last day)."""
-        self._forget(now)
-        hour_ago = now - timedelta(hours=1)
-        return sum(1 for t in self._times if t > hour_ago), len(self._times)
+        with self._lock:
+            return self._counts(now)
 
-    def _forget(self, now: datetime) -> None:
-        day_ago = now - timedelta(days=1)
-        while self._times and self._times[0] <= day_ago:
-            self._times.popleft()
+    def _counts(self, now: datetime) -> tuple[int, int]:
+        del self._times[: bisect.bisect_right(self._times, now - timedelta(days=1))]
+        return len(self._times) - bisect.bisect_right(self._times, now - timedelta(hours=1)), len(self._times)
 
 
 class ReviewPolicy:
@@ -339,9 +347,8 @@ class ReviewPolicy:
             for strategy in self.strategies:
                 if not strategy.select(assessment):
                     continue
-                if not self.caps.allows(now):
+                if not self.caps.try_record(now):
                     return Decision(False, f"capped:{strategy.name}", assessment)
-                self.caps.record(now)
                 rank = getattr(strategy, "rank", None)
                 priority = float(rank(assessment)) if rank is not None else assessment.uncertainty
                 return Decision(True, strategy.name, assessment, priority)

@@ -1,12 +1,16 @@
 """The enrichment daemon's review router as `build_service` wires it (daemon/review.py: `build_review_router`), on a
-real SQLite product database: caps that survive a restart, and thresholds that follow a hot-reloaded model."""
+real product database: caps that survive a restart and that replicas share, routing through a database outage,
+and thresholds that follow a hot-reloaded model."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from connectors.db import Alternative, AttributeValue, ProductResult, ProductStore
 from daemon.config import Settings
@@ -82,4 +86,54 @@ def test_the_caps_count_what_the_outbox_already_holds_after_a_restart(sqlite_url
     again = build_review_router(config, bundle("v1", 0.99), store, metrics, clock=later)
     assert again(result("p9", "v1"), []) is None
     assert metrics.capped.labels("low_confidence")._value.get() == 1
+    store.close()
+
+
+def write_routed(store: ProductStore, routed: list[tuple[str, dict[str, Any]]]) -> None:
+    store.write_results([ProductResult(**{**result(pid, "v1").__dict__, "review": payload}) for pid, payload in routed])
+
+
+@pytest.mark.postgres
+def test_replicas_share_the_caps_through_the_outbox(postgres_url: str) -> None:
+    store = ProductStore(postgres_url)
+    store.migrate()
+    config = settings(max_per_hour=3, default_threshold=0.99, caps_sync_s=10)
+    now = {"t": datetime.now(UTC)}
+    clock = lambda: now["t"]  # noqa: E731
+    a, b = (build_review_router(config, bundle("v1", 0.99), store, ReviewRoutingMetrics(), clock=clock) for _ in "ab")
+
+    routed = [(pid, p) for pid in ("a1", "a2", "a3") if (p := a(result(pid, "v1"), []))]
+    assert len(routed) == 3  # replica a used the whole hour's budget
+    write_routed(store, routed)
+    assert b(result("b1", "v1"), []) is not None  # b has not read the outbox since it started: one more gets through
+
+    now["t"] += timedelta(seconds=11)  # b's next read of the outbox sees a's three routes
+    assert b(result("b2", "v1"), []) is None
+    now["t"] += timedelta(minutes=61)  # an hour later there is room again, for both
+    assert b(result("b3", "v1"), []) is not None
+    store.close()
+
+
+@pytest.mark.postgres
+def test_a_database_outage_does_not_stop_routing_and_is_logged(
+    postgres_server: Any, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ProductStore(postgres_url, connect_timeout_s=1.0)
+    store.migrate()
+    config = settings(max_per_hour=2, default_threshold=0.99, caps_sync_s=10)
+    now = {"t": datetime.now(UTC)}
+    route = build_review_router(config, bundle("v1", 0.99), store, ReviewRoutingMetrics(), clock=lambda: now["t"])
+
+    postgres_server.stop()
+    try:
+        now["t"] += timedelta(seconds=11)
+        with caplog.at_level(logging.WARNING, logger="shelfsight.review"):
+            decisions = [route(result(f"p{i}", "v1"), []) for i in range(3)]
+    finally:
+        postgres_server.start()
+    # the replica kept routing, within its own count of the caps, and said why it could not do better
+    assert [d is not None for d in decisions] == [True, True, False]
+    warnings = [r.getMessage() for r in caplog.records if "cannot read the outbox" in r.getMessage()]
+    assert len(warnings) == 1  # one failed read, then a minute before the next try
+    assert postgres_server.password not in warnings[0]
     store.close()

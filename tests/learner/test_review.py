@@ -242,10 +242,29 @@ def test_the_daily_cap_holds_across_hours(taxonomy: Taxonomy) -> None:
 
 def test_caps_count_audit_samples_too_and_survive_a_restart(taxonomy: Taxonomy) -> None:
     caps = ReviewCaps(per_hour=2)
-    caps.seed([T0 - timedelta(minutes=30)])  # routed by the previous process
+    caps.sync([T0 - timedelta(minutes=30)])  # routed by the previous process
     p = policy(taxonomy, audit_rate=1.0, caps=caps)
     assert [p.decide(confident(), T0).reason for _ in range(2)] == ["audit", "capped:audit"]
     assert caps.counts(T0) == (2, 2)
+
+
+def test_a_sync_counts_other_replicas_routes_and_keeps_own_routes_not_yet_in_the_outbox(taxonomy: Taxonomy) -> None:
+    caps = ReviewCaps(per_hour=4)
+    p = policy(taxonomy, audit_rate=1.0, caps=caps)
+    assert p.decide(confident(), T0).routed  # this replica's route, not committed yet
+    caps.sync([T0 - timedelta(minutes=5), T0 - timedelta(minutes=2)])  # two routes of another replica
+    assert caps.counts(T0) == (3, 3)
+    assert p.decide(confident(), T0 + timedelta(seconds=1)).routed
+    assert p.decide(confident(), T0 + timedelta(seconds=2)).reason == "capped:audit"
+
+    # all four are committed now; the route made since the last sync is still added on top (it might not have
+    # been committed), so it counts twice until the sync after: the caps err on the side of fewer products
+    committed = [T0 - timedelta(minutes=5), T0 - timedelta(minutes=2), T0, T0 + timedelta(seconds=1)]
+    caps.sync(committed)
+    assert caps.counts(T0 + timedelta(seconds=3)) == (5, 5)
+    caps.sync(committed)
+    assert caps.counts(T0 + timedelta(seconds=3)) == (4, 4)
+    assert caps.counts(T0 + timedelta(minutes=58)) == (2, 4)  # the other replica's routes left the hour
 
 
 def test_no_caps_means_no_limit(taxonomy: Taxonomy) -> None:
