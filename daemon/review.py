@@ -47,7 +47,7 @@ from daemon.config import ReviewSettings, Settings
 from daemon.http import BackgroundHTTPServer, QuietHandler
 from daemon.metrics import ReviewMetrics, ReviewRoutingMetrics
 from daemon.reload import ModelSource
-from learner.review import IMAGE_NAME, annotation_revision, parse_annotation
+from learner.review import IMAGE_NAME, ReviewCaps, annotation_revision, parse_annotation
 from learner.taxonomy import Taxonomy
 
 log = logging.getLogger("shelfsight.review")
@@ -869,14 +869,15 @@ class CapsSync:
     reads when each product of the last day was routed and hands that to `caps.sync`. So N replicas share the
     caps instead of routing N times as much; between two reads a replica counts only its own routes.
 
-    A failed read (database outage) is logged, never raised into the routing path, and retried after a minute at
+    The read runs on the routing thread: a few milliseconds normally. A failed read (database outage) costs at
+    most the store's connect timeout, is logged, never raised into the routing path, and retried after a minute at
     the earliest; meanwhile the replica keeps counting its own routes on top of the last read."""
 
     RETRY_AFTER_FAILURE_S = 60.0
 
     def __init__(
         self,
-        caps: Any,
+        caps: ReviewCaps,
         routed_since: Callable[[datetime], Sequence[datetime]],
         every_s: float,
         clock: Callable[[], datetime],
@@ -931,7 +932,6 @@ def build_review_router(
         Decision,
         GroupPolicy,
         RandomSample,
-        ReviewCaps,
         ReviewPolicy,
         ReviewRouting,
         RoutingStrategy,

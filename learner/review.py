@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import random
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,8 +233,6 @@ class ReviewCaps:
     """
 
     def __init__(self, per_hour: int | None = None, per_day: int | None = None) -> None:
-        import threading
-
         for name, cap in (("per_hour", per_hour), ("per_day", per_day)):
             if cap is not None and cap < 0:
                 raise ValueError(f"{name} cap must be >= 0, got {cap}")
@@ -292,8 +291,6 @@ class ReviewPolicy:
         strategies: Sequence[RoutingStrategy] | None = None,
         caps: ReviewCaps | None = None,
     ) -> None:
-        import threading
-
         unknown = set(groups or {}) - {g.name for g in taxonomy.groups}
         if unknown:
             raise ValueError(
