@@ -24,7 +24,7 @@ Decisions worth knowing:
 - Environment proxies (HTTP_PROXY...) and cookies are ignored; `Accept-Encoding: identity` is sent so that
   Content-Length is the real size; redirects are followed only to http(s), never to file://.
 
-What it must not do: decode images (a decompression bomb is the decoder's problem: `learner.imaging`
+What it must not do: decode images (a decompression bomb is the decoder's problem: `learner.inference.imaging`
 enforces max_pixels), retry (the caller's policy), log URLs (they may carry credentials), or import `daemon/` or
 `learner/`.
 """

@@ -1,7 +1,7 @@
 """`shelfsight learn`: the learner service (scheduled retraining, /metrics) and `shelfsight learn --once` (one run).
 
-This file turns `LearnerSettings` into `learner.retrain.RetrainConfig` / `learner.schedule.ScheduleConfig` and
-wires the database, the image fetcher, metrics and the HTTP endpoint; the rules live in learner/.
+This file turns `LearnerSettings` into `RetrainConfig` / `ScheduleConfig` (learner.lifecycle) and wires
+the database, the image fetcher, metrics and the HTTP endpoint; the rules live in learner/.
 
 - `shelfsight learn --once [--reason manual|schedule|corrections] [--force]`: one retraining run under the
   database run lock. Exit status 0 whatever the gate decided (promoted, rejected), also when there was nothing
@@ -56,13 +56,13 @@ def learn_command(
 
 
 def retrain_config(learner: LearnerSettings, device: str) -> Any:
-    """`LearnerSettings` -> `learner.retrain.RetrainConfig` (the recipes' other fields: TrainConfig's and
+    """`LearnerSettings` -> `learner.lifecycle.retrain.RetrainConfig` (the recipes' other fields: TrainConfig's and
     DetectorRecipe's defaults)."""
     import dataclasses
 
-    from learner.detector_train import DetectorRecipe
-    from learner.gate import GateConfig
-    from learner.retrain import HoldoutRule, RetrainConfig, default_recipe
+    from learner.evaluation.gate import GateConfig
+    from learner.lifecycle.retrain import HoldoutRule, RetrainConfig, default_recipe
+    from learner.training.detector import DetectorRecipe
 
     recipe = dataclasses.replace(
         default_recipe(),
@@ -111,7 +111,7 @@ def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | 
     from connectors.db import ProductStore
     from connectors.db.learner import LearnerStore
     from daemon.service import build_fetcher
-    from learner.retrain import run_retraining
+    from learner.lifecycle.retrain import run_retraining
 
     store = ProductStore(settings.database_url)
     fetcher = build_fetcher(settings.fetch)
@@ -139,8 +139,8 @@ def serve(settings: Settings) -> int:
     from connectors.db import ProductStore
     from daemon.http import HealthServer
     from daemon.metrics import LearnerMetrics
-    from learner.registry import read_alias_state
-    from learner.schedule import LearnerService, ScheduleConfig
+    from learner.lifecycle.registry import read_alias_state
+    from learner.lifecycle.schedule import LearnerService, ScheduleConfig
 
     learner = settings.learner
     metrics = LearnerMetrics()

@@ -1,7 +1,7 @@
 """`shelfsight train` and `shelfsight evaluate`: fine-tune a classifier into a model bundle, and measure a
 bundle on any labelled set.
 
-This file only turns command-line options into `learner.train.TrainConfig` / `learner.evaluate` calls
+This file only turns command-line options into `TrainConfig` / learner.evaluation calls
 and prints results; the recipe's defaults live in `TrainConfig` (one place). Every expected failure
 (missing data, invalid taxonomy, unreadable bundle, unknown backbone, weights not installed) prints one
 clear message on stderr and exits with status 1, without a traceback.
@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from learner.train import TrainConfig
+from learner.training.train import TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -79,11 +79,11 @@ def train_command(
     ),
 ) -> None:
     """Fine-tune an attribute classifier and write a model bundle (selection on the validation split)."""
-    from learner.backbones import PretrainedWeightsUnavailable
-    from learner.data import DataError, SplitRule, load_labelled_set
-    from learner.report import build_report, write_report
-    from learner.taxonomy import TaxonomyError, load_taxonomy
-    from learner.train import train
+    from learner.evaluation.report import build_report, write_report
+    from learner.model.backbones import PretrainedWeightsUnavailable
+    from learner.model.taxonomy import TaxonomyError, load_taxonomy
+    from learner.training.data import DataError, SplitRule, load_labelled_set
+    from learner.training.train import train
 
     started = time.time()
     try:
@@ -160,10 +160,10 @@ def evaluate_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration."""
-    from learner.bundle import BundleError, load_bundle
-    from learner.data import SPLITS, DataError, load_labelled_set
-    from learner.evaluate import evaluate_bundle, split_rule_of
-    from learner.report import build_report, write_report
+    from learner.evaluation.evaluate import evaluate_bundle, split_rule_of
+    from learner.evaluation.report import build_report, write_report
+    from learner.model.bundle import BundleError, load_bundle
+    from learner.training.data import SPLITS, DataError, load_labelled_set
 
     if split not in (*SPLITS, "all"):
         raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")

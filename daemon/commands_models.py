@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _registry(registry: Path | None) -> Any:
-    from learner.registry import ModelRegistry
+    from learner.lifecycle.registry import ModelRegistry
 
     if registry is None:
         from daemon.commands_run import _settings_or_exit
@@ -74,7 +74,7 @@ def show_command(
     name: str = typer.Argument(..., help="A version, or champion / previous."), registry: Path | None = RegistryOption
 ) -> None:
     """A version's record as JSON: parent, data snapshot, metrics, holdout figures, gate decision."""
-    from learner.registry import RegistryError
+    from learner.lifecycle.registry import RegistryError
 
     reg = _registry(registry)
     try:
@@ -95,7 +95,7 @@ def register_command(
     registry: Path | None = RegistryOption,
 ) -> None:
     """Add a bundle to the registry under its model version (e.g. the first champion from `shelfsight train`)."""
-    from learner.registry import RegistryError
+    from learner.lifecycle.registry import RegistryError
 
     reg = _registry(registry)
     try:
@@ -114,7 +114,7 @@ def promote_command(
     registry: Path | None = RegistryOption,
 ) -> None:
     """Make a registered version the champion (bypasses the gate: the reason is recorded)."""
-    from learner.registry import RegistryError
+    from learner.lifecycle.registry import RegistryError
 
     reg = _registry(registry)
     try:
@@ -130,7 +130,7 @@ def rollback_command(
     registry: Path | None = RegistryOption,
 ) -> None:
     """Make the previous champion the champion again."""
-    from learner.registry import RegistryError
+    from learner.lifecycle.registry import RegistryError
 
     reg = _registry(registry)
     try:

@@ -97,9 +97,9 @@ def _settings_or_exit() -> Settings:
 
 
 def _train_demo_model(images: Path, out: Path) -> None:
-    from learner.data import load_labelled_set
-    from learner.taxonomy import load_taxonomy
-    from learner.train import TrainConfig, train
+    from learner.model.taxonomy import load_taxonomy
+    from learner.training.data import load_labelled_set
+    from learner.training.train import TrainConfig, train
 
     taxonomy = load_taxonomy(REPO_ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
     data = load_labelled_set(images, taxonomy)

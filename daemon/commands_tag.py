@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from learner.engine import ImageTags, TagError
+from learner.inference.engine import ImageTags, TagError
 
 
 def register(app: typer.Typer) -> None:
@@ -34,8 +34,8 @@ def tag(
     ),
 ) -> None:
     """Tag product images with catalog attributes and confidences."""
-    from learner.bundle import BundleError, load_bundle
-    from learner.engine import TaggingEngine
+    from learner.inference.engine import TaggingEngine
+    from learner.model.bundle import BundleError, load_bundle
 
     try:
         bundle = load_bundle(model)
@@ -123,7 +123,7 @@ def _format_text(name: str, tags: ImageTags) -> str:
 def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
-    from learner.imaging import decode_image
+    from learner.inference.imaging import decode_image
 
     img = decode_image(data, max_pixels=max_pixels)
     scale = max(1.0, 480 / max(img.size))  # small catalog photos are enlarged so text is legible

@@ -127,7 +127,7 @@ class ReviewSettings(BaseModel):
 
 class LearnerSettings(BaseModel):
     """The learner (`shelfsight learn`, `shelfsight models`): model registry, retraining schedule and trigger,
-    training data, fine-tuning recipe and promotion gate. See learner/retrain.py for the rules these feed."""
+    training data, fine-tuning recipe and promotion gate. See learner/lifecycle/retrain.py for the rules these feed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -148,7 +148,7 @@ class LearnerSettings(BaseModel):
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     replay_ratio: float = Field(default=4.0, ge=0)  # earlier samples replayed per new corrected sample
     replay_min_samples: int = Field(default=1000, ge=0)
-    # -- fine-tuning (the rest of the recipe: learner.train.TrainConfig's defaults)
+    # -- fine-tuning (the rest of the recipe: learner.training.train.TrainConfig's defaults)
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=3e-4, gt=0)
@@ -158,7 +158,7 @@ class LearnerSettings(BaseModel):
     amp: bool = True
     threads: int | None = None  # CPU threads for training (None: all cores)
     nproc_per_node: int = Field(default=1, ge=1)  # >1: torchrun, one process per GPU (DistributedDataParallel)
-    # -- detector fine-tuning on annotators' boxes (learner/detector_train.py; amp, threads as above)
+    # -- detector fine-tuning on annotators' boxes (learner/training/detector.py; amp, threads as above)
     detector_epochs: int = Field(default=6, ge=1)
     detector_batch_size: int = Field(default=4, ge=1)
     detector_lr: float = Field(default=1e-4, gt=0)

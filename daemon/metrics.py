@@ -256,7 +256,7 @@ class LearnerMetrics:
             self.decisions.labels(decision)
 
     def observe_outcome(self, outcome: dict[str, Any], now: float | None = None) -> None:
-        """Record one run's outcome (`learner.retrain.RunOutcome.to_dict()`)."""
+        """Record one run's outcome (`learner.lifecycle.retrain.RunOutcome.to_dict()`)."""
         status = str(outcome.get("status", "failed"))
         self.runs.labels(status).inc()
         self.last_run.labels(status).set(now if now is not None else time.time())

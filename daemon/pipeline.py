@@ -39,8 +39,8 @@ from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
 from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
 from daemon.metrics import ServiceMetrics
-from learner.engine import ImageTags, TaggingEngine
-from learner.imaging import ImageDecodeError, PreparedImage
+from learner.inference.engine import ImageTags, TaggingEngine
+from learner.inference.imaging import ImageDecodeError, PreparedImage
 
 log = logging.getLogger("shelfsight.pipeline")
 

@@ -1,7 +1,7 @@
 """Hot reload: follow the champion model without a restart.
 
 A `ModelWatcher` thread polls a cheap "generation" of where the model comes from: the registry's
-`aliases.json` generation (`learner.registry.generation`), or the model file's modification time and size
+`aliases.json` generation (`learner.lifecycle.registry.generation`), or the model file's modification time and size
 when the daemon runs a plain bundle path (e.g. a mounted volume). When it changes, the watcher loads the
 new bundle and builds a new engine on its own thread, then hands it to the `Enricher`, which uses it for
 every image prepared from then on; images already prepared finish on the engine that prepared them, so no
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.metrics import ServiceMetrics
-from learner.engine import TaggingEngine
+from learner.inference.engine import TaggingEngine
 
 log = logging.getLogger("shelfsight.reload")
 
@@ -31,14 +31,14 @@ class ModelSource:
 
     def resolve(self) -> Path:
         if self.registry_dir is not None:
-            from learner.registry import resolve_alias
+            from learner.lifecycle.registry import resolve_alias
 
             return resolve_alias(self.registry_dir, self.alias)
         return self.model_path
 
     def generation(self) -> object:
         if self.registry_dir is not None:
-            from learner.registry import generation
+            from learner.lifecycle.registry import generation
 
             return generation(self.registry_dir)
         stat = self.model_path.stat()

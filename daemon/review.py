@@ -14,7 +14,7 @@ One process, four small parts, each with one job:
     AnnotationPoller   every `poll_interval_s`: tasks changed since the stored watermark, their annotations
                        recorded and deleted ones withdrawn: the backstop for webhooks Label Studio dropped while
                        the receiver was down.
-    AnnotationApplier  one annotation -> parsed values (learner/review.py) -> `ReviewStore.record_annotation`
+    AnnotationApplier  one annotation -> parsed values (learner/review/policy.py) -> `ReviewStore.record_annotation`
                        (idempotent: the same content twice changes nothing). Shared by the webhook and the poller.
 
 `ReviewProject` bootstraps Label Studio (project with the taxonomy's labelling configuration, local files storage,
@@ -47,8 +47,8 @@ from daemon.config import ReviewSettings, Settings
 from daemon.http import BackgroundHTTPServer, QuietHandler
 from daemon.metrics import ReviewMetrics, ReviewRoutingMetrics
 from daemon.reload import ModelSource
-from learner.review import IMAGE_NAME, ReviewCaps, annotation_revision, parse_annotation
-from learner.taxonomy import Taxonomy
+from learner.model.taxonomy import Taxonomy
+from learner.review.policy import IMAGE_NAME, ReviewCaps, annotation_revision, parse_annotation
 
 log = logging.getLogger("shelfsight.review")
 
@@ -167,7 +167,7 @@ class ReviewProject:
 
     def ensure(self) -> int:
         """The project id, bootstrapping Label Studio on first use. Raises LabelStudioUnavailable/Error."""
-        from learner.review import label_config
+        from learner.review.policy import label_config
 
         with self._lock:
             if self._id is None:
@@ -748,7 +748,7 @@ class ReviewConfigError(RuntimeError):
 def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
     """Reads the champion's model version (the registry's champion alias, or the bundle file; manifest only,
     cheap), re-read when the resolved file or its modification time changes."""
-    from learner.bundle import BundleError, read_manifest
+    from learner.model.bundle import BundleError, read_manifest
 
     cache: dict[str, Any] = {"key": None, "version": None}
 
@@ -772,8 +772,8 @@ def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
 
 def review_taxonomy(source: ModelSource) -> Taxonomy:
     """The champion's taxonomy (the labelling configuration is generated from it)."""
-    from learner.bundle import BundleError, read_manifest
-    from learner.registry import RegistryError
+    from learner.lifecycle.registry import RegistryError
+    from learner.model.bundle import BundleError, read_manifest
 
     try:
         path = source.resolve()
@@ -926,7 +926,7 @@ def build_review_router(
     `current_bundle` (optional) gives the bundle being served after a hot reload: a result from a model version
     not seen yet is routed with that bundle's thresholds and taxonomy, under the same caps and audit sampler. The
     caps start from what the outbox already holds for the last day, so a restart does not reset them."""
-    from learner.review import (
+    from learner.review.policy import (
         AuditSample,
         BelowThreshold,
         Decision,

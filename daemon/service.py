@@ -61,8 +61,8 @@ def configure_logging(level: str) -> None:
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
     from connectors.db import ProductStore
-    from learner.bundle import BundleError, load_bundle
-    from learner.engine import TaggingEngine
+    from learner.inference.engine import TaggingEngine
+    from learner.model.bundle import BundleError, load_bundle
 
     metrics = metrics or ServiceMetrics()
     closers: list[Callable[[], Any]] = []

@@ -77,7 +77,7 @@ class OutboxItem:
 
 @dataclass(frozen=True)
 class AnnotationValue:
-    """One attribute of one annotation, already parsed (see learner/review.py: `parse_annotation`)."""
+    """One attribute of one annotation, already parsed (see learner/review/policy.py: `parse_annotation`)."""
 
     attribute: str
     outcome: str  # applied | skipped | unknown_label | unknown_group | not_answered | invalid

@@ -4,7 +4,7 @@ person working the queue would.
 It sees only what Label Studio shows: the tasks of one project, their data (`product_id`, the review loop's
 `priority`) and whether they are already annotated. It takes the unannotated tasks highest priority first (the
 order the review loop ranks them: most uncertain first, or a random rank under `review.routing = random`), and
-submits one annotation per task in Label Studio's result format (`learner.review.answer_result`), choosing the true
+submits one annotation per task in Label Studio's result format (`answer_result` in learner.review), choosing the true
 value of every classifier group the taxonomy can express. The review worker then brings the answers back into the
 product database (webhook or polling), exactly as for a human.
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.labelstudio import LabelStudioClient
-from learner.review import answer_result
-from learner.taxonomy import Taxonomy
+from learner.model.taxonomy import Taxonomy
+from learner.review.policy import answer_result
 
 log = logging.getLogger(__name__)
 

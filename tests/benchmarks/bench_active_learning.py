@@ -11,7 +11,7 @@ subprocesses configured by environment variables like an operator would):
    `HoldoutRule` (default salt and fraction, pinned in each registry) puts there, so no arm ever trains on it; of
    the rest, a seed set (`--seed-size`, the products with the smallest sha256 of "seed:<id>") and the pool (the
    others, streamed in a fixed shuffled order, `--chunk` per round).
-2. Train the seed model on the seed set with `learner.train` (EfficientNet-Lite0, `--freeze-stages` of its 9
+2. Train the seed model on the seed set with `learner.training.train` (EfficientNet-Lite0, `--freeze-stages` of its 9
    stages frozen, `--seed-epochs`), once; both arms start from it. It is kept as `seed.safetensors` in `--out`;
    `--seed-model` reuses one (same `--seed-size`) instead of training again.
 3. Each arm gets fresh state: a database, a topic, a Label Studio project, a model registry with the seed model as
@@ -110,7 +110,7 @@ def read_labels(data: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def split_products(ids: list[str], seed_size: int) -> Split:
-    from learner.retrain import HoldoutRule
+    from learner.lifecycle.retrain import HoldoutRule
 
     rule = HoldoutRule()  # the learner's default rule, which the learner service below also uses
     holdout = sorted(i for i in ids if rule.contains(i))
@@ -120,7 +120,7 @@ def split_products(ids: list[str], seed_size: int) -> Split:
 
 
 def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]], images: Path) -> Path:
-    """A labels.csv with these rows and an images/ link to the shared photos (learner/data.py's layout)."""
+    """A labels.csv with these rows and an images/ link to the shared photos (learner/training/data.py's layout)."""
     path.mkdir(parents=True, exist_ok=True)
     with (path / "labels.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -131,9 +131,9 @@ def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]
 
 
 def train_seed(seed_dir: Path, out: Path, epochs: int, freeze_stages: int) -> Path:
-    from learner.data import SplitRule, load_labelled_set
-    from learner.taxonomy import load_taxonomy
-    from learner.train import TrainConfig, train
+    from learner.model.taxonomy import load_taxonomy
+    from learner.training.data import SplitRule, load_labelled_set
+    from learner.training.train import TrainConfig, train
 
     taxonomy = load_taxonomy(TAXONOMY)
     data = load_labelled_set(seed_dir, taxonomy, group_column="id")
@@ -187,8 +187,8 @@ def run_arm(
     from connectors.db.store import ProductStore
     from connectors.kafka import ensure_topics
     from connectors.labelstudio import LabelStudioClient
-    from learner.registry import ModelRegistry
-    from learner.taxonomy import load_taxonomy
+    from learner.lifecycle.registry import ModelRegistry
+    from learner.model.taxonomy import load_taxonomy
     from tests.benchmarks.annotator import ScriptedAnnotator
     from tests.daemon.harness import DaemonProcess, Db, daemon_env, produce, product_event, wait_until
 
@@ -544,7 +544,7 @@ def main() -> None:
     if args.holdout_size:
         split.holdout = split.holdout[: args.holdout_size]
     args.chunk = args.chunk or len(split.pool) // args.rounds
-    from learner.taxonomy import load_taxonomy
+    from learner.model.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy(TAXONOMY)
     truth = {pid: {g.name: r.get(g.label_column, "") for g in taxonomy.classifier_groups} for pid, r in by_id.items()}

@@ -52,8 +52,8 @@ def main() -> None:
     from postgres_server import PostgresServer
 
     from connectors.kafka import EventPublisher, ensure_topics
-    from learner.bundle import load_bundle
-    from learner.engine import TaggingEngine
+    from learner.inference.engine import TaggingEngine
+    from learner.model.bundle import load_bundle
     from tests.benchmarks.bench_engine import build_untrained, default_images
     from tests.daemon.harness import DaemonProcess, Db, daemon_env, produce, product_event, wait_until
 

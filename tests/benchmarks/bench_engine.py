@@ -29,9 +29,9 @@ def default_images() -> Path:
 
 
 def build_untrained(backbone: str) -> Path:
-    from learner.bundle import ModelBundle
-    from learner.classifier import AttributeClassifier
-    from learner.taxonomy import load_taxonomy
+    from learner.model.bundle import ModelBundle
+    from learner.model.classifier import AttributeClassifier
+    from learner.model.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy("fashion-products")
     path = Path("/tmp/shelfsight-bench-untrained.safetensors")
@@ -64,9 +64,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from learner.bundle import load_bundle
-    from learner.engine import TaggingEngine
-    from learner.imaging import normalize
+    from learner.inference.engine import TaggingEngine
+    from learner.inference.imaging import normalize
+    from learner.model.bundle import load_bundle
 
     bundle = load_bundle(args.model or build_untrained(args.backbone))
     engine = TaggingEngine(bundle, device=args.device)

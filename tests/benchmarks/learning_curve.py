@@ -97,9 +97,9 @@ def run_points(data_dir: Path, fractions: list[float], epochs: int, out: Path) -
     """Train the recipe on each nested fraction of the train split; validation top-1 per group for each."""
     if not data_dir.exists():
         raise SystemExit(f"no labelled set at {data_dir} (../shared/data/fashion-products beside the project)")
-    from learner.data import load_labelled_set
-    from learner.taxonomy import load_taxonomy
-    from learner.train import TrainConfig, train
+    from learner.model.taxonomy import load_taxonomy
+    from learner.training.data import load_labelled_set
+    from learner.training.train import TrainConfig, train
 
     taxonomy = load_taxonomy("fashion-products")
     data = load_labelled_set(data_dir, taxonomy)

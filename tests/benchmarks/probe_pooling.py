@@ -9,7 +9,7 @@ top-1 side by side:
 
 - `last`: the backbone's own global average of its last stage (what a plain classifier head sees);
 - `last+taps`: plus the plain average of each tapped stage's output;
-- `last+taps(fg)`: plus the average over non-background pixels (`learner.classifier.masked_average`).
+- `last+taps(fg)`: plus the average over non-background pixels (`learner.model.classifier.masked_average`).
 
 This is how `--tap-stage` and `--tap-pooling foreground` were chosen (`shelfsight train`). Only the train and
 validation splits are read: choosing a recipe never looks at test. About 5 minutes on 2 CPU cores.
@@ -34,10 +34,10 @@ VARIANTS = ("last", "last+taps", "last+taps(fg)")
 
 def extract(data_dir: Path, backbone: str, taps: tuple[int, ...]) -> dict[str, dict[str, object]]:
     """Per split: pooled last-stage features and plain / foreground-pooled tap features, for image and mirror."""
-    from learner.classifier import AttributeClassifier, foreground_mask, masked_average
-    from learner.data import ImageDataset, SplitRule, load_labelled_set
-    from learner.imaging import normalize
-    from learner.taxonomy import load_taxonomy
+    from learner.inference.imaging import normalize
+    from learner.model.classifier import AttributeClassifier, foreground_mask, masked_average
+    from learner.model.taxonomy import load_taxonomy
+    from learner.training.data import ImageDataset, SplitRule, load_labelled_set
 
     taxonomy = load_taxonomy("fashion-products")
     data = load_labelled_set(data_dir, taxonomy)

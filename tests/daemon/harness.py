@@ -193,10 +193,10 @@ def prepare_learner_world(work: Path, database_url: str, cc0_dir: Path, version:
     import torch
 
     from connectors.db import AttributeValue, ProductResult, ProductStore
-    from learner.bundle import ModelBundle
-    from learner.classifier import AttributeClassifier
-    from learner.registry import ModelRegistry
-    from learner.taxonomy import load_taxonomy
+    from learner.lifecycle.registry import ModelRegistry
+    from learner.model.bundle import ModelBundle
+    from learner.model.classifier import AttributeClassifier
+    from learner.model.taxonomy import load_taxonomy
 
     images = cc0_dir / "images"
     with (cc0_dir / "labels.csv").open() as f:

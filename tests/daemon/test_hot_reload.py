@@ -7,8 +7,8 @@ import json
 import threading
 from pathlib import Path
 
-from learner.bundle import load_bundle
-from learner.registry import ModelRegistry
+from learner.lifecycle.registry import ModelRegistry
+from learner.model.bundle import load_bundle
 from tests.daemon.harness import DaemonProcess, Db, wait_until
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from connectors.db import ProductStore
 from connectors.db.learner import LearnerStore
 from daemon.cli import app
-from learner.registry import ModelRegistry, read_alias_state
+from learner.lifecycle.registry import ModelRegistry, read_alias_state
 from tests.daemon.harness import prepare_learner_world
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from daemon.pipeline import merge_attributes
-from learner.engine import Detection, ImageTags
-from learner.taxonomy import load_taxonomy
+from learner.inference.engine import Detection, ImageTags
+from learner.model.taxonomy import load_taxonomy
 
 TAXONOMY = load_taxonomy("fashion-products")
 

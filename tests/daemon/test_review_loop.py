@@ -591,7 +591,7 @@ def test_the_projects_model_version_follows_the_champion(
 ) -> None:
     import shutil
 
-    from learner.bundle import load_bundle
+    from learner.model.bundle import load_bundle
 
     champion = tmp_path / "champion.safetensors"
     shutil.copy(untrained_bundle_path, champion)

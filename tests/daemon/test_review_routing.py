@@ -16,7 +16,7 @@ from connectors.db import Alternative, AttributeValue, ProductResult, ProductSto
 from daemon.config import Settings
 from daemon.metrics import ReviewRoutingMetrics
 from daemon.review import build_review_router
-from learner.taxonomy import Taxonomy, load_taxonomy
+from learner.model.taxonomy import Taxonomy, load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from learner.detector import DetectorSpec, build_detector
+from learner.model.detector import DetectorSpec, build_detector
 
 COLOURS = {"person": (220, 30, 30), "handbag": (30, 60, 220)}
 CLASSES = ["__background__", "person", "handbag"]

@@ -29,9 +29,9 @@ def cc0_images() -> list[Path]:
 def untrained_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from learner.bundle import ModelBundle
-    from learner.classifier import AttributeClassifier
-    from learner.taxonomy import load_taxonomy
+    from learner.model.bundle import ModelBundle
+    from learner.model.classifier import AttributeClassifier
+    from learner.model.taxonomy import load_taxonomy
 
     torch.manual_seed(0)
     taxonomy = load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")

@@ -1,0 +1,316 @@
+"""Evaluation of an attribute classifier: predictions on a labelled set, and the metrics computed from them.
+
+Metrics per classifier group (only samples whose label is known count; missing labels are reported as
+`skipped`):
+- single-choice groups: top-1 accuracy; per-class precision, recall, F1 and support; macro-F1, the mean of
+  per-class F1 over the classes *present in the evaluated split* (support > 0), so a class the split does
+  not contain neither helps nor hurts; expected calibration error (ECE) of the top-1 confidence with
+  `ECE_BINS` equal-width bins; the confusion matrix.
+- multi-label groups: per-class precision/recall/F1 at the bundle's thresholds (0.5 when none), macro-F1 over
+  present classes, micro-F1 and exact-match accuracy.
+
+`best_f1_threshold` chooses per-class decision thresholds (done on the validation split by training).
+The metric functions are pure numpy so they can be checked by hand; `predict` runs the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from learner.inference.engine import pick_device
+from learner.inference.imaging import normalize
+from learner.model.bundle import ModelBundle
+from learner.model.classifier import AttributeClassifier
+from learner.model.taxonomy import AttributeGroup
+from learner.training.data import IGNORE_INDEX, ImageDataset, LabelledSet, SplitRule
+
+ECE_BINS = 15
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class GroupPredictions:
+    """Model probabilities and ground truth of one group over an evaluated set.
+
+    `targets` is (N,) class indices with IGNORE_INDEX for missing (single-choice), or an (N, C) multi-hot
+    matrix whose missing rows are NaN (multi-label).
+    """
+
+    group: AttributeGroup
+    probs: np.ndarray  # (N, C) float
+    targets: np.ndarray
+
+    def known(self) -> np.ndarray:
+        """Boolean mask of the samples whose label is known."""
+        if self.group.multi_label:
+            return ~np.isnan(self.targets).any(axis=1)
+        return self.targets != IGNORE_INDEX
+
+
+# --- running the model ------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict(
+    model: AttributeClassifier,
+    loader: DataLoader[Any],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, GroupPredictions]:
+    """Probabilities for every batch of `loader` (uint8 images, target dicts) with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    probs: dict[str, list[torch.Tensor]] = {g.name: [] for g in model.taxonomy.classifier_groups}
+    targets: dict[str, list[torch.Tensor]] = {g.name: [] for g in model.taxonomy.classifier_groups}
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    for images, batch_targets in loader:
+        x = normalize(images.to(device, non_blocking=True), model.preprocessing)
+        with autocast:
+            logits = model(x)
+        for name, p in model.probabilities(logits).items():
+            probs[name].append(p.float().cpu())
+            targets[name].append(batch_targets[name])
+    model.train(was_training)
+    return {
+        g.name: GroupPredictions(g, torch.cat(probs[g.name]).numpy(), torch.cat(targets[g.name]).numpy())
+        for g in model.taxonomy.classifier_groups
+    }
+
+
+def evaluate_bundle(
+    bundle: ModelBundle,
+    data: LabelledSet,
+    split: str = "test",
+    split_rule: SplitRule | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> tuple[dict[str, Any], int]:
+    """Metrics of a bundle's classifier on one split ('train', 'val', 'test' or 'all') of a labelled set,
+    with the bundle's own preprocessing and thresholds. Returns (metrics, number of images evaluated)."""
+    rule = split_rule or split_rule_of(bundle)
+    samples = data.split(rule, split)
+    if not samples:
+        raise ValueError(f"the {split} split of {data.source} has no images under rule {rule.describe()}")
+    dev = pick_device(device)
+    model = bundle.classifier.to(dev).eval().to(memory_format=torch.channels_last)
+    loader = DataLoader(ImageDataset(samples, data.taxonomy, model.preprocessing), batch_size=batch_size)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
+    return compute_metrics(predict(model, loader, dev, amp_dtype), bundle.thresholds), len(samples)
+
+
+def split_rule_of(bundle: ModelBundle) -> SplitRule:
+    """The split rule the bundle was trained with (from its lineage), else the default rule."""
+    recorded = bundle.lineage.get("split")
+    return SplitRule.from_dict(recorded) if recorded else SplitRule()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def confusion_matrix(targets: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """cm[true, predicted] counts."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (targets.astype(np.int64), predicted.astype(np.int64)), 1)
+    return cm
+
+
+def precision_recall_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1; a ratio with a zero denominator is 0."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision, recall, f1
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """sum over equal-width confidence bins of |accuracy - mean confidence| * (share of samples in the bin)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    n = len(confidence)
+    if n == 0:
+        return float("nan")
+    # bin i holds (i/bins, (i+1)/bins]; confidence 0 falls in the first bin
+    idx = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = idx == b
+        if in_bin.any():
+            ece += abs(correct[in_bin].mean() - confidence[in_bin].mean()) * in_bin.sum() / n
+    return float(ece)
+
+
+def single_label_metrics(probs: np.ndarray, targets: np.ndarray, values: Iterable[str]) -> dict[str, Any]:
+    """Metrics of a single-choice group; rows whose target is IGNORE_INDEX are skipped."""
+    values = list(values)
+    known = targets != IGNORE_INDEX
+    p, t = probs[known], targets[known].astype(np.int64)
+    out: dict[str, Any] = {"kind": "single", "n": int(known.sum()), "skipped": int((~known).sum())}
+    if len(t) == 0:
+        return {**out, "top1": None, "top3": None, "macro_f1": None, "ece": None, "per_class": {}, "confusion": None}
+    predicted = p.argmax(axis=1)
+    cm = confusion_matrix(t, predicted, len(values))
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    support = cm.sum(axis=1)
+    present = support > 0
+    per_class = {
+        v: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "predicted": int(cm[:, i].sum()),
+        }
+        for i, v in enumerate(values)
+        if support[i] > 0 or cm[:, i].sum() > 0
+    }
+    confidence = p[np.arange(len(t)), predicted]
+    # rank of the true value: how many values the model scored strictly higher
+    rank = (p > p[np.arange(len(t)), t][:, None]).sum(axis=1)
+    return {
+        **out,
+        "top1": float((predicted == t).mean()),
+        "top3": float((rank < 3).mean()),
+        "macro_f1": float(f1[present].mean()),
+        "classes_present": int(present.sum()),
+        "ece": expected_calibration_error(confidence, predicted == t),
+        "per_class": per_class,
+        "values": values,  # row/column order of the confusion matrix
+        "confusion": cm.tolist(),
+    }
+
+
+def multi_label_metrics(
+    probs: np.ndarray, targets: np.ndarray, values: Iterable[str], thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Metrics of a multi-label group at per-class thresholds; rows whose targets are NaN are skipped."""
+    values = list(values)
+    known = ~np.isnan(targets).any(axis=1)
+    p, t = probs[known], targets[known] > 0.5
+    out: dict[str, Any] = {"kind": "multi", "n": int(known.sum()), "skipped": int((~known).sum())}
+    if len(t) == 0:
+        return {**out, "micro_f1": None, "macro_f1": None, "exact_match": None, "per_class": {}}
+    th = np.array([(thresholds or {}).get(v, DEFAULT_THRESHOLD) for v in values])
+    predicted = p >= th
+    tp = (predicted & t).sum(axis=0)
+    fp = (predicted & ~t).sum(axis=0)
+    fn = (~predicted & t).sum(axis=0)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    support = t.sum(axis=0)
+    present = support > 0
+    _, _, micro = precision_recall_f1(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))
+    per_class = {
+        v: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "predicted": int(predicted[:, i].sum()),
+            "threshold": float(th[i]),
+        }
+        for i, v in enumerate(values)
+    }
+    return {
+        **out,
+        "micro_f1": float(micro[0]),
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "exact_match": float((predicted == t).all(axis=1).mean()),
+        "per_class": per_class,
+    }
+
+
+def group_metrics(pred: GroupPredictions, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+    if pred.group.multi_label:
+        return multi_label_metrics(pred.probs, pred.targets, pred.group.values, thresholds)
+    return single_label_metrics(pred.probs, pred.targets, pred.group.values)
+
+
+def compute_metrics(
+    predictions: Mapping[str, GroupPredictions],
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Metrics of every group plus the summary figures used to compare models.
+
+    `summary.mean_top1` / `summary.mean_macro_f1` average the single-choice groups that have labels here.
+    """
+    groups = {name: group_metrics(p, (thresholds or {}).get(name)) for name, p in predictions.items()}
+    top1 = [m["top1"] for m in groups.values() if m.get("top1") is not None]
+    macro = [m["macro_f1"] for m in groups.values() if m.get("macro_f1") is not None]
+    return {
+        "summary": {
+            "mean_top1": float(np.mean(top1)) if top1 else None,
+            "mean_macro_f1": float(np.mean(macro)) if macro else None,
+        },
+        "groups": groups,
+    }
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact figures stored in a bundle's manifest: per group top-1, macro-F1, ECE and n."""
+    out: dict[str, Any] = {"summary": dict(metrics["summary"]), "groups": {}}
+    for name, m in metrics["groups"].items():
+        keys = ("top1", "macro_f1", "ece", "n", "skipped") if m["kind"] == "single" else ("micro_f1", "macro_f1", "n")
+        out["groups"][name] = {k: _round(m.get(k)) for k in keys}
+    return out
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+# --- thresholds -------------------------------------------------------------------------------------
+
+
+def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float] | None:
+    """The decision threshold (predict positive when score >= threshold) with the best F1 on these
+    scores, and that F1. It sits halfway between the last accepted and the next lower score so it does
+    not hug one validation image. None when there is no positive to learn from."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], positive[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    # only cut where the score changes: equal scores are accepted together
+    last_of_run = np.r_[s[1:] != s[:-1], True]
+    tp, fp, cut_scores = tp[last_of_run], fp[last_of_run], s[last_of_run]
+    f1 = 2 * tp / (tp + fp + n_pos)
+    best = int(np.argmax(f1))
+    lower = cut_scores[best + 1] if best + 1 < len(cut_scores) else 0.0
+    return float((cut_scores[best] + lower) / 2), float(f1[best])
+
+
+def choose_thresholds(predictions: Mapping[str, GroupPredictions]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Per class of every group, the best-F1 threshold on these predictions (one-vs-rest for single-choice
+    groups). Classes without a positive sample get DEFAULT_THRESHOLD and are returned as `group/value`."""
+    thresholds: dict[str, dict[str, float]] = {}
+    defaulted: list[str] = []
+    for name, pred in predictions.items():
+        known = pred.known()
+        probs, targets = pred.probs[known], pred.targets[known]
+        thresholds[name] = {}
+        for i, value in enumerate(pred.group.values):
+            positive = targets[:, i] > 0.5 if pred.group.multi_label else targets == i
+            found = best_f1_threshold(probs[:, i], positive)
+            if found is None:
+                thresholds[name][value] = DEFAULT_THRESHOLD
+                defaulted.append(f"{name}/{value}")
+            else:
+                thresholds[name][value] = round(found[0], 6)
+    return thresholds, defaulted

@@ -1,0 +1,206 @@
+"""Evaluation reports: one JSON document, a Markdown-style text summary and PNG charts per evaluated split.
+
+`build_report` wraps the metrics of `learner.evaluation.evaluate.compute_metrics` with what they were measured on
+(model version, data, split rule); `write_report` writes `report.json`, `report.md`, `per_class_f1.png`
+(per-class F1 bars for every single-choice group, classes of the evaluated split only, support beside each
+bar) and `confusion.png` (row-normalised confusion matrices of the groups with few classes).
+
+Rendering only: nothing here computes a metric. Matplotlib runs with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CONFUSION_MAX_CLASSES = 12  # groups with at most this many classes present get a confusion matrix
+
+
+def build_report(
+    metrics: Mapping[str, Any],
+    *,
+    model_version: str,
+    split: str,
+    data: Mapping[str, Any],
+    split_rule: Mapping[str, Any] | None = None,
+    bundle_path: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "model_version": model_version,
+        "bundle": bundle_path,
+        "split": split,
+        "split_rule": dict(split_rule) if split_rule else None,
+        "data": dict(data),
+        "metrics_definition": {
+            "top1": "top-1 accuracy over samples whose label is known",
+            "top3": "share of those samples whose true value is among the model's three highest-scored values",
+            "macro_f1": "mean per-class F1 over the classes present (support > 0) in the evaluated split",
+            "ece": "expected calibration error of the top-1 confidence, 15 equal-width bins",
+        },
+        "summary": dict(metrics["summary"]),
+        "groups": dict(metrics["groups"]),
+    }
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md, per_class_f1.png and (when a group qualifies) confusion.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "text": out / "report.md", "f1_png": out / "per_class_f1.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    paths["text"].write_text(render_text(report))
+    plot_per_class_f1(report, paths["f1_png"])
+    confusion = out / "confusion.png"
+    if plot_confusions(report, confusion):
+        paths["confusion_png"] = confusion
+    return paths
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    lines = [
+        f"# Evaluation of {report['model_version']} on the {report['split']} split",
+        "",
+        f"Data: {report['data'].get('source', '?')} ({report['data'].get('evaluated', '?')} images evaluated)",
+    ]
+    if report.get("split_rule"):
+        lines.append(f"Split rule: {report['split_rule'].get('rule', report['split_rule'])}")
+    s = report["summary"]
+    lines += [
+        f"Mean top-1 over groups: {_fmt(s.get('mean_top1'))}; mean macro-F1: {_fmt(s.get('mean_macro_f1'))}",
+        "",
+        "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in report["groups"].items():
+        if m["kind"] == "single":
+            lines.append(
+                f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('top3'))} | "
+                f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} |"
+            )
+        else:
+            lines.append(
+                f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
+                f"{_fmt(m['macro_f1'])} | - | - |"
+            )
+    for name, m in report["groups"].items():
+        if not m.get("per_class"):
+            continue
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            "| value | support | predicted | precision | recall | F1 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for value, c in sorted(m["per_class"].items(), key=lambda kv: -kv[1]["support"]):
+            lines.append(
+                f"| {value} | {c['support']} | {c['predicted']} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | "
+                f"{_fmt(c['f1'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class_f1(report: Mapping[str, Any], path: Path) -> Path:
+    """One horizontal bar chart per single-choice group: F1 of each class present, most frequent first."""
+    plt = _pyplot()
+    panels = []
+    for name, m in report["groups"].items():
+        present = [(v, c) for v, c in m.get("per_class", {}).items() if c["support"] > 0]
+        if present:
+            panels.append((name, m, sorted(present, key=lambda vc: -vc[1]["support"])))
+    if not panels:
+        panels = [("(no labelled samples)", {}, [])]
+    heights = [max(2, len(p[2])) * 0.22 + 0.9 for p in panels]
+    total = sum(heights) + 0.6  # inches; the top 0.6 hold the figure title
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, total), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (name, m, classes) in zip(axes[:, 0], panels, strict=True):
+        labels = [v for v, _ in classes]
+        f1 = [c["f1"] for _, c in classes]
+        ys = range(len(classes))
+        ax.barh(list(ys), f1, color="#4C72B0", height=0.7)
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.12)
+        for y, (_, c) in zip(ys, classes, strict=True):
+            ax.text(min(c["f1"], 1.0) + 0.01, y, f"{c['f1']:.2f} (n={c['support']})", va="center", fontsize=7)
+        title = name
+        if m:
+            title += f"  top-1 {_fmt(m.get('top1'))}  macro-F1 {_fmt(m.get('macro_f1'))}  n={m.get('n')}"
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("F1")
+    fig.suptitle(f"{report['model_version']} - {report['split']} split - per-class F1", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / total))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusions(report: Mapping[str, Any], path: Path) -> bool:
+    """Row-normalised confusion matrices (classes present only) of groups with few classes. False: none."""
+    chosen = []
+    for name, m in report["groups"].items():
+        if m.get("kind") != "single" or not m.get("confusion"):
+            continue
+        values = list(m["per_class"].keys())  # classes present or predicted, in taxonomy order
+        if 2 <= len(values) <= CONFUSION_MAX_CLASSES:
+            chosen.append((name, m, values))
+    if not chosen:
+        return False
+    plt = _pyplot()
+    import numpy as np
+
+    cols = min(2, len(chosen))
+    rows = (len(chosen) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)
+    for ax in axes.flat[len(chosen) :]:
+        ax.axis("off")
+    for ax, (name, m, values) in zip(axes.flat, chosen, strict=False):
+        all_values = list(report_values(m))
+        idx = [all_values.index(v) for v in values]
+        cm = np.asarray(m["confusion"])[np.ix_(idx, idx)].astype(float)
+        rows_sum = cm.sum(axis=1, keepdims=True)
+        norm = np.divide(cm, rows_sum, out=np.zeros_like(cm), where=rows_sum > 0)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(values)), values, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(values)), values, fontsize=8)
+        for i in range(len(values)):
+            for j in range(len(values)):
+                if cm[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name} (top-1 {_fmt(m.get('top1'))})", fontsize=10)
+    fig.suptitle(f"{report['model_version']} - {report['split']} split - confusion (counts, colour = row share)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def report_values(group_metrics: Mapping[str, Any]) -> list[str]:
+    """The class names indexing a group's confusion matrix (stored with the metrics)."""
+    return list(group_metrics["values"])

