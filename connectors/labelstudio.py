@@ -19,11 +19,13 @@ What it must not do: decide anything (what to send, when to retry), log the API 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
@@ -104,6 +106,12 @@ def parse_timestamp(value: str | datetime | None) -> datetime | None:
 
 def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _task_key(task: Mapping[str, Any]) -> tuple[datetime, int]:
+    """A task's place in the changed-task listing: (`updated_at`, `id`)."""
+    updated = parse_timestamp(task.get("updated_at")) or datetime.min.replace(tzinfo=UTC)
+    return updated, int(task["id"])
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -249,25 +257,71 @@ class LabelStudioClient:
             return int(task.id)
         return None
 
-    @_translate("list changed tasks")
     def tasks_updated_since(
         self, project_id: int, since: datetime | None, *, page_size: int = 100
     ) -> Iterator[dict[str, Any]]:
-        """Tasks whose `updated_at` is after `since` (all tasks when None), oldest change first, with their
-        annotations and predictions. Creating, editing, skipping or deleting an annotation moves `updated_at`."""
-        items = []
-        if since is not None:
-            items.append(
-                {
-                    "filter": "filter:tasks:updated_at",
-                    "operator": "greater",
-                    "type": "Datetime",
-                    "value": format_timestamp(since),
-                }
-            )
-        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:updated_at"]}
+        """Tasks whose `updated_at` is after `since` (all tasks when None), with their annotations and
+        predictions, in (`updated_at`, `id`) order. Creating, editing, skipping or deleting an annotation moves
+        `updated_at`.
+
+        Keyset paging, so edits made while the listing runs cannot make it skip a task: every request asks for the
+        first page of tasks at or after the cursor (the (`updated_at`, `id`) of the last task yielded), never for
+        "page 2". An edit only ever moves a task's `updated_at` forward, so a task not yet yielded stays at or after
+        the cursor, and a task already yielded that is edited again comes back later in the same listing (or in the
+        next one, at or after the caller's watermark). A caller may therefore move its watermark to the
+        `updated_at` of each task once it has handled it: everything before it was read in its latest state.
+        Ties (`page_size` or more tasks with one `updated_at`) are read by id within that instant.
+        """
+        cursor: tuple[datetime, int] | None = None if since is None else (since, sys.maxsize)  # strictly after
+        while True:
+            if cursor is None:
+                page = self._tasks_page(project_id, page_size, after=None)
+                fresh, more = page, len(page) >= page_size
+            else:
+                page = self._tasks_page(project_id, page_size, after=cursor[0], inclusive=True)
+                fresh, more = [t for t in page if _task_key(t) > cursor], len(page) >= page_size
+                if not fresh and more:
+                    # a full page of tasks at the cursor's instant, all yielded: the rest of that instant by id,
+                    # then what comes strictly after it
+                    fresh = self._tasks_page(project_id, page_size, after=cursor[0], tie_after_id=cursor[1])
+                    if not fresh:
+                        page = self._tasks_page(project_id, page_size, after=cursor[0])
+                        fresh, more = page, len(page) >= page_size
+            for task in fresh:
+                yield task
+                cursor = _task_key(task)
+            if not fresh or not more:
+                return
+
+    @_translate("list changed tasks")
+    def _tasks_page(
+        self,
+        project_id: int,
+        page_size: int,
+        *,
+        after: datetime | None,
+        inclusive: bool = False,
+        tie_after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The first `page_size` tasks (never a later page) sorted by (`updated_at`, `id`): with `updated_at` after
+        `after` (at or after with `inclusive`), or, with `tie_after_id`, exactly at `after` with a larger id."""
+
+        def when(operator: str, at: datetime) -> dict[str, Any]:
+            return {"filter": "filter:tasks:updated_at", "operator": operator, "type": "Datetime",
+                    "value": format_timestamp(at)}  # fmt: skip
+
+        tick = timedelta(microseconds=1)
+        items: list[dict[str, Any]] = []
+        ordering = ["tasks:updated_at"]
+        if after is not None and tie_after_id is not None:
+            items += [when("greater", after - tick), when("less", after + tick)]
+            items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": tie_after_id})
+            ordering = ["tasks:id"]
+        elif after is not None:
+            items.append(when("greater", after - tick if inclusive else after))
+        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ordering}
         pager = self._sdk.tasks.list(project=project_id, fields="all", query=json.dumps(query), page_size=page_size)
-        return iter([_as_dict(task) for task in pager])
+        return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=_task_key)
 
     @_translate("read a task")
     def get_task(self, task_id: int) -> dict[str, Any]:

@@ -112,6 +112,34 @@ def test_changed_tasks_are_listed_incrementally_including_edits(client: LabelStu
     assert {t["id"] for t in client.tasks_updated_since(project, None)} == {first, second}
 
 
+def test_a_listing_skips_no_task_while_an_annotator_edits_between_its_pages(
+    client: LabelStudioClient, label_studio: LabelStudioServer
+) -> None:
+    """Edits move tasks to the end of the `updated_at` order; offset paging then skips the task at a page boundary.
+    Here an annotator edits five tasks of the first page after it was read and before the next request."""
+    project = client.ensure_project(title(), CONFIG)
+    tasks = [{"data": {"image": f"https://cdn.example/{i}.jpg"}} for i in range(30)]
+    ids = client.import_tasks(project, tasks).task_ids
+    annotations = {t: client.sdk.annotations.create(id=t, result=guess("Shirt")["result"]).id for t in ids}
+    editor = LabelStudioClient(label_studio.url, label_studio.token)  # another person, another connection
+    listings = 0
+
+    def edit_after_the_first_page(response: httpx.Response) -> None:
+        nonlocal listings
+        if response.request.method == "GET" and response.request.url.path.rstrip("/").endswith("/api/tasks"):
+            listings += 1
+            if listings == 1:
+                for task in ids[:5]:
+                    editor.sdk.annotations.update(id=annotations[task], result=guess("Dress")["result"])
+
+    client.sdk._client_wrapper.httpx_client.httpx_client.event_hooks["response"].append(edit_after_the_first_page)
+    listed = [t["id"] for t in client.tasks_updated_since(project, None, page_size=10)]
+    assert listings > 3, "the listing should have needed several pages"
+    assert set(listed) == set(ids), f"skipped: {sorted(set(ids) - set(listed))}"
+    edited = [t for t in listed if t in ids[:5]]
+    assert edited[-5:] == ids[:5], "edited tasks come back in their new (later) place"
+
+
 def test_the_webhook_is_registered_once_per_url(client: LabelStudioClient) -> None:
     project = client.ensure_project(title(), CONFIG)
     hook = client.ensure_webhook(project, "http://127.0.0.1:9/webhook", {"X-ShelfSight-Webhook-Secret": "s"})
