@@ -50,7 +50,8 @@ def _settings(config: Path | None) -> Any:
 
 
 def _worker(settings: Any, **kwargs: Any) -> Any:
-    from daemon.review import ReviewConfigError, build_review_worker
+    from daemon.config import ReviewConfigError
+    from daemon.review.worker import build_review_worker
 
     try:
         return build_review_worker(settings, **kwargs)
@@ -133,7 +134,7 @@ def sync_command(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Send the tasks Label Studio refused again."),
 ) -> None:
     """Send every pending routed product and pull every new annotation, now."""
-    from daemon.review import ReviewWorkerOptions
+    from daemon.review.worker import ReviewWorkerOptions
     from daemon.service import configure_logging
 
     settings = _settings(config)

@@ -212,6 +212,10 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class ReviewConfigError(RuntimeError):
+    """The review loop (routing hook or worker) cannot start with this configuration; the message says what to set."""
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, safe to log."""
     try:

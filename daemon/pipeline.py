@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, ProductResult, ProductStore
+from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, OutboxPayload, ProductResult, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
 from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
@@ -60,7 +60,7 @@ class EventSource(Protocol):
 
 DeadLetterSink = Callable[[SourceRecord, str, str, int], None]
 # Decides whether a product goes to human review; returns the outbox payload, or None to accept it as is.
-ReviewRouter = Callable[[ProductResult, list[ImageTags]], dict[str, Any] | None]
+ReviewRouter = Callable[[ProductResult, list[ImageTags]], OutboxPayload | None]
 
 
 @dataclass

@@ -113,8 +113,9 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     )
     review_router = None
     if settings.review.enabled:
+        from daemon.config import ReviewConfigError
         from daemon.metrics import ReviewRoutingMetrics
-        from daemon.review import ReviewConfigError, build_review_router
+        from daemon.routing import build_review_router
 
         try:
             review_router = build_review_router(

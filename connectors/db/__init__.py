@@ -1,6 +1,7 @@
 """The product database: schema (models, migrations) and `ProductStore`, the one way the services read and
 write it. Importing this package does not connect to anything."""
 
+from connectors.db.outbox import OutboxPayload, payload_from_json, payload_to_json
 from connectors.db.review_store import (
     AnnotationRecord,
     AnnotationValue,
@@ -27,6 +28,7 @@ __all__ = [
     "AttributeValue",
     "DatabaseUnavailable",
     "OutboxItem",
+    "OutboxPayload",
     "ProcessingLogStats",
     "ProductResult",
     "ProductStore",
@@ -36,4 +38,6 @@ __all__ = [
     "ReviewStore",
     "StoredAttribute",
     "WriteStats",
+    "payload_from_json",
+    "payload_to_json",
 ]

@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Connection, Table, case, delete, func, select, text, update
 
 from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState
+from connectors.db.outbox import OutboxPayload, payload_from_json
 from connectors.db.store import ProductStore, _encode_value, _now, _utc
 
 __all__ = [
@@ -61,7 +62,7 @@ class OutboxItem:
     image_url: str
     reason: str
     priority: float
-    payload: dict[str, Any]
+    payload: OutboxPayload
     status: str
     task_id: int | None
     attempts: int
@@ -77,7 +78,7 @@ class OutboxItem:
 
 @dataclass(frozen=True)
 class AnnotationValue:
-    """One attribute of one annotation, already parsed (see learner/review/policy.py: `parse_annotation`)."""
+    """One attribute of one annotation, already parsed (see learner/review/tasks.py: `parse_annotation`)."""
 
     attribute: str
     outcome: str  # applied | skipped | unknown_label | unknown_group | not_answered | invalid
@@ -446,10 +447,10 @@ class ReviewStore:
             .order_by(OUTBOX.c.id.desc())
         ).all()
         for payload, model_version, digest in rows:
-            model = (payload or {}).get("model_values", {}).get(attribute)
-            if model and model.get("value") is not None:
-                confidence = min(max(float(model.get("confidence", 0.0)), 0.0), 1.0)
-                return model["value"], confidence, model.get("box"), model_version, digest
+            model = payload_from_json(payload)["model_values"].get(attribute)
+            if model is not None and model["value"] is not None:
+                confidence = min(max(model["confidence"], 0.0), 1.0)
+                return model["value"], confidence, model["box"], model_version, digest
         return None
 
     # ------------------------------------------------------------------ sync state, statistics
@@ -518,7 +519,7 @@ def _outbox_item(row: Any) -> OutboxItem:
         image_url=row["image_url"],
         reason=row["reason"],
         priority=float(row["priority"]),
-        payload=dict(row["payload"] or {}),
+        payload=payload_from_json(row["payload"]),
         status=row["status"],
         task_id=int(row["task_id"]) if row["task_id"] is not None else None,
         attempts=int(row["attempts"]),

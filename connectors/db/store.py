@@ -42,6 +42,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
 from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
+from connectors.db.outbox import payload_from_json, payload_to_json
 from connectors.db.types import (
     Alternative,
     AttributeValue,
@@ -238,15 +239,16 @@ class ProductStore:
     def _insert_review_outbox(self, conn: Connection, result: ProductResult, now: datetime) -> None:
         """The transactional outbox: the product chosen for review is stored with its results, or not at all.
         One row per (product, image digest, model version): a second routing of the same key adds nothing."""
-        review = result.review or {}
+        stored = payload_to_json(result.review) if result.review is not None else {}
+        review = payload_from_json(stored)  # the columns; a partial payload gets the defaults
         insert = self._insert(REVIEW_OUTBOX).values(
             product_id=result.product_id,
             image_digest=result.image_digest,
             model_version=result.model_version,
             image_url=result.image_url,
-            reason=str(review.get("reason", "review")),
-            priority=float(review.get("priority", 0.0)),
-            payload=review,
+            reason=review["reason"],
+            priority=review["priority"],
+            payload=stored,
             status="pending",
             attempts=0,
             created_at=now,

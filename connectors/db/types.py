@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
+
+from connectors.db.outbox import OutboxPayload
 
 AttributeSource = Literal["model", "human"]
 
@@ -57,9 +59,9 @@ class ProductResult:
     attributes: list[AttributeValue]
     source: str
     # Set when the review policy chose this product for human review: the store writes it to the review
-    # outbox in the same transaction as the attributes, so a routed product is never lost. JSON-serialisable;
-    # its "reason" (str) and "priority" (float, higher is sent first) keys are also stored as columns.
-    review: dict[str, Any] | None = None
+    # outbox in the same transaction as the attributes, so a routed product is never lost. Its "reason" and
+    # "priority" (higher is sent first) are also stored as columns (connectors/db/outbox.py).
+    review: OutboxPayload | None = None
 
 
 @dataclass(frozen=True)

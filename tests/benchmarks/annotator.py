@@ -21,7 +21,7 @@ from typing import Any
 
 from connectors.labelstudio import LabelStudioClient
 from learner.model.taxonomy import Taxonomy
-from learner.review.policy import answer_result
+from learner.review.tasks import answer_result
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ with the model's results, claiming and retrying it, and recording annotations id
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -108,6 +109,77 @@ def test_a_redelivered_event_adds_no_second_outbox_row(store: ProductStore, revi
     store.write_results([routed("p1")])
     stats = store.write_results([routed("p1", priority=0.9)])
     assert stats.duplicates == 1 and len(reviews.outbox_items()) == 1
+
+
+# An outbox payload exactly as the routing hook stored it before the payload had a type (written here as literal JSON,
+# not by today's code), and a partial one with only the keys the store itself needs.
+OLD_PAYLOAD = {
+    "reason": "low_confidence",
+    "priority": 0.61,
+    "uncertainty": {"measure": "margin", "score": 0.61, "groups": {"garment": 0.61, "kids": 0.02}},
+    "low_values": [{"group": "garment", "value": "Shirt", "confidence": 0.55, "threshold": 0.7}],
+    "title": "Linen shirt",
+    "image_url": "https://cdn.example/old.jpg",
+    "image_size": [400, 500],
+    "prediction": {
+        "model_version": "m0",
+        "score": 0.55,
+        "result": [
+            {
+                "id": "garment",
+                "from_name": "garment",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": ["Shirt"]},
+                "score": 0.55,
+            }
+        ],
+    },
+    "model_values": {"garment": {"value": "Shirt", "confidence": 0.55, "box": None}},
+}
+PARTIAL_PAYLOAD = {"reason": "audit", "model_values": {"garment": {"value": "Shirt"}}}
+
+
+def insert_outbox_row(store: ProductStore, product_id: str, payload: dict[str, object]) -> None:
+    """An outbox row as an earlier version left it in the database, written past today's store code."""
+    now = datetime.now(UTC)
+    table = sa.table(
+        "review_outbox",
+        *(sa.column(c) for c in ("product_id", "image_digest", "model_version", "image_url", "reason", "priority")),
+        sa.column("payload", sa.JSON),
+        *(sa.column(c) for c in ("status", "attempts", "created_at", "updated_at", "next_attempt_at")),
+    )
+    row = {"product_id": product_id, "image_digest": f"d-{product_id}", "model_version": "m0"}
+    row |= {"image_url": f"https://cdn.example/{product_id}.jpg", "reason": str(payload["reason"]), "priority": 0.5}
+    row |= {"payload": payload, "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(table).values(**row, next_attempt_at=now))
+
+
+def test_an_outbox_row_stored_before_the_payload_was_typed_is_read_as_it_was_written(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    insert_outbox_row(store, "old", OLD_PAYLOAD)
+    (item,) = reviews.claim_due(5, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert item.product_id == "old" and dict(item.payload) == OLD_PAYLOAD
+
+
+def test_an_outbox_row_with_a_partial_payload_is_read_with_defaults_for_the_missing_keys(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    insert_outbox_row(store, "partial", PARTIAL_PAYLOAD)
+    (item,) = reviews.outbox_items()
+    assert (item.payload["reason"], item.payload["priority"], item.payload["title"]) == ("audit", 0.0, None)
+    assert item.payload["uncertainty"] is None and item.payload["prediction"] is None
+    assert item.payload["low_values"] == [] and item.payload["image_size"] is None
+    assert item.payload["model_values"] == {"garment": {"value": "Shirt", "confidence": 0.0, "box": None}}
+
+
+def test_the_payload_is_stored_as_the_same_json_the_router_hands_over(store: ProductStore) -> None:
+    store.write_results([routed("p1", review=OLD_PAYLOAD)])
+    with store.engine.connect() as conn:
+        (stored,) = conn.execute(sa.text("SELECT payload FROM review_outbox")).scalars().all()
+    assert (json.loads(stored) if isinstance(stored, str) else stored) == OLD_PAYLOAD
 
 
 def test_due_rows_are_claimed_most_uncertain_first_and_leased(store: ProductStore, reviews: ReviewStore) -> None:

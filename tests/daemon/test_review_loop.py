@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from connectors.db import ProductStore, ReviewStore
 from daemon.config import Settings
-from daemon.review import SECRET_HEADER, TASK_KEY, ReviewWorker, ReviewWorkerOptions, build_review_worker
+from daemon.review.project import SECRET_HEADER
+from daemon.review.sender import TASK_KEY
+from daemon.review.worker import ReviewWorker, ReviewWorkerOptions, build_review_worker
 from daemon.service import run_service
 
 # generous: the first test of a session on a fresh machine also installs and initialises Label Studio (minutes)

@@ -1,4 +1,4 @@
-"""The enrichment daemon's review router as `build_service` wires it (daemon/review.py: `build_review_router`), on a
+"""The enrichment daemon's review router as `build_service` wires it (daemon/routing.py: `build_review_router`), on a
 real product database: caps that survive a restart and that replicas share, routing through a database outage,
 and thresholds that follow a hot-reloaded model."""
 
@@ -15,7 +15,7 @@ import pytest
 from connectors.db import Alternative, AttributeValue, ProductResult, ProductStore
 from daemon.config import Settings
 from daemon.metrics import ReviewRoutingMetrics
-from daemon.review import build_review_router
+from daemon.routing import build_review_router
 from learner.model.taxonomy import Taxonomy, load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[2]

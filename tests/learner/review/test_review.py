@@ -14,27 +14,20 @@ import pytest
 from connectors.db import Alternative, AttributeValue, ProductResult
 from learner.inference.engine import Detection, ImageTags
 from learner.model.taxonomy import Taxonomy, load_taxonomy
-from learner.review.policy import (
-    Assessment,
-    AuditSample,
-    BelowThreshold,
+from learner.review.caps import ReviewCaps
+from learner.review.policy import Assessment, AuditSample, BelowThreshold, RandomSample, ReviewPolicy, rank_for_review
+from learner.review.routing import ReviewRouting
+from learner.review.tasks import (
     ParsedValue,
-    RandomSample,
-    ReviewCaps,
-    ReviewPolicy,
-    ReviewRouting,
     annotation_revision,
     answer_result,
     box_from_percent,
     box_to_percent,
-    entropy,
     label_config,
-    least_confidence,
-    margin,
     parse_annotation,
     prediction_result,
-    rank_for_review,
 )
+from learner.review.uncertainty import entropy, least_confidence, margin
 
 ROOT = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -1,0 +1,332 @@
+"""`ReviewWorker`: the review worker's threads (sender, poller, webhook apply) and one-pass `sync` (CLI `review
+sync`, tests); `build_review_worker` wires the parts from settings, with the taxonomy and model version taken from
+the champion bundle.
+
+What it must not do: route products (the enrichment daemon does, daemon/routing.py), or log the Label Studio token
+or the webhook secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.db import DatabaseUnavailable, ProductStore, ReviewStore
+from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
+from daemon.config import ReviewConfigError, ReviewSettings, Settings
+from daemon.metrics import ReviewMetrics
+from daemon.reload import ModelSource
+from daemon.review.applier import AnnotationApplier
+from daemon.review.poller import AnnotationPoller
+from daemon.review.project import ReviewProject
+from daemon.review.sender import OutboxSender, SendReport, TaskBuilder
+from daemon.review.webhook import WebhookReceiver
+from learner.model.taxonomy import Taxonomy
+
+log = logging.getLogger("shelfsight.review")
+
+
+@dataclass
+class ReviewWorkerOptions:
+    send_interval_s: float = 2.0
+    poll_interval_s: float = 30.0
+    stats_interval_s: float = 10.0
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int | None = 0  # None: no receiver (polling only); 0: any free port
+    webhook_url: str | None = None  # how Label Studio reaches the receiver (default from host and port)
+
+
+@dataclass
+class SyncReport:
+    sent: int = 0
+    failed: int = 0
+    tasks_polled: int = 0
+    unavailable: str | None = None
+
+
+@dataclass
+class ReviewWorker:
+    store: ReviewStore
+    client: LabelStudioClient
+    taxonomy: Taxonomy
+    project: ReviewProject
+    sender: OutboxSender
+    applier: AnnotationApplier
+    poller: AnnotationPoller
+    metrics: ReviewMetrics
+    options: ReviewWorkerOptions
+    webhook_secret: str | None = None
+    webhook: WebhookReceiver | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> ReviewWorker:
+        """Start the receiver (so the project's webhook can point at it) and the sender, poller and processing
+        threads. Label Studio may be down: everything retries."""
+        if self.options.webhook_port is not None and self.webhook_secret:
+            self.webhook = WebhookReceiver(
+                self.options.webhook_host,
+                self.options.webhook_port,
+                self.webhook_secret,
+                self.metrics.registry,
+                self.metrics,
+            ).start()
+            url = (
+                self.options.webhook_url or f"http://{self.options.webhook_host}:{self.webhook.port}{self.webhook.path}"
+            )
+            self.project.use_webhook(url, self.webhook_secret)
+            log.info("webhook receiver on http://%s:%d%s", self.options.webhook_host, self.webhook.port, "/webhook")
+        for name, target in (
+            ("review-sender", self._send_loop),
+            ("review-poller", self._poll_loop),
+            ("review-apply", self._apply_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stop_event.set()
+        if self.webhook is not None:
+            self.webhook.stop()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        self._threads.clear()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # -- one pass (CLI `review sync`, tests) -------------------------------------------------------------------
+    def sync(self, *, full: bool = False, retry_failed: bool = False) -> SyncReport:
+        report = SyncReport()
+        try:
+            if retry_failed:
+                self.store.retry_failed()
+            self.store.make_due()
+            while True:
+                sent = self.sender.send_once()
+                report.sent += sent.sent
+                report.failed += sent.failed
+                if sent.unavailable:
+                    report.unavailable = "Label Studio is unavailable; the outbox keeps every routed product"
+                    break
+                if sent.sent + sent.failed == 0:
+                    break
+            if report.unavailable is None:
+                report.tasks_polled = self.poller.poll_once(full=full)
+        except LabelStudioUnavailable as exc:
+            report.unavailable = f"Label Studio is unavailable; the outbox keeps every routed product ({exc})"
+        self.refresh_gauges()
+        return report
+
+    def refresh_gauges(self) -> None:
+        stats = self.store.stats()
+        self.metrics.outbox_pending.set(stats.pending)
+        self.metrics.backlog.set(stats.backlog)
+        self.metrics.failed.set(stats.failed)
+        for group, (right, judged) in stats.agreement.items():
+            if judged:
+                self.metrics.agreement.labels(group).set(right / judged)
+
+    # -- loops ------------------------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        last_stats = 0.0
+        while not self.stop_event.is_set():
+            report = SendReport()
+            try:
+                try:
+                    self.project.ensure()  # bootstrap once: the webhook is registered before any task exists
+                except LabelStudioUnavailable as exc:
+                    log.warning("Label Studio unavailable: %s", exc)
+                report = self.sender.send_once()  # Label Studio down: due rows are retried with backoff
+                if time.monotonic() - last_stats > self.options.stats_interval_s:
+                    self.refresh_gauges()
+                    last_stats = time.monotonic()
+            except LabelStudioUnavailable as exc:
+                self.metrics.label_studio_up.set(0)
+                log.warning("Label Studio unavailable: %s", exc)
+            except LabelStudioError as exc:
+                log.error("Label Studio refused the review project setup: %s", exc)
+            except DatabaseUnavailable as exc:
+                log.warning("database unavailable: %s", exc)
+            except Exception:
+                log.exception("review sender: unexpected error")
+            if report.sent and not report.unavailable:
+                continue  # more may be due right away
+            self.stop_event.wait(self.options.send_interval_s)
+
+    def _poll_loop(self) -> None:
+        while not self.stop_event.wait(self.options.poll_interval_s):
+            try:
+                self.poller.poll_once()
+            except LabelStudioUnavailable as exc:
+                self.metrics.polls.labels("unavailable").inc()
+                log.warning("polling Label Studio failed: %s", exc)
+            except DatabaseUnavailable as exc:
+                self.metrics.polls.labels("database_unavailable").inc()
+                log.warning("polling: database unavailable: %s", exc)
+            except Exception:
+                self.metrics.polls.labels("error").inc()
+                log.exception("review poller: unexpected error")
+
+    def _apply_loop(self) -> None:
+        while not self.stop_event.is_set():
+            if self.webhook is None:
+                self.stop_event.wait(0.5)
+                continue
+            try:
+                payload = self.webhook.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            for attempt in range(3):
+                try:
+                    self.handle_webhook(payload)
+                    break
+                except (DatabaseUnavailable, LabelStudioUnavailable) as exc:
+                    log.warning("webhook delivery not applied yet (attempt %d): %s", attempt + 1, exc)
+                    if self.stop_event.wait(1.0 * (attempt + 1)):
+                        return
+                except Exception:
+                    log.exception("webhook delivery could not be applied; polling will retry it")
+                    break
+
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        action = payload.get("action")
+        if action == "ANNOTATIONS_DELETED":
+            ids = [int(a["id"]) for a in payload.get("annotations") or [] if isinstance(a, dict) and "id" in a]
+            self.applier.delete(ids)
+        elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            task, annotation = payload.get("task"), payload.get("annotation")
+            if isinstance(task, dict) and isinstance(annotation, dict):
+                self.applier.apply(task, annotation)
+
+
+def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
+    """Reads the champion's model version (the registry's champion alias, or the bundle file; manifest only,
+    cheap), re-read when the resolved file or its modification time changes."""
+    from learner.model.bundle import BundleError, read_manifest
+
+    cache: dict[str, Any] = {"key": None, "version": None}
+
+    def version() -> str | None:
+        try:
+            path = source.resolve()
+            key = (str(path), path.stat().st_mtime_ns)
+        except Exception as exc:  # registry being rewritten, file replaced: keep the last known version
+            log.debug("champion not readable right now: %s", exc)
+            return cache["version"]  # type: ignore[no-any-return]
+        if key != cache["key"]:
+            try:
+                cache["version"] = read_manifest(path)["model_version"]
+                cache["key"] = key
+            except BundleError as exc:
+                log.warning("cannot read the champion's model version: %s", exc)
+        return cache["version"]  # type: ignore[no-any-return]
+
+    return version
+
+
+def review_taxonomy(source: ModelSource) -> Taxonomy:
+    """The champion's taxonomy (the labelling configuration is generated from it)."""
+    from learner.lifecycle.registry import RegistryError
+    from learner.model.bundle import BundleError, read_manifest
+
+    try:
+        path = source.resolve()
+        return Taxonomy.from_dict(read_manifest(path)["taxonomy"], source=f"{path}#taxonomy")
+    except (BundleError, RegistryError, OSError, LookupError) as exc:
+        raise ReviewConfigError(
+            f"the review loop takes its taxonomy from the champion bundle: {exc} "
+            "(set SHELFSIGHT_MODEL_PATH or SHELFSIGHT_REGISTRY_DIR)"
+        ) from None
+
+
+def build_review_worker(
+    settings: Settings,
+    *,
+    store: ProductStore | None = None,
+    metrics: ReviewMetrics | None = None,
+    worker_options: ReviewWorkerOptions | None = None,
+) -> ReviewWorker:
+    """The review worker from settings: product store (migrated), Label Studio client, taxonomy and model
+    version from the champion bundle."""
+    r: ReviewSettings = settings.review
+    if r.label_studio_token is None:
+        raise ReviewConfigError("set review.label_studio_token (SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN)")
+    champion = ModelSource(settings.model_path, settings.registry_dir)
+    taxonomy = review_taxonomy(champion)
+    if store is None:
+        store = ProductStore(settings.database_url)
+        store.migrate()
+    review_store = ReviewStore(store)
+    metrics = metrics or ReviewMetrics()
+    client = LabelStudioClient(
+        r.label_studio_url, r.label_studio_token.get_secret_value(), timeout_s=r.request_timeout_s
+    )
+    storage = r.local_storage_path or settings.fetch.file_root
+    if (
+        r.local_files_root is not None
+        and storage is not None
+        and not storage.resolve().is_relative_to(r.local_files_root.resolve())
+    ):
+        raise ReviewConfigError(
+            f"review.local_storage_path {storage} must lie inside review.local_files_root {r.local_files_root} "
+            "(Label Studio serves local files only under its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+        )
+    project = ReviewProject(
+        client,
+        taxonomy,
+        r.project_title,
+        model_version=champion_model_version(champion),
+        local_storage_path=storage.resolve() if r.local_files_root is not None and storage is not None else None,
+    )
+    tasks = TaskBuilder(r.local_files_root, storage if r.local_files_root is not None else None)
+    sender = OutboxSender(
+        review_store,
+        project,
+        tasks,
+        metrics,
+        batch=r.send_batch,
+        retry_initial_s=r.retry_initial_s,
+        retry_max_s=r.retry_max_s,
+        max_attempts_rejected=r.max_attempts_rejected,
+    )
+    applier = AnnotationApplier(review_store, client, taxonomy, metrics)
+    poller = AnnotationPoller(review_store, project, applier, metrics)
+    options = worker_options or ReviewWorkerOptions(
+        send_interval_s=r.send_interval_s,
+        poll_interval_s=r.poll_interval_s,
+        webhook_host=r.webhook_host,
+        webhook_port=r.webhook_port or None,
+        webhook_url=r.webhook_url,
+    )
+    secret = r.webhook_secret.get_secret_value() if r.webhook_secret is not None else None
+    if options.webhook_port is not None and not secret:
+        raise ReviewConfigError(
+            "set review.webhook_secret (SHELFSIGHT_REVIEW__WEBHOOK_SECRET) for the webhook receiver, "
+            "or review.webhook_port = 0 to rely on polling alone"
+        )
+    return ReviewWorker(
+        store=review_store,
+        client=client,
+        taxonomy=taxonomy,
+        project=project,
+        sender=sender,
+        applier=applier,
+        poller=poller,
+        metrics=metrics,
+        options=options,
+        webhook_secret=secret,
+    )
