@@ -191,16 +191,16 @@ def serve(settings: Settings) -> int:
 def _on_leader(metrics: Any, registry_dir: Path, leader: bool) -> None:
     """The leader exports the registry's streak of vetoed significant winners (it survives restarts and leader
     changes); a standby replica exports 0 so that the alert sees one figure."""
-    metrics.leader.set(1 if leader else 0)
-    if not leader:
-        metrics.reset_gate_streak()
-        return
     from learner.lifecycle.registry import ModelRegistry
 
-    try:
-        metrics.seed_gate_streak(ModelRegistry(registry_dir).decisions())
-    except Exception as exc:  # metrics must never stop the service
-        log.warning("gate decisions in %s unreadable: %s", registry_dir, exc)
+    if leader:
+        try:
+            metrics.seed_gate_streak(ModelRegistry(registry_dir).decisions())
+        except Exception as exc:  # metrics must never stop the service
+            log.warning("gate decisions in %s unreadable: %s", registry_dir, exc)
+    else:
+        metrics.reset_gate_streak()
+    metrics.leader.set(1 if leader else 0)
 
 
 def _publish_champion(metrics: Any, registry_dir: Path, read_alias_state: Any) -> None:
