@@ -102,6 +102,7 @@ def retrain_config(learner: LearnerSettings, device: str) -> Any:
             confidence=learner.confidence,
             max_group_regression=learner.gate_margin,
             max_detection_regression=learner.gate_detection_margin,
+            min_class_support=learner.gate_min_class_support,
         ),
         nproc_per_node=learner.nproc_per_node,
     )
@@ -164,7 +165,7 @@ def serve(settings: Settings) -> int:
             standby_poll_s=learner.standby_poll_s,
         ),
         on_outcome=on_outcome,
-        on_leader=lambda leader: metrics.leader.set(1 if leader else 0),
+        on_leader=lambda leader: _on_leader(metrics, learner.registry_dir, leader),
     )
     _publish_champion(metrics, learner.registry_dir, read_alias_state)
     http = None
@@ -185,6 +186,21 @@ def serve(settings: Settings) -> int:
             http.stop()
         store.close()
     return 0
+
+
+def _on_leader(metrics: Any, registry_dir: Path, leader: bool) -> None:
+    """The leader exports the registry's streak of vetoed significant winners (it survives restarts and leader
+    changes); a standby replica exports 0 so that the alert sees one figure."""
+    from learner.lifecycle.registry import ModelRegistry
+
+    if leader:
+        try:
+            metrics.seed_gate_streak(ModelRegistry(registry_dir).decisions())
+        except Exception as exc:  # metrics must never stop the service
+            log.warning("gate decisions in %s unreadable: %s", registry_dir, exc)
+    else:
+        metrics.reset_gate_streak()
+    metrics.leader.set(1 if leader else 0)
 
 
 def _publish_champion(metrics: Any, registry_dir: Path, read_alias_state: Any) -> None:

@@ -1,4 +1,5 @@
-"""`shelfsight models list | show | register | promote | rollback`: the model registry from the command line.
+"""`shelfsight models list | show | register | promote | rollback | gate-report`: the model registry from the command
+line.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -138,3 +139,76 @@ def rollback_command(
     except RegistryError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")
+
+
+@models_app.command("gate-report")
+def gate_report_command(
+    registry: Path | None = RegistryOption,
+    last: int = typer.Option(0, "--last", min=0, help="Only the last N decisions (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="The decisions' gate statistics as JSON."),
+) -> None:
+    """Every recorded promotion decision, oldest first, with its statistics: the win interval, each group's interval
+    and support, detection mAP, the outcome and its reasons; then the current streak of vetoed significant
+    winners (what the learner's ShelfSightGateVetoingWinners alert counts)."""
+    from learner.evaluation.gate import vetoed_win_streak, vetoes_of
+
+    decisions = _registry(registry).decisions()
+    streak = vetoed_win_streak(decisions)
+    shown = decisions[-last:] if last else decisions
+    keys = ("version", "decided_at", "run_id", "champion", "outcome", "reasons", "bootstrap", "group_tests")
+    if as_json:
+        rows = [{**{k: d.get(k) for k in keys}, "vetoes": vetoes_of(d), "detection": d.get("detection")} for d in shown]
+        typer.echo(json.dumps({"decisions": rows, "vetoed_wins_consecutive": streak}, indent=2, default=str))
+        return
+    if not decisions:
+        typer.echo("no gate decisions recorded")
+        return
+
+    def interval(low: Any, high: Any) -> str:
+        return "not tested" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+    for d in shown:
+        config = d.get("config") or {}
+        pct = round(float(config.get("confidence", 0.95)) * 100)
+        vetoes = vetoes_of(d)
+        head = f"{d.get('decided_at', '?')}  run {d.get('run_id', '-')}  {d.get('version', '?')}"
+        head += f"  {d.get('outcome', '?')}"
+        typer.echo(head + (f"  (vetoes: {', '.join(vetoes)})" if vetoes else ""))
+        boot = d.get("bootstrap")
+        if boot:
+            typer.echo(
+                f"  win: mean_top1 {boot['challenger']:.4f} vs {boot['champion']:.4f}, {boot['difference']:+.4f}, "
+                f"{pct}% CI {interval(boot['low'], boot['high'])} over {boot['products']} products "
+                f"({boot['samples']} paired resamples)"
+            )
+        tests = d.get("group_tests")
+        margin = float(config.get("max_group_regression", 0.02))
+        if tests:
+            typer.echo(
+                f"  groups: veto when the upper bound < -{margin:.4f}; macro-F1 over classes with >= "
+                f"{config.get('min_class_support', '?')} holdout images"
+            )
+            for t in tests:
+                diff = "" if t.get("difference") is None else f"{t['difference']:+.4f}"
+                support = f"{t.get('images', 0)} images, {t.get('products', 0)} products"
+                if t.get("figure") == "macro_f1" and t.get("classes") is not None:
+                    support = f"{t['classes']} classes ({t.get('excluded_classes', 0)} below support), " + support
+                high = t.get("high")
+                flag = "  VETO" if high is not None and high < -margin - 1e-12 else ""
+                note = f"  ({t['note']})" if t.get("note") else ""
+                name = f"{t.get('group')}/{t.get('figure')}"
+                typer.echo(f"    {name:<32} {diff:>8}  {interval(t.get('low'), high):<20} {support}{flag}{note}")
+        elif d.get("group_deltas"):  # recorded before the group veto was a bootstrap: point estimates only
+            typer.echo(f"  groups (point estimates, margin {margin:.4f}):")
+            for group, figures in d["group_deltas"].items():
+                for figure, diff in figures.items():
+                    typer.echo(f"    {group + '/' + figure:<32} {diff:+.4f}")
+        detection = d.get("detection")
+        if detection:
+            typer.echo(
+                f"  detection: mAP@[.5:.95] {detection['challenger']:.4f} vs {detection['champion']:.4f}, "
+                f"{detection['difference']:+.4f} (point estimate)"
+            )
+        for reason in d.get("reasons") or []:
+            typer.echo(f"  - {reason}")
+    typer.echo(f"consecutive significant winners vetoed: {streak}")

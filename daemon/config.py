@@ -164,7 +164,9 @@ class LearnerSettings(BaseModel):
     detector_lr: float = Field(default=1e-4, gt=0)
     detector_trainable_blocks: int = Field(default=3, ge=0)  # last N backbone blocks that train; earlier ones frozen
     # -- promotion gate
-    gate_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of any group's top-1 / macro-F1
+    # a group's top-1 / macro-F1 vetoes only when its paired-bootstrap interval lies entirely below -gate_margin
+    gate_margin: float = Field(default=0.02, ge=0)
+    gate_min_class_support: int = Field(default=5, ge=1)  # holdout images a class needs to count in macro-F1
     gate_detection_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of holdout mAP@[.5:.95]
     bootstrap_samples: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)

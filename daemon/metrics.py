@@ -11,9 +11,12 @@ counters.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from learner.evaluation.gate import VETO_REASONS, vetoed_win_streak, vetoes_of
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -235,6 +238,27 @@ class LearnerMetrics:
             ["bound"],
             registry=r,
         )
+        self.gate_wins = Counter(
+            "shelfsight_learner_gate_significant_wins_total",
+            "Gate decisions where the challenger's gain on the primary metric was significant (the lower bound of "
+            "its paired-bootstrap interval above zero), promoted or not.",
+            registry=r,
+        )
+        self.gate_vetoes = Counter(
+            "shelfsight_learner_gate_vetoes_total",
+            "Challengers not promoted, by reason: not_significant, group_regression, detection_regression, "
+            "training_failed, evaluation_failed, evaluation_missing, other (a decision with two reasons counts "
+            "under both).",
+            ["reason"],
+            registry=r,
+        )
+        self.gate_vetoed_wins = Gauge(
+            "shelfsight_learner_gate_vetoed_wins_consecutive",
+            "Consecutive gate decisions that rejected a significant winner for a regression (a promotion or a "
+            "challenger without a significant win resets it; failed runs leave it as it is). Read from the "
+            "registry's decisions when this replica becomes the scheduler leader; 0 on standby replicas.",
+            registry=r,
+        )
         self.holdout = Gauge(
             "shelfsight_learner_holdout_score",
             "Holdout figures of the models of the last decision, by version, role (champion or challenger), "
@@ -254,6 +278,19 @@ class LearnerMetrics:
             self.runs.labels(outcome)
         for decision in ("promoted", "rejected"):
             self.decisions.labels(decision)
+        for reason in VETO_REASONS:
+            self.gate_vetoes.labels(reason)
+        self._vetoed_wins = 0
+
+    def seed_gate_streak(self, decisions: Iterable[Mapping[str, Any]]) -> None:
+        """Set the consecutive-vetoed-winners gauge from recorded decisions (the registry's, oldest first)."""
+        self._vetoed_wins = vetoed_win_streak(decisions)
+        self.gate_vetoed_wins.set(self._vetoed_wins)
+
+    def reset_gate_streak(self) -> None:
+        """A standby replica exports 0: only the leader's figure counts."""
+        self._vetoed_wins = 0
+        self.gate_vetoed_wins.set(0)
 
     def observe_outcome(self, outcome: dict[str, Any], now: float | None = None) -> None:
         """Record one run's outcome (`learner.lifecycle.retrain.RunOutcome.to_dict()`)."""
@@ -265,6 +302,13 @@ class LearnerMetrics:
         if status in ("promoted", "rejected"):
             self.decisions.labels(status).inc()
         decision = outcome.get("decision") or {}
+        if status in ("promoted", "rejected") and decision:
+            if (decision.get("bootstrap") or {}).get("low", 0) > 0:
+                self.gate_wins.inc()
+            for reason in vetoes_of(decision):
+                self.gate_vetoes.labels(reason if reason in VETO_REASONS else "other").inc()
+            self._vetoed_wins = vetoed_win_streak([decision], start=self._vetoed_wins)
+            self.gate_vetoed_wins.set(self._vetoed_wins)
         boot = decision.get("bootstrap") or {}
         for bound, key in (("estimate", "difference"), ("low", "low"), ("high", "high")):
             if boot.get(key) is not None:

@@ -660,14 +660,14 @@ def evaluate_on_holdout(
     predictions = predict(model, loader, dev, amp_dtype)
     model.to("cpu")
     metrics = compute_metrics(predictions, bundle.thresholds)
-    rows: list[tuple[str, str, bool]] = []
+    rows: list[tuple[str, str, int, int]] = []  # product, group, true and predicted class per image
     single = [g.name for g in bundle.taxonomy.classifier_groups if not g.multi_label]
     for name in single:
         pred = predictions[name]
         guessed = pred.probs.argmax(axis=1)
         for i, sample in enumerate(samples):
             if pred.targets[i] >= 0:
-                rows.append((sample.split_key, name, bool(guessed[i] == pred.targets[i])))
+                rows.append((sample.split_key, name, int(pred.targets[i]), int(guessed[i])))
     scores = scores_from_rows(rows, single)
     if not np.isfinite(scores.correct).all():
         raise RetrainError("holdout scores are not finite")

@@ -83,3 +83,50 @@ def test_learner_settings_reach_the_detector_recipe_and_the_detection_gate() -> 
     assert (config.detector.epochs, config.detector.batch_size, config.detector.lr) == (2, 8, 5e-5)
     assert config.detector.trainable_blocks == 1 and config.detector.device == "cpu" and config.detector.threads == 1
     assert config.gate.max_detection_regression == 0.05
+
+
+def test_the_leader_exports_the_registrys_streak_of_vetoed_significant_winners(sqlite_url: str, tmp_path: Path) -> None:
+    from learner.lifecycle.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    vetoed = {"promote": False, "bootstrap": {"low": 0.017, "high": 0.033}, "regressions": ["kids/top1 -0.05"]}
+    for version in ("v1", "v2", "v3"):
+        registry.record_decision(version, vetoed)
+    port = free_port()
+    env = {
+        **os.environ,
+        "SHELFSIGHT_DATABASE_URL": sqlite_url,
+        "SHELFSIGHT_HTTP_PORT": str(port),
+        "SHELFSIGHT_LEARNER__REGISTRY_DIR": str(registry.root),
+        "SHELFSIGHT_LEARNER__WORK_DIR": str(tmp_path / "work"),
+        "SHELFSIGHT_LEARNER__CRON": "0 3 * * *",
+    }
+    env.pop("SHELFSIGHT_CONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "learn"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        metrics = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "shelfsight_learner_scheduler_leader 1.0" not in metrics:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+            _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        assert "shelfsight_learner_gate_vetoed_wins_consecutive 3.0" in metrics
+        assert 'shelfsight_learner_gate_vetoes_total{reason="group_regression"} 0.0' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def test_learner_settings_reach_the_gate_margin_and_the_minimum_class_support() -> None:
+    from daemon.commands_learn import retrain_config
+    from daemon.config import LearnerSettings
+
+    config = retrain_config(LearnerSettings(gate_margin=0.03, gate_min_class_support=8), "cpu")
+    assert config.gate.max_group_regression == 0.03 and config.gate.min_class_support == 8
+    assert LearnerSettings().gate_min_class_support == 5
