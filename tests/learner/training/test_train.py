@@ -22,7 +22,9 @@ from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
 from learner.model.taxonomy import load_taxonomy
 from learner.training.data import ImageDataset, SplitRule, load_labelled_set
-from learner.training.train import TrainConfig, TrainResult, make_scheduler, train
+from learner.training.engine import make_scheduler
+from learner.training.recipe import TrainConfig
+from learner.training.train import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[3]
 CC0 = ROOT / "deploy" / "demo" / "clothing-cc0"
