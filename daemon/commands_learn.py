@@ -61,8 +61,10 @@ def retrain_config(learner: LearnerSettings, device: str) -> Any:
     import dataclasses
 
     from learner.evaluation.gate import GateConfig
-    from learner.lifecycle.retrain import HoldoutRule, RetrainConfig, default_recipe
+    from learner.lifecycle.holdout import HoldoutRule
+    from learner.lifecycle.retrain import RetrainConfig
     from learner.training.detector import DetectorRecipe
+    from learner.training.finetune import default_recipe
 
     recipe = dataclasses.replace(
         default_recipe(),

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from learner.training.train import TrainConfig
+from learner.training.recipe import TrainConfig
 
 _DEFAULTS = TrainConfig()
 

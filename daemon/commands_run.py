@@ -99,7 +99,8 @@ def _settings_or_exit() -> Settings:
 def _train_demo_model(images: Path, out: Path) -> None:
     from learner.model.taxonomy import load_taxonomy
     from learner.training.data import load_labelled_set
-    from learner.training.train import TrainConfig, train
+    from learner.training.recipe import TrainConfig
+    from learner.training.train import train
 
     taxonomy = load_taxonomy(REPO_ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
     data = load_labelled_set(images, taxonomy)

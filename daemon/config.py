@@ -127,7 +127,8 @@ class ReviewSettings(BaseModel):
 
 class LearnerSettings(BaseModel):
     """The learner (`shelfsight learn`, `shelfsight models`): model registry, retraining schedule and trigger,
-    training data, fine-tuning recipe and promotion gate. See learner/lifecycle/retrain.py for the rules these feed."""
+    training data, fine-tuning recipe and promotion gate. See learner/lifecycle/ (retrain.py, corrections.py,
+    holdout.py) for the rules these feed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -148,7 +149,7 @@ class LearnerSettings(BaseModel):
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     replay_ratio: float = Field(default=4.0, ge=0)  # earlier samples replayed per new corrected sample
     replay_min_samples: int = Field(default=1000, ge=0)
-    # -- fine-tuning (the rest of the recipe: learner.training.train.TrainConfig's defaults)
+    # -- fine-tuning (the rest of the recipe: learner.training.recipe.TrainConfig's defaults)
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=3e-4, gt=0)

@@ -220,7 +220,7 @@ def decide(
 ) -> GateDecision:
     """Apply the gate. `failure` (a non-finite training loss, an evaluation that raised, ...) means rejection, as
     does anything missing; otherwise see the module docstring. `*_detection`: each model's holdout detection
-    figures (`{"map": mAP@[.5:.95], ...}`, learner.lifecycle.retrain.detection_map), None where there are none."""
+    figures (`{"map": mAP@[.5:.95], ...}`, learner.evaluation.detection.detection_map), None where there are none."""
     if failure is not None:
         kind = "evaluation_failed" if failure.startswith("evaluation failed") else "training_failed"
         return GateDecision(False, [f"challenger failed: {failure}"], config=config, failure=kind)

@@ -2,8 +2,8 @@
 
 Input: a torchvision detector (learner/model/detector.py), its `DetectorSpec`, and training boxes: per image file, the
 objects annotators boxed as (detector class, [x1, y1, x2, y2]) in pixels of the original (EXIF-rotated) image, from
-corrections of products outside the holdout (`learner.lifecycle.retrain.training_boxes`). Output: a fine-tuned copy (the
-champion's module is not touched) whose spec says its weights live in the bundle.
+corrections of products outside the holdout (`learner.lifecycle.corrections.training_boxes`). Output: a fine-tuned
+copy (the champion's module is not touched) whose spec says its weights live in the bundle.
 
 The recipe (`DetectorRecipe`, every field stored in the challenger's lineage):
 - only images with at least one usable box are trained on; a box whose class is not one of the detector's classes
@@ -17,8 +17,8 @@ The recipe (`DetectorRecipe`, every field stored in the challenger's lineage):
 - batch-norm statistics are frozen everywhere by default (`freeze_batch_norm`): detection batches are a few images,
   too few to estimate them, and torchvision's pretrained detectors use frozen batch norm for the same reason.
 - AdamW (no weight decay on biases and normalisation weights), linear warm-up then cosine per step
-  (`learner.training.train.make_scheduler`), gradient norm clipped, AMP on CUDA only (bf16, or fp16 with a grad scaler),
-  a fixed number of epochs, deterministic for a seed on CPU (order and flips come from seeded generators).
+  (`learner.training.engine.make_scheduler`), gradient norm clipped, AMP on CUDA only (bf16, or fp16 with a grad
+  scaler), a fixed number of epochs, deterministic for a seed on CPU (order and flips come from seeded generators).
 - no replay and no early stopping: the champion's detector has no stored training set to replay (a COCO detector's
   data is not here) and the boxes are the only detection labels ShelfSight has. Forgetting is held back by the
   frozen blocks, the low learning rate and few epochs, and caught by the promotion gate: the challenger's holdout
@@ -51,7 +51,7 @@ from tqdm import tqdm
 from learner.inference.engine import DETECTOR_MAX_SIDE, pick_device
 from learner.inference.imaging import ImageDecodeError, decode_image, pil_to_uint8_tensor
 from learner.model.detector import DetectorSpec, build_detector
-from learner.training.train import amp_settings, configure_threads, make_scheduler, seed_everything
+from learner.training.engine import amp_settings, configure_threads, make_scheduler, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -8,29 +8,23 @@ Each rank gets `batch_size // world_size` images per step; gradients are average
 step sees the same images and (with unweighted losses and frozen batch-norm) the same gradient as one process
 with the whole batch: the sampler's shuffle depends on the seed and the epoch only, not on the world size.
 
-`python -m learner.training.distributed PLAN.json` is the worker torchrun starts (see `torchrun_command`): it reads a
-`TrainingPlan` written by learner/lifecycle/retrain.py, fine-tunes, and rank 0 saves the challenger bundle to
-`plan.out` (or writes the reason to `plan.failure_file`). It must not touch the database or the registry.
+The worker torchrun starts is learner/training/launch.py; the epoch loop that uses these is
+learner/training/engine.py's.
+
+Must not: train, read or write files, or touch the database or the registry.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import os
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
-
-from learner.training.data import Sample
 
 T = TypeVar("T")
 
@@ -85,7 +79,7 @@ def cleanup(ctx: DistContext) -> None:
 
 
 class PreprocessingDDP(DistributedDataParallel):
-    """DDP that exposes the wrapped classifier's `preprocessing` (learner.training.train.train_one_epoch reads it)."""
+    """DDP that exposes the wrapped classifier's `preprocessing` (learner.training.engine.train_one_epoch reads it)."""
 
     @property
     def preprocessing(self) -> Any:
@@ -132,94 +126,3 @@ def broadcast_from_main(value: T, ctx: DistContext) -> T:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
-
-
-# --- the torchrun worker ------------------------------------------------------------------------------
-
-
-def sample_to_dict(s: Sample) -> dict[str, Any]:
-    return {
-        "sample_id": s.sample_id,
-        "image_path": str(s.image_path),
-        "split_key": s.split_key,
-        "labels": {g: (list(v) if isinstance(v, tuple) else v) for g, v in s.labels.items()},
-    }
-
-
-def sample_from_dict(d: dict[str, Any]) -> Sample:
-    labels = {g: (tuple(v) if isinstance(v, list) else v) for g, v in d["labels"].items()}
-    return Sample(d["sample_id"], Path(d["image_path"]), d["split_key"], labels)
-
-
-@dataclass
-class TrainingPlan:
-    """What the workers train: the champion bundle, the samples, the recipe; where rank 0 writes the result."""
-
-    champion: str
-    out: str
-    failure_file: str
-    train: list[dict[str, Any]]
-    val: list[dict[str, Any]]
-    recipe: dict[str, Any]
-    lineage: dict[str, Any]
-
-    def write(self, path: Path) -> Path:
-        path.write_text(json.dumps(dataclasses.asdict(self), default=str), encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> TrainingPlan:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
-
-
-def torchrun_command(plan_path: Path, nproc_per_node: int) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m learner.training.distributed PLAN` with this interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc_per_node}",
-        "-m",
-        "learner.training.distributed",
-        str(plan_path),
-    ]
-
-
-def run_plan(plan: TrainingPlan) -> int:
-    from learner.lifecycle.retrain import fine_tune, recipe_from_dict
-    from learner.model.bundle import load_bundle
-
-    recipe = recipe_from_dict(plan.recipe)
-    ctx = init_from_env(recipe.device)
-    try:
-        champion = load_bundle(plan.champion)
-        result = fine_tune(
-            champion,
-            [sample_from_dict(d) for d in plan.train],
-            [sample_from_dict(d) for d in plan.val],
-            recipe,
-            ctx,
-            lineage=plan.lineage,
-        )
-        if ctx.is_main:
-            if result.bundle is not None:
-                result.bundle.save(plan.out)
-            else:
-                Path(plan.failure_file).write_text(result.failure or "no model", encoding="utf-8")
-        barrier(ctx)
-    finally:
-        cleanup(ctx)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: torchrun ... -m learner.training.distributed PLAN.json", file=sys.stderr)
-        return 2
-    return run_plan(TrainingPlan.read(Path(args[0])))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

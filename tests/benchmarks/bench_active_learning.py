@@ -110,7 +110,7 @@ def read_labels(data: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def split_products(ids: list[str], seed_size: int) -> Split:
-    from learner.lifecycle.retrain import HoldoutRule
+    from learner.lifecycle.holdout import HoldoutRule
 
     rule = HoldoutRule()  # the learner's default rule, which the learner service below also uses
     holdout = sorted(i for i in ids if rule.contains(i))
@@ -133,7 +133,8 @@ def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]
 def train_seed(seed_dir: Path, out: Path, epochs: int, freeze_stages: int) -> Path:
     from learner.model.taxonomy import load_taxonomy
     from learner.training.data import SplitRule, load_labelled_set
-    from learner.training.train import TrainConfig, train
+    from learner.training.recipe import TrainConfig
+    from learner.training.train import train
 
     taxonomy = load_taxonomy(TAXONOMY)
     data = load_labelled_set(seed_dir, taxonomy, group_column="id")

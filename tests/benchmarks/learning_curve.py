@@ -99,7 +99,8 @@ def run_points(data_dir: Path, fractions: list[float], epochs: int, out: Path) -
         raise SystemExit(f"no labelled set at {data_dir} (../shared/data/fashion-products beside the project)")
     from learner.model.taxonomy import load_taxonomy
     from learner.training.data import load_labelled_set
-    from learner.training.train import TrainConfig, train
+    from learner.training.recipe import TrainConfig
+    from learner.training.train import train
 
     taxonomy = load_taxonomy("fashion-products")
     data = load_labelled_set(data_dir, taxonomy)

@@ -23,20 +23,16 @@ from connectors.db import AttributeValue, ProductResult, ProductStore
 from connectors.db.learner import LearnerStore
 from connectors.images import ImageFetcher
 from learner.evaluation.gate import GateConfig
+from learner.lifecycle.corrections import assemble_training_data
+from learner.lifecycle.errors import RetrainError
+from learner.lifecycle.holdout import HoldoutRule, pin_holdout_rule
 from learner.lifecycle.registry import ModelRegistry, read_alias_state, resolve_alias
-from learner.lifecycle.retrain import (
-    HoldoutRule,
-    RetrainConfig,
-    RetrainError,
-    assemble_training_data,
-    pin_holdout_rule,
-    run_retraining,
-)
+from learner.lifecycle.retrain import RetrainConfig, run_retraining
 from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import load_taxonomy
 from learner.training.data import load_labelled_set
-from learner.training.train import TrainConfig
+from learner.training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
@@ -245,7 +241,7 @@ def test_changing_the_pinned_holdout_rule_is_refused(tmp_path: Path) -> None:
 
 
 def test_detection_map_rewards_boxes_that_match_the_annotators_objects() -> None:
-    from learner.lifecycle.retrain import detection_map
+    from learner.evaluation.detection import detection_map
 
     truth = [[("person", [10.0, 10.0, 50.0, 90.0])], [("handbag", [0.0, 0.0, 20.0, 20.0])]]
     perfect = [[("person", 0.9, [10.0, 10.0, 50.0, 90.0])], [("handbag", 0.8, [0.0, 0.0, 20.0, 20.0])]]
@@ -261,7 +257,8 @@ def test_detection_map_rewards_boxes_that_match_the_annotators_objects() -> None
 def test_holdout_evaluation_measures_the_detector_on_boxed_holdout_images(
     world: World, untrained_bundle_path: Path
 ) -> None:
-    from learner.lifecycle.retrain import evaluate_on_holdout, holdout_boxes
+    from learner.lifecycle.corrections import holdout_boxes
+    from learner.lifecycle.holdout import evaluate_on_holdout
     from learner.model.detector import DetectorSpec, build_detector
 
     rows = [r for r in world.rows if HOLDOUT.contains(r["image"])][:2]

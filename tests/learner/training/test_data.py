@@ -24,7 +24,7 @@ from learner.training.data import (
     load_labelled_set,
     prepare_image,
 )
-from learner.training.train import AttributeLoss
+from learner.training.loss import AttributeLoss
 
 TAXONOMY = parse_taxonomy(
     """

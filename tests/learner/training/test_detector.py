@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.lifecycle.retrain import detection_map
+from learner.evaluation.detection import detection_map
 from learner.model.detector import DetectorSpec, detect
 from learner.training.detector import (
     DetectorRecipe,

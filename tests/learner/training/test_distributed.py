@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.lifecycle.retrain import fine_tune
 from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import load_taxonomy
 from learner.training.data import Sample, load_labelled_set
-from learner.training.distributed import TrainingPlan, sample_to_dict, torchrun_command
-from learner.training.train import TrainConfig
+from learner.training.finetune import fine_tune
+from learner.training.launch import TrainingPlan, sample_to_dict, torchrun_command
+from learner.training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
@@ -119,7 +119,7 @@ def test_torchrun_worker_reports_a_failure_instead_of_a_model(
         lineage={},
     )
     done = subprocess.run(
-        [sys.executable, "-m", "learner.training.distributed", str(plan.write(tmp_path / "plan.json"))],
+        [sys.executable, "-m", "learner.training.launch", str(plan.write(tmp_path / "plan.json"))],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,

@@ -22,7 +22,9 @@ from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
 from learner.model.taxonomy import load_taxonomy
 from learner.training.data import ImageDataset, SplitRule, load_labelled_set
-from learner.training.train import TrainConfig, TrainResult, make_scheduler, train
+from learner.training.engine import TrainingError, make_scheduler
+from learner.training.recipe import TrainConfig
+from learner.training.train import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[3]
 CC0 = ROOT / "deploy" / "demo" / "clothing-cc0"
@@ -141,6 +143,18 @@ def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: P
         pairs = zip(before.state_dict().values(), after.state_dict().values(), strict=True)
         same = all(torch.equal(a, b) for a, b in pairs)
         assert same == (i < 4), f"stage {i}"
+
+
+def test_training_stops_with_a_clear_error_and_no_bundle_when_the_loss_is_not_finite(
+    tiny_set: Path, tmp_path: Path
+) -> None:
+    taxonomy = load_taxonomy(CC0_TAXONOMY)
+    out = tmp_path / "b.safetensors"
+    config = _config(epochs=2, batch_size=4, input_size=64, lr=float("inf"))  # the first step ruins every weight
+
+    with pytest.raises(TrainingError, match=r"training loss is not finite .* lower the learning rate"):
+        train(config, load_labelled_set(tiny_set, taxonomy), out)
+    assert not out.exists()
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_down_to_the_floor() -> None:
