@@ -124,7 +124,12 @@ def evaluate_bundle(
     with the bundle's own preprocessing, thresholds, temperatures and hierarchy, as the engine tags.
     Returns (metrics, number of images evaluated)."""
     predictions, n = predict_bundle(bundle, data, split, split_rule, batch_size, device, tta)
-    return compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle)), n
+    metrics = compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle))
+    fitted = (bundle.calibration or {}).get("groups") or {}
+    for name, m in metrics["groups"].items():
+        if m.get("autofill") is not None and name in fitted:
+            m["autofill"]["target_precision"] = fitted[name].get("target_precision")
+    return metrics, n
 
 
 def predict_bundle(
