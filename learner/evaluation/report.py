@@ -98,8 +98,8 @@ def render_text(report: Mapping[str, Any]) -> str:
         )
     lines += [
         "",
-        "| group | n | skipped | top-1 | all rows top-1 | top-3 | macro-F1 | ECE | auto-fill threshold | "
-        "auto-filled | precision of auto-filled | classes present |",
+        "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present | all rows top-1 | "
+        "auto-fill threshold | auto-filled | precision of auto-filled |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["groups"].items():
@@ -108,14 +108,14 @@ def render_text(report: Mapping[str, Any]) -> str:
             threshold = a.get("threshold")
             shown = "none (all)" if threshold is None else "never" if threshold > 1 else _fmt(threshold)
             lines.append(
-                f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('all_rows_top1'))} | "
-                f"{_fmt(m.get('top3'))} | {_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {shown} | "
-                f"{_fmt(a.get('coverage'))} | {_fmt(a.get('precision'))} | {m.get('classes_present', '-')} |"
+                f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('top3'))} | "
+                f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} | "
+                f"{_fmt(m.get('all_rows_top1'))} | {shown} | {_fmt(a.get('coverage'))} | {_fmt(a.get('precision'))} |"
             )
         else:
             lines.append(
-                f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | - | "
-                f"{_fmt(m['macro_f1'])} | - | - | - | - | - |"
+                f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
+                f"{_fmt(m['macro_f1'])} | - | - | - | - | - | - |"
             )
     if report.get("label_audit"):
         lines += ["", "Labels the taxonomy does not know (counted as errors in 'all rows top-1'):", ""]

@@ -144,7 +144,10 @@ def test_calibrate_stores_thresholds_in_the_bundle_and_says_the_file_changed(tmp
 
     result = runner.invoke(
         app,
-        ["models", "calibrate", str(bundle), "--data", str(path), "--split", "all", "--target-precision", "0.9"],
+        [
+            *("models", "calibrate", str(bundle), "--data", str(path), "--split", "all"),
+            *("--target-precision", "0.9", "--hierarchy", "kids,garment"),
+        ],
     )
 
     assert result.exit_code == 0, result.output
@@ -156,3 +159,25 @@ def test_calibrate_stores_thresholds_in_the_bundle_and_says_the_file_changed(tmp
     # an untrained model cannot prove 90% on 20 images: nothing of it is auto-filled, and that is said
     assert "NOT auto-filled" in result.stdout
     assert manifest["autofill_thresholds"]["garment"] > 1
+    # the hierarchy derived from the labels (each garment implies a kids value) is stored in the bundle's taxonomy
+    assert manifest["taxonomy"]["hierarchy"]["levels"] == ["kids", "garment"]
+    assert "raw heads disagreed with the hierarchy" in result.stdout
+
+
+def test_evaluation_reports_how_often_the_raw_heads_disagreed_with_the_hierarchy() -> None:
+    taxonomy = parse_taxonomy(
+        "schema_version: 1\nname: t\ngroups:\n  top: {kind: single, values: [A, B]}\n"
+        "  leaf: {kind: single, values: [a1, a2, b1]}\n"
+        "hierarchy: {levels: [top, leaf], implies: {a1: [A], a2: [A], b1: [B]}}\n"
+    )
+    top = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    leaf = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]])  # row 1: top says A, leaf says b1
+    preds = {
+        "top": GroupPredictions(taxonomy.group("top"), top, np.array([0, 1, 1])),
+        "leaf": GroupPredictions(taxonomy.group("leaf"), leaf, np.array([0, 2, 2])),
+    }
+
+    metrics = compute_metrics(preds, decoder=ValueDecoder(taxonomy))
+
+    assert metrics["summary"]["hierarchy_disagreement"] == {"levels": ["top", "leaf"], "rows": 1, "rate": 1 / 3}
+    assert metrics["groups"]["top"]["top1"] == 1.0  # decoded (B, b1) for row 1: the leaf's evidence was stronger
