@@ -152,39 +152,81 @@ def train_command(
 def evaluate_command(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors)."),
     data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
-    split: str = typer.Option("test", help="test, val, train or all (the bundle's own split rule)."),
+    split: str | None = typer.Option(
+        None,
+        help="test, val, train or all (the bundle's own split rule). Default: test on the bundle's training set, "
+        "all on any other set.",
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and the PNG charts."),
     group_by: str | None = typer.Option(None, help="Split grouping column (default: the bundle's)."),
     image_column: str | None = typer.Option(None, help="Column naming the image file (default: image, else id)."),
     batch_size: int = typer.Option(64),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    tta: str = typer.Option("none", "--tta", help="none, or flip: average of the image and its mirror image."),
 ) -> None:
-    """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration."""
-    from learner.evaluation.evaluate import evaluate_bundle, split_rule_of
-    from learner.evaluation.report import build_report, write_report
+    """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration,
+    auto-fill coverage and precision; labels the taxonomy does not know are listed and counted as errors."""
+    from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
+    from learner.evaluation.report import build_report, label_audit_lines, write_report
     from learner.model.bundle import BundleError, load_bundle
     from learner.training.data import SPLITS, DataError, load_labelled_set
 
-    if split not in (*SPLITS, "all"):
+    if split is not None and split not in (*SPLITS, "all"):
         raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
+    if tta not in ("none", "flip"):
+        raise _fail(f"--tta must be none or flip, not {tta!r}")
     try:
         bundle = load_bundle(bundle_path)
         group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
         labelled = load_labelled_set(data, bundle.taxonomy, image_column=image_column, group_column=group_column)
         rule = split_rule_of(bundle)
-        metrics, n = evaluate_bundle(bundle, labelled, split, rule, batch_size=batch_size, device=device)
+        training = training_set_relation(bundle, labelled)
+        notes = []
+        if split is None:
+            split = "test" if training else "all"
+            what = "its test split" if training else "all of it"
+            why = training or "it is not the bundle's training set"
+            notes.append(f"{labelled.source}: {why}: evaluating {what} (--split chooses another)")
+        elif training is None and split != "all":
+            notes.append(
+                f"{labelled.source} is not the bundle's training set: cut by its split rule ({split}) as asked"
+            )
+        for note in notes:
+            typer.echo(f"note: {note}")
+        metrics, n = evaluate_bundle(
+            bundle, labelled, split, rule, batch_size=batch_size, device=device, tta=None if tta == "none" else tta
+        )
+        audit = audit_labels(labelled, labelled.split(rule, split), image_column)
     except (BundleError, DataError, ValueError) as exc:
         raise _fail(str(exc)) from None
     report = build_report(
         metrics,
         model_version=bundle.model_version,
         split=split,
-        data={**labelled.summary(), "evaluated": n},
+        data={**labelled.summary(), "evaluated": n, "tta": tta},
         split_rule=rule.to_dict() if split != "all" else None,
         bundle_path=str(bundle_path),
+        label_audit=audit,
+        notes=notes,
     )
     paths = write_report(report, out)
     typer.echo(f"{split} ({n} images): {_one_line(metrics)}")
+    if audit:
+        typer.echo("labels the taxonomy does not know (errors in the all-rows accuracy):")
+        for line in label_audit_lines(audit):
+            typer.echo(f"  {line}")
+    for name, m in metrics["groups"].items():
+        if m.get("top1") is not None:
+            a = m.get("autofill") or {}
+            cover, prec = a.get("coverage"), a.get("precision")
+            typer.echo(
+                f"  {name}: top-1 {m['top1']:.3f} known values, {m['all_rows_top1']:.3f} all rows; auto-filled "
+                f"{_pct(cover)} at precision {_pct(prec)}"
+                + ("" if a.get("threshold") is not None else " (no auto-fill threshold: all)")
+            )
+    if metrics["summary"].get("hierarchy_disagreement"):
+        h = metrics["summary"]["hierarchy_disagreement"]
+        typer.echo(f"raw heads disagreed with the hierarchy on {h['rows']} of {n} images ({_pct(h['rate'])})")
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
@@ -199,6 +241,10 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
         if not sep or not name.strip():
             raise ValueError(f"--group-loss-weight takes GROUP=WEIGHT (e.g. articleType=2), not {item!r}")
     return weights
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _counts(counts: dict[str, int]) -> str:

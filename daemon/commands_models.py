@@ -212,3 +212,98 @@ def gate_report_command(
         for reason in d.get("reasons") or []:
             typer.echo(f"  - {reason}")
     typer.echo(f"consecutive significant winners vetoed: {streak}")
+
+
+@models_app.command("calibrate")
+def calibrate_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) to calibrate."),
+    data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
+    split: str = typer.Option("val", help="Split fitted on (the bundle's own split rule): val, test, train or all."),
+    target_precision: float = typer.Option(
+        0.97, help="Precision auto-filled values must reach, for groups without target_precision in the taxonomy."
+    ),
+    confidence_level: float = typer.Option(
+        0.95, help="The lower bound of the validation precision at this confidence must reach the target (0.5: none)."
+    ),
+    hierarchy: str | None = typer.Option(
+        None,
+        help="Derive a hierarchy from the data's labels and store it in the bundle's taxonomy: group names top-down, "
+        "comma-separated (e.g. masterCategory,subCategory,articleType).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write the calibrated bundle here (default: rewrite BUNDLE)."),
+    group_by: str | None = typer.Option(None, help="Split grouping column (default: the bundle's)."),
+    image_column: str | None = typer.Option(None, help="Column naming the image file (default: image, else id)."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Fit per-group temperatures and auto-fill thresholds on a labelled split and store them in the bundle.
+
+    Values whose calibrated confidence reaches their group's threshold are auto-filled by the daemon; the others
+    are kept as suggestions. A group where no threshold reaches the target precision is never auto-filled.
+    """
+    import hashlib
+
+    from learner.evaluation.calibration import fit_calibration
+    from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
+    from learner.model.bundle import BundleError, load_bundle
+    from learner.model.hierarchy import derive_hierarchy
+    from learner.model.taxonomy import TaxonomyError
+    from learner.training.data import SPLITS, DataError, load_labelled_set
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    if split not in (*SPLITS, "all"):
+        raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
+    if not 0.0 < target_precision <= 1.0 or not 0.5 <= confidence_level < 1.0:
+        raise _fail("--target-precision must be in (0, 1] and --confidence-level in [0.5, 1)")
+    target = out or bundle_path
+    try:
+        bundle = load_bundle(bundle_path)
+        group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
+        labelled = load_labelled_set(data, bundle.taxonomy, image_column=image_column, group_column=group_column)
+        if hierarchy:
+            derived = derive_hierarchy(labelled.source, bundle.taxonomy, [g.strip() for g in hierarchy.split(",")])
+            bundle.taxonomy = bundle.classifier.taxonomy = bundle.taxonomy.with_hierarchy(derived.hierarchy)
+            typer.echo(
+                f"hierarchy {' > '.join(derived.hierarchy.levels)}: {len(derived.hierarchy.implies)} leaf values from "
+                f"{derived.rows} rows; rows disagreeing with their leaf's usual path: {sum(derived.conflicts.values())}"
+                f"; leaf values never seen (free): {len(derived.unseen_leaves)}"
+            )
+        rule = split_rule_of(bundle)
+        training = training_set_relation(bundle, labelled)
+        if training is None and split != "all":
+            typer.echo(f"note: {labelled.source} is not the bundle's training set: fitting on its {split} split")
+        elif training is not None and split in ("train", "all"):
+            typer.echo(f"warning: fitting on the {split} split of the training data: thresholds will be optimistic")
+        predictions, n = predict_bundle(bundle, labelled, split, rule, batch_size, device)
+        fitted_on = {"data": str(labelled.source), "csv_sha256": sha256(labelled.source), "split": split, "images": n}
+        calibration = fit_calibration(predictions, bundle.taxonomy, target_precision, confidence_level, fitted_on)
+        before = sha256(bundle_path)
+        calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
+    except (BundleError, DataError, TaxonomyError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+    typer.echo(f"calibrated on {n} images ({split} split of {labelled.source}):")
+    for name, c in calibration.thresholds.items():
+        e = calibration.ece[name]
+        ece = "-" if e["before"] is None else f"{e['before']:.3f} -> {e['after']:.3f}"
+        where = calibration.target_source[name]
+        if c.reached:
+            fill = (
+                f"auto-fill at >= {c.threshold:.3f}: {100 * c.coverage:.1f}% of {c.n} values, precision "
+                f"{c.precision:.3f} (lower bound {c.precision_lower_bound:.3f})"
+            )
+        else:
+            fill = f"NOT auto-filled: no threshold reaches the target on {c.n} labelled values"
+        typer.echo(
+            f"  {name}: T {calibration.temperatures[name]:.3f}, ECE {ece}, target {c.target_precision:g} ({where}); "
+            f"{fill}"
+        )
+    if calibration.hierarchy_disagreement is not None:
+        typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")
+    typer.echo(
+        f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 {before[:12]}... -> "
+        f"{sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a registry record of this version still "
+        "names the old file SHA-256)"
+    )

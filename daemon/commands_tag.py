@@ -3,7 +3,8 @@
 Reads local files or http(s) URLs (fetched with the same size/time limits and address guard as the
 daemon), tags them with one model bundle, prints attributes with confidences (or JSON), and can draw
 boxes and attribute labels onto a PNG. A bad image gets a one-line error naming it; the exit status is
-non-zero only when nothing at all could be tagged.
+non-zero only when nothing at all could be tagged. A value below its group's auto-fill threshold (calibrated
+bundles, see `shelfsight models calibrate`) is marked as a suggestion: the daemon would not auto-fill it.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _format_text(name: str, tags: ImageTags) -> str:
     width = max((len(g) for g in tags.attributes), default=0)
     for group, values in tags.attributes.items():
         shown = ", ".join(f"{v} {c:.2f}" for v, c in values) or "-"
-        lines.append(f"  {group:<{width}}  {shown}")
+        mark = "" if tags.is_auto_filled(group) or not values else "  (suggestion: below the auto-fill threshold)"
+        lines.append(f"  {group:<{width}}  {shown}{mark}")
     for d in tags.detections:
         box = ", ".join(f"{v:.0f}" for v in d.box)
         lines.append(f"  detected {d.label} {d.score:.2f} at [{box}]")
@@ -144,7 +146,9 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
     for group, values in tags.attributes.items():
         if values:
             v, c = values[0]
-            d.text((img.width + 10, y), f"{group}: {v} ({c:.2f})", fill=(0, 0, 0), font=font)
+            auto = tags.is_auto_filled(group)
+            text = f"{group}: {v} ({c:.2f})" + ("" if auto else " suggestion")
+            d.text((img.width + 10, y), text, fill=(0, 0, 0) if auto else (150, 110, 0), font=font)
             y += 18
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG")

@@ -547,6 +547,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
     Single-choice groups take the image whose best value is most confident (with that image's
     alternatives); multi-label groups take the union of values (stored as a list), each at its
     highest confidence, with the box of the strongest detection when the values come from the detector.
+    A single-choice value below its group's auto-fill threshold is stored as a suggestion (auto_filled False).
     """
     out: list[AttributeValue] = []
     for g in taxonomy.groups:
@@ -570,16 +571,18 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
                 )
             )
         else:
-            candidates = [t.attributes[g.name] for t in tags if t.attributes.get(g.name)]
+            candidates = [t for t in tags if t.attributes.get(g.name)]
             if not candidates:
                 continue
-            chosen = max(candidates, key=lambda vals: vals[0][1])
+            best = max(candidates, key=lambda t: t.attributes[g.name][0][1])
+            chosen = best.attributes[g.name]
             out.append(
                 AttributeValue(
                     attribute=g.name,
                     value=chosen[0][0],
                     confidence=chosen[0][1],
                     alternatives=[Alternative(v, round(c, 4)) for v, c in chosen],
+                    auto_filled=best.is_auto_filled(g.name),
                 )
             )
     return out

@@ -8,6 +8,8 @@ no engines, no sessions, no queries (those live in `store.py`), and it must not 
 Encoding notes, for anyone reading the tables directly:
 - `product_attributes.value` is text. For a multi-label group it is a JSON array of labels encoded as text
   (e.g. '["floral","striped"]') and `value_is_list` is true; otherwise it is the label itself.
+- `auto_filled` is false for a model value kept only as a suggestion: it did not reach its group's auto-fill
+  threshold (a calibrated bundle's), so it is not the product's value yet; true for every other row.
 - `alternatives` is JSON: the model's top-k as [{"value": str, "confidence": float}, ...] ([] for humans).
 - `box` is JSON [x1, y1, x2, y2] in pixels of the original image, or null.
 - JSON columns are JSONB on PostgreSQL and JSON text on SQLite.
@@ -36,6 +38,7 @@ from sqlalchemy import (
     Unicode,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -90,6 +93,7 @@ class ProductAttribute(Base):
     attribute: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     value_is_list: Mapped[bool] = mapped_column(nullable=False, server_default=false())
+    auto_filled: Mapped[bool] = mapped_column(nullable=False, server_default=true())
     confidence: Mapped[float] = mapped_column(Float, nullable=False)
     alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
     source: Mapped[str] = mapped_column(String(8), nullable=False)

@@ -69,6 +69,7 @@ HUMAN = "human"
 _ATTRIBUTE_VALUE_COLUMNS = (
     "value",
     "value_is_list",
+    "auto_filled",
     "confidence",
     "alternatives",
     "source",
@@ -306,6 +307,7 @@ class ProductStore:
             attribute=attribute,
             value=encoded,
             value_is_list=is_list,
+            auto_filled=True,
             confidence=1.0,
             alternatives=[],
             source=HUMAN,
@@ -548,6 +550,7 @@ def _attribute_row(result: ProductResult, attr: AttributeValue, now: datetime) -
         "attribute": attr.attribute,
         "value": encoded,
         "value_is_list": is_list,
+        "auto_filled": bool(attr.auto_filled),
         "confidence": float(attr.confidence),
         "alternatives": [{"value": alt.value, "confidence": float(alt.confidence)} for alt in attr.alternatives],
         "source": MODEL,
@@ -572,6 +575,7 @@ def _stored_attribute(row: Any) -> StoredAttribute:
         image_digest=row["image_digest"],
         annotator=row["annotator"],
         updated_at=_utc(row["updated_at"]),
+        auto_filled=bool(row["auto_filled"]),
     )
 
 

@@ -30,7 +30,7 @@ class AttributeValue:
 
     `value` is a label (single-label group) or a list of labels (multi-label group). `confidence` is in [0, 1];
     the database refuses anything else. `box` is [x1, y1, x2, y2] in pixels of the original image, for
-    attributes that come from a detector.
+    attributes that come from a detector. `auto_filled` False: a suggestion, below its group's auto-fill threshold.
     """
 
     attribute: str
@@ -38,6 +38,7 @@ class AttributeValue:
     confidence: float
     alternatives: list[Alternative] = field(default_factory=list)
     box: list[float] | None = None
+    auto_filled: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class StoredAttribute:
     image_digest: str | None
     annotator: str | None
     updated_at: datetime
+    auto_filled: bool = True  # False: a model suggestion, not (yet) the product's value
 
 
 @dataclass(frozen=True)

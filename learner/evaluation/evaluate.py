@@ -6,8 +6,16 @@ Metrics per classifier group (only samples whose label is known count; missing l
   per-class F1 over the classes *present in the evaluated split* (support > 0), so a class the split does
   not contain neither helps nor hurts; expected calibration error (ECE) of the top-1 confidence with
   `ECE_BINS` equal-width bins; the confusion matrix.
+  Also `all_rows_top1`: correct values over *all* rows, those whose label is empty, `NA` or unknown to the
+  taxonomy counted as errors (beside `top1`, over known values only); `autofill`: coverage and precision of
+  the values auto-filled at the bundle's auto-fill threshold (every value when it has none, the behaviour
+  of uncalibrated bundles); `precision_coverage`: that trade-off at every threshold (for the report's PNG).
 - multi-label groups: per-class precision/recall/F1 at the bundle's thresholds (0.5 when none), macro-F1 over
   present classes, micro-F1 and exact-match accuracy.
+
+`evaluate_bundle` measures what the tagging engine would emit: the bundle's temperatures and hierarchy-
+consistent decoding are applied (`learner.inference.decoding.ValueDecoder`); `summary.hierarchy_disagreement`
+is how often the raw heads' values broke the hierarchy, and `ece_uncalibrated` the ECE before temperatures.
 
 `best_f1_threshold` chooses per-class decision thresholds (done on the validation split by training).
 The metric functions are pure numpy so they can be checked by hand; `predict` runs the model.
@@ -16,20 +24,34 @@ The metric functions are pure numpy so they can be checked by hand; `predict` ru
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+import csv
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from learner.evaluation.selective import coverage_at, precision_coverage_curve
+from learner.inference.decoding import ValueDecoder
 from learner.inference.engine import pick_device
 from learner.inference.imaging import normalize
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import AttributeGroup
-from learner.training.data import IGNORE_INDEX, ImageDataset, LabelledSet, SplitRule
+from learner.training.data import (
+    IGNORE_INDEX,
+    IMAGE_COLUMNS,
+    MULTI_VALUE_SEPARATOR,
+    ImageDataset,
+    LabelledSet,
+    Sample,
+    SplitRule,
+)
 
 ECE_BINS = 15
 DEFAULT_THRESHOLD = 0.5
@@ -63,8 +85,10 @@ def predict(
     loader: DataLoader[Any],
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    tta: str | None = None,
 ) -> dict[str, GroupPredictions]:
-    """Probabilities for every batch of `loader` (uint8 images, target dicts) with the model in eval mode."""
+    """Probabilities for every batch of `loader` (uint8 images, target dicts) with the model in eval mode;
+    `tta="flip"`: the mean of the image's and its mirror image's probabilities (as the engine's option)."""
     was_training = model.training
     model.eval()
     probs: dict[str, list[torch.Tensor]] = {g.name: [] for g in model.taxonomy.classifier_groups}
@@ -75,9 +99,10 @@ def predict(
     for images, batch_targets in loader:
         x = normalize(images.to(device, non_blocking=True), model.preprocessing)
         with autocast:
-            logits = model(x)
+            logits = model(torch.cat([x, x.flip(-1)]) if tta == "flip" else x)
         for name, p in model.probabilities(logits).items():
-            probs[name].append(p.float().cpu())
+            p = p.float().cpu()
+            probs[name].append((p[: len(x)] + p[len(x) :]) / 2 if tta == "flip" else p)
             targets[name].append(batch_targets[name])
     model.train(was_training)
     return {
@@ -93,9 +118,30 @@ def evaluate_bundle(
     split_rule: SplitRule | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    tta: str | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Metrics of a bundle's classifier on one split ('train', 'val', 'test' or 'all') of a labelled set,
-    with the bundle's own preprocessing and thresholds. Returns (metrics, number of images evaluated)."""
+    with the bundle's own preprocessing, thresholds, temperatures and hierarchy, as the engine tags.
+    Returns (metrics, number of images evaluated)."""
+    predictions, n = predict_bundle(bundle, data, split, split_rule, batch_size, device, tta)
+    metrics = compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle))
+    fitted = (bundle.calibration or {}).get("groups") or {}
+    for name, m in metrics["groups"].items():
+        if m.get("autofill") is not None and name in fitted:
+            m["autofill"]["target_precision"] = fitted[name].get("target_precision")
+    return metrics, n
+
+
+def predict_bundle(
+    bundle: ModelBundle,
+    data: LabelledSet,
+    split: str = "test",
+    split_rule: SplitRule | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    tta: str | None = None,
+) -> tuple[dict[str, GroupPredictions], int]:
+    """The bundle's raw (uncalibrated) predictions on one split of a labelled set, and how many images."""
     rule = split_rule or split_rule_of(bundle)
     samples = data.split(rule, split)
     if not samples:
@@ -104,13 +150,79 @@ def evaluate_bundle(
     model = bundle.classifier.to(dev).eval().to(memory_format=torch.channels_last)
     loader = DataLoader(ImageDataset(samples, data.taxonomy, model.preprocessing), batch_size=batch_size)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
-    return compute_metrics(predict(model, loader, dev, amp_dtype), bundle.thresholds), len(samples)
+    return predict(model, loader, dev, amp_dtype, tta), len(samples)
 
 
 def split_rule_of(bundle: ModelBundle) -> SplitRule:
     """The split rule the bundle was trained with (from its lineage), else the default rule."""
     recorded = bundle.lineage.get("split")
     return SplitRule.from_dict(recorded) if recorded else SplitRule()
+
+
+def training_set_relation(bundle: ModelBundle, data: LabelledSet) -> str | None:
+    """Why `data` is the set the bundle was trained on (its labels.csv has the recorded SHA-256, or is the recorded
+    file, changed since), or None when it is another set: cutting another set by the bundle's hash split would
+    only throw away most of it."""
+    recorded = bundle.lineage.get("data") or {}
+    base = recorded.get("base") if isinstance(recorded.get("base"), dict) else {}
+    digests = {d for d in (recorded.get("csv_sha256"), base.get("csv_sha256")) if d}
+    sources = {str(src) for src in (recorded.get("source"), base.get("source")) if src}
+    if digests and _file_sha256(Path(data.source)) in digests:
+        return "its labels.csv is the bundle's training data (same SHA-256)"
+    for src in sources:
+        with contextlib.suppress(OSError):
+            if Path(src).resolve() == Path(data.source).resolve():
+                return "its labels.csv is the bundle's training file (changed since training)"
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+NA_LABELS = frozenset({"na", "n/a", "nan", "null", "none"})
+
+
+def audit_labels(
+    data: LabelledSet, samples: Sequence[Sample], image_column: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per classifier group, the evaluated rows whose label is not a value of the taxonomy: `empty`, `na` (NA,
+    N/A, null...) and `unknown` (value -> rows). The loader treats all of them as missing; this says which."""
+    wanted = {s.sample_id for s in samples}
+    with Path(data.source).open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        column = image_column or next((c for c in IMAGE_COLUMNS if c in columns), None)
+        rows = list(reader) if column else []
+    groups = data.taxonomy.classifier_groups
+    out: dict[str, dict[str, Any]] = {g.name: {"empty": 0, "na": 0, "unknown": Counter()} for g in groups}
+    seen: set[str] = set()
+    for row in rows:
+        name = (row.get(column or "") or "").strip()
+        if name not in wanted or name in seen:
+            continue
+        seen.add(name)
+        for g in groups:
+            audit = out[g.name]
+            text = (row.get(g.label_column) or "").strip()
+            parts = [p.strip() for p in text.split(MULTI_VALUE_SEPARATOR)] if g.multi_label else [text]
+            parts = [p for p in parts if p] if g.multi_label else parts
+            if not parts or parts == [""]:
+                audit["empty"] += 1
+            for part in (p for p in parts if p and p not in g.values):
+                if part.lower() in NA_LABELS:
+                    audit["na"] += 1
+                else:
+                    audit["unknown"][part] += 1
+    return {
+        name: {**a, "unknown": dict(a["unknown"].most_common())}
+        for name, a in out.items()
+        if a["empty"] or a["na"] or a["unknown"]
+    }
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -150,15 +262,23 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(ece)
 
 
-def single_label_metrics(probs: np.ndarray, targets: np.ndarray, values: Iterable[str]) -> dict[str, Any]:
-    """Metrics of a single-choice group; rows whose target is IGNORE_INDEX are skipped."""
+def single_label_metrics(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    values: Iterable[str],
+    predicted: np.ndarray | None = None,
+    autofill_threshold: float | None = None,
+) -> dict[str, Any]:
+    """Metrics of a single-choice group; rows whose target is IGNORE_INDEX are skipped (and count as errors in
+    `all_rows_top1`). `predicted` (N,): the values chosen (default: the most probable ones), e.g. by
+    hierarchy-consistent decoding. `autofill_threshold`: the group's, for the `autofill` figures."""
     values = list(values)
     known = targets != IGNORE_INDEX
     p, t = probs[known], targets[known].astype(np.int64)
     out: dict[str, Any] = {"kind": "single", "n": int(known.sum()), "skipped": int((~known).sum())}
     if len(t) == 0:
         return {**out, "top1": None, "top3": None, "macro_f1": None, "ece": None, "per_class": {}, "confusion": None}
-    predicted = p.argmax(axis=1)
+    predicted = p.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=np.int64)[known]
     cm = confusion_matrix(t, predicted, len(values))
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
@@ -183,10 +303,13 @@ def single_label_metrics(probs: np.ndarray, targets: np.ndarray, values: Iterabl
     return {
         **out,
         "top1": float((predicted == t).mean()),
+        "all_rows_top1": float((predicted == t).sum() / len(targets)),
         "top3": float((rank < 3).mean()),
         "macro_f1": float(f1[present].mean()),
         "classes_present": int(present.sum()),
         "ece": expected_calibration_error(confidence, predicted == t),
+        "autofill": coverage_at(confidence, predicted == t, autofill_threshold),
+        "precision_coverage": precision_coverage_curve(confidence, predicted == t),
         "per_class": per_class,
         "values": values,  # row/column order of the confusion matrix
         "confusion": cm.tolist(),
@@ -241,21 +364,41 @@ def group_metrics(pred: GroupPredictions, thresholds: Mapping[str, float] | None
 def compute_metrics(
     predictions: Mapping[str, GroupPredictions],
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    decoder: ValueDecoder | None = None,
 ) -> dict[str, Any]:
     """Metrics of every group plus the summary figures used to compare models.
 
     `summary.mean_top1` / `summary.mean_macro_f1` average the single-choice groups that have labels here.
+    With a `decoder` (a bundle's temperatures, hierarchy and auto-fill thresholds) single-choice groups are
+    measured on its calibrated probabilities and decoded values, as the engine emits them.
     """
     groups = {name: group_metrics(p, (thresholds or {}).get(name)) for name, p in predictions.items()}
+    disagreement = None
+    if decoder is not None:
+        decisions = decoder({name: p.probs for name, p in predictions.items()})
+        for name, probs in decisions.probs.items():
+            pred = predictions[name]
+            m = single_label_metrics(
+                probs, pred.targets, pred.group.values, decisions.chosen[name], decoder.autofill_thresholds.get(name)
+            )
+            if decoder.temperatures.get(name, 1.0) != 1.0 and groups[name].get("ece") is not None:
+                m["ece_uncalibrated"] = groups[name]["ece"]
+            groups[name] = m
+        if decisions.disagreed is not None and len(decisions.disagreed):
+            disagreement = {
+                "levels": list(decoder.hierarchy.levels) if decoder.hierarchy else [],
+                "rows": int(decisions.disagreed.sum()),
+                "rate": float(decisions.disagreed.mean()),
+            }
     top1 = [m["top1"] for m in groups.values() if m.get("top1") is not None]
     macro = [m["macro_f1"] for m in groups.values() if m.get("macro_f1") is not None]
-    return {
-        "summary": {
-            "mean_top1": float(np.mean(top1)) if top1 else None,
-            "mean_macro_f1": float(np.mean(macro)) if macro else None,
-        },
-        "groups": groups,
+    summary: dict[str, Any] = {
+        "mean_top1": float(np.mean(top1)) if top1 else None,
+        "mean_macro_f1": float(np.mean(macro)) if macro else None,
     }
+    if disagreement is not None:
+        summary["hierarchy_disagreement"] = disagreement
+    return {"summary": summary, "groups": groups}
 
 
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 `build_report` wraps the metrics of `learner.evaluation.evaluate.compute_metrics` with what they were measured on
 (model version, data, split rule); `write_report` writes `report.json`, `report.md`, `per_class_f1.png`
 (per-class F1 bars for every single-choice group, classes of the evaluated split only, support beside each
-bar) and `confusion.png` (row-normalised confusion matrices of the groups with few classes).
+bar), `confusion.png` (row-normalised confusion matrices of the groups with few classes),
+`confused_pairs.png` (the most confused (true, predicted) pairs, counts, of the groups with more classes) and
+`precision_coverage.png` (precision of auto-filled values against the share auto-filled, per group, with the
+bundle's auto-fill threshold marked).
 
 Rendering only: nothing here computes a metric. Matplotlib runs with the Agg backend (no display needed).
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CONFUSION_MAX_CLASSES = 12  # groups with at most this many classes present get a confusion matrix
+CONFUSED_PAIRS_SHOWN = 15  # groups with more get their most confused pairs instead
 
 
 def build_report(
@@ -26,18 +30,27 @@ def build_report(
     data: Mapping[str, Any],
     split_rule: Mapping[str, Any] | None = None,
     bundle_path: str | None = None,
+    label_audit: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`label_audit`: per group, evaluated rows whose label is empty, NA or unknown to the taxonomy
+    (learner.evaluation.evaluate.audit_labels); `notes`: what the reader must know (e.g. why this split)."""
     return {
         "model_version": model_version,
         "bundle": bundle_path,
         "split": split,
         "split_rule": dict(split_rule) if split_rule else None,
         "data": dict(data),
+        "notes": list(notes or []),
+        "label_audit": dict(label_audit or {}),
         "metrics_definition": {
             "top1": "top-1 accuracy over samples whose label is known",
             "top3": "share of those samples whose true value is among the model's three highest-scored values",
             "macro_f1": "mean per-class F1 over the classes present (support > 0) in the evaluated split",
             "ece": "expected calibration error of the top-1 confidence, 15 equal-width bins",
+            "all_rows_top1": "correct values over all evaluated rows; empty, NA and unknown labels count as errors",
+            "autofill": "values whose confidence reaches the bundle's auto-fill threshold (all when it has none): "
+            "coverage = their share of the labelled rows, precision = share of them that is right",
         },
         "summary": dict(metrics["summary"]),
         "groups": dict(metrics["groups"]),
@@ -55,6 +68,12 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     confusion = out / "confusion.png"
     if plot_confusions(report, confusion):
         paths["confusion_png"] = confusion
+    pairs = out / "confused_pairs.png"
+    if plot_confused_pairs(report, pairs):
+        paths["confused_pairs_png"] = pairs
+    curve = out / "precision_coverage.png"
+    if plot_precision_coverage(report, curve):
+        paths["precision_coverage_png"] = curve
     return paths
 
 
@@ -66,24 +85,41 @@ def render_text(report: Mapping[str, Any]) -> str:
     ]
     if report.get("split_rule"):
         lines.append(f"Split rule: {report['split_rule'].get('rule', report['split_rule'])}")
+    lines += [f"Note: {n}" for n in report.get("notes", [])]
     s = report["summary"]
     lines += [
         f"Mean top-1 over groups: {_fmt(s.get('mean_top1'))}; mean macro-F1: {_fmt(s.get('mean_macro_f1'))}",
+    ]
+    if s.get("hierarchy_disagreement"):
+        h = s["hierarchy_disagreement"]
+        lines.append(
+            f"Raw heads disagreed with the hierarchy ({' > '.join(h['levels'])}) on {h['rows']} rows "
+            f"({_fmt(h['rate'])}); values are decoded consistently."
+        )
+    lines += [
         "",
-        "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present | all rows top-1 | "
+        "auto-fill threshold | auto-filled | precision of auto-filled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["groups"].items():
         if m["kind"] == "single":
+            a = m.get("autofill") or {}
+            threshold = a.get("threshold")
+            shown = "none (all)" if threshold is None else "never" if threshold > 1 else _fmt(threshold)
             lines.append(
                 f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('top3'))} | "
-                f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} |"
+                f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} | "
+                f"{_fmt(m.get('all_rows_top1'))} | {shown} | {_fmt(a.get('coverage'))} | {_fmt(a.get('precision'))} |"
             )
         else:
             lines.append(
                 f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
-                f"{_fmt(m['macro_f1'])} | - | - |"
+                f"{_fmt(m['macro_f1'])} | - | - | - | - | - | - |"
             )
+    if report.get("label_audit"):
+        lines += ["", "Labels the taxonomy does not know (counted as errors in 'all rows top-1'):", ""]
+        lines += [f"- {line}" for line in label_audit_lines(report["label_audit"])]
     for name, m in report["groups"].items():
         if not m.get("per_class"):
             continue
@@ -100,6 +136,17 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"{_fmt(c['f1'])} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def label_audit_lines(audit: Mapping[str, Any]) -> list[str]:
+    """One line per group: how many evaluated labels were empty, NA, and which unknown values (with counts)."""
+    lines = []
+    for group, a in audit.items():
+        unknown = a.get("unknown") or {}
+        parts = [f"{a.get('empty', 0)} empty", f"{a.get('na', 0)} NA", f"{sum(unknown.values())} unknown"]
+        names = ", ".join(f"{v!r} ({n})" for v, n in unknown.items())
+        lines.append(f"{group}: {', '.join(parts)}" + (f": {names}" if names else ""))
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -204,3 +251,74 @@ def plot_confusions(report: Mapping[str, Any], path: Path) -> bool:
 def report_values(group_metrics: Mapping[str, Any]) -> list[str]:
     """The class names indexing a group's confusion matrix (stored with the metrics)."""
     return list(group_metrics["values"])
+
+
+def plot_confused_pairs(report: Mapping[str, Any], path: Path) -> bool:
+    """For single-choice groups with more than CONFUSION_MAX_CLASSES classes, a bar chart of the most frequent
+    (true -> predicted) mistakes, counts. False: no such group."""
+    import numpy as np
+
+    panels = []
+    for name, m in report["groups"].items():
+        if m.get("kind") != "single" or not m.get("confusion") or len(m["per_class"]) <= CONFUSION_MAX_CLASSES:
+            continue
+        values = report_values(m)
+        cm = np.asarray(m["confusion"])
+        off = cm.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(-off, axis=None, kind="stable")[:CONFUSED_PAIRS_SHOWN]
+        rows, cols = np.unravel_index(order, off.shape)
+        pairs = [(f"{values[i]} -> {values[j]}", int(off[i, j])) for i, j in zip(rows, cols, strict=True)]
+        pairs = [p for p in pairs if p[1] > 0]
+        if pairs:
+            panels.append((name, m, pairs))
+    if not panels:
+        return False
+    plt = _pyplot()
+    heights = [len(p[2]) * 0.25 + 0.9 for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, sum(heights) + 0.6), squeeze=False)
+    for ax, (name, m, pairs) in zip(axes[:, 0], panels, strict=True):
+        ys = list(range(len(pairs)))
+        ax.barh(ys, [n for _, n in pairs], color="#C44E52", height=0.7)
+        ax.set_yticks(ys, [label for label, _ in pairs], fontsize=8)
+        ax.invert_yaxis()
+        for y, (_, n) in zip(ys, pairs, strict=True):
+            ax.text(n, y, f" {n}", va="center", fontsize=7)
+        ax.set_title(f"{name}: most confused (true -> predicted), n={m.get('n')}", fontsize=10, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("rows")
+    fig.suptitle(f"{report['model_version']} - {report['split']} split - most confused pairs", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_precision_coverage(report: Mapping[str, Any], path: Path) -> bool:
+    """Precision of auto-filled values against coverage, one line per single-choice group, with the point of
+    the bundle's auto-fill threshold marked. False: no group has labelled values."""
+    curves = [(n, m) for n, m in report["groups"].items() if (m.get("precision_coverage") or {}).get("coverage")]
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for name, m in curves:
+        c = m["precision_coverage"]
+        (line,) = ax.plot(c["coverage"], c["precision"], label=name, linewidth=1.5)
+        a = m.get("autofill") or {}
+        if a.get("threshold") is not None and a.get("coverage"):
+            ax.plot([a["coverage"]], [a["precision"]], "o", color=line.get_color())
+    targets = {(m.get("autofill") or {}).get("target_precision") for _, m in curves}
+    targets = sorted(float(t) for t in targets if t is not None)
+    for t in targets:
+        ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("coverage (share of labelled values auto-filled)")
+    ax.set_ylabel("precision of auto-filled values")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"{report['model_version']} - {report['split']} split - dots: the bundle's auto-fill thresholds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -5,6 +5,9 @@ Two halves so a service can overlap them:
 - `infer(prepared)`: one batched forward pass of the classifier (and the detector, if the bundle has
   one) under `torch.inference_mode`, channels_last, AMP on CUDA, pinned-memory host-to-device copies.
 `tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
+Single-choice values go through the bundle's `ValueDecoder` (temperatures, hierarchy-consistent decoding,
+auto-fill thresholds): `ImageTags.auto_filled` says per group whether the first value may be written as the
+model's or is only a suggestion. `tta="flip"` averages the probabilities of the image and its mirror image.
 
 The engine is bound to one bundle. Hot reload swaps whole engines between batches; nothing here is global.
 """
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 
+from learner.inference.decoding import Decisions, ValueDecoder
 from learner.inference.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -32,6 +36,7 @@ from learner.model.bundle import ModelBundle
 from learner.model.detector import detect
 
 DETECTOR_MAX_SIDE = 640
+TTA_MODES = (None, "none", "flip")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class ImageTags:
     width: int
     height: int
     model_version: str
+    auto_filled: dict[str, bool] = field(default_factory=dict)  # group -> first value clears its threshold
 
     def top(self, group: str) -> tuple[str, float] | None:
         values = self.attributes.get(group)
@@ -65,7 +71,12 @@ class ImageTags:
             "width": self.width,
             "height": self.height,
             "model_version": self.model_version,
+            "auto_filled": {g: self.is_auto_filled(g) for g in self.attributes},
         }
+
+    def is_auto_filled(self, group: str) -> bool:
+        """False when the group's value is only a suggestion (below the bundle's auto-fill threshold)."""
+        return self.auto_filled.get(group, True)
 
 
 @dataclass
@@ -91,7 +102,12 @@ class TaggingEngine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         top_k: int = 3,
         amp: bool = True,
+        tta: str | None = None,
     ) -> None:
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(map(str, TTA_MODES))}, not {tta!r}")
+        self.tta = None if tta == "none" else tta
+        self.decoder = ValueDecoder.for_bundle(bundle)
         self.bundle = bundle
         self.device = pick_device(device)
         self.max_pixels = max_pixels
@@ -141,8 +157,11 @@ class TaggingEngine:
             else contextlib.nullcontext()
         )
         with autocast:
-            logits = self.classifier(x)
+            logits = self.classifier(torch.cat([x, x.flip(-1)]) if self.tta == "flip" else x)
         probs = {k: v.float().cpu() for k, v in self.classifier.probabilities(logits).items()}
+        if self.tta == "flip":  # the mean of the image's and its mirror image's probabilities
+            probs = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in probs.items()}
+        decisions = self.decoder({k: v.numpy() for k, v in probs.items()})
         detections: list[list[dict[str, Any]]] = [[] for _ in batch]
         if self.detector is not None and self.bundle.detector_spec is not None:
             imgs = [
@@ -152,13 +171,19 @@ class TaggingEngine:
             ]
             with autocast:
                 detections = detect(self.detector, imgs, self.bundle.detector_spec)
-        return [self._assemble(i, p, probs, detections[i]) for i, p in enumerate(batch)]
+        return [self._assemble(i, p, probs, decisions, detections[i]) for i, p in enumerate(batch)]
 
     def _assemble(
-        self, i: int, p: PreparedImage, probs: dict[str, torch.Tensor], dets: list[dict[str, Any]]
+        self,
+        i: int,
+        p: PreparedImage,
+        probs: dict[str, torch.Tensor],
+        decisions: Decisions,
+        dets: list[dict[str, Any]],
     ) -> ImageTags:
         taxonomy = self.bundle.taxonomy
         attributes: dict[str, list[tuple[str, float]]] = {}
+        auto_filled = {name: bool(auto[i]) for name, auto in decisions.auto_filled.items()}
         for g in taxonomy.classifier_groups:
             row = probs[g.name][i]
             if g.multi_label:
@@ -166,9 +191,7 @@ class TaggingEngine:
                 chosen = [(v, c) for v, c in chosen if c >= self.bundle.threshold(g.name, v)]
                 attributes[g.name] = sorted(chosen, key=lambda vc: -vc[1])
             else:
-                k = min(self.top_k, len(g.values))
-                conf, idx = torch.topk(row, k)
-                attributes[g.name] = [(g.values[int(j)], float(c)) for c, j in zip(conf, idx, strict=True)]
+                attributes[g.name] = decisions.ranked(g.name, i, g.values, min(self.top_k, len(g.values)))
         found: list[Detection] = []
         detector_groups = {g.name for g in taxonomy.groups if g.source == "detector"}
         for d in dets:
@@ -180,7 +203,7 @@ class TaggingEngine:
                     current = dict(attributes.get(group, []))
                     current[value] = max(current.get(value, 0.0), d["score"])
                     attributes[group] = sorted(current.items(), key=lambda vc: -vc[1])
-        return ImageTags(attributes, found, p.width, p.height, self.bundle.model_version)
+        return ImageTags(attributes, found, p.width, p.height, self.bundle.model_version, auto_filled)
 
     # -- both --------------------------------------------------------------------------------------
     def tag_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> list[ImageTags | TagError]:

@@ -5,7 +5,9 @@ when the detector was fine-tuned, the detector's (`detector.*`). Its header meta
 manifest that says everything needed to use it without guessing: the taxonomy, the backbone, the
 preprocessing, per-class thresholds, the detector spec, evaluation metrics and lineage (parent version,
 training data, recipe). A SHA-256 over the tensors detects a corrupt file; `format_version` detects a
-bundle written by an incompatible ShelfSight.
+bundle written by an incompatible ShelfSight. A calibrated bundle (`shelfsight models calibrate`) also holds
+per-group temperatures, auto-fill thresholds and how they were fitted; a bundle without them behaves as
+before (every value auto-filled). Calibrating rewrites the file (its SHA-256 changes), not the tensors.
 
 safetensors never executes code while loading, so a bundle from elsewhere is safe to open.
 """
@@ -48,6 +50,11 @@ class ModelBundle:
     detector: torch.nn.Module | None = None
     detector_spec: DetectorSpec | None = None
     created_at: float = field(default_factory=time.time)
+    # selective prediction (optional; see learner.evaluation.calibration): single-choice group -> temperature;
+    # group -> lowest calibrated confidence auto-filled (> 1: never); how they were fitted (target precision, ECE)
+    temperatures: dict[str, float] = field(default_factory=dict)
+    autofill_thresholds: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -55,6 +62,10 @@ class ModelBundle:
 
     def threshold(self, group: str, value: str, default: float = 0.5) -> float:
         return self.thresholds.get(group, {}).get(value, default)
+
+    def autofill_threshold(self, group: str) -> float | None:
+        """The confidence a value of `group` needs to be auto-filled; None: no threshold, every value is."""
+        return self.autofill_thresholds.get(group)
 
     def manifest(self, tensor_sha256: str) -> dict[str, Any]:
         return {
@@ -79,6 +90,10 @@ class ModelBundle:
             "metrics": self.metrics,
             "lineage": self.lineage,
             "tensor_sha256": tensor_sha256,
+            # optional keys: only in calibrated bundles
+            **({"temperatures": self.temperatures} if self.temperatures else {}),
+            **({"autofill_thresholds": self.autofill_thresholds} if self.autofill_thresholds else {}),
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -177,12 +192,26 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         detector=detector,
         detector_spec=detector_spec,
         created_at=float(manifest.get("created_at", 0.0)),
+        temperatures={str(k): float(v) for k, v in (manifest.get("temperatures") or {}).items()},
+        autofill_thresholds={str(k): float(v) for k, v in (manifest.get("autofill_thresholds") or {}).items()},
+        calibration=dict(manifest.get("calibration") or {}),
     )
+    _check_selective(bundle, path)
     if str(map_location) != "cpu":
         bundle.classifier.to(map_location)
         if bundle.detector is not None:
             bundle.detector.to(map_location)
     return bundle
+
+
+def _check_selective(bundle: ModelBundle, path: Path) -> None:
+    single = {g.name for g in bundle.taxonomy.classifier_groups if not g.multi_label}
+    for group, t in bundle.temperatures.items():
+        if group not in single or not t > 0:
+            raise BundleError(f"{path}: temperature {t} of {group!r} is not a positive number of a single-choice group")
+    for group in bundle.autofill_thresholds:
+        if group not in single:
+            raise BundleError(f"{path}: auto-fill threshold for {group!r}, which is not a single-choice group")
 
 
 def _load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from learner.model.hierarchy import Hierarchy
+
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 BUILTIN_TAXONOMIES = ("fashion-products",)
 
@@ -42,6 +44,16 @@ class GroupSpec(BaseModel):
     label_column: str | None = None
     colour: bool = False
     values: list[str] = Field(min_length=1)
+    # precision auto-filled values of this group must reach (see learner.evaluation.selective); None: the default
+    target_precision: float | None = None
+
+    @field_validator("target_precision")
+    @classmethod
+    def _precision_is_a_share(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            hint = f" (write {v / 100:g} for {v:g}%)" if 1.0 < v <= 100.0 else ""
+            raise ValueError(f"target_precision is a share in (0, 1], e.g. 0.95, not {v:g}{hint}")
+        return v
 
     @field_validator("values")
     @classmethod
@@ -59,7 +71,16 @@ class GroupSpec(BaseModel):
     def _single_needs_two_values(self) -> GroupSpec:
         if self.kind == "single" and len(self.values) < 2:
             raise ValueError("a single-choice group needs at least two values")
+        if self.target_precision is not None and (self.kind != "single" or self.source != "classifier"):
+            raise ValueError("target_precision applies to single-choice classifier groups only")
         return self
+
+
+class HierarchySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: list[str]
+    implies: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class TaxonomySpec(BaseModel):
@@ -69,6 +90,7 @@ class TaxonomySpec(BaseModel):
     name: str = Field(min_length=1)
     groups: dict[str, GroupSpec] = Field(min_length=1)
     detector_mapping: dict[str, dict[str, str]] = Field(default_factory=dict)
+    hierarchy: HierarchySpec | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -88,6 +110,7 @@ class AttributeGroup:
     values: tuple[str, ...]
     label_column: str
     colour: bool = False
+    target_precision: float | None = None  # None: the auto-fill default (learner.evaluation.selective)
 
     @property
     def multi_label(self) -> bool:
@@ -103,6 +126,7 @@ class Taxonomy:
     groups: tuple[AttributeGroup, ...]
     detector_mapping: Mapping[str, Mapping[str, str]]
     schema_version: int = 1
+    hierarchy: Hierarchy | None = None  # values of lower groups that imply values of upper ones
 
     # -- queries -------------------------------------------------------------------------------------
     def group(self, name: str) -> AttributeGroup:
@@ -123,8 +147,17 @@ class Taxonomy:
         return self.detector_mapping.get(class_name, {})
 
     # -- (de)serialisation ---------------------------------------------------------------------------
+    def with_hierarchy(self, hierarchy: Hierarchy | None) -> Taxonomy:
+        """This taxonomy with `hierarchy` (validated against its groups; TaxonomyError when it does not fit)."""
+        data = self.to_dict()
+        data.pop("hierarchy", None)
+        if hierarchy is not None:
+            data["hierarchy"] = hierarchy.to_dict()
+        return Taxonomy.from_dict(data, source=f"{self.name} with hierarchy")
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        # optional keys only when set: the fingerprint of a taxonomy without them stays what it was
+        out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "name": self.name,
             "groups": {
@@ -134,11 +167,15 @@ class Taxonomy:
                     "label_column": g.label_column if g.source == "classifier" else None,
                     "colour": g.colour,
                     "values": list(g.values),
+                    **({"target_precision": g.target_precision} if g.target_precision is not None else {}),
                 }
                 for g in self.groups
             },
             "detector_mapping": {k: dict(v) for k, v in self.detector_mapping.items()},
         }
+        if self.hierarchy is not None:
+            out["hierarchy"] = self.hierarchy.to_dict()
+        return out
 
     def fingerprint(self) -> str:
         """A stable digest of the taxonomy's meaning (used to check bundle/taxonomy compatibility)."""
@@ -167,6 +204,7 @@ class Taxonomy:
                 values=tuple(g.values),
                 label_column=g.label_column or name,
                 colour=g.colour,
+                target_precision=g.target_precision,
             )
             for name, g in spec.groups.items()
         )
@@ -175,6 +213,7 @@ class Taxonomy:
             groups=groups,
             detector_mapping={k: dict(v) for k, v in spec.detector_mapping.items()},
             schema_version=spec.schema_version,
+            hierarchy=None if spec.hierarchy is None else Hierarchy.from_dict(spec.hierarchy.model_dump()),
         )
 
 
@@ -280,4 +319,7 @@ def _cross_check(spec: TaxonomySpec, lines: _LineIndex | None) -> list[tuple[str
             problems.append((_where(("groups", name, "label_column"), lines), "detector groups take no label_column"))
     if not any(g.source == "classifier" for g in spec.groups.values()):
         problems.append((_where(("groups",), lines), "at least one group must come from the classifier"))
+    if spec.hierarchy is not None:
+        hierarchy = Hierarchy.from_dict(spec.hierarchy.model_dump())
+        problems += [(_where(loc, lines), msg) for loc, msg in hierarchy.problems(spec.groups)]
     return problems

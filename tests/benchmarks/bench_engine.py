@@ -6,7 +6,8 @@ Without --model it builds an untrained bundle of the same architecture (speed do
 weights). Images default to ../shared/data/fashion-products (224x224 catalog photos) when present, else
 the CC0 photos in deploy/demo. Prints images/s for (a) forward only (pre-normalised tensors already in
 the model's layout) and (b) `TaggingEngine.tag_bytes` (decode + EXIF + resize + normalise + forward +
-post-processing), side by side in one run, and the ratio (b)/(a). Absolute figures are only meaningful
+post-processing), side by side in one run, and the ratio (b)/(a); then (c) the engine at batch 32 with
+`tta="flip"` (image and mirror image averaged) and its cost against (b). Absolute figures are only meaningful
 on the machine that printed them; compare the ratios.
 """
 
@@ -99,6 +100,11 @@ def main() -> None:
         figures[f"engine_b{batch}_img_s"] = round(eng, 2)
         figures[f"ratio_b{batch}"] = round(eng / fwd, 3)
 
+    flip = TaggingEngine(bundle, device=args.device, tta="flip")
+    tta = timed(lambda: flip.tag_bytes(payloads, batch_size=32), n, args.repeats, "engine  b32 tta=flip")
+    figures["engine_tta_flip_b32_img_s"] = round(tta, 2)
+    figures["tta_flip_cost_b32"] = round(figures["engine_b32_img_s"] / tta, 3)  # type: ignore[operator]
+
     print(f"tagging engine benchmark on {figures['device']} ({figures['threads']} threads), {n} images")
     print(f"{'batch':>5}  {'forward img/s':>14}  {'engine img/s':>13}  {'engine/forward':>14}")
     for batch in (1, 32):
@@ -106,6 +112,7 @@ def main() -> None:
             f"{batch:>5}  {figures[f'forward_b{batch}_img_s']:>14}  {figures[f'engine_b{batch}_img_s']:>13}"
             f"  {figures[f'ratio_b{batch}']:>14}"
         )
+    print(f"tta=flip, batch 32: {tta:.2f} img/s, {figures['tta_flip_cost_b32']}x the time of the plain engine")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -140,6 +140,19 @@ def test_values_round_trip_with_their_types(store: ProductStore) -> None:
     assert store.get_product("nope") is None
 
 
+def test_a_suggestion_is_stored_with_its_confidence_and_a_human_value_replaces_it(store: ProductStore) -> None:
+    suggestion = AttributeValue("color", "teal", 0.41, [Alternative("teal", 0.41)], auto_filled=False)
+    store.write_results([make_result(attributes=[suggestion, AttributeValue("garment", "shirt", 0.97)])])
+
+    product = store.get_product("p1")
+    assert product is not None
+    assert product.attributes["color"].auto_filled is False and product.attributes["color"].confidence == 0.41
+    assert product.attributes["garment"].auto_filled is True
+
+    store.set_human_value("p1", "color", "navy", annotator="ann")
+    assert store.get_product("p1").attributes["color"].auto_filled is True  # type: ignore[union-attr]
+
+
 def test_writes_of_one_batch_are_atomic(store: ProductStore) -> None:
     good = make_result(product_id="p1")
     also_good = make_result(product_id="p2")

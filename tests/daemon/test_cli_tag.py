@@ -73,3 +73,14 @@ def test_a_corrupt_bundle_is_reported_not_a_traceback(cc0_images, tmp_path):
     result = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(bad)])
     assert result.exit_code == 2
     assert "is not a ShelfSight bundle" in result.stderr
+
+
+def test_values_below_their_auto_fill_threshold_are_shown_as_suggestions(calibrated_bundle_path, cc0_images):
+    text = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path)])
+    assert text.exit_code == 0, text.output
+    garment = next(line for line in text.stdout.splitlines() if line.strip().startswith("garment"))
+    kids = next(line for line in text.stdout.splitlines() if line.strip().startswith("kids"))
+    assert "suggestion" in garment and "suggestion" not in kids
+
+    as_json = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path), "--json"])
+    assert json.loads(as_json.stdout)["images"][0]["auto_filled"] == {"garment": False, "kids": True}

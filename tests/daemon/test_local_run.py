@@ -91,3 +91,21 @@ def test_running_the_same_events_again_writes_nothing_twice(tmp_path, untrained_
     con = sqlite3.connect(tmp_path / "db.sqlite")
     assert con.execute("SELECT COUNT(*), MAX(attempts) FROM processing_log").fetchone() == (1, 2)
     assert con.execute("SELECT COUNT(*) FROM product_attributes WHERE product_id='p'").fetchone()[0] == 2
+
+
+def test_a_value_below_its_groups_auto_fill_threshold_is_stored_as_a_suggestion(
+    tmp_path, calibrated_bundle_path, cc0_images
+):
+    events = tmp_path / "events"
+    events.mkdir()
+    write_event(events, "e.json", {"schema_version": 1, "product_id": "p0", "image_urls": [cc0_images[0].as_uri()]})
+
+    run_service(settings_for(tmp_path, calibrated_bundle_path, cc0_images[0].parent))
+
+    con = sqlite3.connect(tmp_path / "db.sqlite")
+    rows = con.execute("SELECT attribute, auto_filled, confidence, source FROM product_attributes").fetchall()
+    by_attribute = {a: (bool(auto), confidence, source) for a, auto, confidence, source in rows}
+    # garment's threshold is above 1: kept with its confidence, but as a suggestion; kids' threshold is 0
+    assert by_attribute["garment"][0] is False and 0 < by_attribute["garment"][1] < 1
+    assert by_attribute["kids"][0] is True
+    assert {source for _, _, source in by_attribute.values()} == {"model"}

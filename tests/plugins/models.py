@@ -39,3 +39,16 @@ def untrained_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bundles") / "untrained.safetensors"
     ModelBundle("cc0-untrained-test", taxonomy, model, lineage={"note": "test fixture"}).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def calibrated_bundle_path(untrained_bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained bundle with auto-fill thresholds as `shelfsight models calibrate` stores them: `garment` is
+    never auto-filled (threshold above 1), `kids` always (threshold 0)."""
+    from learner.model.bundle import load_bundle
+
+    bundle = load_bundle(untrained_bundle_path)
+    bundle.temperatures = {"garment": 1.5}
+    bundle.autofill_thresholds = {"garment": 2.0, "kids": 0.0}
+    bundle.calibration = {"groups": {"garment": {"target_precision": 0.97}, "kids": {"target_precision": 0.97}}}
+    return bundle.save(tmp_path_factory.mktemp("bundles") / "calibrated.safetensors")

@@ -1,0 +1,155 @@
+"""Selective prediction: which confidence a value needs to be auto-filled, and what auto-filling then yields.
+
+The question the catalog team asks is "how many products can be filled in without a person, and how often is
+a filled value wrong?". For one single-choice group, with `confidence` the (calibrated) probability of the
+chosen value and `correct` whether it was right:
+- `coverage_at(confidence, correct, threshold)`: the share of values auto-filled (confidence >= threshold) and
+  the precision of those (1 - how often a filled value is wrong);
+- `precision_coverage_curve`: the same for every threshold (what the PNG of the evaluation report draws);
+- `choose_autofill_threshold`: the lowest threshold whose accepted values reach a target precision.
+
+Pure numpy and the standard library; nothing here runs a model or reads a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TARGET_PRECISION = 0.97
+DEFAULT_CONFIDENCE_LEVEL = 0.95
+NEVER = 2.0  # an auto-fill threshold no confidence reaches: nothing of the group is auto-filled
+
+
+def wilson_lower_bound(correct: np.ndarray, total: np.ndarray, level: float = DEFAULT_CONFIDENCE_LEVEL) -> np.ndarray:
+    """One-sided Wilson score lower bound of a proportion correct/total at confidence `level`.
+
+    `level` 0.5 gives the point estimate correct/total itself. Totals of 0 give 0.
+    """
+    k = np.asarray(correct, dtype=np.float64)
+    n = np.asarray(total, dtype=np.float64)
+    z = NormalDist().inv_cdf(level) if level > 0.5 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(n > 0, k / n, 0.0)
+        if z == 0.0:
+            return p
+        z2 = z * z
+        centre = p + z2 / (2 * n)
+        margin = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+        bound = (centre - margin) / (1 + z2 / n)
+    return np.where(n > 0, np.clip(bound, 0.0, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """`threshold`: lowest auto-filled confidence (NEVER when the target is out of reach); what the fitting set
+    says about it: values accepted, their precision and its lower bound, and the coverage (accepted / n)."""
+
+    threshold: float
+    target_precision: float
+    confidence_level: float
+    n: int
+    accepted: int
+    precision: float | None
+    precision_lower_bound: float | None
+
+    @property
+    def reached(self) -> bool:
+        return self.threshold <= 1.0
+
+    @property
+    def coverage(self) -> float:
+        return self.accepted / self.n if self.n else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "coverage": self.coverage, "reached": self.reached}
+
+
+def _cuts(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct confidence, high to low: the confidence, values accepted at it, and correct ones."""
+    order = np.argsort(-confidence, kind="stable")
+    s, y = confidence[order], correct[order]
+    accepted = np.arange(1, len(s) + 1)
+    right = np.cumsum(y)
+    last_of_run = np.r_[s[1:] != s[:-1], True]  # equal confidences are accepted together
+    return s[last_of_run], accepted[last_of_run], right[last_of_run]
+
+
+def choose_autofill_threshold(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+    confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
+) -> ThresholdChoice:
+    """The lowest confidence threshold at which the auto-filled values of the fitting set reach the target.
+
+    Candidate thresholds are the distinct confidences of the fitting set, scanned from high to low; at each the
+    accepted values are those at or above it. A threshold qualifies when the *lower confidence bound* (one-sided
+    Wilson score interval at `confidence_level`) of the precision of its accepted values is >= the target, not
+    the precision itself: on a small validation set a handful of lucky values would otherwise "prove" 97%. With
+    no error at all, 95% confidence needs about 90 accepted values before 0.97 can be claimed, so a group with
+    a small validation set is, rightly, not auto-filled. The lowest qualifying threshold is kept (the most
+    coverage), even when a higher one does not qualify: what is promised is the precision of everything
+    accepted. The threshold is the qualifying confidence itself, not a point between it and the next lower
+    one: no value the fitting set did not see accepted is accepted. When no threshold qualifies, the result is
+    NEVER (> 1): nothing of the group is auto-filled.
+
+    Scanning many thresholds and keeping the lowest that qualifies makes the bound somewhat optimistic; measure
+    the precision actually reached on data the threshold was not fitted on (`shelfsight evaluate`, test split).
+    `confidence_level` 0.5 uses the plain precision.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    n = len(conf)
+    if n == 0:
+        return ThresholdChoice(NEVER, target_precision, confidence_level, 0, 0, None, None)
+    scores, accepted, k = _cuts(conf, right)
+    bound = wilson_lower_bound(k, accepted, confidence_level)
+    ok = np.flatnonzero(bound >= target_precision)
+    if len(ok) == 0:
+        return ThresholdChoice(NEVER, target_precision, confidence_level, n, 0, None, None)
+    i = int(ok[-1])
+    return ThresholdChoice(
+        threshold=float(scores[i]),
+        target_precision=target_precision,
+        confidence_level=confidence_level,
+        n=n,
+        accepted=int(accepted[i]),
+        precision=float(k[i] / accepted[i]),
+        precision_lower_bound=float(bound[i]),
+    )
+
+
+def coverage_at(confidence: np.ndarray, correct: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """What auto-filling at `threshold` does on these values (None: no threshold, every value is auto-filled):
+    coverage (share auto-filled), precision of the auto-filled ones, and the counts behind them."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    accepted = conf >= threshold if threshold is not None else np.ones(len(conf), dtype=bool)
+    n_acc = int(accepted.sum())
+    return {
+        "threshold": threshold,
+        "n": len(conf),
+        "auto_filled": n_acc,
+        "errors": int((accepted & ~right).sum()),
+        "coverage": n_acc / len(conf) if len(conf) else None,
+        "precision": float(right[accepted].mean()) if n_acc else None,
+    }
+
+
+def precision_coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 100) -> dict[str, list[float]]:
+    """Precision of the auto-filled values against coverage, for thresholds from the highest confidence down,
+    thinned to about `points` points (the first and last cut always kept)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    if len(conf) == 0:
+        return {"coverage": [], "precision": [], "threshold": []}
+    scores, accepted, k = _cuts(conf, np.asarray(correct, dtype=bool))
+    keep = np.unique(np.r_[np.linspace(0, len(scores) - 1, min(points, len(scores))).round().astype(int)])
+    return {
+        "coverage": [round(float(v), 5) for v in accepted[keep] / len(conf)],
+        "precision": [round(float(v), 5) for v in k[keep] / accepted[keep]],
+        "threshold": [round(float(v), 6) for v in scores[keep]],
+    }

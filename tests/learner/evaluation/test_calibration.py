@@ -1,0 +1,139 @@
+"""Temperatures and auto-fill thresholds on synthetic score sets whose right answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.evaluation.calibration import fit_calibration, fit_temperature
+from learner.evaluation.evaluate import GroupPredictions, expected_calibration_error
+from learner.evaluation.selective import (
+    NEVER,
+    choose_autofill_threshold,
+    coverage_at,
+    wilson_lower_bound,
+)
+from learner.inference.decoding import apply_temperature
+from learner.model.taxonomy import parse_taxonomy
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def over_confident(n: int = 3000, classes: int = 5, sharpen: float = 3.0, seed: int = 0):
+    """Labels drawn from softmax(z); the model reports softmax(sharpen * z): right ranking, too sure of itself."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.2, size=(n, classes))
+    true_p = softmax(z)
+    targets = (rng.uniform(size=(n, 1)) < true_p.cumsum(axis=1)).argmax(axis=1)
+    return softmax(sharpen * z), targets
+
+
+def ece_of(probs: np.ndarray, targets: np.ndarray) -> float:
+    predicted = probs.argmax(axis=1)
+    return expected_calibration_error(probs[np.arange(len(targets)), predicted], predicted == targets)
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model() -> None:
+    probs, targets = over_confident()
+
+    temperature = fit_temperature(probs, targets)
+    calibrated = apply_temperature(probs, temperature)
+
+    assert temperature == pytest.approx(3.0, rel=0.15)  # undoes the sharpening
+    before, after = ece_of(probs, targets), ece_of(calibrated, targets)
+    assert before > 0.1
+    assert after < before / 3
+    assert (calibrated.argmax(axis=1) == probs.argmax(axis=1)).all()  # a temperature never changes the ranking
+
+
+def test_a_well_calibrated_model_keeps_a_temperature_near_one() -> None:
+    probs, targets = over_confident(sharpen=1.0, seed=1)
+
+    assert fit_temperature(probs, targets) == pytest.approx(1.0, abs=0.15)
+
+
+def constructed_scores() -> tuple[np.ndarray, np.ndarray]:
+    """400 values: the 300 most confident have 1 error in 100, the 100 least confident are right half the time."""
+    confidence = np.linspace(0.999, 0.2, 400)
+    correct = np.ones(400, dtype=bool)
+    correct[[50, 150, 250]] = False  # one error in each hundred of the top 300
+    correct[300::2] = False
+    return confidence, correct
+
+
+def test_threshold_search_reaches_the_asked_precision_on_a_constructed_score_set() -> None:
+    confidence, correct = constructed_scores()
+
+    choice = choose_autofill_threshold(confidence, correct, target_precision=0.98, confidence_level=0.5)
+
+    accepted = confidence >= choice.threshold
+    assert correct[accepted].mean() >= 0.98
+    assert choice.precision == pytest.approx(correct[accepted].mean())
+    assert choice.accepted == accepted.sum() and choice.coverage == pytest.approx(accepted.mean())
+    # it is the lowest such threshold: every lower candidate accepts values at a lower precision
+    for t in confidence[confidence < choice.threshold]:
+        assert correct[confidence >= t].mean() < 0.98
+    assert 300 <= choice.accepted <= 310  # the top 300 (99%) plus a few of the noisy tail
+
+
+def test_the_lower_bound_makes_the_threshold_more_cautious_and_is_itself_above_the_target() -> None:
+    confidence, correct = constructed_scores()
+
+    plain = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.5)
+    bounded = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.95)
+
+    assert bounded.threshold >= plain.threshold and bounded.accepted <= plain.accepted
+    assert bounded.precision_lower_bound is not None and bounded.precision_lower_bound >= 0.97
+    k, n = correct[confidence >= bounded.threshold].sum(), (confidence >= bounded.threshold).sum()
+    assert wilson_lower_bound(np.array([k]), np.array([n]), 0.95)[0] >= 0.97
+
+
+def test_nothing_is_auto_filled_when_no_threshold_reaches_the_target() -> None:
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0.5, 1.0, 500)
+    correct = rng.uniform(size=500) < 0.8  # 80% right at every confidence
+
+    choice = choose_autofill_threshold(confidence, correct, target_precision=0.97)
+
+    assert choice.threshold == NEVER and not choice.reached
+    assert choice.accepted == 0 and choice.precision is None
+    assert coverage_at(confidence, correct, choice.threshold)["auto_filled"] == 0
+
+
+def test_a_small_validation_set_cannot_prove_the_target_even_without_errors() -> None:
+    confidence = np.linspace(0.99, 0.9, 20)
+
+    assert not choose_autofill_threshold(confidence, np.ones(20, dtype=bool), 0.97, confidence_level=0.95).reached
+    assert choose_autofill_threshold(confidence, np.ones(20, dtype=bool), 0.97, confidence_level=0.5).reached
+
+
+TAXONOMY = """
+schema_version: 1
+name: tiny
+groups:
+  colour:
+    kind: single
+    values: [a, b, c, d, e]
+    target_precision: 0.9
+  size:
+    kind: single
+    values: [a, b, c, d, e]
+"""
+
+
+def test_calibration_uses_each_groups_target_and_stores_everything_in_the_bundle_manifest() -> None:
+    taxonomy = parse_taxonomy(TAXONOMY)
+    probs, targets = over_confident()
+    preds = {name: GroupPredictions(taxonomy.group(name), probs, targets) for name in ("colour", "size")}
+
+    calibration = fit_calibration(preds, taxonomy, default_target=0.99, confidence_level=0.5)
+
+    assert calibration.thresholds["colour"].target_precision == 0.9
+    assert calibration.target_source == {"colour": "taxonomy", "size": "default"}
+    assert calibration.thresholds["size"].target_precision == 0.99
+    assert calibration.thresholds["size"].threshold > calibration.thresholds["colour"].threshold
+    report = calibration.report()
+    assert report["groups"]["colour"]["ece_after"] < report["groups"]["colour"]["ece_before"]

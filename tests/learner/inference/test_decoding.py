@@ -1,0 +1,167 @@
+"""Hierarchy-consistent decoding, temperatures and auto-fill marks, from probabilities to values."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from learner.inference.decoding import ValueDecoder, apply_temperature, hierarchy_paths
+from learner.inference.engine import TaggingEngine
+from learner.model.bundle import load_bundle
+from learner.model.hierarchy import Hierarchy
+from learner.model.taxonomy import Taxonomy, parse_taxonomy
+
+TAXONOMY = """
+schema_version: 1
+name: shop
+groups:
+  master:
+    kind: single
+    values: [Apparel, Footwear, Accessories]
+  sub:
+    kind: single
+    values: [Topwear, Bottomwear, Shoes, Sandal, Bags, Watches]
+  article:
+    kind: single
+    values: [Tshirts, Shirts, Jeans, Casual Shoes, Sandals, Handbags, Backpacks, Watches, Mystery]
+  colour:
+    kind: single
+    values: [Black, White]
+hierarchy:
+  levels: [master, sub, article]
+  implies:
+    Tshirts: [Apparel, Topwear]
+    Shirts: [Apparel, Topwear]
+    Jeans: [Apparel, Bottomwear]
+    Casual Shoes: [Footwear, Shoes]
+    Sandals: [Footwear, Sandal]
+    Handbags: [Accessories, Bags]
+    Backpacks: [Accessories, Bags]
+    Watches: [Accessories, Watches]
+"""
+
+
+@pytest.fixture(scope="module")
+def taxonomy() -> Taxonomy:
+    return parse_taxonomy(TAXONOMY)
+
+
+def consistent(taxonomy: Taxonomy, master: int, sub: int, article: int) -> bool:
+    h = taxonomy.hierarchy
+    assert h is not None
+    leaf = taxonomy.group("article").values[article]
+    upper = (taxonomy.group("master").values[master], taxonomy.group("sub").values[sub])
+    if leaf in h.implies:
+        return h.implies[leaf] == upper
+    return upper in set(h.implies.values())  # an unlisted leaf may only sit under a known path
+
+
+def test_hierarchy_decoding_never_emits_an_inconsistent_triple(taxonomy) -> None:
+    decoder = ValueDecoder(taxonomy)
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = 16
+        # mixes of flat, peaked and near-one-hot rows, so the heads often disagree with each other
+        sharpness = rng.choice([0.3, 1.0, 5.0, 30.0])
+        probs = {
+            g.name: apply_temperature(rng.dirichlet(np.ones(len(g.values)), size=n), 1 / sharpness)
+            for g in taxonomy.classifier_groups
+        }
+        d = decoder(probs)
+        for i in range(n):
+            triple = (int(d.chosen["master"][i]), int(d.chosen["sub"][i]), int(d.chosen["article"][i]))
+            assert consistent(taxonomy, *triple), (trial, i, triple)
+        # and it is the most probable consistent triple (brute force over all triples)
+        sizes = [len(taxonomy.group(n).values) for n in ("master", "sub", "article")]
+        for i in range(n):
+            best = max(
+                (t for t in itertools.product(*map(range, sizes)) if consistent(taxonomy, *t)),
+                key=lambda t: probs["master"][i, t[0]] * probs["sub"][i, t[1]] * probs["article"][i, t[2]],
+            )
+            chosen = (d.chosen["master"][i], d.chosen["sub"][i], d.chosen["article"][i])
+            assert tuple(int(c) for c in chosen) == best
+
+
+def test_heads_that_agree_keep_their_values_and_disagreement_is_reported(taxonomy) -> None:
+    def onehot(group: str, value: str, p: float = 0.9) -> np.ndarray:
+        g = taxonomy.group(group)
+        row = np.full(len(g.values), (1 - p) / (len(g.values) - 1))
+        row[g.index(value)] = p
+        return row[None, :]
+
+    agree = {"master": onehot("master", "Footwear"), "sub": onehot("sub", "Shoes")}
+    agree |= {"article": onehot("article", "Casual Shoes"), "colour": onehot("colour", "Black")}
+    d = ValueDecoder(taxonomy)(agree)
+    assert not d.disagreed[0]
+    assert taxonomy.group("article").values[d.chosen["article"][0]] == "Casual Shoes"
+
+    # the article head is sure of a handbag, the others weakly say footwear: the path follows the strongest evidence
+    clash = {**agree, "master": onehot("master", "Footwear", 0.5), "sub": onehot("sub", "Shoes", 0.4)}
+    clash["article"] = onehot("article", "Handbags", 0.95)
+    d = ValueDecoder(taxonomy)(clash)
+    assert d.disagreed[0]
+    assert [taxonomy.group(g).values[d.chosen[g][0]] for g in ("master", "sub", "article")] == [
+        "Accessories",
+        "Bags",
+        "Handbags",
+    ]
+    assert d.confidence["master"][0] == pytest.approx(clash["master"][0, 2])  # its own head's probability
+
+
+def test_unlisted_leaf_values_may_sit_under_any_known_path(taxonomy) -> None:
+    paths = hierarchy_paths(taxonomy.hierarchy, taxonomy)  # type: ignore[arg-type]
+    mystery = taxonomy.group("article").index("Mystery")
+    under = {tuple(p[:2]) for p in paths if p[2] == mystery}
+    known = {tuple(p[:2]) for p in paths if p[2] != mystery}
+    assert under == known
+
+
+def test_auto_fill_marks_follow_each_groups_threshold_and_temperatures_soften(taxonomy) -> None:
+    probs = {g.name: np.full((1, len(g.values)), 0.01) for g in taxonomy.classifier_groups}
+    for p in probs.values():
+        p[0, 0] = 1 - 0.01 * (p.shape[1] - 1)
+    d = ValueDecoder(taxonomy, {"colour": 4.0}, {"master": 0.9, "sub": 0.999})(probs)
+    assert d.auto_filled["master"][0] and not d.auto_filled["sub"][0]
+    assert d.auto_filled["article"][0]  # no threshold: auto-filled, as before calibration existed
+    assert d.confidence["colour"][0] < probs["colour"][0, 0]
+
+
+def test_hierarchy_problems_name_the_key_and_line() -> None:
+    bad = TAXONOMY.replace("Jeans: [Apparel, Bottomwear]", "Jeans: [Apparel, Trousers]")
+    with pytest.raises(ValueError) as err:
+        parse_taxonomy(bad)
+    assert "hierarchy.implies.Jeans" in str(err.value) and "'Trousers' is not a value of group 'sub'" in str(err.value)
+    assert "line" in str(err.value)
+
+
+def test_engine_with_flip_tta_gives_the_same_values_for_an_image_and_its_mirror(untrained_bundle_path, cc0_images):
+    engine = TaggingEngine(load_bundle(untrained_bundle_path), device="cpu", tta="flip")
+    img = Image.open(cc0_images[0]).convert("RGB")
+    mirrored = ImageOps.mirror(img)
+    encoded = []
+    for im in (img, mirrored):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    a, b = engine.tag_bytes(encoded)
+    for group in ("garment", "kids"):
+        assert [v for v, _ in a.attributes[group]] == [v for v, _ in b.attributes[group]]
+        assert [c for _, c in a.attributes[group]] == pytest.approx([c for _, c in b.attributes[group]], abs=1e-4)
+    with pytest.raises(ValueError, match="tta"):
+        TaggingEngine(load_bundle(untrained_bundle_path), device="cpu", tta="rotate")
+
+
+def test_engine_marks_values_below_their_threshold_as_suggestions(calibrated_bundle_path, cc0_images):
+    engine = TaggingEngine(load_bundle(calibrated_bundle_path), device="cpu")
+    (tags,) = engine.tag_bytes([cc0_images[0].read_bytes()])
+    assert tags.is_auto_filled("kids") and not tags.is_auto_filled("garment")
+    assert tags.to_dict()["auto_filled"]["garment"] is False
+
+
+def test_hierarchy_round_trips_through_a_dict() -> None:
+    h = Hierarchy(("a", "b"), {"x": ("y",)})
+    assert Hierarchy.from_dict(h.to_dict()) == h
