@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from learner.evaluation.calibration import Calibration, fit_calibration
 from learner.evaluation.evaluate import choose_thresholds, compute_metrics, predict
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
@@ -256,15 +257,29 @@ def evaluate_epoch(
     return compute_metrics(predict(model, loader, device, amp_dtype), thresholds)
 
 
-def thresholds_on_validation(
+@dataclass
+class SelectedValidation:
+    """The selected model on validation: per-class best-F1 thresholds (multi-label groups), the classes that kept the
+    default, its metrics at those thresholds, and its calibration (per-group temperatures and the auto-fill
+    thresholds at the taxonomy's target precision; learner.evaluation.calibration)."""
+
+    thresholds: dict[str, dict[str, float]]
+    defaulted: list[str]
+    metrics: dict[str, Any]
+    calibration: Calibration
+
+
+def validate_selected(
     model: AttributeClassifier, loader: DataLoader[Any], device: torch.device, amp_dtype: torch.dtype | None
-) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any]]:
-    """The selected model's per-class best-F1 thresholds on validation, the classes that kept the default, and
-    its validation metrics at those thresholds."""
+) -> SelectedValidation:
+    """Thresholds, metrics and calibration of the selected model, from one pass over the validation split. The
+    calibration is fitted on the split that also chose the epoch: slightly optimistic, which the auto-fill
+    threshold's lower confidence bound on precision absorbs (learner.evaluation.selective)."""
     model.eval()
     predictions = predict(model, loader, device, amp_dtype)
     thresholds, defaulted = choose_thresholds(predictions)
-    return thresholds, defaulted, compute_metrics(predictions, thresholds)
+    calibration = fit_calibration(predictions, model.taxonomy, fitted_on={"split": "val"})
+    return SelectedValidation(thresholds, defaulted, compute_metrics(predictions, thresholds), calibration)
 
 
 # --- the loop over epochs -----------------------------------------------------------------------------

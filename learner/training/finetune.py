@@ -42,7 +42,7 @@ from learner.training.engine import (
     fit,
     prepare_model,
     seed_everything,
-    thresholds_on_validation,
+    validate_selected,
 )
 from learner.training.loss import AttributeLoss
 from learner.training.recipe import TrainConfig
@@ -137,7 +137,8 @@ def fine_tune(
     model.load_state_dict(best_state)
     if not all(torch.isfinite(v).all() for v in best_state.values() if v.dtype.is_floating_point):
         return FineTuneResult(None, history, "the fine-tuned weights are not finite")
-    thresholds, defaulted, validation = thresholds_on_validation(model, val_loader, device, optimization.amp_dtype)
+    selected = validate_selected(model, val_loader, device, optimization.amp_dtype)
+    thresholds, defaulted, validation = selected.thresholds, selected.defaulted, selected.metrics
     model.to("cpu").to(memory_format=torch.contiguous_format)
     bundle = ModelBundle(
         model_version=model_version(taxonomy, model.backbone_name, model),
@@ -166,4 +167,4 @@ def fine_tune(
             "elapsed_s": round(time.time() - started, 1),
         },
     )
-    return FineTuneResult(bundle, history, None)
+    return FineTuneResult(selected.calibration.apply(bundle), history, None)

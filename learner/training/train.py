@@ -52,7 +52,7 @@ from learner.training.engine import (
     fit,
     prepare_model,
     seed_everything,
-    thresholds_on_validation,
+    validate_selected,
 )
 from learner.training.loss import AttributeLoss
 from learner.training.recipe import TrainConfig
@@ -152,7 +152,8 @@ def train(
     assert stopping.best_state is not None
     model.load_state_dict(stopping.best_state)
     amp_dtype = optimization.amp_dtype
-    thresholds, defaulted, validation = thresholds_on_validation(model, eval_loaders["val"], device, amp_dtype)
+    selected = validate_selected(model, eval_loaders["val"], device, amp_dtype)
+    thresholds, defaulted, validation = selected.thresholds, selected.defaulted, selected.metrics
     test = None
     if evaluate_test and splits["test"]:
         test = evaluate_epoch(model, eval_loaders["test"], device, amp_dtype, thresholds)
@@ -188,7 +189,7 @@ def train(
         metrics=metrics,
         lineage=lineage,
     )
-    path = bundle.save(out)
+    path = selected.calibration.apply(bundle).save(out)
     return TrainResult(bundle, path, validation, test, fitted.history, elapsed)
 
 

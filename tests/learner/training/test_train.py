@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from learner.inference.decoding import apply_temperature
 from learner.inference.engine import TaggingEngine
 from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
@@ -108,7 +109,8 @@ def test_written_bundle_gives_identical_outputs_to_the_in_memory_model(trained: 
     assert loaded.preprocessing == in_memory.preprocessing
     for i, tags in enumerate(served):
         got = dict(tags.attributes["garment"])
-        want = expected["garment"][i]
+        # the engine serves calibrated confidences: the bundle's temperature applied to the model's probabilities
+        want = apply_temperature(expected["garment"][i : i + 1].numpy(), loaded.temperatures["garment"])[0]
         for j, value in enumerate(loaded.taxonomy.group("garment").values):
             assert got[value] == pytest.approx(float(want[j]), abs=1e-6)
 
@@ -127,6 +129,18 @@ def test_bundle_records_lineage_thresholds_and_metrics(trained: TrainResult) -> 
         assert len(manifest["thresholds"][group]) == len(load_bundle(trained.bundle_path).taxonomy.group(group).values)
     assert set(manifest["metrics"]) >= {"validation", "test", "primary_metric"}
     assert manifest["metrics"]["validation"]["groups"]["garment"]["n"] > 0
+
+
+def test_training_calibrates_on_validation_and_stores_temperatures_and_autofill_thresholds(
+    trained: TrainResult,
+) -> None:
+    manifest = read_manifest(trained.bundle_path)
+    single = [g.name for g in trained.bundle.taxonomy.classifier_groups if not g.multi_label]
+    assert single and set(manifest["temperatures"]) == set(single) == set(manifest["autofill_thresholds"])
+    assert all(t > 0 for t in manifest["temperatures"].values())
+    calibration = manifest["calibration"]
+    assert calibration["split"] == "val" and set(calibration["groups"]) == set(single)
+    assert all(g["target_precision"] == 0.97 for g in calibration["groups"].values())
 
 
 def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: Path) -> None:
