@@ -127,6 +127,7 @@ def build_review_router(
             uncertainty=r.uncertainty,
             strategies=strategies,
             caps=caps,
+            autofill_thresholds=served.autofill_thresholds,
         )
         return ReviewRouting(policy, clock, on_decision=count)
 

@@ -129,7 +129,10 @@ class ReviewPolicy:
     """Decides, product by product, whether a human should look at the model's output.
 
     `thresholds`: the bundle's calibrated thresholds, `thresholds[group][value]`; a value without one uses
-    `default_threshold`. `groups`: per-group `GroupPolicy` (groups not named take the default). `uncertainty`: a
+    `default_threshold`. `autofill_thresholds`: the bundle's per-group auto-fill thresholds (on calibrated
+    confidence); where a group has one, it is that group's threshold, so exactly the values the daemon keeps as
+    suggestions (not auto-filled) make a product eligible for review. `groups`: per-group `GroupPolicy` (groups not
+    named take the default). `uncertainty`: a
     name from `UNCERTAINTY_MEASURES` or a function. `strategies`: default `[BelowThreshold(), AuditSample(...)]`.
     """
 
@@ -145,6 +148,7 @@ class ReviewPolicy:
         audit_seed: int | None = None,
         strategies: Sequence[RoutingStrategy] | None = None,
         caps: ReviewCaps | None = None,
+        autofill_thresholds: Mapping[str, float] | None = None,
     ) -> None:
         unknown = set(groups or {}) - {g.name for g in taxonomy.groups}
         if unknown:
@@ -154,6 +158,7 @@ class ReviewPolicy:
             )
         self.taxonomy = taxonomy
         self.thresholds = thresholds or {}
+        self.autofill_thresholds = dict(autofill_thresholds or {})
         self.groups = dict(groups or {})
         self.default_threshold = default_threshold
         self.uncertainty_name = uncertainty if isinstance(uncertainty, str) else getattr(uncertainty, "__name__", "")
@@ -171,6 +176,8 @@ class ReviewPolicy:
         override = self.group_policy(group).threshold
         if override is not None:
             return override
+        if group in self.autofill_thresholds:
+            return float(self.autofill_thresholds[group])
         return float(self.thresholds.get(group, {}).get(value, self.default_threshold))
 
     def assess(self, attributes: Sequence[AttributeValue]) -> Assessment:

@@ -28,7 +28,10 @@ def taxonomy() -> Taxonomy:
 
 def bundle(version: str, shirt_threshold: float) -> Any:
     return SimpleNamespace(
-        model_version=version, taxonomy=taxonomy(), thresholds={"garment": {"Shirt": shirt_threshold}}
+        model_version=version,
+        taxonomy=taxonomy(),
+        thresholds={"garment": {"Shirt": shirt_threshold}},
+        autofill_thresholds={},  # a bundle made before calibration: no auto-fill thresholds
     )
 
 

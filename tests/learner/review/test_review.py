@@ -86,6 +86,19 @@ def test_a_group_policy_can_override_the_threshold_or_leave_the_group_out(taxono
     assert not ignored.decide(confident(garment=0.6), T0).routed
 
 
+def test_a_value_kept_as_a_suggestion_below_its_groups_autofill_threshold_routes_the_product(
+    taxonomy: Taxonomy,
+) -> None:
+    p = policy(taxonomy, default_threshold=0.5, autofill_thresholds={"garment": 0.9, "kids": 0.6})
+    suggestion = p.decide(confident(garment=0.85), T0)
+    assert suggestion.routed and [(v.group, v.threshold) for v in suggestion.assessment.low_values] == [
+        ("garment", 0.9)
+    ]
+    assert not p.decide(confident(garment=0.92), T0).routed  # auto-filled: nothing to review
+    never = policy(taxonomy, autofill_thresholds={"garment": 2.0})  # no threshold reached the target precision
+    assert never.decide(confident(garment=0.999), T0).routed
+
+
 def test_a_policy_naming_a_group_the_taxonomy_lacks_is_refused(taxonomy: Taxonomy) -> None:
     from learner.review.policy import GroupPolicy
 
