@@ -32,33 +32,18 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, ProductResult, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
-from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
+from connectors.source import DeadLetterSink, EventSource, OffsetTracker, Partition, SourceRecord, TransientSourceError
 from daemon.metrics import ServiceMetrics
 from learner.inference.engine import ImageTags, TaggingEngine
 from learner.inference.imaging import ImageDecodeError, PreparedImage
 
 log = logging.getLogger("shelfsight.pipeline")
 
-TopicPartition = tuple[str, int]
-
-
-class EventSource(Protocol):
-    def poll(self, timeout_ms: int = ..., max_records: int = ...) -> list[SourceRecord]: ...
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
-    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
-    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
-    def paused(self) -> set[TopicPartition]: ...
-    def assignment(self) -> set[TopicPartition]: ...
-    def lag(self) -> dict[TopicPartition, int]: ...
-    def close(self) -> None: ...
-
-
-DeadLetterSink = Callable[[SourceRecord, str, str, int], None]
 # Decides whether a product goes to human review; returns the outbox payload, or None to accept it as is.
 ReviewRouter = Callable[[ProductResult, list[ImageTags]], dict[str, Any] | None]
 
@@ -99,7 +84,7 @@ class EventJob:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def tp(self) -> TopicPartition:
+    def tp(self) -> Partition:
         return (self.record.topic, self.record.partition)
 
 
@@ -240,7 +225,7 @@ class Enricher:
         try:
             self.source.commit(offsets)
             self.tracker.committed(offsets)
-        except TransientKafkaError as exc:
+        except TransientSourceError as exc:
             self.metrics.retries.labels("commit").inc()
             log.warning("offset commit failed, will retry: %s", exc)
 
@@ -269,7 +254,7 @@ class Enricher:
         except Exception as exc:
             log.debug("lag unavailable: %s", exc)
 
-    def on_partitions_revoked(self, partitions: Iterable[TopicPartition]) -> None:
+    def on_partitions_revoked(self, partitions: Iterable[Partition]) -> None:
         """Rebalance: finish and commit in-flight events of partitions we are losing, then forget them."""
         revoked = set(partitions)
         deadline = time.monotonic() + self.opts.shutdown_timeout_s
@@ -279,7 +264,7 @@ class Enricher:
         if offsets:
             try:
                 self.source.commit(offsets)
-            except TransientKafkaError as exc:
+            except TransientSourceError as exc:
                 log.warning("commit on revocation failed (the next owner may redo some events): %s", exc)
         for key in [k for k, j in self._jobs.items() if j.tp in revoked]:
             self._jobs.pop(key)  # unfinished: the new owner will redo them; writes are idempotent
@@ -513,7 +498,7 @@ class Enricher:
         while True:
             try:
                 return fn()
-            except (DatabaseUnavailable, TransientKafkaError) as exc:
+            except (DatabaseUnavailable, TransientSourceError) as exc:
                 self.metrics.retries.labels(operation).inc()
                 self.metrics.events_failed.labels(f"{operation}_unavailable", "transient").inc()
                 log.warning("%s unavailable, retrying in %.1fs: %s", operation, delay, exc)
