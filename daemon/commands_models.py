@@ -9,36 +9,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
-models_app = typer.Typer(help="The model registry: versions, champion and previous, promote and rollback.")
+from daemon.cli_support import fail, load_settings
+
+if TYPE_CHECKING:
+    from learner.lifecycle.registry import ModelRegistry
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
-
-
-def _registry(registry: Path | None) -> Any:
-    from learner.lifecycle.registry import ModelRegistry
-
-    if registry is None:
-        from daemon.commands_run import _settings_or_exit
-
-        registry = _settings_or_exit().learner.registry_dir
-    return ModelRegistry(registry)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
+    models = typer.Typer(help="The model registry: versions, champion and previous, promote and rollback.")
+    models.command("list")(list_command)
+    models.command("show")(show_command)
+    models.command("register")(register_command)
+    models.command("promote")(promote_command)
+    models.command("rollback")(rollback_command)
+    app.add_typer(models, name="models")
 
 
 RegistryOption = typer.Option(None, "--registry", help="Registry directory (default: learner.registry_dir).")
 
 
-@models_app.command("list")
+def _registry(registry: Path | None) -> ModelRegistry:
+    from learner.lifecycle.registry import ModelRegistry
+
+    return ModelRegistry(registry if registry is not None else load_settings().learner.registry_dir)
+
+
 def list_command(registry: Path | None = RegistryOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every registered version, oldest first, with its aliases, parent and holdout figure."""
     reg = _registry(registry)
@@ -69,7 +68,6 @@ def list_command(registry: Path | None = RegistryOption, as_json: bool = typer.O
         typer.echo(f"{r['version']:<60} {alias:<11} {r['status']:<10} {r['registered_at']}  {figure}".rstrip())
 
 
-@models_app.command("show")
 def show_command(
     name: str = typer.Argument(..., help="A version, or champion / previous."), registry: Path | None = RegistryOption
 ) -> None:
@@ -81,14 +79,13 @@ def show_command(
         version = reg.version_of(name)
         record = reg.get(version)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     aliases = [a for a, v in reg.aliases().aliases.items() if v == version]
     typer.echo(
         json.dumps({**record.data, "aliases": aliases, "path": str(reg.resolve(version))}, indent=2, default=str)
     )
 
 
-@models_app.command("register")
 def register_command(
     bundle: Path = typer.Argument(..., help="A model bundle (.safetensors)."),
     promote: bool = typer.Option(False, "--promote", help="Also make it the champion."),
@@ -103,11 +100,10 @@ def register_command(
         if promote:
             reg.promote(record.version, reason="registered with --promote")
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"registered {record.version}" + (" as champion" if promote else ""))
 
 
-@models_app.command("promote")
 def promote_command(
     version: str = typer.Argument(...),
     reason: str = typer.Option("manual promotion", help="Recorded with the alias change."),
@@ -120,11 +116,10 @@ def promote_command(
     try:
         state = reg.promote(version, reason=reason)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")
 
 
-@models_app.command("rollback")
 def rollback_command(
     reason: str = typer.Option("manual rollback", help="Recorded with the alias change."),
     registry: Path | None = RegistryOption,
@@ -136,5 +131,5 @@ def rollback_command(
     try:
         state = reg.rollback(reason=reason)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")

@@ -14,57 +14,44 @@ failures print one line on stderr and exit 2, without a traceback.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-review_app = typer.Typer(
-    name="review",
-    help="Review loop: low-confidence products to Label Studio, corrections back into the catalog.",
-    no_args_is_help=True,
-)
+from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
 
-CONFIG_OPTION = typer.Option(None, "--config", help="TOML configuration file (or SHELFSIGHT_CONFIG).")
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.review import ReviewWorker, ReviewWorkerOptions
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(review_app, name="review")
+    review = typer.Typer(
+        name="review",
+        help="Review loop: low-confidence products to Label Studio, corrections back into the catalog.",
+        no_args_is_help=True,
+    )
+    review.command("run")(run_command)
+    review.command("status")(status_command)
+    review.command("sync")(sync_command)
+    app.add_typer(review, name="review")
 
 
-def _settings(config: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from daemon.config import Settings
-
-    if config is not None:
-        os.environ["SHELFSIGHT_CONFIG"] = str(config)
-    try:
-        return Settings()
-    except (ValidationError, FileNotFoundError) as exc:
-        typer.echo(f"error: invalid configuration: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _worker(settings: Any, **kwargs: Any) -> Any:
+def _worker(settings: Settings, worker_options: ReviewWorkerOptions | None = None) -> ReviewWorker:
     from daemon.review import ReviewConfigError, build_review_worker
 
     try:
-        return build_review_worker(settings, **kwargs)
+        return build_review_worker(settings, worker_options=worker_options)
     except ReviewConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
 
 
-@review_app.command("run")
 def run_command(config: Path | None = CONFIG_OPTION) -> None:
     """Run the review worker until SIGTERM/SIGINT."""
-    from daemon.service import configure_logging
-
-    settings = _settings(config)
+    settings = load_settings(config)
     configure_logging(settings.log_level)
     worker = _worker(settings)
 
@@ -77,7 +64,6 @@ def run_command(config: Path | None = CONFIG_OPTION) -> None:
     worker.run_forever()
 
 
-@review_app.command("status")
 def status_command(
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -85,14 +71,13 @@ def status_command(
     """Queue depth, tasks sent and completed, and model-human agreement per attribute group."""
     from connectors.db import DatabaseUnavailable, ProductStore, ReviewStore
 
-    settings = _settings(config)
+    settings = load_settings(config)
     store = ProductStore(settings.database_url)
     try:
         store.migrate()
         stats = ReviewStore(store).stats()
     except DatabaseUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     finally:
         store.close()
     agreement = {
@@ -126,7 +111,6 @@ def status_command(
         typer.echo("model-human agreement: no reviewed values yet")
 
 
-@review_app.command("sync")
 def sync_command(
     config: Path | None = CONFIG_OPTION,
     full: bool = typer.Option(False, "--full", help="Poll every task, not only those changed since the watermark."),
@@ -134,9 +118,8 @@ def sync_command(
 ) -> None:
     """Send every pending routed product and pull every new annotation, now."""
     from daemon.review import ReviewWorkerOptions
-    from daemon.service import configure_logging
 
-    settings = _settings(config)
+    settings = load_settings(config)
     configure_logging(settings.log_level)
     worker = _worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
     report = worker.sync(full=full, retry_failed=retry_failed)

@@ -49,17 +49,6 @@ class Service:
                 log.warning("error while closing: %s", exc)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
     from connectors.db import ProductStore
     from learner.inference.engine import TaggingEngine
