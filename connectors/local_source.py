@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from connectors.kafka import SourceRecord
+from connectors.source import SourceRecord
 
 LOCAL_TOPIC = "local"
 
@@ -111,7 +111,7 @@ class LocalDirectorySource(_SinglePartition):
             "source": dict(record.headers).get("x-shelfsight-local-file", b"").decode(),
             "source_offset": record.offset,
             "failed_at": time.time(),
-            "payload": record.value.decode("utf-8", errors="replace"),
+            "payload": (record.value or b"").decode("utf-8", errors="replace"),
         }
         name = f"{int(time.time() * 1000)}-{record.offset}.json"
         tmp = self.dead_dir / (name + ".tmp")

@@ -1,11 +1,26 @@
 """The `shelfsight` command line: the composition root that reads configuration and wires learner and
-connectors together. Each command family lives in its own `commands_*.py` module and registers itself
-here; this file only assembles the app.
+connectors together.
+
+Each command family lives in `daemon/commands_<family>.py` and exposes `register(app)`, which adds its
+commands (or its sub-app) to the app; this file only assembles them, in the order `--help` lists them.
+What they share (settings with a clean error, logging, one-line failures) is in `daemon/cli_support.py`;
+command modules never import each other. Command modules import heavy libraries inside their commands,
+so `shelfsight --help` stays quick.
 """
 
 from __future__ import annotations
 
 import typer
+
+from daemon import (
+    commands_demo,
+    commands_learn,
+    commands_models,
+    commands_review,
+    commands_run,
+    commands_tag,
+    commands_train,
+)
 
 app = typer.Typer(
     name="shelfsight",
@@ -20,20 +35,16 @@ def main() -> None:
     """ShelfSight command line."""
 
 
-def _register() -> None:
-    from daemon import commands_run, commands_tag
-
-    commands_tag.register(app)
-    commands_run.register(app)
-    from daemon import commands_learner
-
-    commands_learner.register(app)
-    __import__("daemon.commands_review", fromlist=["register"]).register(app)
-    __import__("daemon.commands_learn", fromlist=["register"]).register(app)
-    __import__("daemon.commands_models", fromlist=["register"]).register(app)
-
-
-_register()
+for family in (
+    commands_tag,  # tag
+    commands_run,  # run
+    commands_demo,  # demo
+    commands_train,  # train, evaluate
+    commands_review,  # review run | status | sync
+    commands_learn,  # learn
+    commands_models,  # models list | show | register | promote | rollback
+):
+    family.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

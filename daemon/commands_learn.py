@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from daemon.config import LearnerSettings, Settings
+from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
+
+if TYPE_CHECKING:
+    from daemon.config import LearnerSettings, Settings
+    from daemon.metrics import LearnerMetrics
+    from learner.lifecycle.retrain import RetrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +41,19 @@ def learn_command(
     reason: str = typer.Option("manual", help="Why this run: manual, schedule or corrections (with --once)."),
     force: bool = typer.Option(False, help="Retrain even without new corrections (with --once)."),
     outcome_file: Path | None = typer.Option(None, help="Also write the run's outcome as JSON here (with --once)."),
-    config: Path | None = typer.Option(None, "--config", help="TOML configuration file (or SHELFSIGHT_CONFIG)."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Retrain on human corrections: as a scheduled service, or one run with --once."""
-    from daemon.commands_run import _settings_or_exit
-    from daemon.service import configure_logging
-
-    if config is not None:
-        os.environ["SHELFSIGHT_CONFIG"] = str(config)
-    settings = _settings_or_exit()
+    settings = load_settings(config)
     configure_logging(settings.log_level)
     if reason not in ("manual", "schedule", "corrections"):
-        typer.echo(f"error: --reason must be manual, schedule or corrections, not {reason!r}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"--reason must be manual, schedule or corrections, not {reason!r}", 2)
     if once:
         raise typer.Exit(run_once(settings, reason, force, outcome_file))
     raise typer.Exit(serve(settings))
 
 
-def retrain_config(learner: LearnerSettings, device: str) -> Any:
+def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
     """`LearnerSettings` -> `learner.lifecycle.retrain.RetrainConfig` (the recipes' other fields: TrainConfig's and
     DetectorRecipe's defaults)."""
     import dataclasses
@@ -142,7 +140,6 @@ def serve(settings: Settings) -> int:
     from connectors.db import ProductStore
     from daemon.http import HealthServer
     from daemon.metrics import LearnerMetrics
-    from learner.lifecycle.registry import read_alias_state
     from learner.lifecycle.schedule import LearnerService, ScheduleConfig
 
     learner = settings.learner
@@ -152,7 +149,7 @@ def serve(settings: Settings) -> int:
 
     def on_outcome(outcome: dict[str, Any]) -> None:
         metrics.observe_outcome(outcome)
-        _publish_champion(metrics, learner.registry_dir, read_alias_state)
+        _publish_champion(metrics, learner.registry_dir)
 
     command = [sys.executable, "-m", "daemon.cli", "learn", "--once"]
     service = LearnerService(
@@ -169,7 +166,7 @@ def serve(settings: Settings) -> int:
         on_outcome=on_outcome,
         on_leader=lambda leader: _on_leader(metrics, learner.registry_dir, leader),
     )
-    _publish_champion(metrics, learner.registry_dir, read_alias_state)
+    _publish_champion(metrics, learner.registry_dir)
     http = None
     if settings.http_port:
         http = HealthServer(settings.http_host, settings.http_port, metrics.registry, ready=store.ping).start()
@@ -190,7 +187,7 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def _on_leader(metrics: Any, registry_dir: Path, leader: bool) -> None:
+def _on_leader(metrics: LearnerMetrics, registry_dir: Path, leader: bool) -> None:
     """The leader exports the registry's streak of vetoed significant winners (it survives restarts and leader
     changes); a standby replica exports 0 so that the alert sees one figure."""
     from learner.lifecycle.registry import ModelRegistry
@@ -205,7 +202,9 @@ def _on_leader(metrics: Any, registry_dir: Path, leader: bool) -> None:
     metrics.leader.set(1 if leader else 0)
 
 
-def _publish_champion(metrics: Any, registry_dir: Path, read_alias_state: Any) -> None:
+def _publish_champion(metrics: LearnerMetrics, registry_dir: Path) -> None:
+    from learner.lifecycle.registry import read_alias_state
+
     try:
         state = read_alias_state(registry_dir)
     except Exception as exc:  # metrics must never stop the service

@@ -1,5 +1,5 @@
-"""`shelfsight models list | show | register | promote | rollback | gate-report`: the model registry from the command
-line.
+"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate`: the model registry
+from the command line, and calibrating a bundle.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -10,36 +10,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-models_app = typer.Typer(help="The model registry: versions, champion and previous, promote and rollback.")
+from daemon.cli_support import fail, load_settings
+
+if TYPE_CHECKING:
+    from learner.lifecycle.registry import ModelRegistry
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
-
-
-def _registry(registry: Path | None) -> Any:
-    from learner.lifecycle.registry import ModelRegistry
-
-    if registry is None:
-        from daemon.commands_run import _settings_or_exit
-
-        registry = _settings_or_exit().learner.registry_dir
-    return ModelRegistry(registry)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
+    models = typer.Typer(help="The model registry: versions, champion and previous, promote and rollback.")
+    models.command("list")(list_command)
+    models.command("show")(show_command)
+    models.command("register")(register_command)
+    models.command("promote")(promote_command)
+    models.command("rollback")(rollback_command)
+    models.command("gate-report")(gate_report_command)
+    models.command("calibrate")(calibrate_command)
+    app.add_typer(models, name="models")
 
 
 RegistryOption = typer.Option(None, "--registry", help="Registry directory (default: learner.registry_dir).")
 
 
-@models_app.command("list")
+def _registry(registry: Path | None) -> ModelRegistry:
+    from learner.lifecycle.registry import ModelRegistry
+
+    return ModelRegistry(registry if registry is not None else load_settings().learner.registry_dir)
+
+
 def list_command(registry: Path | None = RegistryOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every registered version, oldest first, with its aliases, parent and holdout figure."""
     reg = _registry(registry)
@@ -70,7 +71,6 @@ def list_command(registry: Path | None = RegistryOption, as_json: bool = typer.O
         typer.echo(f"{r['version']:<60} {alias:<11} {r['status']:<10} {r['registered_at']}  {figure}".rstrip())
 
 
-@models_app.command("show")
 def show_command(
     name: str = typer.Argument(..., help="A version, or champion / previous."), registry: Path | None = RegistryOption
 ) -> None:
@@ -82,14 +82,13 @@ def show_command(
         version = reg.version_of(name)
         record = reg.get(version)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     aliases = [a for a, v in reg.aliases().aliases.items() if v == version]
     typer.echo(
         json.dumps({**record.data, "aliases": aliases, "path": str(reg.resolve(version))}, indent=2, default=str)
     )
 
 
-@models_app.command("register")
 def register_command(
     bundle: Path = typer.Argument(..., help="A model bundle (.safetensors)."),
     promote: bool = typer.Option(False, "--promote", help="Also make it the champion."),
@@ -104,11 +103,10 @@ def register_command(
         if promote:
             reg.promote(record.version, reason="registered with --promote")
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"registered {record.version}" + (" as champion" if promote else ""))
 
 
-@models_app.command("promote")
 def promote_command(
     version: str = typer.Argument(...),
     reason: str = typer.Option("manual promotion", help="Recorded with the alias change."),
@@ -121,11 +119,10 @@ def promote_command(
     try:
         state = reg.promote(version, reason=reason)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")
 
 
-@models_app.command("rollback")
 def rollback_command(
     reason: str = typer.Option("manual rollback", help="Recorded with the alias change."),
     registry: Path | None = RegistryOption,
@@ -137,11 +134,10 @@ def rollback_command(
     try:
         state = reg.rollback(reason=reason)
     except RegistryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")
 
 
-@models_app.command("gate-report")
 def gate_report_command(
     registry: Path | None = RegistryOption,
     last: int = typer.Option(0, "--last", min=0, help="Only the last N decisions (0: all)."),
@@ -214,7 +210,6 @@ def gate_report_command(
     typer.echo(f"consecutive significant winners vetoed: {streak}")
 
 
-@models_app.command("calibrate")
 def calibrate_command(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) to calibrate."),
     data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
@@ -254,9 +249,9 @@ def calibrate_command(
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     if split not in (*SPLITS, "all"):
-        raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
+        raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
     if not 0.0 < target_precision <= 1.0 or not 0.5 <= confidence_level < 1.0:
-        raise _fail("--target-precision must be in (0, 1] and --confidence-level in [0.5, 1)")
+        raise fail("--target-precision must be in (0, 1] and --confidence-level in [0.5, 1)")
     target = out or bundle_path
     try:
         bundle = load_bundle(bundle_path)
@@ -282,7 +277,7 @@ def calibrate_command(
         before = sha256(bundle_path)
         calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
     except (BundleError, DataError, TaxonomyError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     typer.echo(f"calibrated on {n} images ({split} split of {labelled.source}):")
     for name, c in calibration.thresholds.items():

@@ -1,6 +1,6 @@
 """`shelfsight review run|status|sync`: the review loop's worker and its two operator commands.
 
-- `run`: the review worker (daemon/review.py) until SIGTERM/SIGINT: outbox -> Label Studio, webhook receiver,
+- `run`: the review worker (daemon/review/) until SIGTERM/SIGINT: outbox -> Label Studio, webhook receiver,
   incremental polling; /metrics and /healthz on the webhook port.
 - `status`: the queue as the product database sees it (no Label Studio needed): routed products waiting to be
   sent, tasks sent, completed and waiting for annotators, refused ones, and model-human agreement per group.
@@ -14,58 +14,45 @@ failures print one line on stderr and exit 2, without a traceback.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-review_app = typer.Typer(
-    name="review",
-    help="Review loop: low-confidence products to Label Studio, corrections back into the catalog.",
-    no_args_is_help=True,
-)
+from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
 
-CONFIG_OPTION = typer.Option(None, "--config", help="TOML configuration file (or SHELFSIGHT_CONFIG).")
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.review.worker import ReviewWorker, ReviewWorkerOptions
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(review_app, name="review")
+    review = typer.Typer(
+        name="review",
+        help="Review loop: low-confidence products to Label Studio, corrections back into the catalog.",
+        no_args_is_help=True,
+    )
+    review.command("run")(run_command)
+    review.command("status")(status_command)
+    review.command("sync")(sync_command)
+    app.add_typer(review, name="review")
 
 
-def _settings(config: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from daemon.config import Settings
-
-    if config is not None:
-        os.environ["SHELFSIGHT_CONFIG"] = str(config)
-    try:
-        return Settings()
-    except (ValidationError, FileNotFoundError) as exc:
-        typer.echo(f"error: invalid configuration: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _worker(settings: Any, **kwargs: Any) -> Any:
+def _worker(settings: Settings, worker_options: ReviewWorkerOptions | None = None) -> ReviewWorker:
     from daemon.config import ReviewConfigError
     from daemon.review.worker import build_review_worker
 
     try:
-        return build_review_worker(settings, **kwargs)
+        return build_review_worker(settings, worker_options=worker_options)
     except ReviewConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
 
 
-@review_app.command("run")
 def run_command(config: Path | None = CONFIG_OPTION) -> None:
     """Run the review worker until SIGTERM/SIGINT."""
-    from daemon.service import configure_logging
-
-    settings = _settings(config)
+    settings = load_settings(config)
     configure_logging(settings.log_level)
     worker = _worker(settings)
 
@@ -78,7 +65,6 @@ def run_command(config: Path | None = CONFIG_OPTION) -> None:
     worker.run_forever()
 
 
-@review_app.command("status")
 def status_command(
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -86,14 +72,13 @@ def status_command(
     """Queue depth, tasks sent and completed, and model-human agreement per attribute group."""
     from connectors.db import DatabaseUnavailable, ProductStore, ReviewStore
 
-    settings = _settings(config)
+    settings = load_settings(config)
     store = ProductStore(settings.database_url)
     try:
         store.migrate()
         stats = ReviewStore(store).stats()
     except DatabaseUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     finally:
         store.close()
     agreement = {
@@ -127,7 +112,6 @@ def status_command(
         typer.echo("model-human agreement: no reviewed values yet")
 
 
-@review_app.command("sync")
 def sync_command(
     config: Path | None = CONFIG_OPTION,
     full: bool = typer.Option(False, "--full", help="Poll every task, not only those changed since the watermark."),
@@ -135,9 +119,8 @@ def sync_command(
 ) -> None:
     """Send every pending routed product and pull every new annotation, now."""
     from daemon.review.worker import ReviewWorkerOptions
-    from daemon.service import configure_logging
 
-    settings = _settings(config)
+    settings = load_settings(config)
     configure_logging(settings.log_level)
     worker = _worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
     report = worker.sync(full=full, retry_failed=retry_failed)

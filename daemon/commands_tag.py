@@ -14,14 +14,15 @@ from pathlib import Path
 
 import typer
 
+from daemon.cli_support import fail
 from learner.inference.engine import ImageTags, TagError
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(tag)
+    app.command("tag")(tag_command)
 
 
-def tag(
+def tag_command(
     images: list[str] = typer.Argument(..., help="Image files or http(s) URLs."),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
@@ -41,8 +42,7 @@ def tag(
     try:
         bundle = load_bundle(model)
     except BundleError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
     engine = TaggingEngine(bundle, device=device, top_k=top_k)
 
     loaded: list[tuple[str, bytes | TagError]] = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,6 +22,7 @@ from learner.evaluation.gate import VETO_REASONS, vetoed_win_streak, vetoes_of
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STAGES = ("queue", "fetch", "decode", "inference", "write")
+RETRY_OPERATIONS = ("fetch", "database", "dead_letter", "commit")
 
 
 class ServiceMetrics:
@@ -93,13 +95,100 @@ class ServiceMetrics:
             self.events_processed.labels(outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
-        for operation in ("fetch", "database", "dead_letter", "commit"):
+        for operation in RETRY_OPERATIONS:
             self.retries.labels(operation)
         for outcome in ("loaded", "failed"):
             self.model_reloads.labels(outcome)
 
     def set_model(self, version: str, backbone: str, taxonomy: str) -> None:
         self.model_info.info({"version": version, "backbone": backbone, "taxonomy": taxonomy})
+
+
+class StageTimer:
+    """`with timer:` observes the block's duration in one histogram series (on errors too, unless told not to)."""
+
+    __slots__ = ("_histogram", "_on_error", "_started")
+
+    def __init__(self, histogram: Histogram, on_error: bool) -> None:
+        self._histogram = histogram
+        self._on_error = on_error
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.monotonic()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None or self._on_error:
+            self._histogram.observe(time.monotonic() - self._started)
+
+
+class PipelineMetrics:
+    """The enrichment pipeline's metrics as middleware (dramatiq style): `daemon.pipeline.Enricher` calls these
+    hooks around its stages and at its turning points, and its stages hold no metric code.
+
+    Label children of known values are bound once here, so the hot path (per image: queue, fetch, decode) does
+    no label lookups. Timestamps are `time.monotonic()` values.
+    """
+
+    def __init__(self, metrics: ServiceMetrics, source_name: str) -> None:
+        self._m = metrics
+        self._source_name = source_name
+        self._stages = {stage: metrics.stage_seconds.labels(stage) for stage in STAGES}
+        self._retries = {operation: metrics.retries.labels(operation) for operation in RETRY_OPERATIONS}
+        self._tagged = metrics.events_processed.labels("tagged")
+        self._duplicates = metrics.events_processed.labels("skipped_duplicate")
+
+    # -- around stages -------------------------------------------------------------------------------
+    def stage(self, name: str, *, on_error: bool = True) -> StageTimer:
+        """Times a stage: `with metrics.stage("fetch"): ...` (`on_error=False`: only runs that returned)."""
+        return StageTimer(self._stages[name], on_error)
+
+    def waited(self, since: float, now: float) -> None:
+        """An event or image waited in a queue from `since` to `now`."""
+        self._stages["queue"].observe(now - since)
+
+    def batch_inferred(self, images: int) -> None:
+        self._m.batch_size.observe(images)
+        self._m.images_processed.inc(images)
+
+    def written(self, written: int, duplicates: int) -> None:
+        """A group of results committed to the database: `written` new, `duplicates` already there."""
+        self._tagged.inc(written)
+        if duplicates:
+            self._duplicates.inc(duplicates)
+
+    def dead_lettered(self, reason: str) -> None:
+        self._m.events_failed.labels(reason, "permanent").inc()
+        self._m.dead_letters.labels(reason).inc()
+
+    def finished(self, consumed_at: float, now: float) -> None:
+        """An event is done (written or dead-lettered) `now`."""
+        self._m.event_latency.observe(now - consumed_at)
+
+    # -- failures and retries ------------------------------------------------------------------------
+    def transient_failure(self, reason: str) -> None:
+        self._m.events_failed.labels(reason, "transient").inc()
+
+    def retried(self, operation: str) -> None:
+        """`operation` (one of RETRY_OPERATIONS) failed transiently and will be tried again."""
+        self._retries[operation].inc()
+
+    # -- the consumer (main thread) ------------------------------------------------------------------
+    def consumed(self, events: int) -> None:
+        if events:
+            self._m.events_consumed.labels(self._source_name).inc(events)
+
+    def in_flight(self, events: int) -> None:
+        self._m.in_flight.set(events)
+
+    def paused(self, partitions: int) -> None:
+        self._m.paused_partitions.set(partitions)
+
+    def lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), lag in lags.items():
+            self._m.consumer_lag.labels(topic, str(partition)).set(lag)
 
 
 REVIEW_DELAY_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0)

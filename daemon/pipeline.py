@@ -1,6 +1,7 @@
 """The enrichment pipeline: events in, tagged attributes committed to the product database, offsets out.
 
-Stages and threads (each stage is one small method; metrics wrap stages, they do not live in them):
+Stages and threads (each stage is one small call: parse, fetch, decode, infer, write; timing and counting
+happen around it through the `daemon.metrics.PipelineMetrics` hooks, never inside it):
 
     main thread        poll the source -> hand events to the fetch pool; take finished events back,
                        commit offsets; pause partitions when too much is in flight (backpressure).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import queue
@@ -32,33 +34,18 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, OutboxPayload, ProductResult, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
-from connectors.kafka import OffsetTracker, SourceRecord, TransientKafkaError
-from daemon.metrics import ServiceMetrics
+from connectors.source import DeadLetterSink, EventSource, OffsetTracker, Partition, SourceRecord, TransientSourceError
+from daemon.metrics import PipelineMetrics, ServiceMetrics
 from learner.inference.engine import ImageTags, TaggingEngine
 from learner.inference.imaging import ImageDecodeError, PreparedImage
 
 log = logging.getLogger("shelfsight.pipeline")
 
-TopicPartition = tuple[str, int]
-
-
-class EventSource(Protocol):
-    def poll(self, timeout_ms: int = ..., max_records: int = ...) -> list[SourceRecord]: ...
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
-    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
-    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
-    def paused(self) -> set[TopicPartition]: ...
-    def assignment(self) -> set[TopicPartition]: ...
-    def lag(self) -> dict[TopicPartition, int]: ...
-    def close(self) -> None: ...
-
-
-DeadLetterSink = Callable[[SourceRecord, str, str, int], None]
 # Decides whether a product goes to human review; returns the outbox payload, or None to accept it as is.
 ReviewRouter = Callable[[ProductResult, list[ImageTags]], OutboxPayload | None]
 
@@ -99,7 +86,7 @@ class EventJob:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def tp(self) -> TopicPartition:
+    def tp(self) -> Partition:
         return (self.record.topic, self.record.partition)
 
 
@@ -142,6 +129,7 @@ class Enricher:
         self.opts = options or PipelineOptions()
         self.source_name = source_name
         self.review_router = review_router
+        self.observe = PipelineMetrics(metrics, source_name)  # every metric of the stages goes through it
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()  # graceful: stop consuming, finish in-flight work
         self._draining = threading.Event()  # set by the graceful stop: work not yet started is abandoned
@@ -205,6 +193,7 @@ class Enricher:
             # kafka-python keeps heartbeating from its own thread; polling a paused consumer is harmless
         records = self.source.poll(timeout_ms=self.opts.poll_timeout_ms)
         now = time.monotonic()
+        consumed = 0
         for record in records:
             key = (record.topic, record.partition, record.offset)
             if key in self._jobs:  # redelivered while still in flight (after a seek); keep the first
@@ -212,9 +201,10 @@ class Enricher:
             job = EventJob(record=record, consumed_at=now)
             self._jobs[key] = job
             self.tracker.add((record.topic, record.partition), record.offset)
-            self.metrics.events_consumed.labels(self.source_name).inc()
+            consumed += 1
             self._pool.submit(self._prepare_event, job)
-        self.metrics.in_flight.set(len(self._jobs))
+        self.observe.consumed(consumed)
+        self.observe.in_flight(len(self._jobs))
 
     def _drain_done(self, timeout_s: float = 0.0) -> int:
         n = 0
@@ -230,7 +220,7 @@ class Enricher:
                 self.tracker.done(job.tp, job.record.offset)
             n += 1
         if n:
-            self.metrics.in_flight.set(len(self._jobs))
+            self.observe.in_flight(len(self._jobs))
         return n
 
     def _commit(self) -> None:
@@ -240,8 +230,8 @@ class Enricher:
         try:
             self.source.commit(offsets)
             self.tracker.committed(offsets)
-        except TransientKafkaError as exc:
-            self.metrics.retries.labels("commit").inc()
+        except TransientSourceError as exc:
+            self.observe.retried("commit")
             log.warning("offset commit failed, will retry: %s", exc)
 
     def _apply_backpressure(self) -> None:
@@ -256,7 +246,7 @@ class Enricher:
             unpaused = self.source.assignment() - self.source.paused()
             if unpaused:
                 self.source.pause(unpaused)
-        self.metrics.paused_partitions.set(len(self.source.paused()))
+        self.observe.paused(len(self.source.paused()))
 
     def _report_lag(self) -> None:
         now = time.monotonic()
@@ -264,12 +254,11 @@ class Enricher:
             return
         self._last_lag = now
         try:
-            for (topic, partition), lag in self.source.lag().items():
-                self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+            self.observe.lag(self.source.lag())
         except Exception as exc:
             log.debug("lag unavailable: %s", exc)
 
-    def on_partitions_revoked(self, partitions: Iterable[TopicPartition]) -> None:
+    def on_partitions_revoked(self, partitions: Iterable[Partition]) -> None:
         """Rebalance: finish and commit in-flight events of partitions we are losing, then forget them."""
         revoked = set(partitions)
         deadline = time.monotonic() + self.opts.shutdown_timeout_s
@@ -279,7 +268,7 @@ class Enricher:
         if offsets:
             try:
                 self.source.commit(offsets)
-            except TransientKafkaError as exc:
+            except TransientSourceError as exc:
                 log.warning("commit on revocation failed (the next owner may redo some events): %s", exc)
         for key in [k for k, j in self._jobs.items() if j.tp in revoked]:
             self._jobs.pop(key)  # unfinished: the new owner will redo them; writes are idempotent
@@ -311,8 +300,7 @@ class Enricher:
             job.abandoned = True
             self._done_q.put(job)
             return
-        started = time.monotonic()
-        self.metrics.stage_seconds.labels("queue").observe(started - job.consumed_at)
+        self.observe.waited(job.consumed_at, time.monotonic())
         try:
             try:
                 job.event = parse_event(job.record.value)
@@ -322,13 +310,8 @@ class Enricher:
             engine = job.engine = self.engine  # one engine for all images of an event, even across a reload
             for url in job.event.image_urls:
                 data, digest = self._fetch(url)
-                t0 = time.monotonic()
-                try:
-                    prepared.append(engine.prepare(data))
-                except ImageDecodeError as exc:
-                    raise PermanentFailure(f"image_{exc.reason}", f"{url}: {exc}") from None
-                finally:
-                    self.metrics.stage_seconds.labels("decode").observe(time.monotonic() - t0)
+                with self.observe.stage("decode"):
+                    prepared.append(self._decode(engine, url, data))
                 job.images.append((url, digest))
             job.expected = len(prepared)
             now = time.monotonic()
@@ -343,25 +326,32 @@ class Enricher:
             self._write_q.put(Finished(job, failure=PermanentFailure("internal_error", repr(exc))))
 
     def _fetch(self, url: str) -> tuple[bytes, str]:
+        """Download `url` (transient failures retried with backoff); its data and SHA-256."""
         delay = self.opts.retry_initial_s
         for attempt in range(1, self.opts.fetch_attempts + 1):
-            t0 = time.monotonic()
             try:
-                fetched = self.fetcher.fetch(url)
+                with self.observe.stage("fetch"):
+                    fetched = self.fetcher.fetch(url)
                 return fetched.data, fetched.sha256
             except FetchError as exc:
                 reason = f"fetch_{exc.reason}"
                 if not exc.transient:
                     raise PermanentFailure(reason, f"{url}: {exc}", attempt) from None
-                self.metrics.events_failed.labels(reason, "transient").inc()
+                self.observe.transient_failure(reason)
                 if attempt == self.opts.fetch_attempts:
                     raise PermanentFailure(reason, f"{url}: {exc} (after {attempt} attempts)", attempt) from None
-                self.metrics.retries.labels("fetch").inc()
+                self.observe.retried("fetch")
                 self._sleep(delay)
                 delay = min(delay * 2, self.opts.retry_max_s)
-            finally:
-                self.metrics.stage_seconds.labels("fetch").observe(time.monotonic() - t0)
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _decode(engine: TaggingEngine, url: str, data: bytes) -> PreparedImage:
+        """Decode and resize one image with the engine's preprocessing; a broken image is a permanent failure."""
+        try:
+            return engine.prepare(data)
+        except ImageDecodeError as exc:
+            raise PermanentFailure(f"image_{exc.reason}", f"{url}: {exc}") from None
 
     def _put_blocking(self, q: queue.Queue[Any], item: Any) -> None:
         while True:
@@ -406,11 +396,12 @@ class Enricher:
             self._infer_with(items[0].engine, items)
 
     def _infer_with(self, engine: TaggingEngine, batch: list[_InferItem]) -> None:
-        t0 = time.monotonic()
+        now = time.monotonic()
         for item in batch:
-            self.metrics.stage_seconds.labels("queue").observe(t0 - item.queued_at)
+            self.observe.waited(item.queued_at, now)
         try:
-            results = engine.infer([item.prepared for item in batch])
+            with self.observe.stage("inference", on_error=False):
+                results = engine.infer([item.prepared for item in batch])
         except Exception as exc:  # e.g. CUDA OOM: retry images one by one
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for item in batch:
@@ -420,9 +411,7 @@ class Enricher:
                 except Exception as exc2:
                     self._write_q.put(Finished(item.job, failure=PermanentFailure("inference_error", repr(exc2))))
             return
-        self.metrics.stage_seconds.labels("inference").observe(time.monotonic() - t0)
-        self.metrics.batch_size.observe(len(batch))
-        self.metrics.images_processed.inc(len(batch))
+        self.observe.batch_inferred(len(batch))
         for item, tags in zip(batch, results, strict=True):
             self._image_done(item, tags)
 
@@ -484,27 +473,19 @@ class Enricher:
     def _write_group(self, group: list[Finished]) -> None:
         results = [f.result for f in group if f.result is not None]
         if results:
-            t0 = time.monotonic()
-            stats = self._retry_forever("database", lambda: self.store.write_results(results))
-            self.metrics.stage_seconds.labels("write").observe(time.monotonic() - t0)
-            self.metrics.events_processed.labels("tagged").inc(stats.written)
-            if stats.duplicates:
-                self.metrics.events_processed.labels("skipped_duplicate").inc(stats.duplicates)
+            with self.observe.stage("write", on_error=False):
+                stats = self._retry_forever("database", functools.partial(self.store.write_results, results))
+            self.observe.written(stats.written, stats.duplicates)
         for f in group:
             if f.failure is not None:
-                failure = f.failure
-                self._retry_forever(
-                    "dead_letter",
-                    lambda f=f, failure=failure: self.dead_letters(
-                        f.job.record, failure.reason, str(failure), failure.attempts
-                    ),
-                )
-                self.metrics.events_failed.labels(failure.reason, "permanent").inc()
-                self.metrics.dead_letters.labels(failure.reason).inc()
-                log.info("dead-lettered offset %s: %s: %s", f.job.record.offset, failure.reason, failure)
+                failure, record = f.failure, f.job.record
+                sink = functools.partial(self.dead_letters, record, failure.reason, str(failure), failure.attempts)
+                self._retry_forever("dead_letter", sink)
+                self.observe.dead_lettered(failure.reason)
+                log.info("dead-lettered offset %s: %s: %s", record.offset, failure.reason, failure)
         now = time.monotonic()
         for f in group:
-            self.metrics.event_latency.observe(now - f.job.consumed_at)
+            self.observe.finished(f.job.consumed_at, now)
             self._done_q.put(f.job)
 
     def _retry_forever(self, operation: str, fn: Callable[[], Any]) -> Any:
@@ -513,9 +494,9 @@ class Enricher:
         while True:
             try:
                 return fn()
-            except (DatabaseUnavailable, TransientKafkaError) as exc:
-                self.metrics.retries.labels(operation).inc()
-                self.metrics.events_failed.labels(f"{operation}_unavailable", "transient").inc()
+            except (DatabaseUnavailable, TransientSourceError) as exc:
+                self.observe.retried(operation)
+                self.observe.transient_failure(f"{operation}_unavailable")
                 log.warning("%s unavailable, retrying in %.1fs: %s", operation, delay, exc)
                 self._sleep(delay)
                 delay = min(delay * 2, self.opts.retry_max_s)

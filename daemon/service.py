@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from connectors.source import DeadLetterSink, EventSource, Partition
 from daemon.config import FetchSettings, Settings, redact_url
 from daemon.metrics import ServiceMetrics
-from daemon.pipeline import DeadLetterSink, Enricher, EventSource, PipelineOptions
+from daemon.pipeline import Enricher, PipelineOptions
 from daemon.reload import ModelSource, ModelWatcher
 
 if TYPE_CHECKING:
@@ -46,17 +47,6 @@ class Service:
                 close()
             except Exception as exc:
                 log.warning("error while closing: %s", exc)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
@@ -99,7 +89,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     fetcher = build_fetcher(f)
     closers.append(fetcher.close)
 
-    revoke_hook: list[Callable[[Any], None]] = []
+    revoke_hook: list[Callable[[set[Partition]], None]] = []
     source, dead_letters, idle, source_name = _build_source(settings, revoke_hook, closers)
 
     b = settings.batch
@@ -166,7 +156,7 @@ def build_fetcher(f: FetchSettings) -> ImageFetcher:
 
 
 def _build_source(
-    settings: Settings, revoke_hook: list[Callable[[Any], None]], closers: list[Callable[[], Any]]
+    settings: Settings, revoke_hook: list[Callable[[set[Partition]], None]], closers: list[Callable[[], Any]]
 ) -> tuple[EventSource, DeadLetterSink, Callable[[], bool] | None, str]:
     if settings.source == "kafka":
         from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -174,6 +164,10 @@ def _build_source(
         from connectors.kafka import DeadLetterPublisher, KafkaEventSource, TransientKafkaError
 
         k = settings.kafka
+
+        def on_revoked(partitions: set[Partition]) -> None:
+            for hook in revoke_hook:
+                hook(partitions)
 
         def connect() -> KafkaEventSource:
             return KafkaEventSource(
@@ -185,7 +179,7 @@ def _build_source(
                 heartbeat_interval_ms=k.heartbeat_interval_ms,
                 max_poll_interval_ms=k.max_poll_interval_ms,
                 max_poll_records=k.max_poll_records,
-                on_revoked=lambda parts: [hook(parts) for hook in revoke_hook] and None,
+                on_revoked=on_revoked,
             )
 
         # the broker may still be starting (compose, a rolling restart): wait for it rather than crash-loop
@@ -193,7 +187,9 @@ def _build_source(
             retry=retry_if_exception_type(TransientKafkaError),
             wait=wait_exponential(multiplier=1, max=15),
             stop=stop_after_delay(300),
-            before_sleep=lambda state: log.warning("Kafka unreachable, retrying: %s", state.outcome.exception()),
+            before_sleep=lambda state: log.warning(
+                "Kafka unreachable, retrying: %s", state.outcome.exception() if state.outcome else None
+            ),
             reraise=True,
         )(connect)
         publisher = DeadLetterPublisher(bootstrap_servers=k.bootstrap_servers, topic=k.dead_letter_topic)

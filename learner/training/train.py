@@ -17,7 +17,7 @@ Model selection uses only the validation split: the primary metric is the mean o
 groups of top-1 accuracy (`PRIMARY_METRIC`); per-class thresholds are the best-F1 points on validation.
 The test split is evaluated once, after training, for the bundle's metrics and the report.
 
-This module does not parse command lines (see `daemon/commands_learner.py`) and keeps no global state.
+This module does not parse command lines (see `daemon/commands_train.py`) and keeps no global state.
 """
 
 from __future__ import annotations

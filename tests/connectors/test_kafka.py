@@ -21,12 +21,10 @@ from connectors.kafka import (
     DeadLetterPublisher,
     EventPublisher,
     KafkaEventSource,
-    OffsetTracker,
-    Partition,
-    SourceRecord,
     TransientKafkaError,
     ensure_topics,
 )
+from connectors.source import OffsetTracker, Partition, SourceRecord, TransientSourceError
 
 FAST_GROUP = {
     "session_timeout_ms": 6_000,
@@ -314,3 +312,7 @@ def test_a_source_without_a_reachable_broker_raises_a_transient_error() -> None:
     unused = free_port()  # nothing listens there
     with pytest.raises(TransientKafkaError, match="cannot reach Kafka"):
         KafkaEventSource(f"127.0.0.1:{unused}", "products.new", new_group(), connect_timeout_ms=1_000)
+
+
+def test_transient_kafka_errors_are_transient_source_errors_so_the_daemon_retries_them() -> None:
+    assert issubclass(TransientKafkaError, TransientSourceError)

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from daemon.cli_support import fail
 from learner.training.recipe import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -24,11 +25,6 @@ _DEFAULTS = TrainConfig()
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def train_command(
@@ -122,9 +118,9 @@ def train_command(
         typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
         result = train(config, labelled, out, evaluate_test=test)
     except TaxonomyError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (DataError, PretrainedWeightsUnavailable, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     bundle = result.bundle
     typer.echo(f"bundle: {result.bundle_path} ({bundle.model_version})")
@@ -172,9 +168,9 @@ def evaluate_command(
     from learner.training.data import SPLITS, DataError, load_labelled_set
 
     if split is not None and split not in (*SPLITS, "all"):
-        raise _fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
+        raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
     if tta not in ("none", "flip"):
-        raise _fail(f"--tta must be none or flip, not {tta!r}")
+        raise fail(f"--tta must be none or flip, not {tta!r}")
     try:
         bundle = load_bundle(bundle_path)
         group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
@@ -198,7 +194,7 @@ def evaluate_command(
         )
         audit = audit_labels(labelled, labelled.split(rule, split), image_column)
     except (BundleError, DataError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     report = build_report(
         metrics,
         model_version=bundle.model_version,

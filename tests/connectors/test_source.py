@@ -1,10 +1,13 @@
-"""OffsetTracker: an offset becomes committable only when every earlier handed-out offset is done (pure)."""
+"""connectors.source: records, and the OffsetTracker (an offset becomes committable only when every earlier
+handed-out offset is done; pure)."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
-from connectors.kafka import OffsetTracker
+from connectors.source import OffsetTracker, SourceRecord
 
 P0 = ("products.new", 0)
 P1 = ("products.new", 1)
@@ -130,3 +133,16 @@ def test_random_completion_order_never_commits_past_an_unfinished_record() -> No
         finished.add(offset)
         expected = next(o for o in [*offsets, 200] if o not in finished)
         assert tracker.committable().get(P0, 0) == expected
+
+
+def test_a_repeated_header_reads_as_its_last_value() -> None:
+    record = SourceRecord("t", 0, 0, None, b"{}", [("a", b"1"), ("b", b"2"), ("a", b"3")], 0)
+    assert record.header("a") == b"3"
+    assert record.header("missing") is None
+    assert record.tp == ("t", 0)
+
+
+def test_the_local_sources_load_without_the_kafka_client() -> None:
+    probe = "import sys, connectors.local_source; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kafka'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
