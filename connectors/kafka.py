@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-# kafka-python ships no type information
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
+# kafka-python ships no type information (pyproject's [tool.mypy] override lets these imports be untyped)
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener  # type: ignore[import-untyped]
-from kafka.future import Future  # type: ignore[import-untyped]
-from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.future import Future
+from kafka.structs import OffsetAndMetadata
 
 from connectors.source import Partition, SourceRecord, TransientSourceError
 
@@ -310,7 +310,7 @@ class KafkaEventSource:
         await finished
 
 
-class _RebalanceBridge(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+class _RebalanceBridge(AsyncConsumerRebalanceListener):
     """Forwards kafka-python's rebalance events to the owner's callbacks (see `KafkaEventSource`)."""
 
     def __init__(self, source: KafkaEventSource) -> None:

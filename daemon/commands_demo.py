@@ -30,7 +30,7 @@ def demo_command(
     home: Path = typer.Option(Path(".shelfsight/demo"), help="Where the demo keeps its model, events and DB."),
 ) -> None:
     """Enrich the bundled CC0 product photos end to end with no external service, and print the result."""
-    from daemon.config import Settings
+    from daemon.config import FetchSettings, LocalSourceSettings, Settings
     from daemon.service import StartupError, run_service
 
     home = home.resolve()
@@ -57,8 +57,8 @@ def demo_command(
         model_path=model,
         database_url=f"sqlite:///{db}",
         http_port=0,
-        local={"events_dir": events, "exit_when_idle": True},  # type: ignore[arg-type]
-        fetch={"file_root": images.resolve()},  # type: ignore[arg-type]
+        local=LocalSourceSettings(events_dir=events, exit_when_idle=True),
+        fetch=FetchSettings(file_root=images.resolve()),
     )
     try:
         run_service(settings)

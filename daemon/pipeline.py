@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, OutboxPayload, ProductResult, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
@@ -43,6 +43,9 @@ from connectors.source import DeadLetterSink, EventSource, OffsetTracker, Partit
 from daemon.metrics import PipelineMetrics, ServiceMetrics
 from learner.inference.engine import ImageTags, TaggingEngine
 from learner.inference.imaging import ImageDecodeError, PreparedImage
+from learner.model.taxonomy import Taxonomy
+
+T = TypeVar("T")
 
 log = logging.getLogger("shelfsight.pipeline")
 
@@ -353,7 +356,7 @@ class Enricher:
         except ImageDecodeError as exc:
             raise PermanentFailure(f"image_{exc.reason}", f"{url}: {exc}") from None
 
-    def _put_blocking(self, q: queue.Queue[Any], item: Any) -> None:
+    def _put_blocking(self, q: queue.Queue[T], item: T) -> None:
         while True:
             try:
                 q.put(item, timeout=0.2)
@@ -488,7 +491,7 @@ class Enricher:
             self.observe.finished(f.job.consumed_at, now)
             self._done_q.put(f.job)
 
-    def _retry_forever(self, operation: str, fn: Callable[[], Any]) -> Any:
+    def _retry_forever(self, operation: str, fn: Callable[[], T]) -> T:
         """Transient infrastructure failures (database or broker down) are retried, never dead-lettered."""
         delay = self.opts.retry_initial_s
         while True:
@@ -522,7 +525,7 @@ class _Aborted(Exception):
     pass
 
 
-def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValue]:
+def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[AttributeValue]:
     """One value per attribute group for a product with one or more images.
 
     Single-choice groups take the image whose best value is most confident (with that image's
@@ -555,15 +558,15 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Any) -> list[AttributeValu
             candidates = [t for t in tags if t.attributes.get(g.name)]
             if not candidates:
                 continue
-            best = max(candidates, key=lambda t: t.attributes[g.name][0][1])
-            chosen = best.attributes[g.name]
+            strongest = max(candidates, key=lambda t: t.attributes[g.name][0][1])
+            chosen = strongest.attributes[g.name]
             out.append(
                 AttributeValue(
                     attribute=g.name,
                     value=chosen[0][0],
                     confidence=chosen[0][1],
                     alternatives=[Alternative(v, round(c, 4)) for v, c in chosen],
-                    auto_filled=best.is_auto_filled(g.name),
+                    auto_filled=strongest.is_auto_filled(g.name),
                 )
             )
     return out

@@ -218,22 +218,25 @@ def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
     cheap), re-read when the resolved file or its modification time changes."""
     from learner.model.bundle import BundleError, read_manifest
 
-    cache: dict[str, Any] = {"key": None, "version": None}
+    cached_key: tuple[str, int] | None = None
+    cached_version: str | None = None
 
     def version() -> str | None:
+        nonlocal cached_key, cached_version
         try:
             path = source.resolve()
             key = (str(path), path.stat().st_mtime_ns)
         except Exception as exc:  # registry being rewritten, file replaced: keep the last known version
             log.debug("champion not readable right now: %s", exc)
-            return cache["version"]  # type: ignore[no-any-return]
-        if key != cache["key"]:
+            return cached_version
+        if key != cached_key:
             try:
-                cache["version"] = read_manifest(path)["model_version"]
-                cache["key"] = key
+                model_version = read_manifest(path)["model_version"]
+                cached_version = None if model_version is None else str(model_version)
+                cached_key = key
             except BundleError as exc:
                 log.warning("cannot read the champion's model version: %s", exc)
-        return cache["version"]  # type: ignore[no-any-return]
+        return cached_version
 
     return version
 

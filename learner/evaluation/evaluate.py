@@ -164,7 +164,8 @@ def training_set_relation(bundle: ModelBundle, data: LabelledSet) -> str | None:
     file, changed since), or None when it is another set: cutting another set by the bundle's hash split would
     only throw away most of it."""
     recorded = bundle.lineage.get("data") or {}
-    base = recorded.get("base") if isinstance(recorded.get("base"), dict) else {}
+    recorded_base = recorded.get("base")
+    base: dict[str, Any] = recorded_base if isinstance(recorded_base, dict) else {}
     digests = {d for d in (recorded.get("csv_sha256"), base.get("csv_sha256")) if d}
     sources = {str(src) for src in (recorded.get("source"), base.get("source")) if src}
     if digests and _file_sha256(Path(data.source)) in digests:

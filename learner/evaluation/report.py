@@ -308,9 +308,8 @@ def plot_precision_coverage(report: Mapping[str, Any], path: Path) -> bool:
         a = m.get("autofill") or {}
         if a.get("threshold") is not None and a.get("coverage"):
             ax.plot([a["coverage"]], [a["precision"]], "o", color=line.get_color())
-    targets = {(m.get("autofill") or {}).get("target_precision") for _, m in curves}
-    targets = sorted(float(t) for t in targets if t is not None)
-    for t in targets:
+    recorded_targets = {(m.get("autofill") or {}).get("target_precision") for _, m in curves}
+    for t in sorted(float(t) for t in recorded_targets if t is not None):
         ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1.01)
     ax.set_xlabel("coverage (share of labelled values auto-filled)")

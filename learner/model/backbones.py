@@ -15,8 +15,10 @@ its stages, from input to output, so training can freeze "the first N stages" fo
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,14 +51,15 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Preprocessing:
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        """Inverse of `to_dict` (`d` is a bundle manifest's parsed JSON)."""
         return cls(
-            input_size=int(d["input_size"]),  # type: ignore[arg-type]
+            input_size=int(d["input_size"]),
             resize_interpolation=str(d["resize_interpolation"]),
-            mean=tuple(d["mean"]),  # type: ignore[arg-type]
-            std=tuple(d["std"]),  # type: ignore[arg-type]
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
             letterbox=bool(d.get("letterbox", True)),
-            pad_value=int(d.get("pad_value", 255)),  # type: ignore[arg-type]
+            pad_value=int(d.get("pad_value", 255)),
         )
 
 
@@ -85,8 +88,11 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
 
 def _timm_lite(name: str, pretrained: bool) -> Backbone:
     import timm
+    from timm.models.efficientnet import EfficientNet
 
     module = timm.create_model(name, pretrained=False, num_classes=0)
+    if not isinstance(module, EfficientNet):
+        raise TypeError(f"timm built {type(module).__name__} for {name}, expected an EfficientNet")
     pkg, cls_name, size = LITE_PACKAGES[name]
     if pretrained:
         try:

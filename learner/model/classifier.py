@@ -18,6 +18,8 @@ studio backdrop. `tests/benchmarks/probe_pooling.py` measures what each pooling 
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import nn
 
@@ -138,9 +140,9 @@ class AttributeClassifier(nn.Module):
                 stage.eval()
         return self
 
-    def parameter_groups(self, base_lr: float, backbone_lr_decay: float) -> list[dict[str, object]]:
+    def parameter_groups(self, base_lr: float, backbone_lr_decay: float) -> list[ParameterGroup]:
         """Discriminative learning rates: heads get `base_lr`, each earlier stage `decay` times less."""
-        groups: list[dict[str, object]] = [{"params": list(self.heads.parameters()), "lr": base_lr, "name": "heads"}]
+        groups: list[ParameterGroup] = [{"params": list(self.heads.parameters()), "lr": base_lr, "name": "heads"}]
         seen: set[int] = set()
         lr = base_lr
         for i, stage in reversed(list(enumerate(self._stages))):
@@ -153,6 +155,14 @@ class AttributeClassifier(nn.Module):
         if rest:
             groups.append({"params": rest, "lr": base_lr * backbone_lr_decay, "name": "backbone-rest"})
         return groups
+
+
+class ParameterGroup(TypedDict):
+    """One learning-rate group of `AttributeClassifier.parameter_groups` (an optimizer param group)."""
+
+    params: list[nn.Parameter]
+    lr: float
+    name: str
 
 
 TAP_POOLING = ("mean", "foreground")
@@ -177,7 +187,8 @@ def masked_average(features: torch.Tensor, mask: torch.Tensor, floor: float = 1e
     `floor` keeps every cell slightly weighted, so a photo with no white background at all (or nothing
     but background) degrades to the plain average instead of dividing by zero.
     """
-    weights = torch.nn.functional.adaptive_avg_pool2d(mask, features.shape[-2:]).to(features.dtype) + floor
+    height, width = features.shape[-2:]
+    weights = torch.nn.functional.adaptive_avg_pool2d(mask, (height, width)).to(features.dtype) + floor
     return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
 
 

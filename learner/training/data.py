@@ -292,11 +292,20 @@ def encode_targets(samples: Sequence[Sample], taxonomy: Taxonomy) -> dict[str, t
                     t[i, list(label)] = 1.0
         else:
             t = torch.tensor(
-                [IGNORE_INDEX if (lab := s.labels.get(g.name)) is None else int(lab) for s in samples],  # type: ignore[arg-type]
+                [_class_index(s.labels.get(g.name)) for s in samples],
                 dtype=torch.int64,
             )
         out[g.name] = t
     return out
+
+
+def _class_index(label: Label) -> int:
+    """A single-choice sample's target: its class index, or IGNORE_INDEX when it has no usable label."""
+    if label is None:
+        return IGNORE_INDEX
+    if isinstance(label, tuple):
+        raise TypeError(f"a single-choice group's label is one class index, not {label!r}")
+    return int(label)
 
 
 # --- images -----------------------------------------------------------------------------------------

@@ -118,9 +118,9 @@ def broadcast_from_main(value: T, ctx: DistContext) -> T:
     """Rank 0's `value` on every rank (one decision for all, e.g. early stopping)."""
     if not ctx.distributed:
         return value
-    box: list[Any] = [value]
+    box: list[T] = [value]
     dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[no-any-return]
+    return box[0]
 
 
 def barrier(ctx: DistContext) -> None:

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
 from learner.training.loss import AttributeLoss
 from learner.training.recipe import TrainConfig
+
+M = TypeVar("M", bound=nn.Module)
 
 PRIMARY_METRIC = "mean_top1"  # key of compute_metrics()["summary"] that early stopping and selection use
 
@@ -83,7 +85,7 @@ def make_optimizer(model: AttributeClassifier, config: TrainConfig) -> torch.opt
     """AdamW over the model's discriminative-LR groups, each split into decayed and not-decayed params."""
     groups: list[dict[str, Any]] = []
     for g in model.parameter_groups(config.lr, config.backbone_lr_decay):
-        params: list[nn.Parameter] = list(g["params"])  # type: ignore[call-overload]
+        params = g["params"]
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         if decay:
@@ -107,17 +109,17 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class WeightAverage:
+class WeightAverage(Generic[M]):
     """Exponential moving average of a model's state (parameters and batch-norm statistics).
 
     The decay ramps up as (1 + n) / (10 + n) over the first updates so early weights fade fast. A model inside a
     DistributedDataParallel wrapper is averaged as the module itself (same keys as the bundle).
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        self.module: M = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
@@ -147,7 +149,7 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
-    ema: WeightAverage | None
+    ema: WeightAverage[AttributeClassifier] | None
 
     @classmethod
     def build(
@@ -167,7 +169,7 @@ class Optimization:
 
     def evaluated(self, model: AttributeClassifier) -> AttributeClassifier:
         """The weights that are validated and kept: the moving average when there is one, else the model."""
-        return self.ema.module if self.ema is not None else model  # type: ignore[return-value]
+        return self.ema.module if self.ema is not None else model
 
 
 @dataclass
@@ -208,7 +210,7 @@ def train_one_epoch(
     epoch: int,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    ema: WeightAverage | None = None,
+    ema: WeightAverage[AttributeClassifier] | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """One pass over `loader`: a step of the optimiser and of the schedule per batch, then the moving average.
