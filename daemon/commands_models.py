@@ -236,17 +236,12 @@ def calibrate_command(
     Values whose calibrated confidence reaches their group's threshold are auto-filled by the daemon; the others
     are kept as suggestions. A group where no threshold reaches the target precision is never auto-filled.
     """
-    import hashlib
-
     from learner.evaluation.calibration import fit_calibration
     from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
     from learner.model.bundle import BundleError, load_bundle
     from learner.model.hierarchy import derive_hierarchy
     from learner.model.taxonomy import TaxonomyError
-    from learner.training.data import SPLITS, DataError, load_labelled_set
-
-    def sha256(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+    from learner.training.data import SPLITS, DataError, file_sha256, load_labelled_set
 
     if split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
@@ -272,9 +267,14 @@ def calibrate_command(
         elif training is not None and split in ("train", "all"):
             typer.echo(f"warning: fitting on the {split} split of the training data: thresholds will be optimistic")
         predictions, n = predict_bundle(bundle, labelled, split, rule, batch_size, device)
-        fitted_on = {"data": str(labelled.source), "csv_sha256": sha256(labelled.source), "split": split, "images": n}
+        fitted_on = {
+            "data": str(labelled.source),
+            "csv_sha256": file_sha256(labelled.source),
+            "split": split,
+            "images": n,
+        }
         calibration = fit_calibration(predictions, bundle.taxonomy, target_precision, confidence_level, fitted_on)
-        before = sha256(bundle_path)
+        before = file_sha256(bundle_path)
         calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
     except (BundleError, DataError, TaxonomyError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
@@ -299,6 +299,6 @@ def calibrate_command(
         typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")
     typer.echo(
         f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 {before[:12]}... -> "
-        f"{sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a registry record of this version still "
+        f"{file_sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a registry record of this version still "
         "names the old file SHA-256)"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -38,9 +38,12 @@ class BackgroundHTTPServer:
         self._server.server_close()
 
 
+Probe = Callable[[], tuple[int, bytes]]  # a GET endpoint's (status, plain-text body)
+
+
 class QuietHandler(BaseHTTPRequestHandler):
-    """Request handler base: `_send` writes a whole response; nothing is logged per request (scrapes every
-    few seconds would flood the log)."""
+    """Request handler base: `_send` writes a whole response, `_serve_get` answers GET /metrics and the probe
+    paths; nothing is logged per request (scrapes every few seconds would flood the log)."""
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)
@@ -51,6 +54,16 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def _send_metrics(self, registry: CollectorRegistry) -> None:
         self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    def _serve_get(self, registry: CollectorRegistry, probes: Mapping[str, Probe]) -> None:
+        """GET: /metrics from `registry`, a probe path from its probe, 404 for anything else."""
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send_metrics(registry)
+        elif (probe := probes.get(path)) is not None:
+            self._send(*probe())
+        else:
+            self._send(404, b"not found\n")
 
     def log_message(self, format: str, *args: object) -> None:
         return
@@ -71,19 +84,14 @@ class HealthServer(BackgroundHTTPServer):
 def _make_handler(
     registry: CollectorRegistry, ready: Callable[[], bool], alive: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
+    probes: dict[str, Probe] = {
+        "/healthz": lambda: (200, b"ok\n") if alive() else (503, b"main loop stalled\n"),
+        "/readyz": lambda: (200, b"ready\n") if ready() else (503, b"not ready\n"),
+    }
+
     class Handler(QuietHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send_metrics(registry)
-            elif path == "/healthz":
-                ok = alive()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
-            elif path == "/readyz":
-                ok = ready()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
-            else:
-                self._send(404, b"not found\n")
+            self._serve_get(registry, probes)
 
     return Handler
 

@@ -373,22 +373,8 @@ class Enricher:
     # inference thread
     # ---------------------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
-        while True:
-            first = self._infer_q.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self.opts.max_batch_delay_ms / 1000
-            while len(batch) < self.opts.max_batch_images:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = self._infer_q.get(timeout=remaining) if remaining > 0 else self._infer_q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._infer_q.put(None)  # re-post the sentinel for the outer loop
-                    break
-                batch.append(item)
+        delay_s = self.opts.max_batch_delay_ms / 1000
+        while (batch := next_batch(self._infer_q, self.opts.max_batch_images, delay_s)) is not None:
             self._infer_batch(batch)
 
     def _infer_batch(self, batch: list[_InferItem]) -> None:
@@ -454,20 +440,7 @@ class Enricher:
     # writer thread
     # ---------------------------------------------------------------------------------------------
     def _writer_loop(self) -> None:
-        while True:
-            first = self._write_q.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < 256:
-                try:
-                    item = self._write_q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._write_q.put(None)
-                    break
-                group.append(item)
+        while (group := next_batch(self._write_q, 256)) is not None:
             try:
                 self._write_group(group)
             except _Aborted:
@@ -523,6 +496,27 @@ class Enricher:
 
 class _Aborted(Exception):
     pass
+
+
+def next_batch(q: queue.Queue[T | None], max_items: int, max_wait_s: float = 0.0) -> list[T] | None:
+    """Waits for one item, then takes what else arrives within `max_wait_s` of it, up to `max_items`; None once the
+    stop sentinel (None) is read. A sentinel that ends a batch is put back, so the next call returns None."""
+    first = q.get()
+    if first is None:
+        return None
+    batch = [first]
+    deadline = time.monotonic() + max_wait_s
+    while len(batch) < max_items:
+        remaining = deadline - time.monotonic()
+        try:
+            item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            q.put(None)  # re-post the sentinel for the caller's loop
+            break
+        batch.append(item)
+    return batch
 
 
 def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[AttributeValue]:

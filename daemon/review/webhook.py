@@ -48,13 +48,7 @@ def _webhook_handler(
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send_metrics(registry)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            else:
-                self._send(404, b"not found\n")
+            self._serve_get(registry, {"/healthz": lambda: (200, b"ok\n")})
 
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != receiver.path:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from learner.training.data import (
     LabelledSet,
     Sample,
     SplitRule,
+    file_sha256,
 )
 
 ECE_BINS = 15
@@ -168,21 +168,13 @@ def training_set_relation(bundle: ModelBundle, data: LabelledSet) -> str | None:
     base: dict[str, Any] = recorded_base if isinstance(recorded_base, dict) else {}
     digests = {d for d in (recorded.get("csv_sha256"), base.get("csv_sha256")) if d}
     sources = {str(src) for src in (recorded.get("source"), base.get("source")) if src}
-    if digests and _file_sha256(Path(data.source)) in digests:
+    if digests and file_sha256(Path(data.source)) in digests:
         return "its labels.csv is the bundle's training data (same SHA-256)"
     for src in sources:
         with contextlib.suppress(OSError):
             if Path(src).resolve() == Path(data.source).resolve():
                 return "its labels.csv is the bundle's training file (changed since training)"
     return None
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 NA_LABELS = frozenset({"na", "n/a", "nan", "null", "none"})

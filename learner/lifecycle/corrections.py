@@ -42,7 +42,7 @@ from connectors.db.learner import HumanCorrection
 from connectors.images import FetchError, ImageFetcher
 from learner.lifecycle.holdout import Boxes, HoldoutRule
 from learner.model.taxonomy import AttributeGroup, Taxonomy
-from learner.training.data import Label, Sample, SplitRule, load_labelled_set
+from learner.training.data import Label, Sample, SplitRule, file_sha256, load_labelled_set
 from learner.training.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,6 @@ class TrainingData:
     corrections_until: datetime | None
     holdout_boxes: Boxes = field(default_factory=dict)  # image -> objects
     train_boxes: Boxes = field(default_factory=dict)  # outside the holdout
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def correction_samples(
@@ -167,8 +159,8 @@ def assemble_training_data(
     base_summary: dict[str, Any] | None = None
     if config.base_data is not None:
         labelled = load_labelled_set(config.base_data, taxonomy, group_column=config.base_group_column)
-        base = [(s, sha256_file(s.image_path)) for s in labelled.samples]
-        base_summary = {**labelled.summary(), "csv_sha256": sha256_file(labelled.source)}
+        base = [(s, file_sha256(s.image_path)) for s in labelled.samples]
+        base_summary = {**labelled.summary(), "csv_sha256": file_sha256(labelled.source)}
     fixed, skipped = correction_samples(corrections, taxonomy, fetcher, config.work_dir / "images")
 
     # merge: a correction overrides the original labels of the same (product, image), group by group

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.model.bundle import BundleError, read_manifest
+from learner.training.data import file_sha256
 
 ALIASES_FILE = "aliases.json"
 VERSIONS_DIR = "versions"
@@ -199,7 +199,7 @@ class ModelRegistry:
                 "parent": lineage.get("parent"),
                 "registered_at": _now(),
                 "file": f"{VERSIONS_DIR}/{target.name}",
-                "file_sha256": _file_sha256(target),
+                "file_sha256": file_sha256(target),
                 "bytes": target.stat().st_size,
                 "taxonomy": manifest.get("taxonomy", {}).get("name"),
                 "backbone": manifest.get("classifier", {}).get("backbone"),
@@ -334,14 +334,6 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 def _fsync(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _now() -> str:

@@ -273,6 +273,13 @@ def class_counts(samples: Sequence[Sample], group: AttributeGroup) -> list[int]:
     return counts
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks: how a labels.csv, an image or a bundle file is identified
+    in lineage and registry records."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 # --- targets ----------------------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from learner.inference.engine import pick_device
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import Taxonomy
-from learner.training.data import DataError, ImageDataset, LabelledSet
+from learner.training.data import DataError, ImageDataset, LabelledSet, file_sha256
 from learner.training.engine import (
     PRIMARY_METRIC,
     EarlyStopping,
@@ -168,7 +168,7 @@ def train(
         metrics["test"] = headline(test)
     lineage = {
         "parent": None,
-        "data": {**data.summary(config.split), "csv_sha256": _file_sha256(data.source)},
+        "data": {**data.summary(config.split), "csv_sha256": file_sha256(data.source)},
         "split": {**config.split.to_dict(), "key_column": data.split_column},
         "recipe": config.to_dict(),
         "seed": config.seed,
@@ -235,7 +235,3 @@ def _preload(datasets: list[ImageDataset], progress: bool) -> None:
             for i in range(len(ds)):
                 ds.image(i)
                 bar.update()
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from pathlib import Path
@@ -21,6 +22,7 @@ from learner.training.data import (
     DataError,
     ImageDataset,
     SplitRule,
+    file_sha256,
     load_labelled_set,
     prepare_image,
 )
@@ -228,3 +230,19 @@ def test_augmentation_keeps_the_colour_of_the_product() -> None:
         assert product.sum() > 200
         assert (r.mean() - g.mean()) > 120 and (r.mean() - b.mean()) > 120
         assert out.shape == x.shape and out.dtype == torch.uint8
+
+
+def test_file_sha256_is_the_digest_of_the_whole_file_when_it_spans_many_blocks(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 20_000  # ~5 MB: several read blocks
+    path = tmp_path / "labels.csv"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_single_choice_target_rejects_a_multi_value_label() -> None:
+    from learner.training.data import _class_index
+
+    assert _class_index(None) == IGNORE_INDEX
+    assert _class_index(3) == 3
+    with pytest.raises(TypeError):
+        _class_index((1, 2))
