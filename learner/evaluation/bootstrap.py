@@ -9,7 +9,7 @@ Pure functions over numbers (numpy only; no torch, no files, no database), so ev
   holdout is chosen by product id and photos of one product are not independent.
 - `primary_metric`: the mean over groups of top-1 accuracy, each group's accuracy being sum(correct) / sum(known)
   over the products. On the same images this equals learner.evaluation.evaluate's
-  `compute_metrics(...)["summary"]["mean_top1"]` (`learner.training.train.PRIMARY_METRIC`).
+  `compute_metrics(...)["summary"]["mean_top1"]` (`learner.evaluation.gate.PRIMARY_METRIC`).
 - `paired_comparison`: resamples holdout products with replacement (the same resample for both models: the
   pairing) and returns, from the SAME resamples, the percentile confidence interval of challenger minus champion
   on the primary metric and, per group, on top-1 and on macro-F1. Macro-F1 is the mean per-class F1 over the

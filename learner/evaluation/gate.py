@@ -44,7 +44,9 @@ from learner.evaluation.bootstrap import (
     scores_from_rows,
 )
 
-PRIMARY_METRIC = "mean_top1"  # learner.training.train.PRIMARY_METRIC (kept import-free: this module is pure)
+# key of compute_metrics()["summary"] the gate compares; training's early stopping and model selection use it too
+# (learner.training.engine imports it from here)
+PRIMARY_METRIC = "mean_top1"
 # why a challenger was not promoted (`GateDecision.vetoes`, the learner's vetoes metric label)
 VETO_REASONS = (
     "not_significant",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from learner.evaluation.calibration import Calibration, fit_calibration
 from learner.evaluation.evaluate import choose_thresholds, compute_metrics, predict
+from learner.evaluation.gate import PRIMARY_METRIC
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
@@ -37,8 +38,6 @@ from learner.training.loss import AttributeLoss
 from learner.training.recipe import TrainConfig
 
 M = TypeVar("M", bound=nn.Module)
-
-PRIMARY_METRIC = "mean_top1"  # key of compute_metrics()["summary"] that early stopping and selection use
 
 
 class TrainingError(ValueError):
