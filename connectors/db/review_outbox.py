@@ -19,6 +19,7 @@ What it must not do: decide policy (what to route, when to retry), talk to Label
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ class OutboxQueue:
                         claimed_by_started_at=owner.started_at if owner else None,
                     )
                 )
-        return [_outbox_item(r) for r in rows]
+        claimed_by = owner.worker_id if owner else None
+        return [dataclasses.replace(_outbox_item(r), claimed_by=claimed_by) for r in rows]
 
     def mark_sent(self, outbox_id: int, task_id: int, now: datetime | None = None) -> None:
         now = now or _now()

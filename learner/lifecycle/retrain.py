@@ -762,7 +762,7 @@ def _run(
     new_rows = len({c.product_id for c in corrections if since is None or c.updated_at > since})
     needed = 1 if reason != "corrections" else config.min_corrections
     if not force and new_rows < needed:
-        message = f"{new_rows} product(s) with new corrections since the last run, {needed} needed"
+        message = f"{new_rows} new correction(s) since the last run (counted by product), {needed} needed"
         learner_store.finish_run(run_id, "skipped", detail={"message": message})
         return RunOutcome("skipped", run_id=run_id, champion=champion_version, message=message)
 
