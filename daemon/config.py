@@ -118,6 +118,7 @@ class ReviewSettings(BaseModel):
     # full reconcile of every task's annotation count and updated_at with the database, at start-up and then this
     # often (None: never); only tasks that differ are read whole (daemon/review/reconcile.py)
     reconcile_interval_s: float | None = Field(default=3600.0, gt=0)
+    reconcile_at_start: bool = True  # false: the first full reconcile waits for reconcile_interval_s
     # this worker's identity in outbox claims: stable across restarts, unique among live workers (the pod name in
     # Kubernetes: a StatefulSet's, or the Downward API's metadata.name); a restarted process of the same identity
     # takes its previous incarnation's claims over at once

@@ -41,7 +41,8 @@ log = logging.getLogger("shelfsight.review")
 class ReviewWorkerOptions:
     send_interval_s: float = 2.0
     poll_interval_s: float = 30.0
-    reconcile_interval_s: float | None = None  # full reconcile at start and this often (None: never)
+    reconcile_interval_s: float | None = None  # full reconcile this often (None: never) ...
+    reconcile_at_start: bool = True  # ... and once at start-up
     heartbeat_interval_s: float = 2.0
     stats_interval_s: float = 10.0
     webhook_host: str = "127.0.0.1"
@@ -222,7 +223,8 @@ class ReviewWorker:
         interval = self.options.reconcile_interval_s
         if interval is None or self.reconciler is None:
             return
-        delay = 0.0  # at start-up, then every interval (a failed pass is tried again after a poll interval)
+        # at start-up, then every interval (a failed pass is tried again after a poll interval)
+        delay = 0.0 if self.options.reconcile_at_start else interval
         while not self.stop_event.wait(delay):
             delay = interval
             try:
@@ -385,6 +387,7 @@ def build_review_worker(
         send_interval_s=r.send_interval_s,
         poll_interval_s=r.poll_interval_s,
         reconcile_interval_s=r.reconcile_interval_s,
+        reconcile_at_start=r.reconcile_at_start,
         heartbeat_interval_s=r.heartbeat_interval_s,
         webhook_host=r.webhook_host,
         webhook_port=r.webhook_port or None,
