@@ -197,6 +197,7 @@ def route_products(database_url: str, taxonomy: Any, n: int, rng: random.Random,
     images = sorted((CC0_DIR / "images").glob("*.jpg"))
     groups = list(taxonomy.classifier_groups)
     store = ProductStore(database_url)
+    store.migrate()
     results, ids = [], []
     for i in range(n):
         product_id = f"SOAK-{tag}-{i:04d}"
@@ -586,9 +587,14 @@ class ReconcileCost:
     seconds: float
     differing: int
 
+    page_size: int = 1000
+
     def per_10k(self) -> dict[str, float]:
+        """Bytes scale with the tasks; requests with the pages (one per `page_size` tasks) plus the fixed ones."""
+        pages = -(-self.tasks // self.page_size)
+        fixed = max(self.requests - pages, 0)
         scale = 10_000 / max(self.tasks, 1)
-        return {"requests": round(self.requests * scale, 1), "bytes": round(self.response_bytes * scale)}
+        return {"requests": -(-10_000 // self.page_size) + fixed, "bytes": round(self.response_bytes * scale)}
 
 
 def measure_reconcile(label_studio: Any, database_url: str, bundle: Path, n: int) -> ReconcileCost:
