@@ -1,7 +1,7 @@
 """Soak test of the review loop: annotators' answers must never be lost, duplicated or left stale, whatever happens to
 the review worker and to Label Studio.
 
-    .venv/bin/python -m tests.benchmarks.soak_review [--tasks 300] [--answered-while-down 250] [--outage 20]
+    .venv/bin/python -m tests.benchmarks.soak_review [--tasks 400] [--answered-while-down 250] [--outage 20]
         [--kills 2] [--out runs/soak-review]
     .venv/bin/python -m tests.benchmarks.soak_review --measure-reconcile 2000   # cost of one full reconcile
 
@@ -13,12 +13,14 @@ scripted annotators acting through label-studio-sdk. The scenario (`run_soak`):
    the worker sends them all to Label Studio.
 2. The worker is SIGKILLed. Annotators answer `answered_while_down` tasks (more than 100), skip a few, edit and
    delete a few: every webhook delivery is lost.
-3. The worker restarts; while it catches up (its first polls list more than one page of changed tasks), an
-   annotator keeps editing answers, and the worker is SIGKILLed `kills` times mid-sync and restarted (new products
-   are routed before each restart: sending must resume too).
-4. Label Studio is stopped for `outage` seconds while the worker runs and products are routed, then started again;
+3. The worker restarts; while it catches up (its first poll lists more than one page of changed tasks), an
+   annotator goes back over their first answers and edits them (`Editor`).
+4. The worker is SIGKILLed again, annotators answer `answered_between_kills` more, and the worker's catch-up is
+   SIGKILLed `kills` times mid-sync and restarted (new products are routed before each restart: sending must
+   resume too).
+5. Label Studio is stopped for `outage` seconds while the worker runs and products are routed, then started again;
    annotators answer, edit and delete more.
-5. Once the worker has caught up it is stopped, and one full reconcile runs (`FullReconcile`): it must recover
+6. Once the worker has caught up it is stopped, and one full reconcile runs (`FullReconcile`): it must recover
    nothing (webhook and polls lost nothing). Then, product by product: Label Studio's latest answers ==
    `review_annotations` (active rows) == human values in `product_attributes`; every product has one task;
    every annotation one active revision per attribute.
@@ -67,11 +69,12 @@ log = logging.getLogger("soak_review")
 
 @dataclass
 class SoakConfig:
-    tasks: int = 300
+    tasks: int = 400
     answered_while_down: int = 250
     skipped_while_down: int = 5
     edits_while_down: int = 10
     deletions_while_down: int = 5
+    answered_between_kills: int = 100
     kills: int = 2
     outage_s: float = 20.0
     answered_after_outage: int = 20
@@ -270,11 +273,12 @@ class Annotators:
             self.done_tasks.add(task_id)
         return answered, skipped
 
-    def edit_one(self) -> bool:
+    def edit_one(self, among: list[int] | None = None) -> bool:
         with self.lock:
-            if not self.answered:
+            choices = [a for a in (among or sorted(self.answered)) if a in self.answered]
+            if not choices:
                 return False
-            annotation_id = self.rng.choice(sorted(self.answered))
+            annotation_id = self.rng.choice(choices)
         self.client.sdk.annotations.update(id=annotation_id, result=self.answer(""))
         return True
 
@@ -289,20 +293,29 @@ class Annotators:
 
 
 class Editor(threading.Thread):
-    """An annotator editing answers one after another until stopped (during the worker's catch-up)."""
+    """An annotator going back over their first answers (`among`, in the order given) during the worker's catch-up,
+    editing each once, then editing among them at random until stopped. Each first edit moves a task from the front
+    of the changed-task listing to its end: a listing that pages by offset then skips the task at the next page's
+    boundary, an answer nothing else would bring back (its webhook was lost while the worker was down) but the
+    full reconcile."""
 
-    def __init__(self, annotators: Annotators, pause_s: float = 0.05) -> None:
+    def __init__(self, annotators: Annotators, among: list[int], pause_s: float = 0.15) -> None:
         super().__init__(name="soak-editor", daemon=True)
         self.annotators = annotators
+        self.among = among
         self.pause_s = pause_s
         self.stop_event = threading.Event()
         self.edits = 0
         self.errors = 0
 
     def run(self) -> None:
+        first_pass = list(self.among)
         while not self.stop_event.wait(self.pause_s):
             try:
-                if self.annotators.edit_one():
+                if first_pass:
+                    if self.annotators.edit_one([first_pass.pop(0)]):
+                        self.edits += 1
+                elif self.annotators.edit_one(self.among):
                     self.edits += 1
             except Exception as exc:  # Label Studio busy: an annotator would just try again
                 self.errors += 1
@@ -398,12 +411,24 @@ def compare(database_url: str, client: Any, project_id: int, taxonomy: Any) -> t
     return problems, counts
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, tail: Callable[[], str] = str) -> float:
+def soft_wait(condition: Callable[[], bool], timeout_s: float, what: str) -> bool:
+    """Wait for `condition`; on timeout log it and go on (the final comparison says what is missing)."""
+    try:
+        wait_until(condition, timeout_s, what)
+        return True
+    except AssertionError:
+        log.error("timed out after %.0fs waiting for %s", timeout_s, what)
+        return False
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float, what: str, tail: Callable[[], str] = str, *, step_s: float = 0.2
+) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if condition():
             return time.monotonic() - started
-        time.sleep(0.2)
+        time.sleep(step_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{tail()}")
 
 
@@ -481,33 +506,51 @@ def run_soak(
         log.info("worker down: %d answered, %d skipped, %d edited, %d deleted", answered, skipped, counts.edits,
                  counts.deletions)  # fmt: skip
 
-        # 3. catch-up with an annotator editing, killed mid-sync `kills` times; new products before each restart
-        editor = Editor(annotators)
+        # 3. the catch-up (its first poll lists more than a page of changed tasks) while an annotator edits
+        editor = Editor(annotators, among=list(annotators.answered)[: max(10, len(annotators.answered) // 2)])
         editor.start()
         expected = len(annotators.answered) + skipped  # deleted while down: never recorded, nothing to withdraw
-        for kill in range(config.kills + 1):
-            route_products(database_url, taxonomy, config.new_per_restart, rng, f"r{kill}")
-            routed += config.new_per_restart
-            restarted = time.monotonic()
-            worker.start()
-            wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
-            counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
-            if kill == config.kills:
-                break
-            target = min(expected, recorded_annotations(database_url) + max(5, expected // (config.kills + 2)))
-            try:
-                wait_until(lambda t=target: recorded_annotations(database_url) >= t, 60, "the catch-up", tail)
-            except AssertionError:
-                log.warning("catch-up did not reach %d annotations before the kill", target)
-            mid_sync = recorded_annotations(database_url) < expected
-            worker.kill()
-            counts.kills += 1
-            counts.kills_mid_sync += int(mid_sync)
-        wait_until(lambda: recorded_annotations(database_url) >= expected, 120, "the catch-up", tail)
+        route_products(database_url, taxonomy, config.new_per_restart, rng, "r0")
+        routed += config.new_per_restart
+        restarted = time.monotonic()
+        worker.start()
+        wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
+        counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up")
+        time.sleep(2 * config.poll_interval_s)  # a poll or two after the catch-up, with the editor still at work
         counts.edits_during_catch_up = editor.stop()
         counts.edits += counts.edits_during_catch_up
 
-        # 4. Label Studio down while the worker runs and products keep being routed
+        # 4. more answers while the worker is down again, and its catch-up SIGKILLed `kills` times mid-sync (new
+        # products are routed before each restart: sending resumes too)
+        worker.kill()
+        counts.kills += 1
+        between, _ = annotators.answer_tasks(config.answered_between_kills)
+        for _ in range(3):
+            counts.edits += annotators.edit_one()
+        expected += between
+        for kill in range(config.kills + 1):
+            route_products(database_url, taxonomy, config.new_per_restart, rng, f"k{kill}")
+            routed += config.new_per_restart
+            restarted = time.monotonic()
+            worker.start()
+            if kill == config.kills:
+                wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
+                counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
+                break
+            target = recorded_annotations(database_url) + 1  # the first answer of the catch-up is in: kill it
+            try:
+                wait_until(
+                    lambda t=target: recorded_annotations(database_url) >= t, 60, "the catch-up", tail, step_s=0.02
+                )
+            except AssertionError:
+                log.warning("the catch-up did not reach %d annotations before the kill", target)
+            counts.kills_mid_sync += int(recorded_annotations(database_url) < expected)
+            worker.kill()
+            counts.kills += 1
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up after the kills")
+
+        # 5. Label Studio down while the worker runs and products keep being routed
         label_studio.stop()
         route_products(database_url, taxonomy, config.new_per_restart, rng, "outage")
         routed += config.new_per_restart
@@ -515,12 +558,12 @@ def run_soak(
         label_studio.start()
         wait_until(all_sent, 120, "the products routed during the outage to reach Label Studio", tail)
         more, _ = annotators.answer_tasks(config.answered_after_outage)
-        counts.answered = counts.answered_while_down + more
+        counts.answered = counts.answered_while_down + between + more
         for _ in range(3):
             counts.edits += annotators.edit_one()
         counts.deletions += annotators.delete_one()
 
-        # 5. caught up: the three stores agree; then stop, reconcile once, and check again
+        # 6. caught up: the three stores agree; then stop, reconcile once, and check again
         def agreed() -> bool:
             return not compare(database_url, client, project_id, taxonomy)[0]
 

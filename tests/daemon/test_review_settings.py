@@ -8,7 +8,7 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import LearnerSettings, ReviewSettings, Settings, SettingDeprecationWarning
+from daemon.config import LearnerSettings, ReviewSettings, SettingDeprecationWarning, Settings
 
 
 def test_the_old_min_corrections_setting_still_works_with_a_warning_that_it_now_counts_products(
@@ -33,5 +33,5 @@ def test_the_trigger_counts_fifty_products_by_default() -> None:
 def test_the_review_worker_is_named_after_its_host_unless_told_and_claims_go_stale_after_heartbeats() -> None:
     assert ReviewSettings().worker_id == socket.gethostname()
     assert ReviewSettings(worker_id="shelfsight-review-0").worker_id == "shelfsight-review-0"
-    with pytest.raises(ValidationError, match="at least 3 x review.heartbeat_interval_s"):
+    with pytest.raises(ValidationError, match=r"at least 3 x review\.heartbeat_interval_s"):
         ReviewSettings(heartbeat_interval_s=10, claim_stale_s=15)
