@@ -9,8 +9,9 @@ with Label Studio's failures sorted into two kinds.
 Calls: `ensure_project` (create or reuse by title, keep the labelling configuration in step), `set_model_version`,
 `ensure_local_storage`, `import_tasks` (with predictions as pre-annotations), `find_task` (by a key in the task's
 data, so a send interrupted after Label Studio stored the task is not sent twice), `tasks_updated_since`
-(incremental polling: created, edited, skipped and deleted annotations all move a task's `updated_at`), `get_task`,
-`ensure_webhook`, `user_email`.
+(incremental polling: created, edited, skipped and deleted annotations all move a task's `updated_at`),
+`task_digests` (every task's id, `updated_at` and annotation count, about 100 bytes a task: the periodic
+reconcile), `get_task`, `ensure_webhook`, `user_email`.
 
 What it must not do: decide anything (what to send, when to retry), log the API token, or import `learner/` or
 `daemon/`. The SDK's own retries are off (`max_retries=0`): the caller owns retries and backoff.
@@ -35,6 +36,7 @@ __all__ = [
     "LabelStudioClient",
     "LabelStudioError",
     "LabelStudioUnavailable",
+    "TaskDigest",
     "parse_timestamp",
 ]
 
@@ -62,6 +64,18 @@ class LabelStudioError(Exception):
 class ImportedTasks:
     task_ids: list[int]
     predictions: int
+
+
+@dataclass(frozen=True)
+class TaskDigest:
+    """What the reconcile compares: a task's id, its `updated_at` and how many annotations it has (skips included)."""
+
+    id: int
+    updated_at: datetime | None
+    annotations: int
+
+
+DIGEST_FIELDS = "id,updated_at,total_annotations,cancelled_annotations"  # the task list's `include`
 
 
 def _translate(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
@@ -126,14 +140,19 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 class LabelStudioClient:
     """One Label Studio server. `url`: e.g. http://127.0.0.1:8080; `token`: a legacy API token or a personal
-    access token (JWT refresh token). `timeout_s` bounds every request."""
+    access token (JWT refresh token). `timeout_s` bounds every request; `http_client` replaces the SDK's own
+    (e.g. one with event hooks that count requests and bytes)."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout_s: float = 10.0, http_client: httpx.Client | None = None
+    ) -> None:
         from label_studio_sdk import LabelStudio
 
         sdk_class: Any = LabelStudio  # the generated SDK is only partly typed; this adapter is the typed surface
         self.url = url.rstrip("/")
-        self._sdk: Any = sdk_class(base_url=self.url, api_key=token, timeout=timeout_s, max_retries=0)
+        self._sdk: Any = sdk_class(
+            base_url=self.url, api_key=token, timeout=timeout_s, max_retries=0, httpx_client=http_client
+        )
         self._emails: dict[int, str] = {}
 
     def __repr__(self) -> str:
@@ -322,6 +341,37 @@ class LabelStudioClient:
         query = {"filters": {"conjunction": "and", "items": items}, "ordering": ordering}
         pager = self._sdk.tasks.list(project=project_id, fields="all", query=json.dumps(query), page_size=page_size)
         return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=_task_key)
+
+    def task_digests(self, project_id: int, *, page_size: int = 1000) -> Iterator[TaskDigest]:
+        """Every task of the project as a `TaskDigest`, in id order: one request per `page_size` tasks, each asking
+        only for the digest's fields (`include`), paged by id (never "page 2"), so tasks created meanwhile are
+        listed at the end and none is skipped."""
+        after = 0
+        while True:
+            page = self._digest_page(project_id, after, page_size)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    @_translate("list the project's tasks")
+    def _digest_page(self, project_id: int, after_id: int, page_size: int) -> list[TaskDigest]:
+        query = {
+            "filters": {
+                "conjunction": "and",
+                "items": [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}],
+            },
+            "ordering": ["tasks:id"],
+        }
+        pager = self._sdk.tasks.list(
+            project=project_id, include=DIGEST_FIELDS, query=json.dumps(query), page_size=page_size
+        )
+        digests = []
+        for task in itertools.islice(pager, page_size):
+            t = _as_dict(task)
+            total = int(t.get("total_annotations") or 0) + int(t.get("cancelled_annotations") or 0)
+            digests.append(TaskDigest(int(t["id"]), parse_timestamp(t.get("updated_at")), total))
+        return sorted(digests, key=lambda d: d.id)
 
     @_translate("read a task")
     def get_task(self, task_id: int) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
         base_group_column=learner.base_group_column,
         holdout=HoldoutRule(salt=learner.holdout_salt, fraction=learner.holdout_fraction),
         val_fraction=learner.val_fraction,
-        min_corrections=learner.min_corrections,
+        min_corrections=learner.min_corrected_products,
         replay_ratio=learner.replay_ratio,
         replay_min_samples=learner.replay_min_samples,
         recipe=recipe,
@@ -138,6 +138,7 @@ def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | 
 
 def serve(settings: Settings) -> int:
     from connectors.db import ProductStore
+    from connectors.db.learner import LearnerStore
     from daemon.http import HealthServer
     from daemon.metrics import LearnerMetrics
     from learner.lifecycle.schedule import LearnerService, ScheduleConfig
@@ -146,6 +147,7 @@ def serve(settings: Settings) -> int:
     metrics = LearnerMetrics()
     store = ProductStore(settings.database_url)
     store.migrate()
+    metrics.track_new_corrections(LearnerStore(store).new_corrections_since_last_run, learner.min_corrected_products)
 
     def on_outcome(outcome: dict[str, Any]) -> None:
         metrics.observe_outcome(outcome)
@@ -159,7 +161,7 @@ def serve(settings: Settings) -> int:
             interval_hours=learner.interval_hours,
             cron=learner.cron,
             check_interval_s=learner.check_interval_s,
-            min_corrections=learner.min_corrections,
+            min_corrections=learner.min_corrected_products,
             misfire_grace_s=learner.misfire_grace_s,
             standby_poll_s=learner.standby_poll_s,
         ),

@@ -12,11 +12,13 @@ Secrets (database password, tokens) are `SecretStr` or redacted before they are 
 from __future__ import annotations
 
 import os
+import socket
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 HOME = Path(os.environ.get("SHELFSIGHT_HOME", ".shelfsight"))
@@ -113,6 +115,16 @@ class ReviewSettings(BaseModel):
     send_batch: int = Field(default=50, ge=1)
     send_interval_s: float = 2.0
     poll_interval_s: float = 30.0  # the backstop for webhooks Label Studio dropped
+    # full reconcile of every task's annotation count and updated_at with the database, at start-up and then this
+    # often (None: never); only tasks that differ are read whole (daemon/review/reconcile.py)
+    reconcile_interval_s: float | None = Field(default=3600.0, gt=0)
+    reconcile_at_start: bool = True  # false: the first full reconcile waits for reconcile_interval_s
+    # this worker's identity in outbox claims: stable across restarts, unique among live workers (the pod name in
+    # Kubernetes: a StatefulSet's, or the Downward API's metadata.name); a restarted process of the same identity
+    # takes its previous incarnation's claims over at once
+    worker_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)  # how often a worker shows its claims are alive
+    claim_stale_s: float = Field(default=15.0, gt=0)  # claims of a worker silent this long are taken over
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
     max_attempts_rejected: int = Field(default=5, ge=1)  # Label Studio refusing a task (4xx) this often: failed
@@ -123,6 +135,19 @@ class ReviewSettings(BaseModel):
         if not url.startswith(("http://", "https://")):
             raise ValueError("label_studio_url must start with http:// or https://")
         return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> ReviewSettings:
+        if self.claim_stale_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"review.claim_stale_s ({self.claim_stale_s}) must be at least 3 x review.heartbeat_interval_s "
+                f"({self.heartbeat_interval_s}), or a worker that is only slow loses its claims"
+            )
+        return self
+
+
+class SettingDeprecationWarning(FutureWarning):
+    """A setting was renamed or changed meaning; the message says what to set instead (shown by default)."""
 
 
 class LearnerSettings(BaseModel):
@@ -140,7 +165,10 @@ class LearnerSettings(BaseModel):
     interval_hours: float | None = Field(default=24.0, gt=0)  # periodic run (None: no periodic run)
     cron: str | None = None  # crontab expression ("0 3 * * *"), used instead of interval_hours when set
     check_interval_s: float = Field(default=300.0, gt=0)  # how often the new-correction count is checked
-    min_corrections: int = Field(default=200, ge=1)  # new human corrections that trigger a run
+    # products with human values newer than the last completed run that trigger a run (each answered product
+    # counts once, however many attribute values its annotator set). Replaces `min_corrections`, which counted
+    # values (200 by default: about 29 products of fashion-products' 7 groups, 100 of clothing-cc0's 2)
+    min_corrected_products: int = Field(default=50, ge=1)
     misfire_grace_s: int = Field(default=3600, ge=1)  # a run missed by up to this long (restart) still happens
     standby_poll_s: float = Field(default=15.0, gt=0)  # a standby replica retries the scheduler lock this often
     # -- training data
@@ -171,6 +199,30 @@ class LearnerSettings(BaseModel):
     gate_detection_margin: float = Field(default=0.02, ge=0)  # largest tolerated drop of holdout mAP@[.5:.95]
     bootstrap_samples: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_min_corrections(cls, data: Any) -> Any:
+        """`learner.min_corrections` (human VALUES) still works, read as `min_corrected_products`, with a warning."""
+        if not isinstance(data, dict) or "min_corrections" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("min_corrections")
+        if "min_corrected_products" in data:
+            raise ValueError(
+                "learner.min_corrections is replaced by learner.min_corrected_products: set only "
+                "min_corrected_products (SHELFSIGHT_LEARNER__MIN_CORRECTED_PRODUCTS)"
+            )
+        warnings.warn(
+            f"learner.min_corrections = {old} is deprecated: the corrections trigger now counts PRODUCTS with new "
+            f"human values, not values. It is read as learner.min_corrected_products = {old} products; set "
+            "learner.min_corrected_products (SHELFSIGHT_LEARNER__MIN_CORRECTED_PRODUCTS) instead, to about the "
+            "old value divided by the attribute groups an annotator answers per product",
+            SettingDeprecationWarning,
+            stacklevel=2,
+        )
+        data["min_corrected_products"] = old
+        return data
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,7 @@ counters.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -282,6 +282,35 @@ class ReviewMetrics:
         self.label_studio_up = Gauge(
             "shelfsight_review_label_studio_up", "1 when Label Studio answered the last request.", registry=r
         )
+        # -- periodic full reconcile (daemon/review/reconcile.py) and claims ---------------------------
+        self.reconcile_recovered = Counter(
+            "shelfsight_review_reconcile_recovered_total",
+            "Annotators' answers the periodic reconcile found missing from the database, by kind (recorded: an "
+            "answer or edit recorded; withdrawn: a deletion applied). Above zero, webhooks and polls missed them.",
+            ["kind"],
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "shelfsight_review_reconciles_total",
+            "Full reconciles of Label Studio's tasks with the database, by outcome (ok, unavailable, "
+            "database_unavailable, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_differing = Gauge(
+            "shelfsight_review_reconcile_differing_tasks",
+            "Tasks the last full reconcile found different from the database and read whole.",
+            registry=r,
+        )
+        self.claims_taken_over = Counter(
+            "shelfsight_review_claims_taken_over_total",
+            "Outbox claims of this worker's earlier incarnation (a killed process) released at start.",
+            registry=r,
+        )
+        for kind in ("recorded", "withdrawn"):
+            self.reconcile_recovered.labels(kind)
+        for outcome in ("ok", "unavailable", "database_unavailable", "error"):
+            self.reconciles.labels(outcome)
 
 
 RUN_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
@@ -363,6 +392,22 @@ class LearnerMetrics:
             registry=r,
         )
         self.champion = Info("shelfsight_learner_champion", "The registry's champion model version.", registry=r)
+        self.new_corrected_products = Gauge(
+            "shelfsight_learner_new_corrected_products",
+            "Products with human values newer than the last completed run: what the corrections trigger counts "
+            "(a run starts at learner.min_corrected_products). Read from the database at each scrape.",
+            registry=r,
+        )
+        self.new_human_values = Gauge(
+            "shelfsight_learner_new_human_values",
+            "Human attribute values newer than the last completed run (several per product). Read at each scrape.",
+            registry=r,
+        )
+        self.min_corrected_products = Gauge(
+            "shelfsight_learner_min_corrected_products",
+            "The corrections trigger's threshold (learner.min_corrected_products).",
+            registry=r,
+        )
         for outcome in RUN_OUTCOMES:
             self.runs.labels(outcome)
         for decision in ("promoted", "rejected"):
@@ -380,6 +425,23 @@ class LearnerMetrics:
         """A standby replica exports 0: only the leader's figure counts."""
         self._vetoed_wins = 0
         self.gate_vetoed_wins.set(0)
+
+    def track_new_corrections(self, read: Callable[[], tuple[int, int]], threshold: int) -> None:
+        """Export `read()` = (new corrected products, new human values) at each scrape; NaN when it fails (the
+        database is down), so an outage never breaks the scrape."""
+        self.min_corrected_products.set(threshold)
+
+        def read_one(index: int) -> Callable[[], float]:
+            def value() -> float:
+                try:
+                    return float(read()[index])
+                except Exception:
+                    return float("nan")
+
+            return value
+
+        self.new_corrected_products.set_function(read_one(0))
+        self.new_human_values.set_function(read_one(1))
 
     def observe_outcome(self, outcome: dict[str, Any], now: float | None = None) -> None:
         """Record one run's outcome (`learner.lifecycle.retrain.RunOutcome.to_dict()`)."""

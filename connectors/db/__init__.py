@@ -2,6 +2,7 @@
 write it. Importing this package does not connect to anything."""
 
 from connectors.db.outbox import OutboxPayload, payload_from_json, payload_to_json
+from connectors.db.review_outbox import ClaimOwner
 from connectors.db.review_store import (
     AnnotationRecord,
     AnnotationValue,
@@ -26,6 +27,7 @@ __all__ = [
     "AnnotationRecord",
     "AnnotationValue",
     "AttributeValue",
+    "ClaimOwner",
     "DatabaseUnavailable",
     "OutboxItem",
     "OutboxPayload",

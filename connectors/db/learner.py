@@ -3,7 +3,9 @@ that lets only one learner process retrain at a time across replicas.
 
 - `LearnerStore.human_corrections(since)`: every attribute value an annotator set (`source = 'human'`), with
   the image it was set on (the URL comes from the processing log's row for that product and image digest, else
-  the product's latest processed image). The model's own values are never returned.
+  the product's latest processed image). The model's own values are never returned. `count_new_corrections`:
+  how many products, and how many values, have human values newer than a time (the retraining trigger counts
+  products).
 - `LearnerStore.start_run` / `finish_run` / `last_completed_run`: the `learner_runs` table. `start_run` first
   marks any run still 'running' as 'abandoned': it is called with the run lock held, so such a run's process
   is gone.
@@ -136,12 +138,27 @@ class LearnerStore:
         ]
 
     def count_human_corrections(self, since: datetime | None = None) -> int:
+        """Human attribute values updated after `since` (several per product)."""
+        return self.count_new_corrections(since)[1]
+
+    def count_corrected_products(self, since: datetime | None = None) -> int:
+        """Products with at least one human value updated after `since`: what the corrections trigger counts."""
+        return self.count_new_corrections(since)[0]
+
+    def count_new_corrections(self, since: datetime | None = None) -> tuple[int, int]:
+        """(products, values) with human values updated after `since`, in one query."""
         a = ATTRIBUTES
-        query = select(func.count()).select_from(a).where(a.c.source == "human")
+        query = select(func.count(func.distinct(a.c.product_id)), func.count()).where(a.c.source == "human")
         if since is not None:
             query = query.where(a.c.updated_at > since)
         with self.store._transaction() as conn:
-            return int(conn.execute(query).scalar_one())
+            products, values = conn.execute(query).one()
+        return int(products), int(values)
+
+    def new_corrections_since_last_run(self) -> tuple[int, int]:
+        """(products, values) with human values newer than the last completed run's newest correction."""
+        last = self.last_completed_run()
+        return self.count_new_corrections(last.corrections_until if last is not None else None)
 
     # -- runs --------------------------------------------------------------------------------------
     def start_run(self, reason: str, champion_version: str | None, holder: str | None = None) -> tuple[int, int]:

@@ -220,6 +220,10 @@ class ReviewOutbox(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # the worker sending the row right now (its identity and the start time of that process): set by a claim,
+    # cleared when the attempt ends; a claim whose owner restarted or stopped heartbeating is taken over at once
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    claimed_by_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class ReviewAnnotation(Base):
@@ -273,3 +277,27 @@ class ReviewSyncState(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+class ReviewWorker(Base):
+    """One review worker identity (`review.worker_id`, default the host name: the pod name in Kubernetes) and its
+    current incarnation: the process started at `started_at`, alive while `heartbeat_at` keeps moving."""
+
+    __tablename__ = "review_workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    host: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+
+
+class ReviewTaskSync(Base):
+    """The Label Studio `updated_at` of a task when the review worker last read it whole and recorded all its
+    annotations: the periodic reconcile re-reads only tasks Label Studio lists as changed since."""
+
+    __tablename__ = "review_task_sync"
+
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    label_studio_updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    synced_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)

@@ -1,17 +1,17 @@
-"""`ReviewStore`: the review loop's tables (review_outbox, review_annotations, review_sync_state) as the review
-worker uses them, on the same database and engine as `ProductStore`.
+"""`ReviewStore`: the review loop's tables (review_outbox, review_workers, review_annotations, review_sync_state,
+review_task_sync) as the review worker uses them, on the same database and engine as `ProductStore`.
 
 What it guarantees:
-- Outbox: rows are only ever added by `ProductStore.write_results` (same transaction as the model's results).
-  `claim_due` hands out pending rows due for an attempt, most uncertain first, and pushes their next attempt
-  back by a lease in the same transaction, so two workers do not send the same row at once (on PostgreSQL rows
-  locked by another worker are skipped). A row stays 'pending' until Label Studio has it (`mark_sent`) or has
-  refused it for good (`mark_failed`): nothing routed is lost while Label Studio is down.
+- Outbox and claims: see review_outbox.py (`OutboxQueue`, which `ReviewStore` extends).
 - Annotations: `record_annotation` is idempotent and atomic. The same annotation content (same `revision`)
-  recorded twice changes nothing the second time; an edit supersedes the earlier rows; a deleted annotation's
+  recorded twice changes nothing the second time; an edit supersedes the earlier rows; content older than the
+  active revision (a listing read before an edit the webhook already brought) is ignored; a deleted annotation's
   rows become 'deleted' and a late delivery of it is ignored. After each change, every attribute it touched is
   resolved again in the same transaction: the most recently updated active annotation that answered it sets
   the product's human value; when none is left, the model's value from the outbox payload comes back.
+- Reconcile marks: `mark_task_synced` keeps, per Label Studio task, the newest `updated_at` at which the worker read
+  the whole task and recorded it; `task_sync_marks` and `active_annotation_counts` are what the periodic reconcile
+  compares Label Studio's listing with.
 
 What it must not do: decide policy (what to route, when to retry), talk to Label Studio, or import `learner/` or
 `daemon/`.
@@ -23,18 +23,20 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from sqlalchemy import Connection, Table, case, delete, func, select, text, update
 
-from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState
-from connectors.db.outbox import OutboxPayload, payload_from_json
+from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState, ReviewTaskSync
+from connectors.db.outbox import payload_from_json
+from connectors.db.review_outbox import ClaimOwner, OutboxItem, OutboxQueue
 from connectors.db.store import ProductStore, _encode_value, _now, _utc
 
 __all__ = [
     "AnnotationRecord",
     "AnnotationValue",
+    "ClaimOwner",
     "OutboxItem",
     "RecordResult",
     "ReviewStats",
@@ -44,36 +46,11 @@ __all__ = [
 OUTBOX = cast(Table, ReviewOutbox.__table__)
 ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
 SYNC_STATE = cast(Table, ReviewSyncState.__table__)
+TASK_SYNC = cast(Table, ReviewTaskSync.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)
 APPLIED = "applied"
 REVIEW_LOCK_NAMESPACE = 0x52455649  # "REVI": first key of the review loop's per-product advisory locks
 SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    """One routed product. `attempts` counts claims before this one: above 0, an earlier attempt may have reached
-    Label Studio before the worker stopped, so the sender looks the task up before importing it again."""
-
-    id: int
-    product_id: str
-    image_digest: str
-    model_version: str
-    image_url: str
-    reason: str
-    priority: float
-    payload: OutboxPayload
-    status: str
-    task_id: int | None
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-    sent_at: datetime | None
-
-    @property
-    def key(self) -> str:
-        """The idempotency key also stored in the Label Studio task's data."""
-        return f"{self.product_id}|{self.image_digest}|{self.model_version}"
 
 
 @dataclass(frozen=True)
@@ -107,11 +84,12 @@ class AnnotationRecord:
 
 @dataclass(frozen=True)
 class RecordResult:
-    """`status`: 'recorded' (new content), 'unchanged' (this content was already recorded) or 'ignored_deleted'
-    (the annotation was deleted before; a late delivery). `changed_attributes`: product attributes whose value
+    """`status`: 'recorded' (new content), 'unchanged' (this content was already recorded), 'ignored_stale' (older
+    than the content recorded: a listing read before an edit) or 'ignored_deleted' (the annotation was deleted
+    before; a late delivery). `changed_attributes`: product attributes whose value
     was set or restored. `first_for_task`: this was the task's first annotation or skip (it completed the task)."""
 
-    status: Literal["recorded", "unchanged", "ignored_deleted"]
+    status: Literal["recorded", "unchanged", "ignored_stale", "ignored_deleted"]
     changed_attributes: list[str] = field(default_factory=list)
     first_for_task: bool = False
 
@@ -136,114 +114,13 @@ class ReviewStats:
         return right / judged if judged else None
 
 
-class ReviewStore:
-    """The review tables of `store`'s database. Thread-safe like `ProductStore` (share one per process)."""
+class ReviewStore(OutboxQueue):
+    """The review tables of `store`'s database. Thread-safe like `ProductStore` (share one per process). The
+    outbox and the worker registry: `OutboxQueue` (review_outbox.py)."""
 
     def __init__(self, store: ProductStore) -> None:
         self.store = store
         self._insert = store._insert
-
-    # ------------------------------------------------------------------ outbox
-
-    def claim_due(self, limit: int, lease_s: float = 60.0, now: datetime | None = None) -> list[OutboxItem]:
-        """Up to `limit` pending rows whose next attempt is due, most uncertain first (priority, then age). Their
-        next attempt moves `lease_s` ahead and their attempt count goes up, in one transaction."""
-        now = now or _now()
-        t = OUTBOX
-        query = (
-            select(t)
-            .where(t.c.status == "pending", t.c.next_attempt_at <= now)
-            .order_by(t.c.priority.desc(), t.c.id)
-            .limit(limit)
-        )
-        if self.store.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        with self.store._transaction(write=True) as conn:
-            rows = conn.execute(query).mappings().all()
-            if rows:
-                conn.execute(
-                    update(t)
-                    .where(t.c.id.in_([r["id"] for r in rows]))
-                    .values(
-                        attempts=t.c.attempts + 1,
-                        next_attempt_at=now + timedelta(seconds=lease_s),
-                        updated_at=now,
-                    )
-                )
-        return [_outbox_item(r) for r in rows]
-
-    def mark_sent(self, outbox_id: int, task_id: int, now: datetime | None = None) -> None:
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
-            conn.execute(
-                update(t)
-                .where(t.c.id == outbox_id)
-                .values(status="sent", task_id=task_id, sent_at=now, updated_at=now, last_error=None)
-            )
-
-    def mark_retry(self, outbox_id: int, error: str, next_attempt_at: datetime, now: datetime | None = None) -> None:
-        """Still pending: try again at `next_attempt_at` (backoff chosen by the caller)."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
-            conn.execute(
-                update(t)
-                .where(t.c.id == outbox_id, t.c.status == "pending")
-                .values(last_error=error[:2000], next_attempt_at=next_attempt_at, updated_at=now)
-            )
-
-    def mark_failed(self, outbox_id: int, error: str, now: datetime | None = None) -> None:
-        """Label Studio refused this task for good; `retry_failed` puts it back in the queue."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
-            conn.execute(
-                update(t).where(t.c.id == outbox_id).values(status="failed", last_error=error[:2000], updated_at=now)
-            )
-
-    def retry_failed(self, now: datetime | None = None) -> int:
-        """Failed rows back to pending, due now (after fixing what Label Studio refused). Returns how many."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
-            result = conn.execute(
-                update(t).where(t.c.status == "failed").values(status="pending", next_attempt_at=now, updated_at=now)
-            )
-        return int(result.rowcount or 0)
-
-    def make_due(self, now: datetime | None = None) -> int:
-        """Every pending row due now, whatever its backoff (`shelfsight review sync`). Returns how many."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
-            result = conn.execute(
-                update(t).where(t.c.status == "pending", t.c.next_attempt_at > now).values(next_attempt_at=now)
-            )
-        return int(result.rowcount or 0)
-
-    def outbox_item(self, outbox_id: int) -> OutboxItem | None:
-        with self.store._transaction() as conn:
-            row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().first()
-        return _outbox_item(row) if row is not None else None
-
-    def outbox_for_task(self, task_id: int) -> OutboxItem | None:
-        with self.store._transaction() as conn:
-            row = conn.execute(select(OUTBOX).where(OUTBOX.c.task_id == task_id)).mappings().first()
-        return _outbox_item(row) if row is not None else None
-
-    def outbox_items(self, product_id: str | None = None) -> list[OutboxItem]:
-        query = select(OUTBOX).order_by(OUTBOX.c.id)
-        if product_id is not None:
-            query = query.where(OUTBOX.c.product_id == product_id)
-        with self.store._transaction() as conn:
-            return [_outbox_item(r) for r in conn.execute(query).mappings().all()]
-
-    def routed_since(self, since: datetime) -> list[datetime]:
-        """When each product routed after `since` was routed (seeds the routing caps after a restart)."""
-        query = select(OUTBOX.c.created_at).where(OUTBOX.c.created_at > since).order_by(OUTBOX.c.created_at)
-        with self.store._transaction() as conn:
-            return [_utc(v) for v in conn.execute(query).scalars().all()]
 
     # ------------------------------------------------------------------ annotations
 
@@ -254,15 +131,16 @@ class ReviewStore:
         with self.store._transaction(write=True) as conn:
             now = now or self.store._human_write_time(conn)
             self._lock_products(conn, [record.product_id])
+            columns = (a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator)
             existing = conn.execute(
-                select(a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator).where(
-                    a.c.annotation_id == record.annotation_id
-                )
+                select(*columns, a.c.annotation_updated_at).where(a.c.annotation_id == record.annotation_id)
             ).all()
             if any(row.state == "deleted" for row in existing):
                 return RecordResult("ignored_deleted")
             if any(row.state == "active" and row.revision == record.revision for row in existing):
                 return RecordResult("unchanged")
+            if any(row.state == "active" and _utc(row.annotation_updated_at) > record.updated_at for row in existing):
+                return RecordResult("ignored_stale")
             first = (
                 conn.execute(select(a.c.id).where(a.c.task_id == record.task_id, a.c.state != "superseded").limit(1))
                 .scalars()
@@ -453,6 +331,37 @@ class ReviewStore:
                 return model["value"], confidence, model["box"], model_version, digest
         return None
 
+    # ------------------------------------------------------------------ reconcile marks
+
+    def mark_task_synced(self, task_id: int, label_studio_updated_at: datetime, now: datetime | None = None) -> None:
+        """Task `task_id` was read whole at Label Studio's `updated_at` and recorded. Only ever moves forward."""
+        now = now or _now()
+        insert = self._insert(TASK_SYNC).values(
+            task_id=task_id, label_studio_updated_at=label_studio_updated_at, synced_at=now
+        )
+        newer = insert.excluded.label_studio_updated_at > TASK_SYNC.c.label_studio_updated_at
+        with self.store._transaction(write=True) as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["task_id"],
+                    set_={"label_studio_updated_at": insert.excluded.label_studio_updated_at, "synced_at": now},
+                    where=newer,
+                )
+            )
+
+    def task_sync_marks(self) -> dict[int, datetime]:
+        """Every task's `updated_at` as last read whole (see `mark_task_synced`)."""
+        query = select(TASK_SYNC.c.task_id, TASK_SYNC.c.label_studio_updated_at)
+        with self.store._transaction() as conn:
+            return {int(task): _utc(at) for task, at in conn.execute(query).all()}
+
+    def active_annotation_counts(self) -> dict[int, int]:
+        """Per task, how many of its annotations (skips included) are recorded and active."""
+        a = ANNOTATIONS
+        query = select(a.c.task_id, func.count(func.distinct(a.c.annotation_id))).where(a.c.state == "active")
+        with self.store._transaction() as conn:
+            return {int(task): int(n) for task, n in conn.execute(query.group_by(a.c.task_id)).all()}
+
     # ------------------------------------------------------------------ sync state, statistics
 
     def get_state(self, name: str) -> str | None:
@@ -508,25 +417,6 @@ class ReviewStore:
 
 
 # ---------------------------------------------------------------------- conversions
-
-
-def _outbox_item(row: Any) -> OutboxItem:
-    return OutboxItem(
-        id=int(row["id"]),
-        product_id=row["product_id"],
-        image_digest=row["image_digest"],
-        model_version=row["model_version"],
-        image_url=row["image_url"],
-        reason=row["reason"],
-        priority=float(row["priority"]),
-        payload=payload_from_json(row["payload"]),
-        status=row["status"],
-        task_id=int(row["task_id"]) if row["task_id"] is not None else None,
-        attempts=int(row["attempts"]),
-        last_error=row["last_error"],
-        created_at=_utc(row["created_at"]),
-        sent_at=_utc(row["sent_at"]) if row["sent_at"] is not None else None,
-    )
 
 
 def _annotation_row(record: AnnotationRecord, value: AnnotationValue, now: datetime) -> dict[str, Any]:

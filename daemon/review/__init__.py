@@ -12,12 +12,17 @@ answers back into the catalog. One process, small parts with one job each:
     poller.py    `AnnotationPoller`: every `poll_interval_s`, tasks changed since the stored watermark, their
                  annotations recorded and deleted ones withdrawn: the backstop for webhooks Label Studio dropped
                  while the receiver was down.
+    reconcile.py `FullReconcile`: at start-up and every `reconcile_interval_s`, every task's id, `updated_at` and
+                 annotation count (about 100 bytes a task) against the database; only tasks that differ are read
+                 whole and reconciled. Answers it recovers are logged and counted: webhook and poll had missed them.
     applier.py   `AnnotationApplier`: one annotation -> parsed values (learner/review/tasks.py) ->
                  `ReviewStore.record_annotation` (idempotent: the same content twice changes nothing). Shared by
                  the webhook and the poller.
     project.py   `ReviewProject`: bootstraps Label Studio (project with the taxonomy's labelling configuration,
                  local files storage, webhook) and keeps the project's model version in step with the champion.
-    worker.py    `ReviewWorker` runs the parts on their threads; `build_review_worker` wires them from settings.
+    worker.py    `ReviewWorker` runs the parts on their threads (and a heartbeat: outbox claims carry the worker's
+                 identity and start time, so a restarted or silent worker's claims are taken over early);
+                 `build_review_worker` wires them from settings.
 
 The enrichment daemon's routing hook is not here: it is `daemon/routing.py`. Nothing here logs the Label Studio
 token or the webhook secret.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,16 @@ from learner.model.taxonomy import Taxonomy
 from learner.review.tasks import ParsedValue, annotation_revision, parse_annotation
 
 log = logging.getLogger("shelfsight.review")
+
+
+@dataclass
+class TaskReconciled:
+    """What reconciling one task changed: annotations recorded with new content, and annotations withdrawn."""
+
+    task_id: int
+    product_id: str | None
+    recorded: list[int] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)
 
 
 class AnnotationApplier:
@@ -90,21 +101,31 @@ class AnnotationApplier:
             log.info("annotations deleted in Label Studio: withdrew %s", ", ".join(changed))
         return changed
 
-    def reconcile(self, task: dict[str, Any]) -> None:
-        """Every annotation the task has now, and the withdrawal of those it no longer has.
+    def reconcile(self, task: dict[str, Any]) -> TaskReconciled:
+        """Every annotation the task has now, and the withdrawal of those it no longer has; then the task is marked
+        as read whole at its `updated_at` (the periodic reconcile skips it until Label Studio changes it again).
 
         `task` is a listing that may be older than an annotation the webhook has recorded since (the poller lists
         tasks before it reconciles them): an annotation is withdrawn only when a fresh read of the task, made after
         the database said it was active, no longer has it. Withdrawing on the listing alone lost answers."""
+        task_id = int(task["id"])
+        product = (task.get("data") or {}).get("product_id")
+        done = TaskReconciled(task_id, str(product) if product else None)
         live = task.get("annotations") or []
         for annotation in live:
-            self.apply(task, annotation)
-        gone = self.store.active_annotation_ids(int(task["id"])) - {int(a["id"]) for a in live}
+            if self.apply(task, annotation) == "recorded":
+                done.recorded.append(int(annotation["id"]))
+        gone = self.store.active_annotation_ids(task_id) - {int(a["id"]) for a in live}
         if gone:
-            fresh = self.client.get_task(int(task["id"]))
+            fresh = self.client.get_task(task_id)
             gone -= {int(a["id"]) for a in fresh.get("annotations") or []}
         if gone:
             self.delete(gone)
+            done.withdrawn = sorted(gone)
+        updated = parse_timestamp(task.get("updated_at"))
+        if updated is not None:
+            self.store.mark_task_synced(task_id, updated)
+        return done
 
     def _outbox(self, data: dict[str, Any], task_id: int) -> OutboxItem | None:
         outbox_id = data.get("outbox_id")

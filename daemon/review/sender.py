@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connectors.db import OutboxItem, ReviewStore
+from connectors.db import ClaimOwner, OutboxItem, ReviewStore
 from connectors.labelstudio import LabelStudioError, LabelStudioUnavailable
 from daemon.metrics import ReviewMetrics
 from daemon.review.project import ReviewProject
@@ -112,6 +112,8 @@ class OutboxSender:
         retry_max_s: float = 300.0,
         max_attempts_rejected: int = 5,
         clock: Callable[[], datetime] = _utcnow,
+        owner: ClaimOwner | None = None,
+        claim_stale_s: float = 15.0,
     ) -> None:
         self.store = store
         self.project = project
@@ -122,6 +124,8 @@ class OutboxSender:
         self.retry_max_s = retry_max_s
         self.max_attempts_rejected = max_attempts_rejected
         self.clock = clock
+        self.owner = owner  # claims carry it: a restart or a stopped heartbeat hands them over early
+        self.claim_stale_s = claim_stale_s
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: exponential from `retry_initial_s`, capped, with 10% jitter."""
@@ -131,7 +135,9 @@ class OutboxSender:
     def send_once(self) -> SendReport:
         """One batch. Never raises for Label Studio trouble (it is reported); DatabaseUnavailable propagates."""
         report = SendReport()
-        items = self.store.claim_due(self.batch, lease_s=CLAIM_LEASE_S, now=self.clock())
+        items = self.store.claim_due(
+            self.batch, lease_s=CLAIM_LEASE_S, now=self.clock(), owner=self.owner, stale_s=self.claim_stale_s
+        )
         if not items:
             return report
         try:

@@ -1,6 +1,10 @@
-"""`ReviewWorker`: the review worker's threads (sender, poller, webhook apply) and one-pass `sync` (CLI `review
-sync`, tests); `build_review_worker` wires the parts from settings, with the taxonomy and model version taken from
-the champion bundle.
+"""`ReviewWorker`: the review worker's threads (sender, poller, full reconcile, heartbeat, webhook apply) and one-pass
+`sync` (CLI `review sync`, tests); `build_review_worker` wires the parts from settings, with the taxonomy and model
+version taken from the champion bundle.
+
+Claims: the worker registers its identity (`review.worker_id`) and start time before sending anything, which
+releases what an earlier process of the same identity had claimed (killed mid-send), and heartbeats every
+`heartbeat_interval_s` so other workers take its claims over only once it has been silent for `claim_stale_s`.
 
 What it must not do: route products (the enrichment daemon does, daemon/routing.py), or log the Label Studio token
 or the webhook secret.
@@ -14,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from connectors.db import DatabaseUnavailable, ProductStore, ReviewStore
+from connectors.db import ClaimOwner, DatabaseUnavailable, ProductStore, ReviewStore
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
 from daemon.config import ReviewConfigError, ReviewSettings, Settings
 from daemon.metrics import ReviewMetrics
@@ -24,6 +29,7 @@ from daemon.reload import ModelSource
 from daemon.review.applier import AnnotationApplier
 from daemon.review.poller import AnnotationPoller
 from daemon.review.project import ReviewProject
+from daemon.review.reconcile import FullReconcile
 from daemon.review.sender import OutboxSender, SendReport, TaskBuilder
 from daemon.review.webhook import WebhookReceiver
 from learner.model.taxonomy import Taxonomy
@@ -35,6 +41,9 @@ log = logging.getLogger("shelfsight.review")
 class ReviewWorkerOptions:
     send_interval_s: float = 2.0
     poll_interval_s: float = 30.0
+    reconcile_interval_s: float | None = None  # full reconcile this often (None: never) ...
+    reconcile_at_start: bool = True  # ... and once at start-up
+    heartbeat_interval_s: float = 2.0
     stats_interval_s: float = 10.0
     webhook_host: str = "127.0.0.1"
     webhook_port: int | None = 0  # None: no receiver (polling only); 0: any free port
@@ -62,13 +71,17 @@ class ReviewWorker:
     options: ReviewWorkerOptions
     webhook_secret: str | None = None
     webhook: WebhookReceiver | None = None
+    reconciler: FullReconcile | None = None
+    owner: ClaimOwner | None = None  # claims carry it once `start` registered it (one-pass `sync` claims without)
     stop_event: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> ReviewWorker:
-        """Start the receiver (so the project's webhook can point at it) and the sender, poller and processing
-        threads. Label Studio may be down: everything retries."""
+        """Register this process (taking over its identity's earlier claims), start the receiver (so the project's
+        webhook can point at it) and the sender, poller, reconcile, heartbeat and processing threads. Label Studio
+        may be down: everything retries; the database must be up to start."""
+        self.register()
         if self.options.webhook_port is not None and self.webhook_secret:
             self.webhook = WebhookReceiver(
                 self.options.webhook_host,
@@ -85,6 +98,8 @@ class ReviewWorker:
         for name, target in (
             ("review-sender", self._send_loop),
             ("review-poller", self._poll_loop),
+            ("review-reconcile", self._reconcile_loop),
+            ("review-heartbeat", self._heartbeat_loop),
             ("review-apply", self._apply_loop),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -99,6 +114,29 @@ class ReviewWorker:
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
+        owner, self.sender.owner = self.sender.owner, None
+        if owner is not None:
+            try:
+                self.store.unregister_worker(owner)
+            except DatabaseUnavailable as exc:
+                log.warning("could not release this worker's claims (they expire by themselves): %s", exc)
+
+    def register(self) -> None:
+        """This process is now its identity's live incarnation; claims of the earlier one are released. From now
+        on the sender's claims carry this process."""
+        owner = self.owner
+        if owner is None:
+            return
+        released = self.store.register_worker(owner)
+        self.sender.owner = owner
+        self.metrics.claims_taken_over.inc(released)
+        if released:
+            log.warning(
+                "worker %s took over %d outbox claim(s) of its previous process (stopped mid-send)",
+                owner.worker_id,
+                released,
+            )
+        log.info("review worker %s started at %s", owner.worker_id, owner.started_at.isoformat())
 
     def run_forever(self) -> None:
         self.start()
@@ -180,6 +218,45 @@ class ReviewWorker:
             except Exception:
                 self.metrics.polls.labels("error").inc()
                 log.exception("review poller: unexpected error")
+
+    def _reconcile_loop(self) -> None:
+        interval = self.options.reconcile_interval_s
+        if interval is None or self.reconciler is None:
+            return
+        # at start-up, then every interval (a failed pass is tried again after a poll interval)
+        delay = 0.0 if self.options.reconcile_at_start else interval
+        while not self.stop_event.wait(delay):
+            delay = interval
+            try:
+                self.reconciler.run_once()
+            except LabelStudioUnavailable as exc:
+                self.metrics.reconciles.labels("unavailable").inc()
+                log.warning("reconcile: Label Studio unavailable: %s", exc)
+                delay = min(interval, self.options.poll_interval_s)
+            except DatabaseUnavailable as exc:
+                self.metrics.reconciles.labels("database_unavailable").inc()
+                log.warning("reconcile: database unavailable: %s", exc)
+                delay = min(interval, self.options.poll_interval_s)
+            except Exception:
+                self.metrics.reconciles.labels("error").inc()
+                log.exception("review reconcile: unexpected error")
+
+    def _heartbeat_loop(self) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        while not self.stop_event.wait(self.options.heartbeat_interval_s):
+            try:
+                if not self.store.heartbeat(owner):
+                    log.error(
+                        "another review worker runs with this worker's identity %r: it has taken this worker's "
+                        "claims over; give every worker its own review.worker_id",
+                        owner.worker_id,
+                    )
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat: database unavailable: %s", exc)
+            except Exception:
+                log.exception("review heartbeat: unexpected error")
 
     def _apply_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -305,12 +382,16 @@ def build_review_worker(
         retry_initial_s=r.retry_initial_s,
         retry_max_s=r.retry_max_s,
         max_attempts_rejected=r.max_attempts_rejected,
+        claim_stale_s=r.claim_stale_s,
     )
     applier = AnnotationApplier(review_store, client, taxonomy, metrics)
     poller = AnnotationPoller(review_store, project, applier, metrics)
     options = worker_options or ReviewWorkerOptions(
         send_interval_s=r.send_interval_s,
         poll_interval_s=r.poll_interval_s,
+        reconcile_interval_s=r.reconcile_interval_s,
+        reconcile_at_start=r.reconcile_at_start,
+        heartbeat_interval_s=r.heartbeat_interval_s,
         webhook_host=r.webhook_host,
         webhook_port=r.webhook_port or None,
         webhook_url=r.webhook_url,
@@ -332,4 +413,6 @@ def build_review_worker(
         metrics=metrics,
         options=options,
         webhook_secret=secret,
+        reconciler=FullReconcile(review_store, project, applier, metrics),
+        owner=ClaimOwner(r.worker_id, datetime.now(UTC)),
     )

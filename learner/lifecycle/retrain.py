@@ -66,7 +66,7 @@ class RetrainConfig:
     base_group_column: str | None = None  # column of labels.csv holding the product id (default: image name)
     holdout: HoldoutRule = field(default_factory=HoldoutRule)
     val_fraction: float = 0.15
-    min_corrections: int = 50  # new corrections needed for a run triggered by corrections
+    min_corrections: int = 50  # products with new corrections needed for a run triggered by corrections
     replay_ratio: float = 4.0
     replay_min_samples: int = 1000
     recipe: TrainConfig = field(default_factory=default_recipe)
@@ -167,10 +167,10 @@ def _run(
     last = learner_store.last_completed_run()
     since = last.corrections_until if last is not None else None
     corrections = learner_store.human_corrections()
-    new_rows = sum(1 for c in corrections if since is None or c.updated_at > since)
+    new_rows = len({c.product_id for c in corrections if since is None or c.updated_at > since})
     needed = 1 if reason != "corrections" else config.min_corrections
     if not force and new_rows < needed:
-        message = f"{new_rows} new correction(s) since the last run, {needed} needed"
+        message = f"{new_rows} new correction(s) since the last run (counted by product), {needed} needed"
         learner_store.finish_run(run_id, "skipped", detail={"message": message})
         return RunOutcome("skipped", run_id=run_id, champion=champion_version, message=message)
 

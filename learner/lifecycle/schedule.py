@@ -2,8 +2,9 @@
 
 - Jobs (APScheduler 3, `SQLAlchemyJobStore` on the product database, table `learner_jobs`):
   `retrain-schedule` (an interval, or a crontab expression) and `retrain-on-corrections` (every
-  `check_interval_s`: starts a run once `min_corrections` human corrections arrived since the last completed
-  run). Both with `coalesce=True` (runs missed while the service was down collapse into one),
+  `check_interval_s`: starts a run once `min_corrections` PRODUCTS got human values since the last completed
+  run; values per product do not matter). Both with `coalesce=True` (runs missed while the service was down
+  collapse into one),
   `max_instances=1`, a `misfire_grace_time`, and one executor thread, so this process never runs two at once.
 - Replicas: APScheduler 3 must not share a job store between schedulers, so only the replica holding the
   database lock `learner-scheduler` runs the scheduler; the others wait as standbys and take over when the
@@ -79,7 +80,7 @@ class ScheduleConfig:
     interval_hours: float | None = 24.0
     cron: str | None = None
     check_interval_s: float = 300.0
-    min_corrections: int = 200
+    min_corrections: int = 50  # products with new human values (daemon.config: learner.min_corrected_products)
     misfire_grace_s: int = 3600
     standby_poll_s: float = 15.0
     lock_check_s: float = 5.0
@@ -202,9 +203,9 @@ class LearnerService:
             return None
         if reason == "corrections":
             last = self.learner_store.last_completed_run()
-            pending = self.learner_store.count_human_corrections(last.corrections_until if last else None)
+            pending = self.learner_store.count_corrected_products(last.corrections_until if last else None)
             if pending < self.config.min_corrections:
-                log.debug("%d new corrections, %d needed: no run", pending, self.config.min_corrections)
+                log.debug("%d newly corrected products, %d needed: no run", pending, self.config.min_corrections)
                 return None
         with tempfile.TemporaryDirectory(prefix="shelfsight-learn-") as tmp:
             outcome_file = Path(tmp) / "outcome.json"

@@ -17,9 +17,9 @@ subprocesses configured by environment variables like an operator would):
 3. Each arm gets fresh state: a database, a topic, a Label Studio project, a model registry with the seed model as
    champion, and its own `shelfsight run` (review routing on), `shelfsight review run` (webhook + polling) and
    `shelfsight learn` (the APScheduler service; its corrections trigger fires once a round's answers are in:
-   `min_corrections` = budget x groups - (groups - 1) human values, so exactly when the round's last product
-   arrives). The learner's base data is the seed set plus the holdout products (the holdout is evaluated, never
-   trained on); corrections add the annotated pool products.
+   `min_corrected_products` = budget, so exactly when the round's last product arrives). The learner's base data
+   is the seed set plus the holdout products (the holdout is evaluated, never trained on); corrections add the
+   annotated pool products.
    - uncertainty arm: `review.routing = uncertainty` (BelowThreshold on the bundle's calibrated thresholds, no audit
      sample); the queue is ranked most uncertain first (margin);
    - random arm: `review.routing = random` with rate 1: every product is queued with a random rank, so the first
@@ -210,8 +210,7 @@ def run_arm(
     ensure_topics(services.bootstrap, {topic: 2, f"{topic}.dlq": 1})
     project_title = f"bench active learning {arm} {uuid.uuid4().hex[:6]}"
     taxonomy = load_taxonomy(TAXONOMY)
-    groups = len(taxonomy.classifier_groups)
-    min_corrections = args.budget * groups - (groups - 1)
+    min_products = args.budget  # the trigger counts products with new human values
 
     images = args.data / "images"
     common = {
@@ -238,7 +237,7 @@ def run_arm(
         "SHELFSIGHT_LEARNER__BASE_GROUP_COLUMN": "id",
         "SHELFSIGHT_LEARNER__INTERVAL_HOURS": "10000",  # only the corrections trigger fires during the benchmark
         "SHELFSIGHT_LEARNER__CHECK_INTERVAL_S": "3",
-        "SHELFSIGHT_LEARNER__MIN_CORRECTIONS": str(min_corrections),
+        "SHELFSIGHT_LEARNER__MIN_CORRECTED_PRODUCTS": str(min_products),
         "SHELFSIGHT_LEARNER__EPOCHS": str(args.epochs),
         "SHELFSIGHT_LEARNER__FREEZE_STAGES": str(args.freeze_stages),
         "SHELFSIGHT_LEARNER__PATIENCE": "0",
@@ -312,10 +311,10 @@ def run_arm(
             labels_used += len(answered)
             values = sum(a.groups for a in answered)
             log.info("%s round %d: %d tasks answered (%d values)", arm, rnd, len(answered), values)
-            if len(answered) < args.budget or values < min_corrections:
+            if len(answered) < args.budget or any(a.groups == 0 for a in answered):
                 raise SystemExit(
                     f"{arm} round {rnd}: only {len(answered)} tasks ({values} values) could be answered, "
-                    f"{args.budget} ({min_corrections} values) needed: raise --chunk"
+                    f"{args.budget} products with at least one value needed: raise --chunk"
                 )
             with tqdm(desc=f"{arm} round {rnd}: retraining", unit="s", leave=False) as bar:
                 deadline = time.monotonic() + 3600
@@ -325,19 +324,21 @@ def run_arm(
                     if time.monotonic() > deadline:
                         raise SystemExit(f"{arm}: no retraining run finished\n{tail()}")
                     if time.monotonic() > top_up_at and not _run_in_progress(db):
-                        # The trigger counts new human values. Rounds used to fall short because the review poller
-                        # withdrew answers the webhook had recorded after the poller's listing (fixed in
-                        # AnnotationApplier.reconcile); an answer that changes nothing adds none either. Should the
+                        # The trigger counts products with new human values. Rounds used to fall short because the
+                        # review poller withdrew answers the webhook had recorded after the poller's listing (fixed
+                        # in AnnotationApplier.reconcile), and because its offset-paged listing skipped a task an
+                        # annotator's edit or answer shifted across a page boundary while the webhook delivery was
+                        # lost (fixed: keyset paging; the periodic full reconcile is the backstop). Should the
                         # count fall short again, this warns and answers one more task rather than stall.
-                        pending = learner_store.count_human_corrections(_last_until(learner_store))
-                        extra = annotator.annotate(project_id, 1) if pending < min_corrections else []
+                        pending = learner_store.count_corrected_products(_last_until(learner_store))
+                        extra = annotator.annotate(project_id, 1) if pending < min_products else []
                         labels_used += len(extra)
                         log.warning(
-                            "%s round %d: %d new human values, the trigger needs %d: %s",
+                            "%s round %d: %d products with new human values, the trigger needs %d: %s",
                             arm,
                             rnd,
                             pending,
-                            min_corrections,
+                            min_products,
                             "answered one more task" if extra else "waiting",
                         )
                         top_up_at = time.monotonic() + TOP_UP_AFTER_S

@@ -124,3 +124,14 @@ def test_sqlite_lease_is_renewed_while_the_holder_lives(sqlite_url: str) -> None
     assert not DatabaseLock(store, "retrain", lease_s=0.6).try_acquire()
     assert live.held()
     live.release()
+
+
+def test_the_trigger_counts_products_with_new_human_values_and_the_values_separately(store: ProductStore) -> None:
+    store.write_results([_model_result(p, f"d-{p}", f"file:///img/{p}.jpg") for p in ("p1", "p2", "p3")])
+    learner = LearnerStore(store)
+    for attribute, value in (("garment", "Dress"), ("kids", "True")):  # one annotator answers two groups of p1
+        store.set_human_value("p1", attribute, value, annotator="ann")
+    assert learner.count_new_corrections() == (1, 2)
+    store.set_human_value("p2", "garment", "Skirt", annotator="ann")
+    assert learner.count_corrected_products() == 2 and learner.count_human_corrections() == 3
+    assert learner.new_corrections_since_last_run() == (2, 3)  # no completed run yet: everything is new

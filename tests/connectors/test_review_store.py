@@ -16,6 +16,7 @@ from connectors.db import (
     AnnotationRecord,
     AnnotationValue,
     AttributeValue,
+    ClaimOwner,
     ProductResult,
     ProductStore,
     ReviewStore,
@@ -353,3 +354,94 @@ def test_an_answer_waiting_behind_another_writer_is_stamped_after_that_writer_co
     value, source, _, stamped = garment(store, "p2")
     assert (value, source) == ("Skirt", "human")
     assert stamped >= first_committed_by  # type: ignore[operator]
+
+
+# -------------------------------------------------------------------------------------------- claims of workers
+
+
+def owner(worker_id: str = "review-0", started: datetime = T0) -> ClaimOwner:
+    return ClaimOwner(worker_id, started)
+
+
+def soon() -> datetime:
+    """A moment after the rows just written became due (they are due when written)."""
+    return datetime.now(UTC) + timedelta(seconds=1)
+
+
+def test_a_restarted_worker_takes_its_previous_processes_claims_over_at_once(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    t0 = soon()
+    store.write_results([routed("p1"), routed("p2")])
+    first = owner(started=t0)
+    reviews.register_worker(first, now=t0)
+    claimed = reviews.claim_due(5, lease_s=120, now=t0, owner=first)
+    assert [i.claimed_by for i in claimed] == ["review-0", "review-0"]
+    # the process is killed mid-send; a new one of the same identity starts 3 s later
+    restarted = owner(started=t0 + timedelta(seconds=3))
+    assert reviews.register_worker(restarted, now=t0 + timedelta(seconds=3)) == 2
+    again = reviews.claim_due(5, lease_s=120, now=t0 + timedelta(seconds=3), owner=restarted)
+    assert sorted((i.product_id, i.attempts) for i in again) == [("p1", 1), ("p2", 1)]  # looked up before resent
+
+
+def test_claims_of_a_worker_whose_heartbeat_stopped_are_taken_over_after_the_stale_timeout(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    t0 = soon()
+    store.write_results([routed("p1")])
+    a, b = owner("review-a"), owner("review-b")
+    reviews.register_worker(a, now=t0)
+    reviews.register_worker(b, now=t0)
+    assert len(reviews.claim_due(5, lease_s=120, now=t0, owner=a)) == 1
+    for s in range(2, 11, 2):  # a heartbeats for 10 s: its claim holds
+        assert reviews.heartbeat(a, now=t0 + timedelta(seconds=s))
+        reviews.heartbeat(b, now=t0 + timedelta(seconds=s))
+        assert reviews.claim_due(5, now=t0 + timedelta(seconds=s), owner=b, stale_s=15) == []
+    # a falls silent at 10 s: 15 s later (not 120) b takes the row over
+    assert reviews.claim_due(5, now=t0 + timedelta(seconds=24), owner=b, stale_s=15) == []
+    (taken,) = reviews.claim_due(5, now=t0 + timedelta(seconds=26), owner=b, stale_s=15)
+    assert (taken.product_id, taken.claimed_by, taken.attempts) == ("p1", "review-b", 1)
+
+
+def test_an_ended_attempt_clears_the_claim_so_its_backoff_holds(store: ProductStore, reviews: ReviewStore) -> None:
+    t0 = soon()
+    store.write_results([routed("p1")])
+    a = owner()
+    reviews.register_worker(a, now=t0)
+    (item,) = reviews.claim_due(1, now=t0, owner=a)
+    reviews.mark_retry(item.id, "Label Studio unreachable", t0 + timedelta(seconds=60), now=t0)
+    (row,) = reviews.outbox_items()
+    assert row.claimed_by is None
+    # the worker dies: its retry waits for the backoff, not for a takeover
+    assert reviews.claim_due(1, now=t0 + timedelta(seconds=30), owner=owner("other"), stale_s=1) == []
+
+
+def test_a_second_process_with_the_same_identity_is_told_by_its_heartbeat(reviews: ReviewStore) -> None:
+    t0 = soon()
+    a, twin = owner(started=t0), owner(started=t0 + timedelta(seconds=1))
+    reviews.register_worker(a, now=t0)
+    reviews.register_worker(twin, now=t0 + timedelta(seconds=1))
+    assert not reviews.heartbeat(a, now=t0 + timedelta(seconds=2))
+    assert reviews.heartbeat(twin, now=t0 + timedelta(seconds=2))
+
+
+def test_a_listing_read_before_an_edit_does_not_bring_the_old_answer_back(
+    store: ProductStore, reviews: ReviewStore
+) -> None:
+    store.write_results([routed("p1")])
+    reviews.record_annotation(annotation(value="Dress", updated=T0))
+    reviews.record_annotation(annotation(value="Skirt", updated=T0 + timedelta(minutes=1)))  # the webhook: an edit
+    late = reviews.record_annotation(annotation(value="Dress", updated=T0))  # a poll listing read before the edit
+    assert late.status == "ignored_stale" and garment(store)[0] == "Skirt"
+
+
+def test_task_sync_marks_only_move_forward_and_annotations_are_counted_per_task(reviews: ReviewStore) -> None:
+    reviews.mark_task_synced(7, T0 + timedelta(seconds=5))
+    reviews.mark_task_synced(7, T0)  # an older listing
+    reviews.mark_task_synced(8, T0)
+    assert reviews.task_sync_marks() == {7: T0 + timedelta(seconds=5), 8: T0}
+    reviews.record_annotation(annotation(101, "Dress", task_id=7))
+    reviews.record_annotation(annotation(102, "Skirt", task_id=7, annotator="bob@example.com"))
+    reviews.record_annotation(annotation(103, "Skirt", task_id=9, product_id="p9"))
+    reviews.delete_annotations([103])
+    assert reviews.active_annotation_counts() == {7: 2}
