@@ -1,4 +1,4 @@
-"""`shelfsight models list | show | register | promote | rollback`: the model registry from the command line.
+"""`shelfsight models list | show | register | promote | rollback | export`: the model registry from the command line.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -138,3 +138,57 @@ def rollback_command(
     except RegistryError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"champion {state.aliases['champion']} (previous {state.aliases.get('previous', '-')})")
+
+
+@models_app.command("export")
+def export_command(
+    bundle: Path = typer.Argument(..., help="A model bundle (.safetensors)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where to write it (default: beside the bundle, named by its SHA-256, where the "
+        "onnxruntime backend looks for it).",
+    ),
+    images: Path | None = typer.Option(
+        None, "--images", help="Directory of photos (*.jpg) for the parity check, e.g. the fashion-products images."
+    ),
+    photos: list[Path] = typer.Option([], "--photo", help="A photo for the parity check (repeatable)."),
+    n: int = typer.Option(1000, "--n", help="Photos taken from --images."),
+    max_abs_diff: float = typer.Option(1e-3, help="Largest tolerated |probability difference| per group."),
+    min_top1_agreement: float = typer.Option(0.999, help="Smallest tolerated top-1 agreement per group."),
+) -> None:
+    """Export a bundle's classifier for the onnxruntime backend, refused when it disagrees with torch.
+
+    The parity check runs torch and onnxruntime on the photos given (else on synthetic images) and refuses the
+    export, with the figures, when any group's probabilities differ by more than --max-abs-diff or its top-1
+    agreement is below --min-top1-agreement.
+    """
+    from learner.inference.onnx_export import ParityError, export_onnx
+    from learner.inference.onnx_model import onnx_path_for
+    from learner.model.manifest import BundleError, file_sha256
+
+    if fmt != "onnx":
+        raise _fail(f"--format {fmt!r} is not supported (onnx)")
+    files = [*photos, *(sorted(images.glob("*.jpg"))[:n] if images is not None else [])]
+    try:
+        target = out or onnx_path_for(bundle, file_sha256(bundle))
+        result = export_onnx(
+            bundle,
+            target,
+            [f.read_bytes() for f in files],
+            max_abs_diff=max_abs_diff,
+            min_top1_agreement=min_top1_agreement,
+        )
+    except ParityError as exc:
+        typer.echo(json.dumps(exc.report.to_dict(), indent=2))
+        raise _fail(str(exc)) from None
+    except (BundleError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    parity = result.parity
+    worst = max(parity.groups.values(), key=lambda g: g.max_abs_diff)
+    typer.echo(
+        f"exported {result.model_version} to {result.path} in {result.seconds:.0f}s; parity on {parity.images} "
+        f"{parity.source} images: max |dp| {worst.max_abs_diff:.1e}, "
+        f"top-1 agreement >= {min(g.top1_agreement for g in parity.groups.values()):.2%}"
+    )

@@ -2,22 +2,22 @@
 
 Two halves so a service can overlap them:
 - `prepare(data)`: decode + resize on CPU (thread-safe, no model state; run it on worker threads);
-- `infer(prepared)`: one batched forward pass of the classifier (and the detector, if the bundle has
-  one) under `torch.inference_mode`, channels_last, AMP on CUDA, pinned-memory host-to-device copies.
+- `infer(prepared)`: one batched forward pass of the classifier through its backend (`ClassifierRunner`:
+  torch or onnxruntime, see `learner.inference.backends`), and of the detector (torch) if the bundle has one.
 `tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
 
 The engine is bound to one bundle. Hot reload swaps whole engines between batches; nothing here is global.
+Must not import torch at module level: with the onnxruntime backend the serving process never loads it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from learner.inference.imaging import (
     DEFAULT_MAX_PIXELS,
@@ -25,11 +25,17 @@ from learner.inference.imaging import (
     PreparedImage,
     decode_image,
     letterbox,
-    normalize,
+    pil_to_uint8_array,
     pil_to_uint8_tensor,
 )
-from learner.model.bundle import ModelBundle
-from learner.model.detector import detect
+from learner.model.manifest import BundleInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from learner.inference.backends import ClassifierRunner
+    from learner.model.bundle import ModelBundle
+    from learner.model.detector import DetectorSpec
 
 DETECTOR_MAX_SIDE = 640
 
@@ -78,31 +84,45 @@ class TagError:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """cuda when available for "auto", else the named device (training and evaluation use it too)."""
+    from learner.inference.torch_runner import pick_device as pick
+
+    return pick(device)
 
 
 class TaggingEngine:
+    """Tags images with one bundle. `TaggingEngine(model_bundle)` runs it on torch, as always; an engine on another
+    backend is built by `learner.inference.backends.load_engine`, which passes a torch-free `BundleInfo`, the
+    backend's `classifier` runner and, when the bundle has one, the `detector` (a torch module and its spec)."""
+
     def __init__(
         self,
-        bundle: ModelBundle,
+        bundle: ModelBundle | BundleInfo,
         device: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         top_k: int = 3,
         amp: bool = True,
+        *,
+        classifier: ClassifierRunner | None = None,
+        detector: tuple[torch.nn.Module, DetectorSpec] | None = None,
     ) -> None:
         self.bundle = bundle
-        self.device = pick_device(device)
         self.max_pixels = max_pixels
         self.top_k = top_k
         self.pre = bundle.preprocessing
-        self.classifier = bundle.classifier.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.detector = bundle.detector.to(self.device).eval() if bundle.detector is not None else None
-        self._cuda = self.device.type == "cuda"
-        self._amp_dtype: torch.dtype | None = None
-        if amp and self._cuda:
-            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if classifier is None:
+            if isinstance(bundle, BundleInfo):
+                raise ValueError("a BundleInfo carries no weights: pass its classifier runner (see load_engine)")
+            from learner.inference.torch_runner import TorchClassifier
+
+            classifier = TorchClassifier(bundle.classifier, device=device, amp=amp)
+            if bundle.detector is not None and bundle.detector_spec is not None:
+                detector = (bundle.detector.to(classifier.torch_device).eval(), bundle.detector_spec)
+        self.classifier = classifier
+        self.backend = classifier.name
+        self.device = classifier.device
+        self.detector = detector
+        self._amp = amp
 
     @property
     def model_version(self) -> str:
@@ -117,7 +137,9 @@ class TaggingEngine:
         # draft() may have decoded at a reduced scale: recover the true size for box coordinates
         true_w, true_h = _header_size(data) or (w, h)
         prepared = PreparedImage(
-            classifier_input=pil_to_uint8_tensor(letterbox(img, self.pre)), width=true_w, height=true_h
+            classifier_input=self.classifier.to_input(pil_to_uint8_array(letterbox(img, self.pre))),  # type: ignore[arg-type]
+            width=true_w,
+            height=true_h,
         )
         if self.detector is not None:
             scale = min(1.0, DETECTOR_MAX_SIDE / max(w, h))
@@ -127,35 +149,39 @@ class TaggingEngine:
         return prepared
 
     # -- device half -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def infer(self, batch: Sequence[PreparedImage]) -> list[ImageTags]:
         if not batch:
             return []
-        x = torch.stack([p.classifier_input for p in batch])
-        if self._cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = normalize(x, self.pre)
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=self._amp_dtype)
-            if self._amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            logits = self.classifier(x)
-        probs = {k: v.float().cpu() for k, v in self.classifier.probabilities(logits).items()}
+        probs = self.classifier.probabilities([p.classifier_input for p in batch])
         detections: list[list[dict[str, Any]]] = [[] for _ in batch]
-        if self.detector is not None and self.bundle.detector_spec is not None:
-            imgs = [
-                (p.detector_input if p.detector_input is not None else p.classifier_input).to(self.device).float()
-                / 255.0
-                for p in batch
-            ]
-            with autocast:
-                detections = detect(self.detector, imgs, self.bundle.detector_spec)
+        if self.detector is not None:
+            detections = self._detect(batch)
         return [self._assemble(i, p, probs, detections[i]) for i, p in enumerate(batch)]
 
+    def _detect(self, batch: Sequence[PreparedImage]) -> list[list[dict[str, Any]]]:
+        import contextlib
+
+        import torch
+
+        from learner.model.detector import detect
+
+        assert self.detector is not None
+        module, spec = self.detector
+        device = next(module.parameters()).device
+        imgs = [
+            torch.as_tensor(p.detector_input if p.detector_input is not None else p.classifier_input).to(device).float()
+            / 255.0
+            for p in batch
+        ]
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self._amp and device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            autocast = torch.autocast(device_type="cuda", dtype=dtype)
+        with torch.inference_mode(), autocast:
+            return detect(module, imgs, spec)
+
     def _assemble(
-        self, i: int, p: PreparedImage, probs: dict[str, torch.Tensor], dets: list[dict[str, Any]]
+        self, i: int, p: PreparedImage, probs: dict[str, np.ndarray], dets: list[dict[str, Any]]
     ) -> ImageTags:
         taxonomy = self.bundle.taxonomy
         attributes: dict[str, list[tuple[str, float]]] = {}
@@ -167,8 +193,8 @@ class TaggingEngine:
                 attributes[g.name] = sorted(chosen, key=lambda vc: -vc[1])
             else:
                 k = min(self.top_k, len(g.values))
-                conf, idx = torch.topk(row, k)
-                attributes[g.name] = [(g.values[int(j)], float(c)) for c, j in zip(conf, idx, strict=True)]
+                idx = np.argsort(-row, kind="stable")[:k]
+                attributes[g.name] = [(g.values[int(j)], float(row[j])) for j in idx]
         found: list[Detection] = []
         detector_groups = {g.name for g in taxonomy.groups if g.source == "detector"}
         for d in dets:

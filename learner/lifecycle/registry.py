@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.model.bundle import BundleError, read_manifest
+from learner.model.manifest import BundleError, read_manifest
 
 ALIASES_FILE = "aliases.json"
 VERSIONS_DIR = "versions"

@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from tests.learner.test_engine import png_bomb
+from tests.learner.inference.test_engine import png_bomb
 
 runner = CliRunner()
 
