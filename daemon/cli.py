@@ -5,6 +5,8 @@ here; this file only assembles the app.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -25,9 +27,12 @@ def _register() -> None:
 
     commands_tag.register(app)
     commands_run.register(app)
-    from daemon import commands_learner
+    # `train` / `evaluate` import the training stack (torch) for the recipe's defaults; the daemon (`shelfsight run`)
+    # does not need them, and on the onnxruntime backend it must not load torch (tests/daemon/test_torch_free_serving)
+    if sys.argv[1:2] != ["run"]:
+        from daemon import commands_learner
 
-    commands_learner.register(app)
+        commands_learner.register(app)
     __import__("daemon.commands_review", fromlist=["register"]).register(app)
     __import__("daemon.commands_learn", fromlist=["register"]).register(app)
     __import__("daemon.commands_models", fromlist=["register"]).register(app)

@@ -54,7 +54,7 @@ class TorchClassifier:
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
         x = torch.stack(list(inputs))
-        if self._cuda:
+        if self._cuda and x.device.type == "cpu":
             x = x.pin_memory().to(self.torch_device, non_blocking=True)
         x = normalize(x, self.preprocessing)
         if not self.channels_last:

@@ -1,9 +1,11 @@
-"""With the onnxruntime backend the daemon never imports torch: it is started in a fresh interpreter, processes
-events end to end, and reports what it imported."""
+"""With the onnxruntime backend the daemon (`shelfsight run`) never imports torch: it is started in a fresh
+interpreter, has the bundle's missing ONNX file exported (in a subprocess), processes events end to end, and
+reports what it imported."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -16,25 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
+# `shelfsight run` exactly as an operator starts it (configuration from the environment), in-process so that the
+# interpreter can report what it imported once the daemon has stopped
 DAEMON = textwrap.dedent(
     """
     import json, sys
-    from pathlib import Path
-    from daemon.config import Settings
-    from daemon.service import run_service
-
-    tmp, bundle, root = map(Path, sys.argv[1:4])
-    settings = Settings(
-        source="local",
-        backend="onnxruntime",
-        device="cpu",
-        model_path=bundle,
-        database_url=f"sqlite:///{tmp / 'db.sqlite'}",
-        http_port=0,
-        local={"events_dir": tmp / "events", "exit_when_idle": True},
-        fetch={"file_root": root, "attempts": 1},
-    )
-    status = run_service(settings)
+    sys.argv = ["shelfsight", "run"]
+    from daemon.cli import app
+    try:
+        app()
+        status = 0
+    except SystemExit as exc:
+        status = exc.code
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
     print(json.dumps({"status": status, "torch_modules": loaded}))
     """
@@ -50,8 +45,22 @@ def test_the_daemon_on_onnxruntime_tags_events_without_importing_torch(tmp_path,
     bundle = Path(tmp_path / "model.safetensors")
     bundle.write_bytes(untrained_bundle_path.read_bytes())  # no ONNX beside it: the daemon has one exported
 
+    env = {
+        **os.environ,
+        "SHELFSIGHT_SOURCE": "local",
+        "SHELFSIGHT_BACKEND": "onnxruntime",
+        "SHELFSIGHT_DEVICE": "cpu",
+        "SHELFSIGHT_MODEL_PATH": str(bundle),
+        "SHELFSIGHT_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "SHELFSIGHT_HTTP_PORT": "0",
+        "SHELFSIGHT_LOCAL__EVENTS_DIR": str(events),
+        "SHELFSIGHT_LOCAL__EXIT_WHEN_IDLE": "true",
+        "SHELFSIGHT_FETCH__FILE_ROOT": str(cc0_images[0].parent),
+        "SHELFSIGHT_FETCH__ATTEMPTS": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "-c", DAEMON, str(tmp_path), str(bundle), str(cc0_images[0].parent)],
+        [sys.executable, "-c", DAEMON],
+        env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
