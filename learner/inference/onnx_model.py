@@ -28,6 +28,9 @@ META_BUNDLE_SHA256 = "shelfsight.bundle_sha256"
 META_MODEL_VERSION = "shelfsight.model_version"
 META_FORMAT = "shelfsight.format"
 EXPORT_COMMAND = "shelfsight models export {bundle} --format onnx"
+# On CPU a batch runs as micro-batches of this many images: their activations stay in the cores' caches (measured on
+# the 2-core machine, tests/benchmarks/bench_engine.py: batch 1 ran ~2x the images/s of batch 32); results are equal
+CPU_MICRO_BATCH = 4
 
 
 def onnx_path_for(bundle_path: Path, bundle_sha256: str, cache_dir: Path | None = None) -> Path:
@@ -81,6 +84,7 @@ class OnnxClassifier:
         device: str = "auto",
         threads: int | None = None,
         expect_sha256: str | None = None,
+        micro_batch: int | None = CPU_MICRO_BATCH,
     ) -> None:
         import onnxruntime as ort
 
@@ -115,12 +119,18 @@ class OnnxClassifier:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._outputs = [f"prob.{g}" for g in self.groups]
         self._input = self.session.get_inputs()[0].name
+        self.micro_batch = micro_batch if self.device == "cpu" else None
 
     def to_input(self, image: np.ndarray) -> np.ndarray:
         """The engine's per-image input from an S x S x 3 uint8 array: the array itself."""
         return image
 
     def probabilities(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        batch = np.stack(inputs)
-        outputs = self.session.run(self._outputs, {self._input: batch})
-        return {g: np.asarray(o, dtype=np.float32) for g, o in zip(self.groups, outputs, strict=True)}
+        step = self.micro_batch or len(inputs)
+        parts = [
+            self.session.run(self._outputs, {self._input: np.stack(inputs[i : i + step])})
+            for i in range(0, len(inputs), step)
+        ]
+        return {
+            g: np.concatenate([np.asarray(p[k], dtype=np.float32) for p in parts]) for k, g in enumerate(self.groups)
+        }

@@ -77,7 +77,7 @@ def main() -> None:
     latencies: dict[str, list[float]] = {}
     for backend in backends:
         results[backend], latencies[backend] = _daemon_run(args, backend, model, files, full_files)
-    for backend in backends:
+        # the engine alone right after its daemon (same machine load as far as possible), in a fresh process
         command = [sys.executable, "-m", "tests.benchmarks.bench_e2e", "--engine-alone", backend, "--model", str(model)]
         command += ["--n", str(args.n), "--batch", str(args.batch), "--images", str(images_dir)]
         if full_files:
@@ -88,7 +88,6 @@ def main() -> None:
         r["ratio_e2e_to_engine_224"] = round(float(r["e2e_224_img_s"]) / alone["engine_224_img_s"], 3)
         if full_files:
             r["ratio_e2e_to_engine_full"] = round(float(r["e2e_full_img_s"]) / alone["engine_full_img_s"], 3)
-
     figures = {
         "model": str(model),
         "untrained_heads": args.model is None,
