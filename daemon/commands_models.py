@@ -189,6 +189,6 @@ def export_command(
     worst = max(parity.groups.values(), key=lambda g: g.max_abs_diff)
     typer.echo(
         f"exported {result.model_version} to {result.path} in {result.seconds:.0f}s; parity on {parity.images} "
-        f"{parity.source} images: max |dp| {worst.max_abs_diff:.1e}, "
+        f"{'photos' if parity.source == 'photos' else 'synthetic images'}: max |dp| {worst.max_abs_diff:.1e}, "
         f"top-1 agreement >= {min(g.top1_agreement for g in parity.groups.values()):.2%}"
     )

@@ -12,8 +12,10 @@ Variants (each a real `TaggingEngine`, same bundle):
   the run prints its agreement with fp32 on the measured photos (accuracy needs a trained bundle: see --int8).
 Per variant: images/s of the model alone on prepared uint8 inputs (`model`), of `tag_bytes` from JPEG bytes
 (decode + EXIF + resize + model + post-processing) on the 224 px set at batch 1 and 32, and on the full-size set
-(~1800x2400) at batch 32; plus decode+resize alone per set. Repeats are interleaved across variants (best of
---repeats), so the ratios are fair on a shared machine. Ratios are against `torch channels_last`.
+(~1800x2400) at batch 32; the engine's images per CPU-second of its process (`cpu engine b32 224px`, steadier
+than wall time when other jobs share the machine); plus decode+resize alone per set. Repeats are interleaved
+across variants (best of --repeats), so the ratios are fair on a shared machine. Ratios are against
+`torch channels_last`.
 
 Without --model it builds a bundle with ImageNet EfficientNet-Lite0 features and randomly initialised heads over
 the fashion-products taxonomy (says so in the output): throughput does not depend on the head weights.
@@ -158,10 +160,16 @@ def best_rate(fn: Callable[[], object], n_images: int) -> float:
 
 
 def measure(engine: TaggingEngine, payloads: list[bytes], full: list[bytes]) -> dict[str, float]:
-    """One pass of every measurement for one variant (the caller takes the best over interleaved repeats)."""
+    """One pass of every measurement for one variant (the caller takes the best over interleaved repeats).
+
+    Also `cpu engine b32 224px`: images per CPU-second of this process, which other load on a shared machine
+    disturbs far less than wall time (a runtime's busy-waiting counts against it)."""
     engine.tag_bytes(payloads[:32], batch_size=32)  # warm-up
     inputs = [engine.prepare(b).classifier_input for b in payloads]
     rates: dict[str, float] = {}
+    cpu0 = time.process_time()
+    engine.tag_bytes(payloads, batch_size=32)
+    rates["cpu engine b32 224px"] = len(payloads) / max(time.process_time() - cpu0, 1e-9)
     for batch in (1, 32):
         rates[f"model b{batch}"] = best_rate(
             lambda b=batch: [engine.classifier.probabilities(inputs[i : i + b]) for i in range(0, len(inputs), b)],
