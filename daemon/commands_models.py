@@ -1,5 +1,5 @@
-"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate`: the model registry
-from the command line, and calibrating a bundle.
+"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate | export`: the model
+registry from the command line, calibrating a bundle, and exporting it for the onnxruntime backend.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     models.command("rollback")(rollback_command)
     models.command("gate-report")(gate_report_command)
     models.command("calibrate")(calibrate_command)
+    models.command("export")(export_command)
     app.add_typer(models, name="models")
 
 
@@ -240,8 +241,9 @@ def calibrate_command(
     from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
     from learner.model.bundle import BundleError, load_bundle
     from learner.model.hierarchy import derive_hierarchy
+    from learner.model.manifest import file_sha256
     from learner.model.taxonomy import TaxonomyError
-    from learner.training.data import SPLITS, DataError, file_sha256, load_labelled_set
+    from learner.training.data import SPLITS, DataError, load_labelled_set
 
     if split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
@@ -301,4 +303,57 @@ def calibrate_command(
         f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 {before[:12]}... -> "
         f"{file_sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a registry record of this version still "
         "names the old file SHA-256)"
+    )
+
+
+def export_command(
+    bundle: Path = typer.Argument(..., help="A model bundle (.safetensors)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where to write it (default: beside the bundle, named by its SHA-256, where the "
+        "onnxruntime backend looks for it).",
+    ),
+    images: Path | None = typer.Option(
+        None, "--images", help="Directory of photos (*.jpg) for the parity check, e.g. the fashion-products images."
+    ),
+    photos: list[Path] = typer.Option([], "--photo", help="A photo for the parity check (repeatable)."),
+    n: int = typer.Option(1000, "--n", help="Photos taken from --images."),
+    max_abs_diff: float = typer.Option(1e-3, help="Largest tolerated |probability difference| per group."),
+    min_top1_agreement: float = typer.Option(0.999, help="Smallest tolerated top-1 agreement per group."),
+) -> None:
+    """Export a bundle's classifier for the onnxruntime backend, refused when it disagrees with torch.
+
+    The parity check runs torch and onnxruntime on the photos given (else on synthetic images) and refuses the
+    export, with the figures, when any group's probabilities differ by more than --max-abs-diff or its top-1
+    agreement is below --min-top1-agreement.
+    """
+    from learner.inference.onnx_export import ParityError, export_onnx
+    from learner.inference.onnx_model import onnx_path_for
+    from learner.model.manifest import BundleError, file_sha256
+
+    if fmt != "onnx":
+        raise fail(f"--format {fmt!r} is not supported (onnx)")
+    files = [*photos, *(sorted(images.glob("*.jpg"))[:n] if images is not None else [])]
+    try:
+        target = out or onnx_path_for(bundle, file_sha256(bundle))
+        result = export_onnx(
+            bundle,
+            target,
+            [f.read_bytes() for f in files],
+            max_abs_diff=max_abs_diff,
+            min_top1_agreement=min_top1_agreement,
+        )
+    except ParityError as exc:
+        typer.echo(json.dumps(exc.report.to_dict(), indent=2))
+        raise fail(str(exc)) from None
+    except (BundleError, OSError) as exc:
+        raise fail(str(exc)) from None
+    parity = result.parity
+    worst = max(parity.groups.values(), key=lambda g: g.max_abs_diff)
+    typer.echo(
+        f"exported {result.model_version} to {result.path} in {result.seconds:.0f}s; parity on {parity.images} "
+        f"{'photos' if parity.source == 'photos' else 'synthetic images'}: max |dp| {worst.max_abs_diff:.1e}, "
+        f"top-1 agreement >= {min(g.top1_agreement for g in parity.groups.values()):.2%}"
     )

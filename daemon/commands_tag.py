@@ -28,6 +28,9 @@ def tag_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
     draw: Path | None = typer.Option(None, "--draw", help="Write a PNG with boxes and labels (first image)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    backend: str = typer.Option(
+        "torch", "--backend", help="torch or onnxruntime (exports the bundle to ONNX beside it on first use)."
+    ),
     top_k: int = typer.Option(3, help="Candidate values shown per attribute group."),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
     max_bytes: int = typer.Option(20_000_000, help="Largest image download accepted."),
@@ -36,14 +39,16 @@ def tag_command(
     ),
 ) -> None:
     """Tag product images with catalog attributes and confidences."""
-    from learner.inference.engine import TaggingEngine
-    from learner.model.bundle import BundleError, load_bundle
+    from learner.inference.backends import BACKENDS, load_engine
+    from learner.model.manifest import BundleError
 
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)
     try:
-        bundle = load_bundle(model)
+        engine = load_engine(model, backend, device=device, top_k=top_k)
     except BundleError as exc:
         raise fail(str(exc), 2) from None
-    engine = TaggingEngine(bundle, device=device, top_k=top_k)
+    bundle = engine.bundle
 
     loaded: list[tuple[str, bytes | TagError]] = [
         (name, data) for name, data in _read_all(images, max_bytes, allow_private_networks)

@@ -236,6 +236,11 @@ class Settings(BaseSettings):
     reload_interval_s: float = 5.0  # how often to look for a new champion (or a replaced model file); 0: never
     database_url: str = f"sqlite:///{HOME / 'shelfsight.db'}"
     device: str = "auto"
+    # classifier runtime: "torch" (eager PyTorch, CPU or CUDA) or "onnxruntime" (the bundle exported to ONNX; the
+    # daemon then never imports torch: ~3x the images/s on CPU and about half the memory, see README). The ONNX
+    # file is exported beside the bundle on first use (in a subprocess) when `shelfsight models export` did not.
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    onnx_cache_dir: Path | None = None  # where ONNX exports are kept when not beside the bundle (read-only volume)
     max_pixels: int = 40_000_000
     http_host: str = "127.0.0.1"
     http_port: int = 9108  # /healthz, /readyz, /metrics; 0 disables the endpoint

@@ -157,7 +157,7 @@ class Enricher:
         """Run until `stop_event` is set (or, with `exit_when_idle`, until the source has nothing left)."""
         self._start_threads()
         self.metrics.set_model(
-            self.engine.model_version, self.engine.bundle.classifier.backbone_name, self.engine.bundle.taxonomy.name
+            self.engine.model_version, self.engine.bundle.backbone_name, self.engine.bundle.taxonomy.name
         )
         self.ready.set()
         self.metrics.up.set(1)
@@ -181,7 +181,7 @@ class Enricher:
         """Serve `engine` from now on (hot reload). Images already prepared finish on their own engine."""
         self.engine = engine
         bundle = engine.bundle
-        self.metrics.set_model(engine.model_version, bundle.classifier.backbone_name, bundle.taxonomy.name)
+        self.metrics.set_model(engine.model_version, bundle.backbone_name, bundle.taxonomy.name)
 
     def request_stop(self) -> None:
         self.stop_event.set()

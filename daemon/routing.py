@@ -21,6 +21,7 @@ from daemon.metrics import ReviewRoutingMetrics
 from daemon.pipeline import ReviewRouter
 from learner.inference.engine import ImageTags
 from learner.model.bundle import ModelBundle
+from learner.model.manifest import BundleInfo
 from learner.review.caps import ReviewCaps
 from learner.review.policy import (
     AuditSample,
@@ -90,11 +91,11 @@ class CapsSync:
 
 def build_review_router(
     settings: Settings,
-    bundle: ModelBundle,
+    bundle: ModelBundle | BundleInfo,
     store: ProductStore,
     metrics: ReviewRoutingMetrics,
     *,
-    current_bundle: Callable[[], ModelBundle] | None = None,
+    current_bundle: Callable[[], ModelBundle | BundleInfo] | None = None,
     clock: Callable[[], datetime] = _utcnow,
 ) -> ReviewRouter:
     """The enrichment daemon's `ReviewRouter` from settings and the loaded bundle (its thresholds and taxonomy).
@@ -118,7 +119,7 @@ def build_review_router(
         elif decision.reason and decision.reason.startswith("capped:"):
             metrics.capped.labels(decision.reason.removeprefix("capped:")).inc()
 
-    def routing_for(served: ModelBundle) -> ReviewRouting:
+    def routing_for(served: ModelBundle | BundleInfo) -> ReviewRouting:
         policy = ReviewPolicy(
             served.taxonomy,
             served.thresholds,

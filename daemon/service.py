@@ -51,8 +51,9 @@ class Service:
 
 def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
     from connectors.db import ProductStore
+    from learner.inference.backends import load_engine
     from learner.inference.engine import TaggingEngine
-    from learner.model.bundle import BundleError, load_bundle
+    from learner.model.manifest import BundleError
 
     metrics = metrics or ServiceMetrics()
     closers: list[Callable[[], Any]] = []
@@ -69,14 +70,21 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         )
 
     def build_engine(path: Path) -> TaggingEngine:
-        return TaggingEngine(load_bundle(path), device=settings.device, max_pixels=settings.max_pixels)
+        # onnxruntime: a missing ONNX export is made in a subprocess, so this process stays torch-free
+        return load_engine(
+            path,
+            settings.backend,
+            device=settings.device,
+            max_pixels=settings.max_pixels,
+            onnx_cache_dir=settings.onnx_cache_dir,
+        )
 
     try:
         engine = build_engine(model_path)
     except BundleError as exc:
         raise StartupError(str(exc)) from None
     bundle = engine.bundle
-    log.info("model %s on %s", bundle.model_version, engine.device)
+    log.info("model %s on %s (%s)", bundle.model_version, engine.device, engine.backend)
 
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

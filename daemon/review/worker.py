@@ -293,7 +293,7 @@ class ReviewWorker:
 def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
     """Reads the champion's model version (the registry's champion alias, or the bundle file; manifest only,
     cheap), re-read when the resolved file or its modification time changes."""
-    from learner.model.bundle import BundleError, read_manifest
+    from learner.model.manifest import BundleError, read_manifest
 
     cached_key: tuple[str, int] | None = None
     cached_version: str | None = None
@@ -321,7 +321,7 @@ def champion_model_version(source: ModelSource) -> Callable[[], str | None]:
 def review_taxonomy(source: ModelSource) -> Taxonomy:
     """The champion's taxonomy (the labelling configuration is generated from it)."""
     from learner.lifecycle.registry import RegistryError
-    from learner.model.bundle import BundleError, read_manifest
+    from learner.model.manifest import BundleError, read_manifest
 
     try:
         path = source.resolve()

@@ -41,17 +41,10 @@ from learner.inference.engine import pick_device
 from learner.inference.imaging import normalize
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
+from learner.model.manifest import file_sha256
 from learner.model.taxonomy import AttributeGroup
-from learner.training.data import (
-    IGNORE_INDEX,
-    IMAGE_COLUMNS,
-    MULTI_VALUE_SEPARATOR,
-    ImageDataset,
-    LabelledSet,
-    Sample,
-    SplitRule,
-    file_sha256,
-)
+from learner.training.data import IGNORE_INDEX, IMAGE_COLUMNS, MULTI_VALUE_SEPARATOR, LabelledSet, Sample, SplitRule
+from learner.training.dataset import ImageDataset
 
 ECE_BINS = 15
 DEFAULT_THRESHOLD = 0.5

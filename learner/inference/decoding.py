@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from learner.model.bundle import ModelBundle
 from learner.model.hierarchy import Hierarchy
 from learner.model.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from learner.model.bundle import ModelBundle
+    from learner.model.manifest import BundleInfo
 
 _TINY = 1e-300  # log(0) guard in float64
 
@@ -103,7 +107,7 @@ class ValueDecoder:
         self.paths = None if self.hierarchy is None else hierarchy_paths(self.hierarchy, taxonomy)
 
     @classmethod
-    def for_bundle(cls, bundle: ModelBundle) -> ValueDecoder:
+    def for_bundle(cls, bundle: ModelBundle | BundleInfo) -> ValueDecoder:
         """The decoder of a bundle: its taxonomy's hierarchy, its temperatures and auto-fill thresholds."""
         return cls(bundle.taxonomy, bundle.temperatures, bundle.autofill_thresholds)
 

@@ -2,25 +2,26 @@
 
 Two halves so a service can overlap them:
 - `prepare(data)`: decode + resize on CPU (thread-safe, no model state; run it on worker threads);
-- `infer(prepared)`: one batched forward pass of the classifier (and the detector, if the bundle has
-  one) under `torch.inference_mode`, channels_last, AMP on CUDA, pinned-memory host-to-device copies.
-`tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
+- `infer(prepared)`: one batched forward pass of the classifier through its backend (`ClassifierRunner`:
+  torch or onnxruntime, see `learner.inference.backends`), and of the detector (torch) if the bundle has one.
+
 Single-choice values go through the bundle's `ValueDecoder` (temperatures, hierarchy-consistent decoding,
 auto-fill thresholds): `ImageTags.auto_filled` says per group whether the first value may be written as the
 model's or is only a suggestion. `tta="flip"` averages the probabilities of the image and its mirror image.
+`tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
 
 The engine is bound to one bundle. Hot reload swaps whole engines between batches; nothing here is global.
+Must not import torch at module level: with the onnxruntime backend the serving process never loads it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from learner.inference.decoding import Decisions, ValueDecoder
 from learner.inference.imaging import (
@@ -29,11 +30,17 @@ from learner.inference.imaging import (
     PreparedImage,
     decode_image,
     letterbox,
-    normalize,
+    pil_to_uint8_array,
     pil_to_uint8_tensor,
 )
-from learner.model.bundle import ModelBundle
-from learner.model.detector import detect
+from learner.model.manifest import BundleInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from learner.inference.backends import ClassifierRunner
+    from learner.model.bundle import ModelBundle
+    from learner.model.detector import DetectorSpec
 
 DETECTOR_MAX_SIDE = 640
 TTA_MODES = (None, "none", "flip")
@@ -89,36 +96,51 @@ class TagError:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """cuda when available for "auto", else the named device (training and evaluation use it too)."""
+    from learner.inference.torch_runner import pick_device as pick
+
+    return pick(device)
 
 
 class TaggingEngine:
+    """Tags images with one bundle. `TaggingEngine(model_bundle)` runs it on torch, as always; an engine on another
+    backend is built by `learner.inference.backends.load_engine`, which passes a torch-free `BundleInfo`, the
+    backend's `classifier` runner and, when the bundle has one, the `detector` (a torch module and its spec)."""
+
     def __init__(
         self,
-        bundle: ModelBundle,
+        bundle: ModelBundle | BundleInfo,
         device: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         top_k: int = 3,
         amp: bool = True,
         tta: str | None = None,
+        *,
+        classifier: ClassifierRunner | None = None,
+        detector: tuple[torch.nn.Module, DetectorSpec] | None = None,
     ) -> None:
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {', '.join(map(str, TTA_MODES))}, not {tta!r}")
         self.tta = None if tta == "none" else tta
         self.decoder = ValueDecoder.for_bundle(bundle)
         self.bundle = bundle
-        self.device = pick_device(device)
         self.max_pixels = max_pixels
         self.top_k = top_k
         self.pre = bundle.preprocessing
-        self.classifier = bundle.classifier.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.detector = bundle.detector.to(self.device).eval() if bundle.detector is not None else None
-        self._cuda = self.device.type == "cuda"
-        self._amp_dtype: torch.dtype | None = None
-        if amp and self._cuda:
-            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if classifier is None:
+            if isinstance(bundle, BundleInfo):
+                raise ValueError("a BundleInfo carries no weights: pass its classifier runner (see load_engine)")
+            from learner.inference.torch_runner import TorchClassifier
+
+            on_torch = TorchClassifier(bundle.classifier, device=device, amp=amp)
+            if bundle.detector is not None and bundle.detector_spec is not None:
+                detector = (bundle.detector.to(on_torch.torch_device).eval(), bundle.detector_spec)
+            classifier = on_torch
+        self.classifier: ClassifierRunner = classifier
+        self.backend = classifier.name
+        self.device = classifier.device
+        self.detector = detector
+        self._amp = amp
 
     @property
     def model_version(self) -> str:
@@ -133,7 +155,9 @@ class TaggingEngine:
         # draft() may have decoded at a reduced scale: recover the true size for box coordinates
         true_w, true_h = _header_size(data) or (w, h)
         prepared = PreparedImage(
-            classifier_input=pil_to_uint8_tensor(letterbox(img, self.pre)), width=true_w, height=true_h
+            classifier_input=self.classifier.to_input(pil_to_uint8_array(letterbox(img, self.pre))),
+            width=true_w,
+            height=true_h,
         )
         if self.detector is not None:
             scale = min(1.0, DETECTOR_MAX_SIDE / max(w, h))
@@ -143,47 +167,49 @@ class TaggingEngine:
         return prepared
 
     # -- device half -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def infer(self, batch: Sequence[PreparedImage]) -> list[ImageTags]:
         if not batch:
             return []
-        x = torch.stack([p.classifier_input for p in batch])
-        if self._cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = normalize(x, self.pre)
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=self._amp_dtype)
-            if self._amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            logits = self.classifier(torch.cat([x, x.flip(-1)]) if self.tta == "flip" else x)
-        probs = {k: v.float().cpu() for k, v in self.classifier.probabilities(logits).items()}
+        inputs = [p.classifier_input for p in batch]
         if self.tta == "flip":  # the mean of the image's and its mirror image's probabilities
-            probs = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in probs.items()}
-        decisions = self.decoder({k: v.numpy() for k, v in probs.items()})
+            both = self.classifier.probabilities([*inputs, *(_mirror(x) for x in inputs)])
+            probs = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in both.items()}
+        else:
+            probs = self.classifier.probabilities(inputs)
+        decisions = self.decoder(probs)
         detections: list[list[dict[str, Any]]] = [[] for _ in batch]
-        if self.detector is not None and self.bundle.detector_spec is not None:
-            imgs = [
-                (p.detector_input if p.detector_input is not None else p.classifier_input).to(self.device).float()
-                / 255.0
-                for p in batch
-            ]
-            with autocast:
-                detections = detect(self.detector, imgs, self.bundle.detector_spec)
+        if self.detector is not None:
+            detections = self._detect(batch)
         return [self._assemble(i, p, probs, decisions, detections[i]) for i, p in enumerate(batch)]
 
+    def _detect(self, batch: Sequence[PreparedImage]) -> list[list[dict[str, Any]]]:
+        import contextlib
+
+        import torch
+
+        from learner.model.detector import detect
+
+        assert self.detector is not None
+        module, spec = self.detector
+        device = next(module.parameters()).device
+        imgs = [
+            torch.as_tensor(p.detector_input if p.detector_input is not None else p.classifier_input).to(device).float()
+            / 255.0
+            for p in batch
+        ]
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self._amp and device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            autocast = torch.autocast(device_type="cuda", dtype=dtype)
+        with torch.inference_mode(), autocast:
+            return detect(module, imgs, spec)
+
     def _assemble(
-        self,
-        i: int,
-        p: PreparedImage,
-        probs: dict[str, torch.Tensor],
-        decisions: Decisions,
-        dets: list[dict[str, Any]],
+        self, i: int, p: PreparedImage, probs: dict[str, np.ndarray], decisions: Decisions, dets: list[dict[str, Any]]
     ) -> ImageTags:
         taxonomy = self.bundle.taxonomy
-        attributes: dict[str, list[tuple[str, float]]] = {}
         auto_filled = {name: bool(auto[i]) for name, auto in decisions.auto_filled.items()}
+        attributes: dict[str, list[tuple[str, float]]] = {}
         for g in taxonomy.classifier_groups:
             row = probs[g.name][i]
             if g.multi_label:
@@ -220,6 +246,12 @@ class TaggingEngine:
             for (i, _), tags in zip(chunk, self.infer([p for _, p in chunk]), strict=True):
                 results[i] = tags
         return [r for r in results if r is not None]
+
+
+def _mirror(x: Any) -> Any:
+    """An input image (C x H x W, a torch tensor or a numpy array) mirrored left to right."""
+    flip = getattr(x, "flip", None)
+    return flip(-1) if callable(flip) else np.ascontiguousarray(x[..., ::-1])
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

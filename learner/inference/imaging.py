@@ -4,6 +4,10 @@ Decoding is strict: it honours a pixel limit *before* decoding (a decompression 
 header), rejects truncated files instead of padding them with grey, applies EXIF orientation and turns
 every colour mode (RGBA, LA, P, CMYK, greyscale, 16-bit) into RGB. Each failure is an `ImageDecodeError`
 with a short machine-readable `reason`, so callers can report or dead-letter per image.
+
+Decoding and resizing are numpy/Pillow only: the onnxruntime serving path imports this module without torch.
+The two torch helpers (`pil_to_uint8_tensor`, `normalize`, used by training and the torch backend) import torch
+when called. Must not import torch at module level.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from learner.model.backbones import Preprocessing
+from learner.model.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: larger than any catalog photo, far below a bomb
 
@@ -44,7 +51,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
     if not data:
         raise ImageDecodeError("empty", "no bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError("not_an_image", "not a recognised image format") from None
     except (OSError, ValueError) as exc:
@@ -105,14 +112,22 @@ def letterbox(img: Image.Image, pre: Preprocessing) -> Image.Image:
     return canvas
 
 
+def pil_to_uint8_array(img: Image.Image) -> np.ndarray:
+    """HxWx3 RGB image -> HxWx3 uint8 array (one copy of Pillow's buffer; may be read-only)."""
+    return np.asarray(img, dtype=np.uint8)
+
+
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """HxWx3 RGB image -> 3xHxW uint8 tensor (no copy of the pixel buffer beyond numpy's)."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    import torch
+
+    return torch.from_numpy(pil_to_uint8_array(img).copy()).permute(2, 0, 1)
 
 
 def normalize(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """N x 3 x H x W uint8 (any device) -> normalised float, channels_last."""
+    import torch
+
     x = batch_uint8.float().div_(255.0)
     mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -123,7 +138,9 @@ def normalize(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
 class PreparedImage:
     """One decoded image, ready for the models. Built on CPU worker threads, consumed by `infer`."""
 
-    classifier_input: torch.Tensor  # 3 x S x S uint8
+    # the classifier backend's own input (`ClassifierRunner.to_input`): a 3 x S x S uint8 tensor for torch,
+    # an S x S x 3 uint8 array for onnxruntime
+    classifier_input: torch.Tensor | np.ndarray
     width: int  # original (oriented) size
     height: int
     detector_input: torch.Tensor | None = None  # 3 x h x w uint8, downscaled

@@ -41,8 +41,9 @@ from typing import Any, Protocol
 from connectors.db.learner import HumanCorrection
 from connectors.images import FetchError, ImageFetcher
 from learner.lifecycle.holdout import Boxes, HoldoutRule
+from learner.model.manifest import file_sha256
 from learner.model.taxonomy import AttributeGroup, Taxonomy
-from learner.training.data import Label, Sample, SplitRule, file_sha256, load_labelled_set
+from learner.training.data import Label, Sample, SplitRule, load_labelled_set
 from learner.training.recipe import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from learner.evaluation.gate import ProductScores, scores_from_rows
 from learner.inference.engine import ImageTags, TaggingEngine, pick_device
 from learner.lifecycle.errors import RetrainError
 from learner.model.bundle import ModelBundle
-from learner.training.data import ImageDataset, Sample
+from learner.training.data import Sample
+from learner.training.dataset import ImageDataset
 from learner.training.engine import amp_settings
 
 HOLDOUT_FILE = "holdout.json"

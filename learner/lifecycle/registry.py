@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.model.bundle import BundleError, read_manifest
-from learner.training.data import file_sha256
+from learner.model.manifest import BundleError, file_sha256, read_manifest
 
 ALIASES_FILE = "aliases.json"
 VERSIONS_DIR = "versions"

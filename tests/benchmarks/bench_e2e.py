@@ -1,24 +1,30 @@
-"""Benchmark: end-to-end images/s from events on Kafka to committed rows in PostgreSQL, against the
-tagging engine alone on the same images, same model and batch size, in the same run.
+"""Benchmark: end-to-end images/s from events on Kafka to committed rows in PostgreSQL, per inference backend,
+against the tagging engine alone on the same images, same model and batch size, in the same run.
 
-    .venv/bin/python -m tests.benchmarks.bench_e2e [--model BUNDLE] [--n 1000] [--out runs/bench-e2e]
+    .venv/bin/python -m tests.benchmarks.bench_e2e [--model BUNDLE] [--backends torch,onnxruntime] [--n 1000]
+        [--n-full 120] [--out runs/bench-e2e]
 
-It starts a real Kafka broker and PostgreSQL (deploy/dev), runs `shelfsight run` as a subprocess
-(one replica, default settings except the batch size), and measures:
-- throughput: N events produced at once; time from the first send to the N-th committed row;
-- the engine alone: `TaggingEngine.tag_bytes` over the same image bytes (decode + infer, one thread);
+It starts a real Kafka broker and PostgreSQL (deploy/dev) once, then for each backend runs `shelfsight run` as a
+subprocess (one replica, default settings except the batch size and SHELFSIGHT_BACKEND) and measures:
+- throughput on the 224 px set and on the full-size set (~1800x2400): N events produced at once; time from the
+  first send to the N-th committed row;
+- the engine alone: `TaggingEngine.tag_bytes` over the same image bytes (decode + infer, one thread of Python),
+  in a fresh process per backend;
 - latency at a light load: events sent at a steady low rate; send time to the row's commit time
   (processing_log.first_processed_at), p50 and p99;
-- the daemon's peak resident memory (VmHWM).
-Prints the figures, writes them as JSON and a PNG (latency distribution and throughput bars).
-Absolute figures are only meaningful on the machine that printed them; compare the ratio.
+- the daemon's peak resident memory (VmHWM) and whether it imported torch.
+Without --model it builds an untrained bundle (bench_engine.build_untrained; throughput only, says so).
+Prints the figures side by side, writes them as JSON and a PNG. Absolute figures are only meaningful on the
+machine that printed them; compare the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,80 +45,135 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--backends", default="torch,onnxruntime")
     parser.add_argument("--images", type=Path)
-    parser.add_argument("--n", type=int, default=1000, help="events for the throughput run")
+    parser.add_argument("--full-images", type=Path)
+    parser.add_argument("--n", type=int, default=1000, help="events for the 224 px throughput run")
+    parser.add_argument("--n-full", type=int, default=120, help="events for the full-size throughput run (0: none)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--light-rate", type=float, default=4.0, help="events/s for the latency run")
-    parser.add_argument("--light-seconds", type=float, default=25.0)
+    parser.add_argument("--light-seconds", type=float, default=15.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
+    parser.add_argument("--engine-alone", help=argparse.SUPPRESS)  # worker: BACKEND, prints images/s as JSON
     args = parser.parse_args()
 
+    from tests.benchmarks.bench_engine import build_untrained, default_full_images, default_images
+
+    images_dir = args.images or default_images()
+    full_dir = args.full_images or default_full_images()
+    files = sorted(images_dir.glob("*.jpg"))
+    full_files = sorted(full_dir.glob("*.jpg"))[: args.n_full] if full_dir and args.n_full else []
+    if args.engine_alone:
+        print(json.dumps(_engine_alone(args.model, args.engine_alone, files, full_files, args.n, args.batch)))
+        return
+    model = args.model
+    if model is None:
+        model = build_untrained("tf_efficientnet_lite0")
+        print(f"no --model: built {model} (untrained heads) for throughput only", file=sys.stderr)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, object]] = {}
+    latencies: dict[str, list[float]] = {}
+    for backend in backends:
+        results[backend], latencies[backend] = _daemon_run(args, backend, model, files, full_files)
+        # the engine alone right after its daemon (same machine load as far as possible), in a fresh process
+        command = [sys.executable, "-m", "tests.benchmarks.bench_e2e", "--engine-alone", backend, "--model", str(model)]
+        command += ["--n", str(args.n), "--batch", str(args.batch), "--images", str(images_dir)]
+        if full_files:
+            command += ["--full-images", str(full_dir), "--n-full", str(len(full_files))]
+        alone = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        r = results[backend]
+        r.update(alone)
+        r["ratio_e2e_to_engine_224"] = round(float(r["e2e_224_img_s"]) / alone["engine_224_img_s"], 3)
+        if full_files:
+            r["ratio_e2e_to_engine_full"] = round(float(r["e2e_full_img_s"]) / alone["engine_full_img_s"], 3)
+    figures = {
+        "model": str(model),
+        "untrained_heads": args.model is None,
+        "images_224": args.n,
+        "images_full": len(full_files),
+        "batch": args.batch,
+        "partitions": args.partitions,
+        "backends": results,
+    }
+    _print_table(results)
+    (args.out / "figures.json").write_text(json.dumps(figures, indent=2))
+    _plot(results, latencies, args.out / "bench-e2e.png")
+    print(f"written {args.out / 'figures.json'} and {args.out / 'bench-e2e.png'}", file=sys.stderr)
+
+
+def _daemon_run(
+    args: argparse.Namespace, backend: str, model: Path, files: list[Path], full_files: list[Path]
+) -> tuple[dict[str, object], list[float]]:
+    """One daemon on `backend`: throughput on each image set, light-load latency, peak RSS."""
     from kafka_server import KafkaBroker
     from postgres_server import PostgresServer
 
     from connectors.kafka import EventPublisher, ensure_topics
-    from learner.inference.engine import TaggingEngine
-    from learner.model.bundle import load_bundle
-    from tests.benchmarks.bench_engine import build_untrained, default_images
     from tests.daemon.harness import DaemonProcess, Db, daemon_env, produce, product_event, wait_until
 
-    images_dir = args.images or default_images()
-    files = sorted(images_dir.glob("*.jpg"))
-    model = args.model or build_untrained("tf_efficientnet_lite0")
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="shelfsight-bench-"))
-
-    print("starting Kafka and PostgreSQL ...", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix=f"shelfsight-bench-{backend}-"))
+    print(f"{backend}: starting Kafka and PostgreSQL ...", file=sys.stderr)
     broker = KafkaBroker(work / "kafka").start()
     pg = PostgresServer(work / "pg")
     pg.start()
     daemon: DaemonProcess | None = None
+    figures: dict[str, object] = {}
     try:
         topic = "bench.products"
         ensure_topics(broker.bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
+        roots = [files[0].parent, *(f.parent for f in full_files[:1])]
         env = daemon_env(
             bootstrap=broker.bootstrap,
             topic=topic,
             database_url=pg.url,
             model_path=model,
-            file_root=images_dir,
+            file_root=Path(os.path.commonpath(roots)),
             group_id="bench",
-            extra={"SHELFSIGHT_BATCH__MAX_IMAGES": str(args.batch), "SHELFSIGHT_LOG_LEVEL": "WARNING"},
+            extra={
+                "SHELFSIGHT_BATCH__MAX_IMAGES": str(args.batch),
+                "SHELFSIGHT_LOG_LEVEL": "WARNING",
+                "SHELFSIGHT_BACKEND": backend,
+            },
         )
-        daemon = DaemonProcess(env, work / "daemon.log").start().wait_ready(timeout_s=180)
+        daemon = DaemonProcess(env, work / "daemon.log").start().wait_ready(timeout_s=600)
         db = Db(pg.url)
         time.sleep(5)  # group join and partition assignment
 
-        # -- throughput ------------------------------------------------------------------------------
-        events = [product_event(f"t-{i:05d}", files[i % len(files)]) for i in range(args.n)]
-        t0 = time.perf_counter()
-        produce(broker.bootstrap, topic, events)
-        with tqdm(total=args.n, desc="end to end", unit="img") as bar:
-            done = 0
-            while done < args.n:
-                time.sleep(0.25)
-                now = db.processed()
-                bar.update(now - done)
-                done = now
-                if time.perf_counter() - t0 > 1800:
-                    raise SystemExit(f"timed out with {done}/{args.n} rows:\n{daemon.log_tail()}")
-        e2e_s = time.perf_counter() - t0
-        e2e = args.n / e2e_s
+        sets = [("224", [files[i % len(files)] for i in range(args.n)])]
+        if full_files:
+            sets.append(("full", full_files))
+        for name, chosen in sets:
+            before = db.processed()
+            events = [product_event(f"{name}-{i:05d}", f) for i, f in enumerate(chosen)]
+            t0 = time.perf_counter()
+            produce(broker.bootstrap, topic, events)
+            with tqdm(total=len(events), desc=f"{backend} end to end {name}", unit="img") as bar:
+                done = 0
+                while done < len(events):
+                    time.sleep(0.25)
+                    now = db.processed() - before
+                    bar.update(now - done)
+                    done = now
+                    if time.perf_counter() - t0 > 1800:
+                        raise SystemExit(f"timed out with {done}/{len(events)} rows:\n{daemon.log_tail()}")
+            figures[f"e2e_{name}_img_s"] = round(len(events) / (time.perf_counter() - t0), 2)
 
         # -- light load latency ----------------------------------------------------------------------
         sent: dict[str, float] = {}
         n_light = int(args.light_rate * args.light_seconds)
+        before = db.processed()
         publisher = EventPublisher(broker.bootstrap, topic)
         start = time.perf_counter()
-        for i in tqdm(range(n_light), desc="light load", unit="event"):
+        for i in tqdm(range(n_light), desc=f"{backend} light load", unit="event"):
             pid = f"l-{i:05d}"
             time.sleep(max(0.0, start + i / args.light_rate - time.perf_counter()))  # a steady rate
             sent[pid] = time.time()
-            publisher.publish(product_event(pid, files[i % len(files)]))
+            publisher.publish(product_event(pid, files[(args.n + i) % len(files)]))
             publisher.flush()
         publisher.close()
-        wait_until(lambda: db.processed() >= args.n + n_light, 120, "light-load rows", daemon.log_tail)
+        wait_until(lambda: db.processed() >= before + n_light, 120, "light-load rows", daemon.log_tail)
         committed = {
             str(pid): ts
             for pid, ts in db.rows(
@@ -121,7 +182,10 @@ def main() -> None:
         }
         latencies = [(_as_epoch(committed[pid]) - sent_at) * 1000 for pid, sent_at in sent.items() if pid in committed]
         assert daemon.proc is not None
-        peak_rss_mib = _vm_hwm_kib(daemon.proc.pid) / 1024
+        figures["latency_p50_ms"] = round(statistics.median(latencies), 1)
+        figures["latency_p99_ms"] = round(percentile(latencies, 0.99), 1)
+        figures["daemon_peak_rss_mib"] = round(_vm_hwm_kib(daemon.proc.pid) / 1024, 1)
+        figures["daemon_imported_torch"] = _maps_torch(daemon.proc.pid)
         daemon.terminate()
         daemon = None
     finally:
@@ -129,31 +193,59 @@ def main() -> None:
             daemon.ensure_stopped()
         broker.stop()
         pg.stop()
+    return figures, latencies
 
-    # -- the engine alone, same images, same model, same batch -----------------------------------------
-    engine = TaggingEngine(load_bundle(model), device="cpu")
-    payloads = [files[i % len(files)].read_bytes() for i in range(min(args.n, 256))]
-    engine.tag_bytes(payloads[: args.batch], batch_size=args.batch)  # warm-up
-    t1 = time.perf_counter()
-    engine.tag_bytes(payloads, batch_size=args.batch)
-    alone = len(payloads) / (time.perf_counter() - t1)
 
-    figures = {
-        "images": args.n,
-        "batch": args.batch,
-        "partitions": args.partitions,
-        "e2e_img_s": round(e2e, 2),
-        "engine_alone_img_s": round(alone, 2),
-        "ratio_e2e_to_engine": round(e2e / alone, 3),
-        "light_load_events_per_s": args.light_rate,
-        "latency_p50_ms": round(statistics.median(latencies), 1),
-        "latency_p99_ms": round(percentile(latencies, 0.99), 1),
-        "daemon_peak_rss_mib": round(peak_rss_mib, 1),
-    }
-    print(json.dumps(figures, indent=2))
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=2))
-    _plot(figures, latencies, args.out / "bench-e2e.png")
-    print(f"written {args.out / 'figures.json'} and {args.out / 'bench-e2e.png'}", file=sys.stderr)
+def _engine_alone(
+    model: Path, backend: str, files: list[Path], full_files: list[Path], n: int, batch: int
+) -> dict[str, float]:
+    """The engine alone, in this (fresh) process: same images, same model, same batch as the daemon."""
+    from learner.inference.backends import load_engine
+
+    engine = load_engine(model, backend, device="cpu")
+    out = {}
+    for name, chosen in (("224", [files[i % len(files)] for i in range(min(n, 256))]), ("full", full_files)):
+        if not chosen:
+            continue
+        payloads = [f.read_bytes() for f in chosen]
+        engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
+        best = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            engine.tag_bytes(payloads, batch_size=batch)
+            best = max(best, len(payloads) / (time.perf_counter() - t0))
+        out[f"engine_{name}_img_s"] = round(best, 2)
+    return out
+
+
+def _maps_torch(pid: int) -> bool:
+    """Whether the process has torch's shared library mapped (it imported torch)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _print_table(results: dict[str, dict[str, object]]) -> None:
+    keys = [
+        "engine_224_img_s",
+        "e2e_224_img_s",
+        "ratio_e2e_to_engine_224",
+        "engine_full_img_s",
+        "e2e_full_img_s",
+        "ratio_e2e_to_engine_full",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "daemon_peak_rss_mib",
+        "daemon_imported_torch",
+    ]
+    names = list(results)
+    print(f"{'':<26}" + "".join(f"{n:>14}" for n in names))
+    for k in keys:
+        print(f"{k:<26}" + "".join(f"{results[n].get(k, '-')!s:>14}" for n in names))
+    if "torch" in results and "onnxruntime" in results:
+        ratio = float(results["onnxruntime"]["engine_224_img_s"]) / float(results["torch"]["engine_224_img_s"])
+        print(f"engine onnxruntime / torch (224 px, batch from the run): {ratio:.2f}x")
 
 
 def _as_epoch(value: object) -> float:
@@ -169,22 +261,29 @@ def _vm_hwm_kib(pid: int) -> float:
     return float("nan")
 
 
-def _plot(figures: dict[str, float | int], latencies: list[float], path: Path) -> None:
+def _plot(results: dict[str, dict[str, object]], latencies: dict[str, list[float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.bar(["engine alone", "Kafka → PostgreSQL"], [figures["engine_alone_img_s"], figures["e2e_img_s"]])
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels = ["engine 224", "e2e 224", "engine full", "e2e full"]
+    keys = ["engine_224_img_s", "e2e_224_img_s", "engine_full_img_s", "e2e_full_img_s"]
+    width = 0.8 / max(1, len(results))
+    for i, (backend, r) in enumerate(results.items()):
+        a.bar([j + i * width for j in range(len(keys))], [float(r.get(k, 0) or 0) for k in keys], width, label=backend)
+    a.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], labels)
     a.set_ylabel("images / s")
-    a.set_title(f"throughput (ratio {figures['ratio_e2e_to_engine']})")
-    b.hist(latencies, bins=30)
-    b.axvline(figures["latency_p50_ms"], color="k", linestyle="--", label=f"p50 {figures['latency_p50_ms']} ms")
-    b.axvline(figures["latency_p99_ms"], color="r", linestyle="--", label=f"p99 {figures['latency_p99_ms']} ms")
-    b.set_xlabel("event latency at light load (ms)")
-    b.legend()
-    fig.suptitle(f"peak daemon RSS {figures['daemon_peak_rss_mib']} MiB")
+    a.set_title("throughput: engine alone vs Kafka → PostgreSQL")
+    a.legend()
+    b.bar(list(results), [float(r["daemon_peak_rss_mib"]) for r in results.values()])  # type: ignore[arg-type]
+    b.set_ylabel("MiB")
+    b.set_title("daemon peak RSS (VmHWM)")
+    for backend, values in latencies.items():
+        c.hist(values, bins=30, alpha=0.6, label=f"{backend} p50 {results[backend]['latency_p50_ms']} ms")
+    c.set_xlabel("event latency at light load (ms)")
+    c.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -37,7 +37,8 @@ def extract(data_dir: Path, backbone: str, taps: tuple[int, ...]) -> dict[str, d
     from learner.inference.imaging import normalize
     from learner.model.classifier import AttributeClassifier, foreground_mask, masked_average
     from learner.model.taxonomy import load_taxonomy
-    from learner.training.data import ImageDataset, SplitRule, load_labelled_set
+    from learner.training.data import SplitRule, load_labelled_set
+    from learner.training.dataset import ImageDataset
 
     taxonomy = load_taxonomy("fashion-products")
     data = load_labelled_set(data_dir, taxonomy)

@@ -81,3 +81,30 @@ def test_promote_and_rollback_are_followed_without_restart_or_loss(tmp_path, unt
     assert db.scalar("SELECT COUNT(DISTINCT product_id) FROM product_attributes") == n, "nothing dropped"
     versions = {v for (v,) in db.rows("SELECT DISTINCT model_version FROM product_attributes")}
     assert versions == {"model-a", "model-b"}, "each row records the model version that wrote it"
+
+
+def test_a_new_champion_is_exported_and_served_on_the_onnxruntime_backend(tmp_path, untrained_bundle_path, cc0_images):
+    from daemon.metrics import ServiceMetrics
+    from daemon.reload import ModelSource, ModelWatcher
+    from learner.inference.backends import load_engine
+
+    registry = ModelRegistry(tmp_path / "registry")
+    for version in ("model-a", "model-b"):
+        registry.register(bundle_named(untrained_bundle_path, version, tmp_path))
+    registry.promote("model-a")
+    source = ModelSource(tmp_path / "unused.safetensors", registry.root)
+
+    def build(path: Path):  # type: ignore[no-untyped-def]
+        return load_engine(path, "onnxruntime", device="cpu")
+
+    serving_engine = build(source.resolve())
+    installed = []
+    watcher = ModelWatcher(source, build, installed.append, ServiceMetrics(), interval_s=60)
+    assert serving_engine.backend == "onnxruntime" and serving_engine.model_version == "model-a"
+
+    registry.promote("model-b")
+    assert watcher.check_now(), "the new champion was loaded"
+    (engine,) = installed
+    assert engine.backend == "onnxruntime" and engine.model_version == "model-b"
+    (tags,) = engine.tag_bytes([cc0_images[0].read_bytes()])
+    assert tags.model_version == "model-b"

@@ -7,15 +7,17 @@ import zlib
 import pytest
 from PIL import Image
 
+from learner.inference.backends import BACKENDS, load_engine
 from learner.inference.engine import ImageTags, TagError, TaggingEngine
 from learner.inference.imaging import ImageDecodeError, decode_image
-from learner.model.bundle import load_bundle
+from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.detector import DetectorSpec, build_detector
 
 
-@pytest.fixture(scope="module")
-def engine(untrained_bundle_path) -> TaggingEngine:
-    return TaggingEngine(load_bundle(untrained_bundle_path), device="cpu")
+@pytest.fixture(scope="module", params=BACKENDS)
+def engine(request, untrained_bundle_path) -> TaggingEngine:
+    """Every engine-level test runs on each backend (onnxruntime exports the bundle beside it on first use)."""
+    return load_engine(untrained_bundle_path, request.param, device="cpu")
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -121,3 +123,45 @@ def test_detections_become_attributes_with_boxes_in_original_pixels(untrained_bu
         assert d.attributes == {"detectedObjects": d.label} or d.label == "__background__"
     found = {v for v, _ in tags.attributes["detectedObjects"]}
     assert found == {d.label for d in tags.detections}
+
+
+def test_onnxruntime_gives_the_torch_engines_confidences(untrained_bundle_path, cc0_images):
+    images = [p.read_bytes() for p in cc0_images[:8]]
+    on_torch = load_engine(untrained_bundle_path, "torch", device="cpu").tag_bytes(images)
+    on_ort = load_engine(untrained_bundle_path, "onnxruntime", device="cpu").tag_bytes(images)
+    for a, b in zip(on_torch, on_ort, strict=True):
+        assert a.attributes.keys() == b.attributes.keys()
+        for group in a.attributes:
+            assert [v for v, _ in a.attributes[group]] == [v for v, _ in b.attributes[group]]
+            assert [c for _, c in a.attributes[group]] == pytest.approx([c for _, c in b.attributes[group]], abs=1e-4)
+
+
+def test_a_bundle_with_a_detector_runs_the_detector_on_torch_under_onnxruntime(
+    untrained_bundle_path, cc0_images, tmp_path
+):
+    import torch
+
+    torch.manual_seed(0)
+    bundle = load_bundle(untrained_bundle_path)
+    spec = DetectorSpec(
+        arch="fasterrcnn_mobilenet_v3_large_320_fpn",
+        class_names=["__background__", "handbag", "person"],
+        score_threshold=0.0,
+        max_detections=5,
+    )
+    with_detector = ModelBundle(
+        "cc0-detector-test",
+        bundle.taxonomy,
+        bundle.classifier,
+        detector=build_detector(spec).eval(),
+        detector_spec=spec,
+    ).save(tmp_path / "with-detector.safetensors")
+    data = cc0_images[0].read_bytes()
+    (on_torch,) = load_engine(with_detector, "torch", device="cpu").tag_bytes([data])
+    engine = load_engine(with_detector, "onnxruntime", device="cpu")
+    (on_ort,) = engine.tag_bytes([data])
+    assert engine.backend == "onnxruntime" and engine.detector is not None
+    assert on_ort.detections and [d.label for d in on_ort.detections] == [d.label for d in on_torch.detections]
+    for a, b in zip(on_ort.detections, on_torch.detections, strict=True):
+        assert a.box == pytest.approx(b.box, abs=1e-3)
+    assert on_ort.top("garment")[0] == on_torch.top("garment")[0]

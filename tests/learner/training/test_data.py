@@ -16,16 +16,8 @@ from learner.model.backbones import Preprocessing
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import parse_taxonomy
-from learner.training.data import (
-    IGNORE_INDEX,
-    Augmentation,
-    DataError,
-    ImageDataset,
-    SplitRule,
-    file_sha256,
-    load_labelled_set,
-    prepare_image,
-)
+from learner.training.data import IGNORE_INDEX, Augmentation, DataError, SplitRule, file_sha256, load_labelled_set
+from learner.training.dataset import ImageDataset, prepare_image
 from learner.training.loss import AttributeLoss
 
 TAXONOMY = parse_taxonomy(

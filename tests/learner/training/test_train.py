@@ -22,7 +22,8 @@ from learner.inference.engine import TaggingEngine
 from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import ImageDataset, SplitRule, load_labelled_set
+from learner.training.data import SplitRule, load_labelled_set
+from learner.training.dataset import ImageDataset
 from learner.training.engine import TrainingError, make_scheduler
 from learner.training.recipe import TrainConfig
 from learner.training.train import TrainResult, train
