@@ -15,8 +15,9 @@ from learner.inference.engine import TaggingEngine
 from learner.model.backbones import Preprocessing
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
+from learner.model.manifest import file_sha256
 from learner.model.taxonomy import parse_taxonomy
-from learner.training.data import IGNORE_INDEX, Augmentation, DataError, SplitRule, file_sha256, load_labelled_set
+from learner.training.data import IGNORE_INDEX, Augmentation, DataError, SplitRule, load_labelled_set
 from learner.training.dataset import ImageDataset, prepare_image
 from learner.training.loss import AttributeLoss
 
@@ -232,7 +233,7 @@ def test_file_sha256_is_the_digest_of_the_whole_file_when_it_spans_many_blocks(t
 
 
 def test_single_choice_target_rejects_a_multi_value_label() -> None:
-    from learner.training.data import _class_index
+    from learner.training.dataset import _class_index
 
     assert _class_index(None) == IGNORE_INDEX
     assert _class_index(3) == 3
