@@ -198,9 +198,10 @@ def plot_gaps(rows: Sequence[Mapping[str, Any]], path: Path, subtitle: str) -> N
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     pairs = (("mean_top1", "challenger_mean_top1"), ("mean_macro_f1", "challenger_mean_macro_f1"))
     for ax, figures in zip(axes, pairs, strict=True):
-        for offset, figure, colour in ((-3, figures[0], "tab:green"), (3, figures[1], "tab:purple")):
+        step = max((r["budget"] for r in rows), default=1) / max(len(rows), 1)
+        for offset, figure, colour in ((-0.08, figures[0], "tab:green"), (0.08, figures[1], "tab:purple")):
             pts = [r for r in rows if r[figure]["mean"] is not None and r["round"] > 0]
-            xs = [r["budget"] + offset for r in pts]
+            xs = [r["budget"] + offset * step for r in pts]
             means = [r[figure]["mean"] for r in pts]
             ax.plot(xs, means, "o", color=colour, label=FIGURE_LABELS[figure])
             for x, r in zip(xs, pts, strict=True):
