@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from devprocess import free_port  # deploy/dev, on sys.path via tests/conftest.py
 
@@ -130,3 +131,16 @@ def test_learner_settings_reach_the_gate_margin_and_the_minimum_class_support() 
     config = retrain_config(LearnerSettings(gate_margin=0.03, gate_min_class_support=8), "cpu")
     assert config.gate.max_group_regression == 0.03 and config.gate.min_class_support == 8
     assert LearnerSettings().gate_min_class_support == 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon/commands_learn.py (another branch's module) must pass holdout_min_products/holdout_max_products "
+    "to HoldoutRule; remove this marker with that one-line change",
+)
+def test_learner_settings_reach_the_holdout_floor_and_cap() -> None:
+    from daemon.commands_learn import retrain_config
+    from daemon.config import LearnerSettings
+
+    config = retrain_config(LearnerSettings(holdout_min_products=50, holdout_max_products=900), "cpu")
+    assert (config.holdout.min_products, config.holdout.max_products) == (50, 900)
