@@ -81,7 +81,12 @@ def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
         work_dir=learner.work_dir,
         base_data=learner.base_data,
         base_group_column=learner.base_group_column,
-        holdout=HoldoutRule(salt=learner.holdout_salt, fraction=learner.holdout_fraction),
+        holdout=HoldoutRule(
+            salt=learner.holdout_salt,
+            fraction=learner.holdout_fraction,
+            min_products=learner.holdout_min_products,
+            max_products=learner.holdout_max_products,
+        ),
         val_fraction=learner.val_fraction,
         min_corrections=learner.min_corrected_products,
         replay_ratio=learner.replay_ratio,

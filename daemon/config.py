@@ -174,6 +174,10 @@ class LearnerSettings(BaseModel):
     # -- training data
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # pinned in the registry on first use
     holdout_salt: str = "shelfsight-holdout-v1"
+    # the holdout's floor and cap in products (the floor takes at most half of the labelled products); as data grows
+    # the threshold only falls, so a product once trained on never enters the holdout (learner/lifecycle/holdout.py)
+    holdout_min_products: int = Field(default=300, ge=0)
+    holdout_max_products: int | None = Field(default=3000, ge=1)  # None: no cap
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     replay_ratio: float = Field(default=4.0, ge=0)  # earlier samples replayed per new corrected sample
     replay_min_samples: int = Field(default=1000, ge=0)
@@ -223,6 +227,15 @@ class LearnerSettings(BaseModel):
         )
         data["min_corrected_products"] = old
         return data
+
+    @model_validator(mode="after")
+    def _holdout_floor_below_cap(self) -> LearnerSettings:
+        if self.holdout_max_products is not None and self.holdout_max_products < self.holdout_min_products:
+            raise ValueError(
+                f"learner.holdout_max_products ({self.holdout_max_products}) is below learner.holdout_min_products "
+                f"({self.holdout_min_products}): raise the cap or lower the floor"
+            )
+        return self
 
 
 class Settings(BaseSettings):

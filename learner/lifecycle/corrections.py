@@ -10,9 +10,11 @@ validation and holdout (`assemble_training_data`), and the objects annotators bo
   (connectors.images) into the run's work directory, named by their SHA-256.
 - deduplicated by (product id, image digest) and by image digest alone (the same photo under two products is
   kept once, the corrected one first): the digest is the SHA-256 of the image bytes.
-- the holdout (`learner.lifecycle.holdout.HoldoutRule`) is split off first and never trained on. The rest is split
-  into train and validation (early stopping, thresholds) by product id with `learner.training.data.SplitRule`
-  (salt `VAL_SALT`).
+- the holdout is split off first and never trained on: `HoldoutRule.effective` over this run's labelled products
+  (after deduplication), never above the ceiling the registry recorded (`holdout_ceiling`), gives the run's
+  `EffectiveHoldout`; the same object decides the samples, the boxes and what the run records, so what is trainable
+  and what is held out can never disagree. The rest is split into train and validation (early stopping,
+  thresholds) by product id with `learner.training.data.SplitRule` (salt `VAL_SALT`).
 - replay: corrections the champion was not trained on (newer than those in its lineage) are all trained on; the
   older data (original set and corrections the champion already learned from) is replayed: a deterministic
   sample of `replay_ratio` times as many items, at least `replay_min_samples` (all of it when it is smaller),
@@ -40,7 +42,7 @@ from typing import Any, Protocol
 
 from connectors.db.learner import HumanCorrection
 from connectors.images import FetchError, ImageFetcher
-from learner.lifecycle.holdout import Boxes, HoldoutRule
+from learner.lifecycle.holdout import Boxes, EffectiveHoldout, HoldoutRule
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import AttributeGroup, Taxonomy
 from learner.training.data import Label, Sample, SplitRule, load_labelled_set
@@ -49,6 +51,12 @@ from learner.training.recipe import TrainConfig
 log = logging.getLogger(__name__)
 
 VAL_SALT = "shelfsight-retrain-val-v1"
+
+
+class Membership(Protocol):
+    """Decides holdout membership by product id (`EffectiveHoldout`, or a bare `HoldoutRule` at its fraction)."""
+
+    def contains(self, product_id: str) -> bool: ...
 
 
 class DataSettings(Protocol):
@@ -75,6 +83,7 @@ class TrainingData:
     snapshot: dict[str, Any]
     new_corrections: int
     corrections_until: datetime | None
+    effective_holdout: EffectiveHoldout  # threshold and sizes: recorded in the registry before training
     holdout_boxes: Boxes = field(default_factory=dict)  # image -> objects
     train_boxes: Boxes = field(default_factory=dict)  # outside the holdout
 
@@ -154,8 +163,10 @@ def assemble_training_data(
     corrections: Sequence[HumanCorrection],
     since: datetime | None,
     fetcher: ImageFetcher,
+    holdout_ceiling: float | None = None,
 ) -> TrainingData:
-    """The run's train / val / holdout samples (see the module docstring for every rule)."""
+    """The run's train / val / holdout samples (see the module docstring for every rule). `holdout_ceiling`: the
+    lowest holdout threshold an earlier run used (`learner.lifecycle.holdout.holdout_ceiling`; None: none)."""
     base: list[tuple[Sample, str]] = []
     base_summary: dict[str, Any] | None = None
     if config.base_data is not None:
@@ -186,8 +197,9 @@ def assemble_training_data(
         seen_digests.add(digest)
         unique.append((sample, is_new[(sample.split_key, digest)]))
 
-    holdout = [s for s, _ in unique if config.holdout.contains(s.split_key)]
-    pool = [(s, new) for s, new in unique if not config.holdout.contains(s.split_key)]
+    effective = config.holdout.effective({s.split_key for s, _ in unique}, holdout_ceiling)
+    holdout = [s for s, _ in unique if effective.contains(s.split_key)]
+    pool = [(s, new) for s, new in unique if not effective.contains(s.split_key)]
     new = [s for s, n in pool if n]
     old = [s for s, n in pool if not n]
     replay_size = min(len(old), max(config.replay_min_samples, math.ceil(config.replay_ratio * len(new))))
@@ -198,8 +210,8 @@ def assemble_training_data(
     train = [s for s in chosen if val_rule.split_of(s.split_key) == "train"]
     val = [s for s in chosen if val_rule.split_of(s.split_key) == "val"]
     until = max((updated for _, _, updated in fixed), default=None)
-    boxes = holdout_boxes(corrections, taxonomy, config.holdout, fetcher, config.work_dir / "images")
-    train_boxes = training_boxes(corrections, taxonomy, config.holdout, fetcher, config.work_dir / "images")
+    boxes = holdout_boxes(corrections, taxonomy, effective, fetcher, config.work_dir / "images")
+    train_boxes = training_boxes(corrections, taxonomy, effective, fetcher, config.work_dir / "images")
     snapshot = {
         "base": base_summary,
         "corrections": {
@@ -213,7 +225,7 @@ def assemble_training_data(
         "replay": {"pool": len(old), "used": len(replay), "ratio": config.replay_ratio},
         "duplicates_dropped": duplicates,
         "holdout": {
-            **config.holdout.to_dict(),
+            **effective.to_dict(),
             "images": len(holdout),
             "products": len({s.split_key for s in holdout}),
         },
@@ -224,13 +236,13 @@ def assemble_training_data(
         "holdout_boxes": {"images": len(boxes), "objects": sum(len(v) for v in boxes.values())},
         "train_boxes": {"images": len(train_boxes), "objects": sum(len(v) for v in train_boxes.values())},
     }
-    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until, boxes, train_boxes)
+    return TrainingData(taxonomy, train, val, holdout, snapshot, len(new), until, effective, boxes, train_boxes)
 
 
 def holdout_boxes(
     corrections: Sequence[HumanCorrection],
     taxonomy: Taxonomy,
-    holdout: HoldoutRule,
+    holdout: Membership,
     fetcher: ImageFetcher,
     image_dir: Path,
 ) -> Boxes:
@@ -244,7 +256,7 @@ def holdout_boxes(
 def training_boxes(
     corrections: Sequence[HumanCorrection],
     taxonomy: Taxonomy,
-    holdout: HoldoutRule,
+    holdout: Membership,
     fetcher: ImageFetcher,
     image_dir: Path,
 ) -> Boxes:

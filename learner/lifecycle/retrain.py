@@ -3,7 +3,8 @@ evaluate both on the holdout, apply the gate, register the challenger and promot
 
 The steps live where they belong; this module wires them and records the outcome:
 - data: learner/lifecycle/corrections.py (original labelled set + human corrections, replay, train/val split, boxes);
-- holdout: learner/lifecycle/holdout.py (the pinned rule, scoring a bundle on it);
+- holdout: learner/lifecycle/holdout.py (the pinned rule; the run's threshold, recorded in the registry before
+  anything is trained so that no later holdout can take in what this run trained on; scoring a bundle on it);
 - classifier: learner/training/finetune.py (`fine_tune`), in this process, or with `nproc_per_node` > 1 data-parallel
   under torchrun (learner/training/launch.py writes nothing but the challenger and a failure reason);
 - detector (`fine_tune_detector` in learner/training/detector.py, its recipe `RetrainConfig.detector`): when the
@@ -37,7 +38,14 @@ from connectors.images import ImageFetcher
 from learner.evaluation.gate import GateConfig, GateDecision, decide
 from learner.lifecycle.corrections import TrainingData, assemble_training_data
 from learner.lifecycle.errors import RetrainError
-from learner.lifecycle.holdout import HoldoutEvaluation, HoldoutRule, evaluate_on_holdout, pin_holdout_rule
+from learner.lifecycle.holdout import (
+    HoldoutEvaluation,
+    HoldoutRule,
+    evaluate_on_holdout,
+    holdout_ceiling,
+    pin_holdout_rule,
+    record_holdout_threshold,
+)
 from learner.lifecycle.registry import CHAMPION, ModelRegistry, RegistryError, read_alias_state
 from learner.model.bundle import BundleError, ModelBundle, load_bundle
 from learner.training import launch
@@ -176,10 +184,13 @@ def _run(
 
     phase("data")
     # "new" for the replay rule: corrections the champion has not learned from (a rejected run's are still new)
-    data = assemble_training_data(config, champion.taxonomy, corrections, champion_data_until(champion), fetcher)
+    data = assemble_training_data(
+        config, champion.taxonomy, corrections, champion_data_until(champion), fetcher, holdout_ceiling(config.registry)
+    )
+    record_holdout_threshold(config.registry, data.effective_holdout, run_id)  # before anything is trained
     run_dir = config.work_dir / "runs" / str(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lineage = {"data": data.snapshot, "split": data.snapshot["val_split"], "holdout": config.holdout.to_dict()}
+    lineage = {"data": data.snapshot, "split": data.snapshot["val_split"], "holdout": data.effective_holdout.to_dict()}
     lineage["run_id"] = run_id
 
     phase("train")
@@ -338,6 +349,7 @@ def _decision_record(
         "champion_holdout": champion_eval.summary() if champion_eval else None,
         "challenger_holdout": challenger_eval.summary() if challenger_eval else None,
         "holdout_images": champion_eval.images if champion_eval else len(data.holdout),
+        "holdout": {**data.effective_holdout.to_dict(), "images": len(data.holdout)},  # both models scored on it
         "detector_training": detector_training,
         "data": data.snapshot,
     }

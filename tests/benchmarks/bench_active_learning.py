@@ -2,7 +2,7 @@
 labelling budget, on ../shared/data/fashion-products.
 
     .venv/bin/python -m tests.benchmarks.bench_active_learning [--seed-size 200] [--rounds 5] [--budget 50]
-        [--epochs 4] [--seed-model BUNDLE] [--quick] [--out runs/bench-active-learning]
+        [--epochs 4] [--routing-seeds 1,2,3] [--seed-model BUNDLE] [--quick] [--out runs/bench-active-learning]
 
 Protocol (real services only: Kafka, PostgreSQL and Label Studio started by deploy/dev, the services as
 subprocesses configured by environment variables like an operator would):
@@ -10,20 +10,23 @@ subprocesses configured by environment variables like an operator would):
 1. Split the labelled products (labels.csv, one photo each) by product id: the holdout is what the learner's own
    `HoldoutRule` (default salt and fraction, pinned in each registry) puts there, so no arm ever trains on it; of
    the rest, a seed set (`--seed-size`, the products with the smallest sha256 of "seed:<id>") and the pool (the
-   others, streamed in a fixed shuffled order, `--chunk` per round).
+   others, streamed `--chunk` per round in an order shuffled by the routing seed: sha256 of "stream:<seed>:<id>").
 2. Train the seed model on the seed set with `learner.training.train` (EfficientNet-Lite0, `--freeze-stages` of its 9
    stages frozen, `--seed-epochs`), once; both arms start from it. It is kept as `seed.safetensors` in `--out`;
    `--seed-model` reuses one (same `--seed-size`) instead of training again.
-3. Each arm gets fresh state: a database, a topic, a Label Studio project, a model registry with the seed model as
+3. Each routing seed (`--routing-seeds`, at least 3 to measure anything) runs both arms, one after the other, on the
+   same stream of products: only the routing differs, so the arms are paired by seed. Each (arm, seed) gets fresh
+   state: a database, a topic, a Label Studio project, a model registry with the seed model as
    champion, and its own `shelfsight run` (review routing on), `shelfsight review run` (webhook + polling) and
    `shelfsight learn` (the APScheduler service; its corrections trigger fires once a round's answers are in:
    `min_corrected_products` = budget, so exactly when the round's last product arrives). The learner's base data
    is the seed set plus the holdout products (the holdout is evaluated, never trained on); corrections add the
-   annotated pool products.
+   annotated pool products. The holdout's floor and cap are switched
+   off (`holdout_min_products` 0, a cap above the data), so every run of every arm scores the same fixed holdout.
    - uncertainty arm: `review.routing = uncertainty` (BelowThreshold on the bundle's calibrated thresholds, no audit
      sample); the queue is ranked most uncertain first (margin);
-   - random arm: `review.routing = random` with rate 1: every product is queued with a random rank, so the first
-     `budget` of the queue are a uniform random sample.
+   - random arm: `review.routing = random` with rate 1: every product is queued with a random rank (seeded by the
+     routing seed), so the first `budget` of the queue are a uniform random sample.
 4. Each round: `--chunk` pool products are produced to Kafka; the daemon tags them with the current champion and
    routes; the review worker sends the routed ones to Label Studio; a scripted annotator
    (tests/benchmarks/annotator.py) answers the `--budget` highest-priority unannotated tasks with the true labels;
@@ -32,13 +35,19 @@ subprocesses configured by environment variables like an operator would):
    promotes or rejects; on promotion the daemon hot-reloads the new champion before the next round.
 5. After each round: labels used so far, the gate's decision, and the holdout figures of the champion after the
    round (the learner's own evaluation on the fixed holdout: per-group top-1, mean top-1 and mean macro-F1 over
-   the single-choice groups), plus the challenger's figures and the round's wall time. Round 0 is the seed model
-   (the first run's champion evaluation; identical for both arms).
+   the single-choice groups), plus the challenger's figures, the gate's paired-bootstrap interval of the mean top-1
+   difference (`win_low`..`win_high`), whether it was a significant win, and the round's wall time. Round 0 is the
+   seed model (the first run's champion evaluation; identical for both arms).
+6. Across seeds (tests/benchmarks/al_report.py): per arm and budget the mean and range of the champion's and the
+   challenger's figures, and the uncertainty-minus-random gap, paired by seed, with a 95% Student-t interval over
+   the seeds.
 
-Prints one table per arm, writes `figures.json` and `bench-active-learning.png` (mean top-1 and mean macro-F1 on
-the holdout against labels used, both arms) into `--out`. The default configuration is sized for a 2-core CPU
-(about 40 minutes); `--quick` checks the harness in a few minutes and its figures mean little. Exits with a message
-(status 0) when ../shared/data/fashion-products is absent.
+Prints one table per (arm, seed) and the across-seed tables; writes `figures.json` (configuration, every per-seed
+round, the across-seed summary and gaps; rewritten after each (arm, seed), so an interrupted run keeps what it
+finished), `bench-active-learning.png` (champion and challenger curves, mean and spread over seeds) and
+`bench-active-learning-gap.png` (the gap with its interval) into `--out`. One seed with the default configuration
+takes about 25 minutes on a 2-core CPU; `--quick` checks the harness in a few minutes and its figures mean little.
+Exits with a message (status 0) when ../shared/data/fashion-products is absent.
 """
 
 from __future__ import annotations
@@ -90,12 +99,17 @@ class RoundFigures:
     challenger_mean_top1: float | None = None
     challenger_mean_macro_f1: float | None = None
     gate: str = ""
+    significant_win: bool | None = None  # the gate's paired bootstrap: challenger's mean top-1 convincingly higher
+    win_low: float | None = None  # its interval of challenger - champion mean top-1
+    win_difference: float | None = None
+    win_high: float | None = None
     seconds: float = 0.0
 
 
 @dataclass
 class ArmResult:
     arm: str
+    seed: int
     rounds: list[RoundFigures] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -117,6 +131,11 @@ def split_products(ids: list[str], seed_size: int) -> Split:
     rest = [i for i in ids if not rule.contains(i)]
     by_hash = sorted(rest, key=lambda i: hashlib.sha256(f"seed:{i}".encode()).digest())
     return Split(holdout=holdout, seed=sorted(by_hash[:seed_size]), pool=by_hash[seed_size:])
+
+
+def stream_order(pool: list[str], routing_seed: int) -> list[str]:
+    """The order the pool is streamed in for one routing seed (the same for both arms)."""
+    return sorted(pool, key=lambda i: hashlib.sha256(f"stream:{routing_seed}:{i}".encode()).digest())
 
 
 def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]], images: Path) -> Path:
@@ -173,6 +192,7 @@ def _figures(holdout: dict[str, Any] | None) -> tuple[float | None, float | None
 
 def run_arm(
     arm: str,
+    routing_seed: int,
     args: argparse.Namespace,
     services: Services,
     split: Split,
@@ -194,21 +214,22 @@ def run_arm(
     from tests.daemon.harness import DaemonProcess, Db, daemon_env, produce, product_event, wait_until
 
     started = time.monotonic()
-    result = ArmResult(arm)
-    arm_dir = work / arm
+    result = ArmResult(arm, routing_seed)
+    name = f"{arm}-seed{routing_seed}"
+    arm_dir = work / name
     arm_dir.mkdir(parents=True)
     registry_dir = arm_dir / "registry"
     registry = ModelRegistry(registry_dir)
     seed_version = registry.register(seed_bundle, note="bench_active_learning seed").version
     registry.promote(seed_version, reason="seed model", actor="bench_active_learning")
 
-    db_name = f"bench_al_{arm}_{uuid.uuid4().hex[:8]}"
+    db_name = f"bench_al_{arm}_{routing_seed}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(services.pg.dsn(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
     database_url = services.pg.url_for(db_name)
-    topic = f"bench-al-{arm}-{uuid.uuid4().hex[:6]}"
+    topic = f"bench-al-{name}-{uuid.uuid4().hex[:6]}"
     ensure_topics(services.bootstrap, {topic: 2, f"{topic}.dlq": 1})
-    project_title = f"bench active learning {arm} {uuid.uuid4().hex[:6]}"
+    project_title = f"bench active learning {name} {uuid.uuid4().hex[:6]}"
     taxonomy = load_taxonomy(TAXONOMY)
     min_products = args.budget  # the trigger counts products with new human values
 
@@ -220,7 +241,7 @@ def run_arm(
         "SHELFSIGHT_REVIEW__ENABLED": "true",
         "SHELFSIGHT_REVIEW__ROUTING": arm,
         "SHELFSIGHT_REVIEW__AUDIT_RATE": "1.0" if arm == "random" else "0.0",
-        "SHELFSIGHT_REVIEW__AUDIT_SEED": str(args.routing_seed),
+        "SHELFSIGHT_REVIEW__AUDIT_SEED": str(routing_seed),
         "SHELFSIGHT_REVIEW__MAX_PER_HOUR": "1000000",
         "SHELFSIGHT_REVIEW__MAX_PER_DAY": "1000000",
         "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": services.label_studio.url,
@@ -244,6 +265,9 @@ def run_arm(
         "SHELFSIGHT_LEARNER__THREADS": "2",
         "SHELFSIGHT_LEARNER__REPLAY_MIN_SAMPLES": str(args.replay_min_samples),
         "SHELFSIGHT_LEARNER__BOOTSTRAP_SAMPLES": "1000",
+        # a fixed holdout for every run (the split above): no floor, a cap above the data
+        "SHELFSIGHT_LEARNER__HOLDOUT_MIN_PRODUCTS": "0",
+        "SHELFSIGHT_LEARNER__HOLDOUT_MAX_PRODUCTS": str(10**9),
     }
     env = daemon_env(
         bootstrap=services.bootstrap,
@@ -251,7 +275,7 @@ def run_arm(
         database_url=database_url,
         model_path=seed_bundle,
         file_root=images,
-        group_id=f"bench-al-{arm}",
+        group_id=f"bench-al-{name}",
         extra=common,
     )
     db = Db(database_url)
@@ -276,53 +300,53 @@ def run_arm(
         def check_alive() -> None:
             for p in processes:
                 if not p.alive:
-                    raise SystemExit(f"{arm}: {' '.join(p.command)} exited:\n{p.log_tail(60)}")
+                    raise SystemExit(f"{name}: {' '.join(p.command)} exited:\n{p.log_tail(60)}")
 
         project_id = _project_id(client, project_title, wait_s=args.service_timeout, on_fail=tail)
         labels_used = 0
         seed_row: RoundFigures | None = None
-        pool = list(split.pool)
+        pool = stream_order(split.pool, routing_seed)
         for rnd in range(1, args.rounds + 1):
             round_started = time.monotonic()
             chunk, pool = pool[: args.chunk], pool[args.chunk :]
             if not chunk:
-                raise SystemExit(f"{arm}: the pool is exhausted before round {rnd}: lower --chunk or --rounds")
+                raise SystemExit(f"{name}: the pool is exhausted before round {rnd}: lower --chunk or --rounds")
             done_before = db.processed()
             produce(
                 services.bootstrap,
                 topic,
                 [product_event(pid, images / f"{pid}.jpg", title=titles.get(pid, "")) for pid in chunk],
             )
-            with tqdm(total=len(chunk), desc=f"{arm} round {rnd}: tagging", unit="event", leave=False) as bar:
+            with tqdm(total=len(chunk), desc=f"{name} round {rnd}: tagging", unit="event", leave=False) as bar:
                 seen = 0
                 deadline = time.monotonic() + 1800
                 while seen < len(chunk):
                     check_alive()
                     if time.monotonic() > deadline:
-                        raise SystemExit(f"{arm}: tagging timed out\n{tail()}")
+                        raise SystemExit(f"{name}: tagging timed out\n{tail()}")
                     time.sleep(0.5)
                     now = db.processed() - done_before
                     bar.update(now - seen)
                     seen = now
-            wait_until(lambda: _outbox_pending(db) == 0, 600, f"{arm}: the outbox to reach Label Studio", tail)
+            wait_until(lambda: _outbox_pending(db) == 0, 600, f"{name}: the outbox to reach Label Studio", tail)
             time.sleep(1.0)  # the last import's response
             runs_before = _completed_runs(db)
             answered = annotator.annotate(project_id, args.budget)
             labels_used += len(answered)
             values = sum(a.groups for a in answered)
-            log.info("%s round %d: %d tasks answered (%d values)", arm, rnd, len(answered), values)
+            log.info("%s round %d: %d tasks answered (%d values)", name, rnd, len(answered), values)
             if len(answered) < args.budget or any(a.groups == 0 for a in answered):
                 raise SystemExit(
-                    f"{arm} round {rnd}: only {len(answered)} tasks ({values} values) could be answered, "
+                    f"{name} round {rnd}: only {len(answered)} tasks ({values} values) could be answered, "
                     f"{args.budget} products with at least one value needed: raise --chunk"
                 )
-            with tqdm(desc=f"{arm} round {rnd}: retraining", unit="s", leave=False) as bar:
+            with tqdm(desc=f"{name} round {rnd}: retraining", unit="s", leave=False) as bar:
                 deadline = time.monotonic() + 3600
                 top_up_at = time.monotonic() + TOP_UP_AFTER_S
                 while _completed_runs(db) <= runs_before:
                     check_alive()
                     if time.monotonic() > deadline:
-                        raise SystemExit(f"{arm}: no retraining run finished\n{tail()}")
+                        raise SystemExit(f"{name}: no retraining run finished\n{tail()}")
                     if time.monotonic() > top_up_at and not _run_in_progress(db):
                         # The trigger counts products with new human values. Rounds used to fall short because the
                         # review poller withdrew answers the webhook had recorded after the poller's listing (fixed
@@ -335,7 +359,7 @@ def run_arm(
                         labels_used += len(extra)
                         log.warning(
                             "%s round %d: %d products with new human values, the trigger needs %d: %s",
-                            arm,
+                            name,
                             rnd,
                             pending,
                             min_products,
@@ -358,10 +382,11 @@ def run_arm(
                 wait_until(
                     lambda v=champion: any(f'version="{v}"' in k for k in daemon.metrics()),  # type: ignore[misc]
                     300,
-                    f"{arm}: the daemon to reload {champion}",
+                    f"{name}: the daemon to reload {champion}",
                     tail,
                 )
             reasons = detail.get("reasons") or [str(detail.get("error") or detail.get("message") or "")]
+            boot = detail.get("bootstrap") or {}
             row = RoundFigures(
                 round=rnd,
                 labels=labels_used,
@@ -373,10 +398,14 @@ def run_arm(
                 challenger_mean_top1=chall_top1,
                 challenger_mean_macro_f1=chall_f1,
                 gate="; ".join(str(r) for r in reasons),
+                significant_win=detail.get("significant_win"),
+                win_low=boot.get("low"),
+                win_difference=boot.get("difference"),
+                win_high=boot.get("high"),
                 seconds=round(time.monotonic() - round_started, 1),
             )
             result.rounds.append(row)
-            print(_row_line(arm, row), file=sys.stderr, flush=True)
+            print(_row_line(name, row), file=sys.stderr, flush=True)
     finally:
         for p in reversed(processes):
             if p.alive:
@@ -461,41 +490,47 @@ def table(result: ArmResult) -> str:
     head = (
         f"{'round':>5} {'labels':>6} {'gate':<9} {'top-1':>6} {'mF1':>6} "
         + " ".join(f"{short[g]:>8}" for g in groups)
-        + f" {'chal.top-1':>10} {'s':>6}"
+        + f" {'chal.top-1':>10} {'chal.mF1':>8} {'gate: chal-champ top-1 [CI]':>28} {'s':>6}"
     )
-    lines = [f"{result.arm} routing ({result.seconds / 60:.1f} min)", head]
+    lines = [f"{result.arm} routing, seed {result.seed} ({result.seconds / 60:.1f} min)", head]
     for r in result.rounds:
+        win = ""
+        if r.win_difference is not None:
+            star = " *" if r.significant_win else ""
+            win = f"{r.win_difference:+.3f} [{_fmt(r.win_low)}, {_fmt(r.win_high)}]{star}"
         lines.append(
             f"{r.round:>5} {r.labels:>6} {r.outcome:<9} {_fmt(r.mean_top1):>6} {_fmt(r.mean_macro_f1):>6} "
             + " ".join(f"{_fmt(r.top1.get(g)):>8}" for g in groups)
-            + f" {_fmt(r.challenger_mean_top1) if r.round else '':>10} {r.seconds:>6.0f}"
+            + f" {_fmt(r.challenger_mean_top1) if r.round else '':>10}"
+            + f" {_fmt(r.challenger_mean_macro_f1) if r.round else '':>8} {win:>28} {r.seconds:>6.0f}"
         )
+    lines.append("(* the gate's significant win)")
     return "\n".join(lines)
 
 
-def plot(results: list[ArmResult], path: Path, subtitle: str) -> None:
-    import matplotlib
+def write_report(
+    results: list[ArmResult], config: dict[str, Any], out: Path, subtitle: str, seed_s: float, total_s: float
+) -> str:
+    """figures.json and both PNGs from the runs finished so far; returns the across-seed tables."""
+    from tests.benchmarks import al_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "mean_top1", "mean top-1"), (axes[1], "mean_macro_f1", "mean macro-F1")):
-        for result, colour in zip(results, ("tab:red", "tab:blue"), strict=False):
-            xs = [r.labels for r in result.rounds]
-            ys = [getattr(r, key) for r in result.rounds]
-            ax.plot(xs, ys, "-", color=colour, label=f"{result.arm} routing")
-            for r, y in zip(result.rounds, ys, strict=True):
-                filled = r.outcome in ("seed", "promoted")
-                ax.plot(r.labels, y, "o", color=colour, markerfacecolor=colour if filled else "white")
-        ax.set_xlabel("labels used (annotated products)")
-        ax.set_ylabel(f"holdout {label} (single-choice groups)")
-        ax.grid(alpha=0.3)
-        ax.legend(title="filled: promoted, hollow: rejected", fontsize=8, title_fontsize=8)
-    fig.suptitle(f"Active learning through the review loop: champion on the fixed holdout\n{subtitle}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    runs = [asdict(r) for r in results]
+    summary = al_report.spread(runs, config["budget"])
+    gap_rows = al_report.gaps(runs, config["budget"])
+    figures = {
+        "configuration": config,
+        "seed_training_s": round(seed_s, 1),
+        "total_s": round(total_s, 1),
+        "interval": "gap: 95% Student-t interval over routing seeds, paired by seed (tests/benchmarks/al_report.py)",
+        "runs": runs,
+        "summary": summary,
+        "gaps": gap_rows,
+    }
+    (out / "figures.json").write_text(json.dumps(figures, indent=2))
+    al_report.plot_curves(summary, out / "bench-active-learning.png", subtitle)
+    if any(row["mean_top1"]["seeds"] for row in gap_rows):
+        al_report.plot_gaps(gap_rows, out / "bench-active-learning-gap.png", subtitle)
+    return al_report.spread_table(summary) + "\n\n" + al_report.gap_table(gap_rows)
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -514,7 +549,11 @@ def main() -> None:
     parser.add_argument("--replay-min-samples", type=int, default=1000)
     parser.add_argument("--holdout-size", type=int, help="use only this many holdout products (default: all)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: uncertainty,random")
-    parser.add_argument("--routing-seed", type=int, default=0, help="random routing's seed")
+    parser.add_argument(
+        "--routing-seeds",
+        help="comma-separated routing seeds; each runs both arms (stream order, random routing's ranks); "
+        "default 1,2,3 (--quick: 1,2)",
+    )
     parser.add_argument("--seed-model", type=Path, help="reuse this seed bundle (seed.safetensors of an earlier run)")
     parser.add_argument("--service-timeout", type=float, default=900.0, help="seconds for each service to start")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration that checks the harness")
@@ -532,9 +571,16 @@ def main() -> None:
     if not (data / "labels.csv").is_file():
         print(f"skipped: {data}/labels.csv is absent (../shared/data/fashion-products is needed)", file=sys.stderr)
         return
+    args.routing_seeds = args.routing_seeds or ("1,2" if args.quick else "1,2,3")
     arms = [a for a in args.arms.split(",") if a]
     if set(arms) - set(ARMS):
         parser.error(f"--arms: choose from {ARMS}")
+    try:
+        seeds = [int(x) for x in args.routing_seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--routing-seeds: comma-separated integers, not {args.routing_seeds!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error("--routing-seeds: at least one seed, none twice")
 
     from kafka_server import KafkaBroker
     from labelstudio_server import LabelStudioServer
@@ -555,6 +601,7 @@ def main() -> None:
         "holdout_products": len(split.holdout),
         "seed_products": len(split.seed),
         "pool_products": len(split.pool),
+        "routing_seeds": seeds,
     }
     print(f"configuration: {json.dumps(config)}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -580,11 +627,20 @@ def main() -> None:
     pg.start()
     label_studio = LabelStudioServer(work / "label-studio", document_root=data, die_with_parent=True)
     results: list[ArmResult] = []
+    subtitle = (
+        f"seed model {len(split.seed)} products; {args.rounds} rounds x {args.budget} labels, {args.chunk} products "
+        f"streamed per round, {args.epochs} epochs; holdout {len(split.holdout)} products; routing seeds "
+        f"{','.join(map(str, seeds))}"
+    )
     try:
         label_studio.start(timeout_s=args.service_timeout)
         services = Services(broker.bootstrap, pg, label_studio)
-        for arm in arms:
-            results.append(run_arm(arm, args, services, split, truth, titles, seed_bundle, base_dir, work))
+        for seed in seeds:  # both arms of a seed before the next seed: an interrupted run keeps whole pairs
+            for arm in arms:
+                result = run_arm(arm, seed, args, services, split, truth, titles, seed_bundle, base_dir, work)
+                results.append(result)
+                print(table(result), file=sys.stderr, flush=True)
+                write_report(results, config, args.out, subtitle, seed_s, time.monotonic() - t0)
     finally:
         label_studio.stop()
         broker.stop()
@@ -594,20 +650,9 @@ def main() -> None:
     for result in results:
         print(table(result))
         print()
-    print(f"seed model {seed_s / 60:.1f} min; total {total_s / 60:.1f} min")
-    figures = {
-        "configuration": config,
-        "seed_training_s": round(seed_s, 1),
-        "total_s": round(total_s, 1),
-        "arms": [asdict(r) for r in results],
-    }
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=2))
-    subtitle = (
-        f"seed {len(split.seed)} products, {args.rounds} rounds x {args.budget} labels, "
-        f"{args.chunk} products streamed per round, holdout {len(split.holdout)} products"
-    )
-    plot(results, args.out / "bench-active-learning.png", subtitle)
-    print(f"written {args.out / 'figures.json'} and {args.out / 'bench-active-learning.png'}", file=sys.stderr)
+    print(write_report(results, config, args.out, subtitle, seed_s, total_s))
+    print(f"\nseed model {seed_s / 60:.1f} min; total {total_s / 60:.1f} min")
+    print(f"written {args.out / 'figures.json'} and the PNGs beside it", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -130,3 +130,11 @@ def test_learner_settings_reach_the_gate_margin_and_the_minimum_class_support() 
     config = retrain_config(LearnerSettings(gate_margin=0.03, gate_min_class_support=8), "cpu")
     assert config.gate.max_group_regression == 0.03 and config.gate.min_class_support == 8
     assert LearnerSettings().gate_min_class_support == 5
+
+
+def test_learner_settings_reach_the_holdout_floor_and_cap() -> None:
+    from daemon.commands_learn import retrain_config
+    from daemon.config import LearnerSettings
+
+    config = retrain_config(LearnerSettings(holdout_min_products=50, holdout_max_products=900), "cpu")
+    assert (config.holdout.min_products, config.holdout.max_products) == (50, 900)

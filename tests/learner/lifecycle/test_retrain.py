@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,22 @@ def test_training_data_keeps_the_holdout_out_and_uses_only_human_values(world: W
     assert data.snapshot["holdout"]["rule"] == HOLDOUT.describe()
 
 
+def test_a_capped_holdout_gives_products_to_training_and_a_later_run_never_takes_them_back(world: World) -> None:
+    champion = load_bundle(resolve_alias(world.registry.root))
+    corrections = world.learner.human_corrections()
+    capped = dataclasses.replace(world.config, holdout=dataclasses.replace(HOLDOUT, max_products=10))
+    data = assemble_training_data(capped, champion.taxonomy, corrections, None, world.fetcher)
+    held = {s.split_key for s in data.holdout}
+    trained = {s.split_key for s in data.train + data.val}
+    assert len(held) == data.effective_holdout.products == 10 and not held & trained
+    assert data.snapshot["holdout"]["threshold"] == data.effective_holdout.threshold < HOLDOUT.fraction
+    # the cap raised later: the recorded threshold is the ceiling, so the holdout stays what it was
+    wider = dataclasses.replace(world.config, holdout=dataclasses.replace(HOLDOUT, max_products=40))
+    ceiling = data.effective_holdout.threshold
+    again = assemble_training_data(wider, champion.taxonomy, corrections, None, world.fetcher, ceiling)
+    assert {s.split_key for s in again.holdout} == held
+
+
 def test_a_challenger_that_learned_is_promoted(world: World) -> None:
     outcome = run_retraining(world.config, world.learner, world.fetcher, reason="manual")
     assert outcome.status == "promoted", outcome.message
@@ -194,6 +211,19 @@ def test_a_challenger_that_learned_is_promoted(world: World) -> None:
     assert record.data["status"] == "promoted" and record.data["gate"]["outcome"] == "promoted"
     run = world.learner.last_completed_run()
     assert run is not None and run.status == "promoted" and run.challenger_version == outcome.challenger
+
+
+def test_a_run_records_its_holdout_threshold_in_the_registry_and_its_holdout_with_the_decision(world: World) -> None:
+    quick = dataclasses.replace(world.config)
+    quick.recipe = dataclasses.replace(_recipe(), epochs=1)
+    outcome = run_retraining(quick, world.learner, world.fetcher, reason="manual", force=True)
+    assert outcome.decision is not None, outcome.message
+    holdout = outcome.decision["holdout"]
+    assert holdout["images"] == outcome.decision["holdout_images"] and holdout["products"] > 0
+    assert holdout["products"] < holdout["labelled_products"]
+    recorded = json.loads((world.registry.root / "holdout.json").read_text())
+    assert recorded["runs"][-1]["run_id"] == outcome.run_id
+    assert recorded["runs"][-1]["threshold"] == recorded["threshold"] == holdout["threshold"]
 
 
 def test_nothing_new_means_a_skipped_run(world: World) -> None:
