@@ -11,32 +11,14 @@ CLI call it with their configuration. Must not read configuration itself, or imp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from learner.inference.engine import TaggingEngine
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
-
-
-class ClassifierRunner(Protocol):
-    """What the engine needs from a backend: per-image inputs, and batched probabilities per group."""
-
-    name: str
-    device: str
-
-    def to_input(self, image: np.ndarray) -> Any:
-        """The backend's per-image input from an S x S x 3 uint8 array (kept in `PreparedImage`)."""
-        ...
-
-    def probabilities(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
-        """N inputs from `to_input` -> per group an N x V float32 array (softmax or sigmoid)."""
-        ...
 
 
 def check_backend(name: str) -> Backend:

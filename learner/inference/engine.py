@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -38,12 +38,27 @@ from learner.model.manifest import BundleInfo
 if TYPE_CHECKING:
     import torch
 
-    from learner.inference.backends import ClassifierRunner
     from learner.model.bundle import ModelBundle
     from learner.model.detector import DetectorSpec
 
 DETECTOR_MAX_SIDE = 640
 TTA_MODES = (None, "none", "flip")
+
+
+class ClassifierRunner(Protocol):
+    """What the engine needs from an inference backend (`learner.inference.backends` builds them): per-image
+    inputs, and batched probabilities per group."""
+
+    name: str
+    device: str
+
+    def to_input(self, image: np.ndarray) -> Any:
+        """The backend's per-image input from an S x S x 3 uint8 array (kept in `PreparedImage`)."""
+        ...
+
+    def probabilities(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
+        """N inputs from `to_input` -> per group an N x V float32 array (softmax or sigmoid)."""
+        ...
 
 
 @dataclass
