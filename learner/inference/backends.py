@@ -37,6 +37,7 @@ def load_engine(
     amp: bool = True,
     onnx_cache_dir: Path | None = None,
     threads: int | None = None,
+    tta: str | None = None,
 ) -> TaggingEngine:
     """A tagging engine for the bundle at `bundle_path` on `backend`.
 
@@ -51,7 +52,7 @@ def load_engine(
     if check_backend(backend) == "torch":
         from learner.model.bundle import load_bundle
 
-        return TaggingEngine(load_bundle(bundle_path), device=device, max_pixels=pixels, top_k=top_k, amp=amp)
+        return TaggingEngine(load_bundle(bundle_path), device=device, max_pixels=pixels, top_k=top_k, amp=amp, tta=tta)
 
     from learner.inference.onnx_model import OnnxClassifier, ensure_onnx
     from learner.model.manifest import BundleInfo, file_sha256
@@ -70,5 +71,5 @@ def load_engine(
         if full.detector is not None and full.detector_spec is not None:
             detector = (full.detector.to(pick_device(device)).eval(), full.detector_spec)
     return TaggingEngine(
-        info, device=device, max_pixels=pixels, top_k=top_k, amp=amp, classifier=runner, detector=detector
+        info, device=device, max_pixels=pixels, top_k=top_k, amp=amp, tta=tta, classifier=runner, detector=detector
     )

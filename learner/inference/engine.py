@@ -56,6 +56,11 @@ class ClassifierRunner(Protocol):
         """The backend's per-image input from an S x S x 3 uint8 array (kept in `PreparedImage`)."""
         ...
 
+    def mirror(self, x: Any) -> Any:
+        """One input from `to_input`, mirrored left to right (flip test-time augmentation); the runner knows its
+        layout."""
+        ...
+
     def probabilities(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         """N inputs from `to_input` -> per group an N x V float32 array (softmax or sigmoid)."""
         ...
@@ -187,7 +192,7 @@ class TaggingEngine:
             return []
         inputs = [p.classifier_input for p in batch]
         if self.tta == "flip":  # the mean of the image's and its mirror image's probabilities
-            both = self.classifier.probabilities([*inputs, *(_mirror(x) for x in inputs)])
+            both = self.classifier.probabilities([*inputs, *(self.classifier.mirror(x) for x in inputs)])
             probs = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in both.items()}
         else:
             probs = self.classifier.probabilities(inputs)
@@ -261,12 +266,6 @@ class TaggingEngine:
             for (i, _), tags in zip(chunk, self.infer([p for _, p in chunk]), strict=True):
                 results[i] = tags
         return [r for r in results if r is not None]
-
-
-def _mirror(x: Any) -> Any:
-    """An input image (C x H x W, a torch tensor or a numpy array) mirrored left to right."""
-    flip = getattr(x, "flip", None)
-    return flip(-1) if callable(flip) else np.ascontiguousarray(x[..., ::-1])
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

@@ -125,6 +125,10 @@ class OnnxClassifier:
         """The engine's per-image input from an S x S x 3 uint8 array: the array itself."""
         return image
 
+    def mirror(self, x: np.ndarray) -> np.ndarray:
+        """An S x S x 3 input mirrored left to right (the width is axis 1)."""
+        return np.ascontiguousarray(x[:, ::-1])
+
     def probabilities(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         step = self.micro_batch or len(inputs)
         parts = [

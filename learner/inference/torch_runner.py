@@ -46,6 +46,10 @@ class TorchClassifier:
         """The engine's per-image input from an S x S x 3 uint8 array: a 3 x S x S uint8 tensor (a view)."""
         return torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1)
 
+    def mirror(self, x: torch.Tensor) -> torch.Tensor:
+        """A 3 x S x S input mirrored left to right."""
+        return x.flip(-1)
+
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()

@@ -92,6 +92,9 @@ class OpenVinoClassifier:
     def to_input(self, image: np.ndarray) -> np.ndarray:
         return image
 
+    def mirror(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[:, ::-1])
+
     def probabilities(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         out = self.request.infer({0: np.stack(inputs)})
         by_name = {k.get_any_name(): v for k, v in out.items()}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from learner.inference.backends import load_engine
 from learner.inference.decoding import ValueDecoder, apply_temperature, hierarchy_paths
 from learner.inference.engine import TaggingEngine
 from learner.model.bundle import load_bundle
@@ -138,8 +139,12 @@ def test_hierarchy_problems_name_the_key_and_line() -> None:
     assert "line" in str(err.value)
 
 
-def test_engine_with_flip_tta_gives_the_same_values_for_an_image_and_its_mirror(untrained_bundle_path, cc0_images):
-    engine = TaggingEngine(load_bundle(untrained_bundle_path), device="cpu", tta="flip")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_engine_with_flip_tta_gives_the_same_values_for_an_image_and_its_mirror(
+    untrained_bundle_path, cc0_images, backend, tmp_path
+):
+    # each backend lays its inputs out its own way (3 x S x S tensors, S x S x 3 arrays): the mirror must flip the width
+    engine = load_engine(untrained_bundle_path, backend, device="cpu", tta="flip", onnx_cache_dir=tmp_path)
     img = Image.open(cc0_images[0]).convert("RGB")
     mirrored = ImageOps.mirror(img)
     encoded = []
