@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -79,22 +79,6 @@ def enrich(settings: Settings, images: list[Path]) -> list[str]:
         ids.append(product_id)
     run_service(settings)
     return ids
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., ReviewWorker]]:
-    started: list[ReviewWorker] = []
-
-    def start(settings: Settings, **options: Any) -> ReviewWorker:
-        defaults: dict[str, Any] = {"send_interval_s": 0.3, "poll_interval_s": 3600.0, "webhook_port": 0}
-        worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(**{**defaults, **options}))
-        started.append(worker.start())
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-        worker.store.store.close()
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -31,28 +31,15 @@ from tests.benchmarks.soak_review import (
     taxonomy_of,
     worker_env,
 )
-from tests.daemon.test_review_loop import attribute, garment_answer, other_garment, review_settings, wait_for
+from tests.daemon.test_review_loop import (
+    attribute,
+    garment_answer,
+    other_garment,
+    review_settings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(1200)
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., ReviewWorker]]:
-    """In-process review workers (polling hourly unless told), stopped after the test."""
-    from daemon.review.worker import ReviewWorkerOptions, build_review_worker
-
-    started: list[ReviewWorker] = []
-
-    def start(settings: Any, **options: Any) -> ReviewWorker:
-        defaults: dict[str, Any] = {"send_interval_s": 0.3, "poll_interval_s": 3600.0, "webhook_port": 0}
-        worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(**{**defaults, **options}))
-        started.append(worker.start())
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-        worker.store.store.close()
 
 
 def test_the_full_reconcile_recovers_answers_webhook_and_poll_missed_counts_and_logs_each(
