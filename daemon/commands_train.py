@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from daemon.cli_support import fail
-from learner.training.recipe import TrainConfig
+from learner.training.recipe import TrainConfig, parse_sizes
 
 _DEFAULTS = TrainConfig()
 
@@ -58,6 +58,11 @@ def train_command(
     ),
     patience: int = typer.Option(_DEFAULTS.patience, help="Early stopping patience in epochs (0 = off)."),
     input_size: int | None = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
+    sizes: str | None = typer.Option(
+        None,
+        help="Progressive resizing: training input sides, smallest first, ending with the input size (e.g. 160,224); "
+        "the epochs are split evenly across them; validation is always at the input size.",
+    ),
     dropout: float = typer.Option(_DEFAULTS.dropout),
     seed: int = typer.Option(_DEFAULTS.seed),
     group_by: str | None = typer.Option(None, help="Column that groups photos of one product for the split."),
@@ -89,6 +94,7 @@ def train_command(
         config = TrainConfig(
             backbone=backbone,
             input_size=input_size,
+            sizes=parse_sizes(sizes) if sizes is not None else (),
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,

@@ -18,13 +18,14 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -183,6 +184,9 @@ class EarlyStopping:
     best_score: float = -math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    # patience is counted from no earlier than this epoch (progressive resizing: the last phase's first epoch - 1,
+    # so training never stops before the input size has had `patience` epochs)
+    count_from: int = 0
 
     def update(self, epoch: int, score: float, model: nn.Module | None) -> bool:
         """Record `epoch`'s validation score; copy `model`'s weights when it is the best so far (None: keep no copy,
@@ -193,7 +197,7 @@ class EarlyStopping:
             if model is not None:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return False
-        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+        return bool(self.patience) and epoch - max(self.best_epoch, self.count_from) >= self.patience
 
 
 # --- one epoch / evaluation ---------------------------------------------------------------------------
@@ -211,17 +215,23 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     ema: WeightAverage[AttributeClassifier] | None = None,
     progress: bool = True,
+    input_size: int | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`: a step of the optimiser and of the schedule per batch, then the moving average.
-    `model` may be a DDP wrapper exposing `.preprocessing` (learner.training.distributed.PreprocessingDDP)."""
+    `model` may be a DDP wrapper exposing `.preprocessing` (learner.training.distributed.PreprocessingDDP).
+    `input_size`: train on batches downscaled to this side (progressive resizing; `downscale`); None: as loaded."""
     model.train()
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    total_loss, seen, side, start = 0.0, 0, 0, time.perf_counter()
+    desc = f"epoch {epoch}" + (f" @{input_size}px" if input_size is not None else "")
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     for images, targets in bar:
         x = normalize(images.to(device, non_blocking=True), model.preprocessing)
+        if input_size is not None:
+            x = downscale(x, input_size)
+        side = x.shape[-1]
         targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
         with autocast:
             logits = model(x)
@@ -244,7 +254,21 @@ def train_one_epoch(
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", lr=f"{lr:.2e}", ips=f"{seen / elapsed:.1f}")
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / max(1, seen), "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+    return {
+        "loss": total_loss / max(1, seen),
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "seconds": elapsed,
+        "input_size": side,  # the side of the batches the model was trained on
+    }
+
+
+def downscale(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A normalised N x 3 x S x S batch resized to `size` x `size` (bilinear, antialiased; unchanged when S is
+    already `size`). Normalisation is affine per channel, so resizing after it equals resizing the pixels first."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def evaluate_epoch(
@@ -319,6 +343,7 @@ def fit(
     ctx: distributed.DistContext | None = None,
     wrapped: nn.Module | None = None,
     progress: bool = True,
+    input_sizes: Sequence[int] | None = None,
 ) -> FitResult:
     """Train `epochs` epochs (fewer when `stopping` says so or the loss stops being finite), validating the
     evaluated weights (`Optimization.evaluated`) on rank 0 after each and broadcasting the score, so every rank
@@ -326,9 +351,18 @@ def fit(
 
     `set_epoch(epoch)` runs first each epoch (augmentation seeds, sampler shuffles); `record` turns an
     `EpochResult` into the history row (and may log it); `say` logs the early stop. `wrapped`: what is trained
-    when it is not `model` itself (its DDP wrapper under torchrun, see `ctx`)."""
+    when it is not `model` itself (its DDP wrapper under torchrun, see `ctx`). `input_sizes`: the training input
+    side of each epoch (progressive resizing, `TrainConfig.epoch_input_sizes`; validation stays at the model's
+    input size); early stopping then waits for `stopping.patience` epochs of the last size."""
     ctx = ctx or distributed.DistContext(0, 0, 1, device)
     trained = wrapped if wrapped is not None else model
+    if input_sizes is not None:
+        if len(input_sizes) < epochs:
+            raise TrainingError(f"{len(input_sizes)} input sizes for {epochs} epochs: one per epoch is needed")
+        last_phase_start = epochs  # 1-based first epoch of the run of sizes that ends training
+        while last_phase_start > 1 and input_sizes[last_phase_start - 2] == input_sizes[epochs - 1]:
+            last_phase_start -= 1
+        stopping.count_from = max(stopping.count_from, last_phase_start - 1)
     result = FitResult()
     for epoch in range(1, epochs + 1):
         set_epoch(epoch)
@@ -344,6 +378,7 @@ def fit(
             optimization.scaler,
             optimization.ema,
             progress,
+            input_sizes[epoch - 1] if input_sizes is not None else None,
         )
         loss = distributed.mean_across_ranks(stats["loss"], ctx)
         selected = optimization.evaluated(model)

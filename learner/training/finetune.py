@@ -86,6 +86,10 @@ def fine_tune(
     taxonomy = champion.taxonomy
     model: AttributeClassifier = prepare_model(copy.deepcopy(champion.classifier), recipe.freeze_stages, device)
     pre = model.preprocessing
+    try:
+        input_sizes = recipe.epoch_input_sizes(pre.input_size) if recipe.sizes else None
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
     wrapped = distributed.wrap(model, ctx)
 
     train_ds = ImageDataset(
@@ -129,6 +133,7 @@ def fine_tune(
         ctx=ctx,
         wrapped=wrapped,
         progress=recipe.progress and ctx.is_main,
+        input_sizes=input_sizes,
     )
     history, best_state = fitted.history, stopping.best_state
     if not ctx.is_main:

@@ -7,6 +7,7 @@ Must not: train, build models or read configuration (daemon/ builds a `TrainConf
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ class TrainConfig:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool = True
     input_size: int | None = None  # None: the backbone's native size
+    # progressive resizing: training input sides, smallest first, the last the input size (() = the input size
+    # only); the epochs are split evenly across them (`epoch_input_sizes`); validation is always at the input size
+    sizes: tuple[int, ...] = ()
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3  # learning rate of the heads (peak, after warm-up)
@@ -74,6 +78,49 @@ class TrainConfig:
         d.pop("progress", None)
         if split is not None:
             d["split"] = SplitRule.from_dict(split)
-        if isinstance(d.get("scale"), list):
-            d["scale"] = tuple(d["scale"])
+        for name in ("scale", "sizes"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d, progress=False)
+
+    def epoch_input_sizes(self, input_size: int) -> list[int]:
+        """The training input side of each epoch (`epoch_input_sizes(sizes, epochs, input_size)`)."""
+        return epoch_input_sizes(self.sizes, self.epochs, input_size)
+
+
+def epoch_input_sizes(sizes: Sequence[int], epochs: int, input_size: int) -> list[int]:
+    """Progressive resizing's plan: element i is the side of the training inputs in epoch i + 1.
+
+    The epochs are split evenly across `sizes` in order (12 epochs, sizes 160,224: 6 at 160 then 6 at 224); when
+    they do not divide evenly the later, larger sizes get the extra epochs. No sizes: every epoch at `input_size`.
+    Raises ValueError unless the last size is `input_size` (the size validation and serving use), every size is
+    positive and at most `input_size` (training images are downscaled from the input size), and there are no more
+    sizes than epochs.
+    """
+    if not sizes:
+        return [input_size] * epochs
+    if sizes[-1] != input_size:
+        raise ValueError(
+            f"the last training size must be the model's input size {input_size} (validation and serving use it), "
+            f"not {sizes[-1]}: end --sizes with {input_size} or set --input-size {sizes[-1]}"
+        )
+    if any(s <= 0 or s > input_size for s in sizes):
+        raise ValueError(f"training sizes must be between 1 and the input size {input_size}, not {list(sizes)}")
+    if len(sizes) > epochs:
+        raise ValueError(f"{len(sizes)} training sizes need at least as many epochs, not {epochs}")
+    base, extra = divmod(epochs, len(sizes))
+    plan: list[int] = []
+    for i, size in enumerate(sizes):
+        plan += [size] * (base + (1 if i >= len(sizes) - extra else 0))
+    return plan
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """`"160,224"` -> (160, 224); ValueError with the expected form otherwise."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes:
+        raise ValueError(f"--sizes takes comma-separated input sides, smallest first (e.g. 160,224), not {text!r}")
+    return sizes

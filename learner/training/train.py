@@ -4,14 +4,14 @@
 loop and its setup in learner/training/engine.py (`fit`, `Optimization`, `EarlyStopping`), the loss in
 learner/training/loss.py, the recipe in learner/training/recipe.py (`TrainConfig`, every field documented there).
 
-The recipe: the first `freeze_stages` backbone stages are frozen (weights and batch-norm statistics);
-discriminative learning rates (heads get `lr`, each earlier stage `backbone_lr_decay` times less); AdamW with
-linear warm-up then cosine decay; per group cross-entropy with label smoothing and tempered class weights
-(inverse frequency ** `class_weight_power`), BCE for multi-label groups; samples whose label is missing are masked
-out of that group's loss; attribute-safe augmentation (no hue/saturation jitter, see
-`learner.training.data.Augmentation`); an exponential moving average of the weights (EMA) is what gets evaluated
-and saved; early stopping on the validation split; a non-finite training loss stops training with a
-`TrainingError`.
+The recipe: the first `freeze_stages` backbone stages are frozen (weights and batch-norm statistics); discriminative
+learning rates (heads get `lr`, each earlier stage `backbone_lr_decay` times less); AdamW with linear warm-up then
+cosine decay; optional progressive resizing (`TrainConfig.sizes`: early epochs on downscaled batches, the last phase
+and validation at the input size); per group cross-entropy with label smoothing and tempered class weights (inverse
+frequency ** `class_weight_power`), BCE for multi-label groups; samples whose label is missing are masked out of
+that group's loss; attribute-safe augmentation (no hue/saturation jitter, see `learner.training.data.Augmentation`);
+an exponential moving average of the weights (EMA) is what gets evaluated and saved; early stopping on the
+validation split; a non-finite training loss stops training with a `TrainingError`.
 
 Model selection uses only the validation split: the primary metric is the mean over single-choice
 groups of top-1 accuracy (`PRIMARY_METRIC`); per-class thresholds are the best-F1 points on validation.
@@ -104,6 +104,10 @@ def train(
         model.preprocessing = dataclasses.replace(model.preprocessing, input_size=config.input_size)
     prepare_model(model, config.freeze_stages, device)
     pre = model.preprocessing
+    try:
+        input_sizes = config.epoch_input_sizes(pre.input_size) if config.sizes else None
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
     workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
@@ -147,6 +151,7 @@ def train(
         say=tqdm.write,
         set_epoch=train_ds.set_epoch,
         progress=config.progress,
+        input_sizes=input_sizes,
     )
     if fitted.failure is not None:
         raise TrainingError(f"{fitted.failure}: lower the learning rate (lr {config.lr:g}) or check the labels")
@@ -200,8 +205,11 @@ def _epoch_row(result: EpochResult, epochs: int) -> dict[str, Any]:
     bars)."""
     stats = result.stats
     row: dict[str, Any] = {"epoch": result.epoch, **{k: round(v, 4) for k, v in stats.items()}}
+    row["input_size"] = int(stats["input_size"])
     if result.validation is None or result.score is None:  # not evaluated: the loss is not finite
-        tqdm.write(f"epoch {result.epoch}/{epochs} loss {stats['loss']:.3f}: not finite, stopping")
+        tqdm.write(
+            f"epoch {result.epoch}/{epochs} @{row['input_size']}px loss {stats['loss']:.3f}: not finite, stopping"
+        )
         return row
     summary, score = result.validation["summary"], result.score
     row["val_" + PRIMARY_METRIC] = round(score, 4)
@@ -211,7 +219,8 @@ def _epoch_row(result: EpochResult, epochs: int) -> dict[str, Any]:
     }
     tops = " ".join(f"{g}={v:.3f}" for g, v in row["val_top1"].items())
     tqdm.write(
-        f"epoch {result.epoch}/{epochs} loss {stats['loss']:.3f} {stats['images_per_s']:.1f} img/s | "
+        f"epoch {result.epoch}/{epochs} @{stats['input_size']:.0f}px loss {stats['loss']:.3f} "
+        f"{stats['images_per_s']:.1f} img/s | "
         f"val {PRIMARY_METRIC} {score:.4f} macro-F1 {row['val_mean_macro_f1']:.4f} | {tops}"
     )
     return row

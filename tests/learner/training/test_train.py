@@ -160,6 +160,20 @@ def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: P
         assert same == (i < 4), f"stage {i}"
 
 
+def test_progressive_resizing_trains_early_epochs_smaller_and_records_the_plan(tiny_set: Path, tmp_path: Path) -> None:
+    taxonomy = load_taxonomy(CC0_TAXONOMY)
+    config = _config(epochs=4, sizes=(64, 128), patience=1)  # patience 1 must not stop inside the 64 px phase
+
+    result = train(config, load_labelled_set(tiny_set, taxonomy), tmp_path / "b.safetensors")
+
+    lineage = read_manifest(result.bundle_path)["lineage"]
+    assert [row["input_size"] for row in result.history[:2]] == [64, 64]  # measured on the trained batches
+    assert len(result.history) >= 3 and result.history[2]["input_size"] == 128
+    assert lineage["recipe"]["sizes"] == [64, 128]
+    assert [row["input_size"] for row in lineage["history"]] == [row["input_size"] for row in result.history]
+    assert result.bundle.preprocessing.input_size == 128  # the bundle serves (and was validated) at the input size
+
+
 def test_training_stops_with_a_clear_error_and_no_bundle_when_the_loss_is_not_finite(
     tiny_set: Path, tmp_path: Path
 ) -> None:
@@ -205,6 +219,8 @@ def test_evaluate_command_writes_a_report_for_any_labelled_set(trained: TrainRes
         (["--data", "/no/such/dir", "--taxonomy", "fashion-products"], "does not exist"),
         (["--data", str(CC0), "--taxonomy", "/no/such.yaml"], "invalid taxonomy /no/such.yaml"),
         (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--backbone", "vgg99"], "unknown backbone"),
+        (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--sizes", "160,big"], "--sizes takes"),
+        (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--sizes", "160,192"], "end --sizes with 224"),
     ],
 )
 def test_train_command_fails_with_one_clear_message(args: list[str], message: str, tmp_path: Path) -> None:
