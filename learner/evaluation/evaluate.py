@@ -117,12 +117,18 @@ def evaluate_bundle(
     with the bundle's own preprocessing, thresholds, temperatures and hierarchy, as the engine tags.
     Returns (metrics, number of images evaluated)."""
     predictions, n = predict_bundle(bundle, data, split, split_rule, batch_size, device, tta)
+    return bundle_metrics(bundle, predictions), n
+
+
+def bundle_metrics(bundle: ModelBundle, predictions: Mapping[str, GroupPredictions]) -> dict[str, Any]:
+    """Metrics of `predictions` (the bundle classifier's raw probabilities) as the engine would tag: the bundle's
+    thresholds, temperatures, hierarchy and auto-fill thresholds applied, with each group's target precision."""
     metrics = compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle))
     fitted = (bundle.calibration or {}).get("groups") or {}
     for name, m in metrics["groups"].items():
         if m.get("autofill") is not None and name in fitted:
             m["autofill"]["target_precision"] = fitted[name].get("target_precision")
-    return metrics, n
+    return metrics
 
 
 def predict_bundle(

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from learner.evaluation.calibration import Calibration, fit_calibration
-from learner.evaluation.evaluate import choose_thresholds, compute_metrics, predict
+from learner.evaluation.evaluate import GroupPredictions, choose_thresholds, compute_metrics, predict
 from learner.evaluation.gate import PRIMARY_METRIC
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
@@ -285,13 +285,17 @@ def evaluate_epoch(
 @dataclass
 class SelectedValidation:
     """The selected model on validation: per-class best-F1 thresholds (multi-label groups), the classes that kept the
-    default, its metrics at those thresholds, and its calibration (per-group temperatures and the auto-fill
-    thresholds at the taxonomy's target precision; learner.evaluation.calibration)."""
+    default, its metrics at those thresholds, its calibration (per-group temperatures and the auto-fill
+    thresholds at the taxonomy's target precision; learner.evaluation.calibration) and its raw predictions.
+
+    `metrics` are the *uncalibrated* model's (no temperatures, hierarchy or auto-fill thresholds): what the bundle
+    reports is `learner.evaluation.evaluate.bundle_metrics(calibrated bundle, predictions)`."""
 
     thresholds: dict[str, dict[str, float]]
     defaulted: list[str]
     metrics: dict[str, Any]
     calibration: Calibration
+    predictions: dict[str, GroupPredictions]
 
 
 def validate_selected(
@@ -304,7 +308,7 @@ def validate_selected(
     predictions = predict(model, loader, device, amp_dtype)
     thresholds, defaulted = choose_thresholds(predictions)
     calibration = fit_calibration(predictions, model.taxonomy, fitted_on={"split": "val"})
-    return SelectedValidation(thresholds, defaulted, compute_metrics(predictions, thresholds), calibration)
+    return SelectedValidation(thresholds, defaulted, compute_metrics(predictions, thresholds), calibration, predictions)
 
 
 # --- the loop over epochs -----------------------------------------------------------------------------

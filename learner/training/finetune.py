@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from learner.evaluation.evaluate import headline
+from learner.evaluation.evaluate import bundle_metrics, headline
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
@@ -144,7 +144,7 @@ def fine_tune(
     if not all(torch.isfinite(v).all() for v in best_state.values() if v.dtype.is_floating_point):
         return FineTuneResult(None, history, "the fine-tuned weights are not finite")
     selected = validate_selected(model, val_loader, device, optimization.amp_dtype)
-    thresholds, defaulted, validation = selected.thresholds, selected.defaulted, selected.metrics
+    thresholds, defaulted = selected.thresholds, selected.defaulted
     model.to("cpu").to(memory_format=torch.contiguous_format)
     bundle = ModelBundle(
         model_version=model_version(taxonomy, model.backbone_name, model),
@@ -153,10 +153,6 @@ def fine_tune(
         detector=champion.detector,  # not fine-tuned here (learner/training/detector.py is): the champion's for now
         detector_spec=champion.detector_spec,
         thresholds=thresholds,
-        metrics={
-            "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy)",
-            "validation": headline(validation),
-        },
         lineage={
             "parent": champion.model_version,
             **(lineage or {}),
@@ -173,4 +169,9 @@ def fine_tune(
             "elapsed_s": round(time.time() - started, 1),
         },
     )
-    return FineTuneResult(selected.calibration.apply(bundle), history, None)
+    selected.calibration.apply(bundle)
+    bundle.metrics = {  # as the calibrated bundle tags (learner.evaluation.evaluate.bundle_metrics)
+        "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy)",
+        "validation": headline(bundle_metrics(bundle, selected.predictions)),
+    }
+    return FineTuneResult(bundle, history, None)

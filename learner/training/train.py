@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from learner.evaluation.evaluate import headline
+from learner.evaluation.evaluate import bundle_metrics, headline, predict
 from learner.inference.engine import pick_device
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
@@ -50,7 +50,6 @@ from learner.training.engine import (
     Optimization,
     TrainingError,
     configure_threads,
-    evaluate_epoch,
     fit,
     prepare_model,
     seed_everything,
@@ -64,8 +63,8 @@ from learner.training.recipe import TrainConfig
 class TrainResult:
     bundle: ModelBundle
     bundle_path: Path
-    validation: dict[str, Any]  # full metrics on the validation split
-    test: dict[str, Any] | None  # full metrics on the test split (None when not evaluated)
+    validation: dict[str, Any]  # full metrics on the validation split, of the calibrated bundle
+    test: dict[str, Any] | None  # full metrics on the test split, of the calibrated bundle (None when not evaluated)
     history: list[dict[str, Any]]
     elapsed_s: float
 
@@ -160,19 +159,12 @@ def train(
     model.load_state_dict(stopping.best_state)
     amp_dtype = optimization.amp_dtype
     selected = validate_selected(model, eval_loaders["val"], device, amp_dtype)
-    thresholds, defaulted, validation = selected.thresholds, selected.defaulted, selected.metrics
-    test = None
+    test_predictions = None
     if evaluate_test and splits["test"]:
-        test = evaluate_epoch(model, eval_loaders["test"], device, amp_dtype, thresholds)
+        test_predictions = predict(model, eval_loaders["test"], device, amp_dtype)
     elapsed = time.time() - start
 
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    metrics: dict[str, Any] = {
-        "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy), validation split",
-        "validation": headline(validation),
-    }
-    if test is not None:
-        metrics["test"] = headline(test)
     lineage = {
         "parent": None,
         "data": {**data.summary(config.split), "csv_sha256": file_sha256(data.source)},
@@ -185,18 +177,27 @@ def train(
         "epochs_run": len(fitted.history),
         "best_epoch": stopping.best_epoch,
         "history": fitted.history,
-        "thresholds_defaulted": defaulted,
+        "thresholds_defaulted": selected.defaulted,
         "elapsed_s": round(elapsed, 1),
     }
     bundle = ModelBundle(
         model_version=model_version(taxonomy, config.backbone, model),
         taxonomy=taxonomy,
         classifier=model,
-        thresholds=thresholds,
-        metrics=metrics,
+        thresholds=selected.thresholds,
         lineage=lineage,
     )
-    path = selected.calibration.apply(bundle).save(out)
+    selected.calibration.apply(bundle)
+    # measured as the calibrated bundle tags (temperatures, hierarchy, auto-fill thresholds): the same figures as
+    # `shelfsight evaluate BUNDLE --split val`
+    validation = bundle_metrics(bundle, selected.predictions)
+    test = bundle_metrics(bundle, test_predictions) if test_predictions is not None else None
+    bundle.metrics = {
+        "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy), validation split",
+        "validation": headline(validation),
+        **({"test": headline(test)} if test is not None else {}),
+    }
+    path = bundle.save(out)
     return TrainResult(bundle, path, validation, test, fitted.history, elapsed)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,36 @@ def test_evaluate_command_writes_a_report_for_any_labelled_set(trained: TrainRes
     assert "all (255 images)" in result.output
     for name in ("report.json", "report.md", "per_class_f1.png", "confusion.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_train_command_reports_validation_as_the_calibrated_bundle_tags_it(tiny_set: Path, tmp_path: Path) -> None:
+    """The val report of `shelfsight train` has the figures `shelfsight evaluate BUNDLE --split val` gives (it once
+    measured the model before its temperatures and auto-fill thresholds were applied: every value auto-filled)."""
+    bundle = tmp_path / "b.safetensors"
+    split = ["--split-salt", "tiny", "--train-fraction", "0.6", "--val-fraction", "0.25"]
+    recipe = ["--epochs", "2", "--input-size", "64", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    data = ["--data", str(tiny_set), "--taxonomy", str(CC0_TAXONOMY)]
+    reports = ["--no-test", "--report-dir", str(tmp_path / "reports")]
+    trained = CliRunner().invoke(app, ["train", *data, "--out", str(bundle), *split, *recipe, *reports])
+    assert trained.exit_code == 0, trained.output
+    evaluated = CliRunner().invoke(
+        app, ["evaluate", str(bundle), "--data", str(tiny_set), "--split", "val", "--out", str(tmp_path / "eval")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+
+    from_train = json.loads((tmp_path / "reports" / "val" / "report.json").read_text())
+    from_evaluate = json.loads((tmp_path / "eval" / "report.json").read_text())
+    manifest = read_manifest(bundle)
+    single = [name for name, m in from_evaluate["groups"].items() if m.get("top1") is not None]
+    assert single and set(single) == set(manifest["autofill_thresholds"])
+    for name in single:
+        got, want = from_train["groups"][name], from_evaluate["groups"][name]
+        assert got["autofill"]["threshold"] == pytest.approx(manifest["autofill_thresholds"][name])
+        for key in ("coverage", "precision", "threshold", "target_precision"):
+            assert got["autofill"][key] == pytest.approx(want["autofill"][key]), (name, key)
+        assert (got["top1"], got["ece"]) == pytest.approx((want["top1"], want["ece"]))
+    printed = next(line for line in trained.output.splitlines() if line.startswith("validation: "))
+    assert printed.removeprefix("validation: ") in evaluated.output
 
 
 @pytest.mark.parametrize(
