@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from daemon.cli_support import fail
-from learner.training.recipe import TrainConfig, parse_sizes
+from learner.training.recipe import SCHEDULES, TrainConfig, parse_sizes
 
 _DEFAULTS = TrainConfig()
 
@@ -39,6 +39,13 @@ def train_command(
     backbone_lr_decay: float = typer.Option(_DEFAULTS.backbone_lr_decay, help="LR factor per earlier stage."),
     weight_decay: float = typer.Option(_DEFAULTS.weight_decay),
     warmup_epochs: float = typer.Option(_DEFAULTS.warmup_epochs),
+    schedule: str = typer.Option(
+        _DEFAULTS.schedule, help="After warm-up: cosine (one decay to the end) or restarts (cosine cycles, SGDR)."
+    ),
+    restart_epochs: float = typer.Option(_DEFAULTS.restart_epochs, help="restarts: first cycle length in epochs."),
+    restart_mult: float = typer.Option(
+        _DEFAULTS.restart_mult, help="restarts: each cycle this many times longer than the last (>= 1)."
+    ),
     label_smoothing: float = typer.Option(_DEFAULTS.label_smoothing),
     class_weight_power: float = typer.Option(
         _DEFAULTS.class_weight_power, help="Class weight = frequency ** -power (0 = unweighted)."
@@ -91,6 +98,8 @@ def train_command(
         tax = load_taxonomy(taxonomy)
         labelled = load_labelled_set(data, tax, image_column=image_column, group_column=group_by)
         group_weights = _parse_weights(group_loss_weight)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
         config = TrainConfig(
             backbone=backbone,
             input_size=input_size,
@@ -101,6 +110,9 @@ def train_command(
             backbone_lr_decay=backbone_lr_decay,
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
+            schedule=schedule,
+            restart_epochs=restart_epochs,
+            restart_mult=restart_mult,
             freeze_stages=freeze_stages,
             label_smoothing=label_smoothing,
             class_weight_power=class_weight_power,

@@ -36,7 +36,7 @@ from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
 from learner.training.loss import AttributeLoss
-from learner.training.recipe import TrainConfig
+from learner.training.recipe import SCHEDULES, TrainConfig
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -95,16 +95,47 @@ def make_optimizer(model: AttributeClassifier, config: TrainConfig) -> torch.opt
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def lr_factor(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    cycle_steps: int | None = None,
+    cycle_mult: float = 1.0,
+) -> float:
+    """The learning-rate factor (of the peak) at optimiser step `step` (0-based): linear warm-up from ~0 to 1 over
+    `warmup_steps`, then a cosine from 1 to `min_lr_ratio`, over the remaining steps (`cycle_steps` None), or in
+    cycles restarting at 1 (SGDR, cosine annealing with warm restarts): the first `cycle_steps` long, each next
+    `cycle_mult` times longer. A cycle cut short by the end of training stops before its floor."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = float(step - warmup_steps)
+    if cycle_steps is None:
+        progress = min(1.0, t / max(1, total_steps - warmup_steps))
+    else:
+        length = float(max(1, cycle_steps))
+        while t >= length:
+            t -= length
+            length = max(1.0, length * cycle_mult)
+        progress = t / length
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    cycle_steps: int | None = None,
+    cycle_mult: float = 1.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step factor: linear warm-up from ~0 to 1, then cosine from 1 to `min_lr_ratio`."""
+    """Per-step schedule `lr_factor`: warm-up, then one cosine (`cycle_steps` None) or cosine cycles with warm
+    restarts."""
+    if cycle_mult < 1.0:
+        raise TrainingError(f"the restart cycle multiplier must be at least 1, not {cycle_mult}")
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(step, warmup_steps, total_steps, min_lr_ratio, cycle_steps, cycle_mult)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -155,13 +186,21 @@ class Optimization:
     def build(
         cls, model: AttributeClassifier, config: TrainConfig, steps_per_epoch: int, device: torch.device
     ) -> Optimization:
-        """The recipe's optimisation for `model` (unwrapped): warm-up over `warmup_epochs`, cosine to the end."""
+        """The recipe's optimisation for `model` (unwrapped): warm-up over `warmup_epochs`, then cosine to the end
+        (`schedule` "cosine") or cosine cycles of `restart_epochs` x `restart_mult`**k with warm restarts."""
         optimizer = make_optimizer(model, config)
+        if config.schedule not in SCHEDULES:
+            raise TrainingError(f"schedule must be one of {', '.join(SCHEDULES)}, not {config.schedule!r}")
+        restarts = config.schedule == "restarts"
+        if restarts and config.restart_epochs <= 0:
+            raise TrainingError(f"restart_epochs must be positive with restarts, not {config.restart_epochs}")
         scheduler = make_scheduler(
             optimizer,
             warmup_steps=max(1, round(config.warmup_epochs * steps_per_epoch)),
             total_steps=config.epochs * steps_per_epoch,
             min_lr_ratio=config.min_lr_ratio,
+            cycle_steps=max(1, round(config.restart_epochs * steps_per_epoch)) if restarts else None,
+            cycle_mult=config.restart_mult,
         )
         amp_dtype, scaler = amp_settings(device, config.amp)
         ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None

@@ -13,6 +13,8 @@ from typing import Any
 
 from learner.training.data import Augmentation, SplitRule
 
+SCHEDULES = ("cosine", "restarts")  # the learning-rate schedules after warm-up (learner.training.engine.lr_factor)
+
 
 @dataclass
 class TrainConfig:
@@ -31,6 +33,9 @@ class TrainConfig:
     weight_decay: float = 0.02  # AdamW; not applied to biases and normalisation weights
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # after warm-up: one cosine to the end, or "restarts" (cosine cycles, warm restarts)
+    restart_epochs: float = 5.0  # restarts: length of the first cycle in epochs
+    restart_mult: float = 1.0  # restarts: each cycle is this many times longer than the one before (>= 1)
     freeze_stages: int = 3  # first N backbone stages frozen (stem counts as one)
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # CE class weight = frequency ** -power (0: unweighted, 1: inverse freq)

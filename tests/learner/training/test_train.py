@@ -252,6 +252,7 @@ def test_train_command_reports_validation_as_the_calibrated_bundle_tags_it(tiny_
         (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--backbone", "vgg99"], "unknown backbone"),
         (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--sizes", "160,big"], "--sizes takes"),
         (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--sizes", "160,192"], "end --sizes with 224"),
+        (["--data", str(CC0), "--taxonomy", str(CC0_TAXONOMY), "--schedule", "linear"], "--schedule must be one of"),
     ],
 )
 def test_train_command_fails_with_one_clear_message(args: list[str], message: str, tmp_path: Path) -> None:
