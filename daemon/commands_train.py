@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from daemon.cli_support import fail
 from learner.training.recipe import SCHEDULES, TrainConfig, parse_sizes
+
+if TYPE_CHECKING:
+    from learner.training.data import LabelledSet
 
 _DEFAULTS = TrainConfig()
 
@@ -85,6 +88,13 @@ def train_command(
     test: bool = typer.Option(
         True, help="Evaluate the test split at the end; --no-test while choosing a recipe, so test stays unseen."
     ),
+    find_lr: bool = typer.Option(
+        False,
+        "--find-lr",
+        help="Only run a learning-rate range test (~100 steps, 1e-6 to 1, on a copy of the model): writes a PNG of "
+        "loss against lr (in --report-dir, else beside --out) and prints the suggested --lr; writes no bundle.",
+    ),
+    lr_steps: int = typer.Option(100, help="--find-lr: steps of the sweep (it stops earlier when the loss diverges)."),
 ) -> None:
     """Fine-tune an attribute classifier and write a model bundle (selection on the validation split)."""
     from learner.evaluation.report import build_report, write_report
@@ -134,6 +144,10 @@ def train_command(
         )
         counts = labelled.summary(config.split)["split_counts"]
         typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
+        if find_lr:
+            png = report_dir / "lr_finder.png" if report_dir else out.with_suffix(".lr.png")
+            _find_lr(config, labelled, png, lr_steps)
+            return
         result = train(config, labelled, out, evaluate_test=test)
     except TaxonomyError as exc:
         raise fail(str(exc)) from None
@@ -242,6 +256,18 @@ def evaluate_command(
         h = metrics["summary"]["hierarchy_disagreement"]
         typer.echo(f"raw heads disagreed with the hierarchy on {h['rows']} of {n} images ({_pct(h['rate'])})")
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _find_lr(config: TrainConfig, labelled: LabelledSet, png: Path, steps: int) -> None:
+    from learner.training.lr_finder import find_lr
+
+    sweep, path = find_lr(config, labelled, png, steps=steps)
+    lrs = sweep.lrs
+    typer.echo(f"lr range test: {len(lrs)} steps from {lrs[0]:.1e} to {lrs[-1]:.1e} ({sweep.stopped}); chart {path}")
+    if sweep.suggestion is None:
+        typer.echo("no suggestion: the loss never fell (check the data, or widen the sweep); no bundle written")
+    else:
+        typer.echo(f"suggested --lr {sweep.suggestion:.2e} (steepest fall of the smoothed loss); no bundle written")
 
 
 def _parse_weights(items: list[str]) -> dict[str, float]:

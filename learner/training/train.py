@@ -90,18 +90,7 @@ def train(
             "use more images or a larger val fraction"
         )
 
-    model = AttributeClassifier(
-        taxonomy,
-        config.backbone,
-        pretrained=config.pretrained,
-        dropout=config.dropout,
-        colour_bins=config.colour_bins,
-        tap_stages=config.tap_stages,
-        tap_pooling=config.tap_pooling,
-    )
-    if config.input_size is not None:
-        model.preprocessing = dataclasses.replace(model.preprocessing, input_size=config.input_size)
-    prepare_model(model, config.freeze_stages, device)
+    model = build_classifier(config, taxonomy, device)
     pre = model.preprocessing
     try:
         input_sizes = config.epoch_input_sizes(pre.input_size) if config.sizes else None
@@ -199,6 +188,22 @@ def train(
     }
     path = bundle.save(out)
     return TrainResult(bundle, path, validation, test, fitted.history, elapsed)
+
+
+def build_classifier(config: TrainConfig, taxonomy: Taxonomy, device: torch.device) -> AttributeClassifier:
+    """The recipe's untrained classifier (pretrained backbone, input size, frozen stages) on `device`."""
+    model = AttributeClassifier(
+        taxonomy,
+        config.backbone,
+        pretrained=config.pretrained,
+        dropout=config.dropout,
+        colour_bins=config.colour_bins,
+        tap_stages=config.tap_stages,
+        tap_pooling=config.tap_pooling,
+    )
+    if config.input_size is not None:
+        model.preprocessing = dataclasses.replace(model.preprocessing, input_size=config.input_size)
+    return prepare_model(model, config.freeze_stages, device)
 
 
 def _epoch_row(result: EpochResult, epochs: int) -> dict[str, Any]:
