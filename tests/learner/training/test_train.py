@@ -261,3 +261,37 @@ def test_train_command_fails_with_one_clear_message(args: list[str], message: st
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bundle_trained_with_the_shipped_fashion_taxonomy_tags_only_consistent_category_triples(
+    tiny_set: Path, tmp_path: Path
+) -> None:
+    taxonomy = load_taxonomy("fashion-products")
+    hierarchy = taxonomy.hierarchy
+    assert hierarchy is not None and hierarchy.levels == ("masterCategory", "subCategory", "articleType")
+    triples = {
+        "Shoes": "Footwear,Shoes,Casual Shoes",
+        "Hat": "Accessories,Headwear,Caps",
+        "Pants": "Apparel,Bottomwear,Trousers",
+    }
+    with (tiny_set / "labels.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    data = tmp_path / "fashion"
+    (data / "images").mkdir(parents=True)
+    with (data / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "gender", "masterCategory", "subCategory", "articleType"])
+        for r in rows:
+            shutil.copy(tiny_set / "images" / f"{r['image']}.jpg", data / "images" / f"{r['image']}.jpg")
+            writer.writerow([r["image"], "Unisex", *triples[r["label"]].split(",")])
+
+    result = train(_config(epochs=1, input_size=64), load_labelled_set(data, taxonomy), tmp_path / "f.safetensors")
+    bundle = load_bundle(result.bundle_path)
+    tags = TaggingEngine(bundle, device="cpu").tag_bytes([p.read_bytes() for p in (data / "images").iterdir()])
+
+    assert bundle.taxonomy.hierarchy == hierarchy
+    listed_paths = set(hierarchy.implies.values())
+    for t in tags:
+        master, sub, article = (t.top(name)[0] for name in hierarchy.levels)  # type: ignore[index]
+        assert hierarchy.implies.get(article, (master, sub)) == (master, sub), (master, sub, article)
+        assert (master, sub) in listed_paths
