@@ -93,6 +93,11 @@ def main() -> None:
         r["ratio_e2e_to_engine_224"] = round(float(r["e2e_224_img_s"]) / alone["engine_224_img_s"], 3)
         if full_files:
             r["ratio_e2e_to_engine_full"] = round(float(r["e2e_full_img_s"]) / alone["engine_full_img_s"], 3)
+        for name in ("224", "full") if full_files else ("224",):
+            where = r.get(f"where_{name}")
+            if isinstance(where, dict):  # CPU per image: the engine's share of what the whole pipeline used
+                pipeline = sum(float(v) for k, v in where.items() if k.startswith("cpu_") and k.endswith("ms_per_img"))
+                r[f"ratio_cpu_engine_to_pipeline_{name}"] = round(alone[f"engine_{name}_cpu_ms_per_img"] / pipeline, 3)
     figures = {
         "model": str(model),
         "untrained_heads": args.model is None,
@@ -155,6 +160,7 @@ def _daemon_run(
             before = db.processed()
             events = [product_event(f"{name}-{i:05d}", f) for i, f in enumerate(chosen)]
             stages_before, cpu_before = _stage_sums(daemon.metrics()), _cpu_seconds(processes)
+            threads_before = _thread_cpu_seconds(daemon.proc.pid)
             spy = _start_py_spy(args.py_spy, daemon.proc.pid, args.out / f"py-spy-{backend}-{name}.txt", name)
             t0 = time.perf_counter()
             produce(broker.bootstrap, topic, events)
@@ -175,6 +181,10 @@ def _daemon_run(
             figures[f"where_{name}"] = _where_time_goes(
                 _stage_sums(daemon.metrics()), stages_before, _cpu_seconds(processes), cpu_before, len(events), wall
             )
+            threads = _thread_cpu_seconds(daemon.proc.pid)
+            busiest = sorted(((v - threads_before.get(t, 0.0), t) for t, v in threads.items()), reverse=True)[:8]
+            # native thread ids: py-spy's output (--py-spy) names them ("thread (TID): inference")
+            figures[f"threads_{name}_cpu_ms_per_img"] = {str(t): round(1000 * v / len(events), 2) for v, t in busiest}
 
         # -- light load latency ----------------------------------------------------------------------
         sent: dict[str, float] = {}
@@ -225,12 +235,14 @@ def _engine_alone(
             continue
         payloads = [f.read_bytes() for f in chosen]
         engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
-        best = 0.0
+        best, cpu = 0.0, float("inf")
         for _ in range(2):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             engine.tag_bytes(payloads, batch_size=batch)
             best = max(best, len(payloads) / (time.perf_counter() - t0))
+            cpu = min(cpu, (time.process_time() - c0) / len(payloads))
         out[f"engine_{name}_img_s"] = round(best, 2)
+        out[f"engine_{name}_cpu_ms_per_img"] = round(1000 * cpu, 2)
     return out
 
 
@@ -259,6 +271,17 @@ def _cpu_seconds(processes: dict[str, int | None]) -> dict[str, float]:
         except psutil.Error:
             continue
         out[name] = total
+    return out
+
+
+def _thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each thread of the process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -323,6 +346,9 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
         "engine_full_img_s",
         "e2e_full_img_s",
         "ratio_e2e_to_engine_full",
+        "engine_224_cpu_ms_per_img",
+        "ratio_cpu_engine_to_pipeline_224",
+        "ratio_cpu_engine_to_pipeline_full",
         "latency_p50_ms",
         "latency_p99_ms",
         "daemon_peak_rss_mib",
