@@ -12,7 +12,12 @@ subprocess (one replica, default settings except the batch size and SHELFSIGHT_B
   in a fresh process per backend;
 - latency at a light load: events sent at a steady low rate; send time to the row's commit time
   (processing_log.first_processed_at), p50 and p99;
-- the daemon's peak resident memory (VmHWM) and whether it imported torch.
+- the daemon's peak resident memory (VmHWM) and whether it imported torch;
+- where the time goes, per image set: milliseconds per image in each pipeline stage (from the daemon's
+  /metrics), CPU per image and cores used by the daemon, Kafka and PostgreSQL, CPU per thread of the daemon, and
+  `ratio_cpu_engine_to_pipeline`: the engine's CPU per image over the whole pipeline's (the ceiling of the
+  end-to-end ratio on a machine the pipeline saturates; far less disturbed by other load than wall time).
+  `--py-spy PATH` also records the daemon during the 224 px run (collapsed stacks, thread names for the ids).
 Without --model it builds an untrained bundle (bench_engine.build_untrained; throughput only, says so).
 Prints the figures side by side, writes them as JSON and a PNG. Absolute figures are only meaningful on the
 machine that printed them; compare the ratios.
@@ -363,6 +368,9 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
             where = results[n].get(f"where_{name}")
             if isinstance(where, dict):
                 print(f"{n} {name}: where the time goes: " + ", ".join(f"{k} {v}" for k, v in where.items()))
+    for n in names:  # the target: Kafka -> PostgreSQL at >= 0.85 x the backend's own engine, 224 px set
+        ratio = results[n].get("ratio_e2e_to_engine_224")
+        print(f"{n}: end to end / engine alone, 224 px: {ratio} (target >= 0.85)")
     if "torch" in results and "onnxruntime" in results:
         ratio = float(results["onnxruntime"]["engine_224_img_s"]) / float(results["torch"]["engine_224_img_s"])
         print(f"engine onnxruntime / torch (224 px, batch from the run): {ratio:.2f}x")
