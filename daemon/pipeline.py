@@ -10,10 +10,12 @@ happen around it through the `daemon.metrics.PipelineMetrics` hooks, never insid
     fetch/decode pool  parse the event, fetch each image (retries for transient failures), decode and
                        resize it on CPU, queue it for inference.
     inference thread   dynamic batching: a batch closes at `max_images` or `max_delay_ms` after its first
-                       image; one forward pass; events whose images are all tagged go to the writer.
-    writer thread      one database transaction per group of finished events (retried with backoff while
-                       the database is down, never dead-lettered), dead letters for permanent failures
-                       (waiting for the broker's ack), then reports the events as done.
+                       image; one forward pass; events whose images are all tagged go to the writer. It does
+                       nothing else: it is the one serial stage, and Python work here holds the GIL it needs.
+    writer thread      merges each finished event's images into one result and routes it (review), writes a
+                       group of finished events in one transaction of a few set-based statements (retried with
+                       backoff while the database is down, never dead-lettered), dead letters for permanent
+                       failures (waiting for the broker's ack), then reports the events as done.
 
 An offset is committed only when every earlier event of its partition is done, and "done" means its
 results are committed in the database (or its dead letter acknowledged): at-least-once delivery, and the
@@ -95,9 +97,11 @@ class EventJob:
 
 @dataclass
 class Finished:
+    """An event whose work is over: every image tagged (the writer builds its `result`), or a permanent failure."""
+
     job: EventJob
-    result: ProductResult | None = None
     failure: PermanentFailure | None = None
+    result: ProductResult | None = None
 
 
 @dataclass
@@ -410,7 +414,7 @@ class Enricher:
             job.tags[item.index] = tags
             complete = len(job.tags) == job.expected
         if complete:
-            self._write_q.put(Finished(job, result=self._product_result(job)))
+            self._write_q.put(Finished(job))  # merged and routed on the writer thread: inference only infers
 
     def _product_result(self, job: EventJob) -> ProductResult:
         assert job.event is not None
@@ -447,7 +451,14 @@ class Enricher:
                 return
 
     def _write_group(self, group: list[Finished]) -> None:
-        results = [f.result for f in group if f.result is not None]
+        for f in group:
+            if f.failure is None and f.result is None:
+                try:
+                    f.result = self._product_result(f.job)
+                except Exception as exc:  # a bug in merging or routing: this event only, dead-lettered
+                    log.exception("unexpected error building the result of offset %s", f.job.record.offset)
+                    f.failure = PermanentFailure("internal_error", repr(exc))
+        results = [f.result for f in group if f.failure is None and f.result is not None]
         if results:
             with self.observe.stage("write", on_error=False):
                 stats = self._retry_forever("database", functools.partial(self.store.write_results, results))

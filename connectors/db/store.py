@@ -41,11 +41,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 
-from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
-from connectors.db.outbox import payload_from_json, payload_to_json
+from connectors.db.models import ProcessingLog, Product, ProductAttribute
+from connectors.db.result_writes import ATTRIBUTE_VALUE_COLUMNS, HUMAN, write_result_batch
+from connectors.db.result_writes import encode_value as _encode_value
 from connectors.db.types import (
     Alternative,
-    AttributeValue,
     ProcessingLogStats,
     ProductResult,
     ProductView,
@@ -63,23 +63,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 PRODUCTS = cast(Table, Product.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)
 PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
-REVIEW_OUTBOX = cast(Table, ReviewOutbox.__table__)
-HUMAN = "human"
-# product_attributes columns an upsert replaces (everything but the key)
-_ATTRIBUTE_VALUE_COLUMNS = (
-    "value",
-    "value_is_list",
-    "auto_filled",
-    "confidence",
-    "alternatives",
-    "source",
-    "model_version",
-    "box",
-    "image_digest",
-    "annotator",
-    "updated_at",
-)
-MODEL = "model"
 
 # SQLite error messages that mean "try again later" (everything else from SQLite is a real error, even though
 # the sqlite3 module raises OperationalError for e.g. "no such table" too).
@@ -187,76 +170,12 @@ class ProductStore:
     # ------------------------------------------------------------------ writes
 
     def write_results(self, results: Sequence[ProductResult]) -> WriteStats:
-        """Store a batch of model results in one transaction (see the module docstring for the rules)."""
+        """Store a batch of model results in one transaction (see the module docstring for the rules), a few
+        set-based statements for the whole batch (`connectors.db.result_writes`)."""
         if not results:
             return WriteStats()
-        now = _now()
-        written = duplicates = kept = 0
-        log_table = PROCESSING_LOG
-        attr_table = ATTRIBUTES
-        # A fixed order of row locks across concurrent writers makes deadlocks unlikely.
-        ordered = sorted(results, key=lambda r: (r.product_id, r.image_digest, r.model_version))
         with self._transaction(write=True) as conn:
-            for result in ordered:
-                log_insert = self._insert(log_table).values(
-                    product_id=result.product_id,
-                    image_digest=result.image_digest,
-                    model_version=result.model_version,
-                    image_url=result.image_url,
-                    event_id=result.event_id,
-                    source=result.source,
-                    first_processed_at=now,
-                    last_seen_at=now,
-                    attempts=1,
-                )
-                log_upsert = log_insert.on_conflict_do_update(
-                    index_elements=["product_id", "image_digest", "model_version"],
-                    set_={
-                        "attempts": log_table.c.attempts + 1,
-                        "last_seen_at": log_insert.excluded.last_seen_at,
-                    },
-                ).returning(log_table.c.attempts)
-                if conn.execute(log_upsert).scalar_one() > 1:
-                    duplicates += 1
-                    continue
-                self._upsert_product(
-                    conn, result.product_id, now, result.title, result.category_hint, result.event_id, update=True
-                )
-                rows = [_attribute_row(result, a, now) for a in _last_per_attribute(result.attributes)]
-                if rows:
-                    attr_insert = self._insert(attr_table)
-                    attr_upsert = attr_insert.on_conflict_do_update(
-                        index_elements=["product_id", "attribute"],
-                        set_={name: attr_insert.excluded[name] for name in _ATTRIBUTE_VALUE_COLUMNS},
-                        where=attr_table.c.source != HUMAN,
-                    ).returning(attr_table.c.attribute)
-                    updated = conn.execute(attr_upsert, rows).all()
-                    kept += len(rows) - len(updated)
-                if result.review is not None:
-                    self._insert_review_outbox(conn, result, now)
-                written += 1
-        return WriteStats(written=written, duplicates=duplicates, human_values_kept=kept)
-
-    def _insert_review_outbox(self, conn: Connection, result: ProductResult, now: datetime) -> None:
-        """The transactional outbox: the product chosen for review is stored with its results, or not at all.
-        One row per (product, image digest, model version): a second routing of the same key adds nothing."""
-        stored = payload_to_json(result.review) if result.review is not None else {}
-        review = payload_from_json(stored)  # the columns; a partial payload gets the defaults
-        insert = self._insert(REVIEW_OUTBOX).values(
-            product_id=result.product_id,
-            image_digest=result.image_digest,
-            model_version=result.model_version,
-            image_url=result.image_url,
-            reason=review["reason"],
-            priority=review["priority"],
-            payload=stored,
-            status="pending",
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
-        conn.execute(insert.on_conflict_do_nothing(index_elements=["product_id", "image_digest", "model_version"]))
+            return write_result_batch(conn, self._insert, results, _now())
 
     def set_human_value(
         self,
@@ -320,7 +239,7 @@ class ProductStore:
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=["product_id", "attribute"],
-                set_={name: insert.excluded[name] for name in _ATTRIBUTE_VALUE_COLUMNS},
+                set_={name: insert.excluded[name] for name in ATTRIBUTE_VALUE_COLUMNS},
             )
         )
 
@@ -528,38 +447,6 @@ def _now() -> datetime:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _encode_value(value: str | Sequence[str]) -> tuple[str, bool]:
-    if isinstance(value, str):
-        return value, False
-    return json.dumps(list(value), ensure_ascii=False), True
-
-
-def _last_per_attribute(attributes: Sequence[AttributeValue]) -> list[AttributeValue]:
-    """One value per attribute name (the last one given), in name order; a single statement cannot upsert the
-    same row twice."""
-    by_name = {a.attribute: a for a in attributes}
-    return [by_name[name] for name in sorted(by_name)]
-
-
-def _attribute_row(result: ProductResult, attr: AttributeValue, now: datetime) -> dict[str, Any]:
-    encoded, is_list = _encode_value(attr.value)
-    return {
-        "product_id": result.product_id,
-        "attribute": attr.attribute,
-        "value": encoded,
-        "value_is_list": is_list,
-        "auto_filled": bool(attr.auto_filled),
-        "confidence": float(attr.confidence),
-        "alternatives": [{"value": alt.value, "confidence": float(alt.confidence)} for alt in attr.alternatives],
-        "source": MODEL,
-        "model_version": result.model_version,
-        "box": [float(v) for v in attr.box] if attr.box is not None else None,
-        "image_digest": result.image_digest,
-        "annotator": None,
-        "updated_at": now,
-    }
 
 
 def _stored_attribute(row: Any) -> StoredAttribute:

@@ -12,7 +12,12 @@ subprocess (one replica, default settings except the batch size and SHELFSIGHT_B
   in a fresh process per backend;
 - latency at a light load: events sent at a steady low rate; send time to the row's commit time
   (processing_log.first_processed_at), p50 and p99;
-- the daemon's peak resident memory (VmHWM) and whether it imported torch.
+- the daemon's peak resident memory (VmHWM) and whether it imported torch;
+- where the time goes, per image set: milliseconds per image in each pipeline stage (from the daemon's
+  /metrics), CPU per image and cores used by the daemon, Kafka and PostgreSQL, CPU per thread of the daemon, and
+  `ratio_cpu_engine_to_pipeline`: the engine's CPU per image over the whole pipeline's (the ceiling of the
+  end-to-end ratio on a machine the pipeline saturates; far less disturbed by other load than wall time).
+  `--py-spy PATH` also records the daemon during the 224 px run (collapsed stacks, thread names for the ids).
 Without --model it builds an untrained bundle (bench_engine.build_untrained; throughput only, says so).
 Prints the figures side by side, writes them as JSON and a PNG. Absolute figures are only meaningful on the
 machine that printed them; compare the ratios.
@@ -21,8 +26,10 @@ machine that printed them; compare the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +62,9 @@ def main() -> None:
     parser.add_argument("--light-seconds", type=float, default=15.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
+    parser.add_argument(
+        "--py-spy", type=Path, help="py-spy executable: record the daemon during the 224 px run (flame graph SVG)"
+    )
     parser.add_argument("--engine-alone", help=argparse.SUPPRESS)  # worker: BACKEND, prints images/s as JSON
     args = parser.parse_args()
 
@@ -88,6 +98,11 @@ def main() -> None:
         r["ratio_e2e_to_engine_224"] = round(float(r["e2e_224_img_s"]) / alone["engine_224_img_s"], 3)
         if full_files:
             r["ratio_e2e_to_engine_full"] = round(float(r["e2e_full_img_s"]) / alone["engine_full_img_s"], 3)
+        for name in ("224", "full") if full_files else ("224",):
+            where = r.get(f"where_{name}")
+            if isinstance(where, dict):  # CPU per image: the engine's share of what the whole pipeline used
+                pipeline = sum(float(v) for k, v in where.items() if k.startswith("cpu_") and k.endswith("ms_per_img"))
+                r[f"ratio_cpu_engine_to_pipeline_{name}"] = round(alone[f"engine_{name}_cpu_ms_per_img"] / pipeline, 3)
     figures = {
         "model": str(model),
         "untrained_heads": args.model is None,
@@ -144,9 +159,14 @@ def _daemon_run(
         sets = [("224", [files[i % len(files)] for i in range(args.n)])]
         if full_files:
             sets.append(("full", full_files))
+        assert daemon.proc is not None
+        processes = {"daemon": daemon.proc.pid, "kafka": broker.pid, "postgres": _postmaster_pid(pg.pgdata)}
         for name, chosen in sets:
             before = db.processed()
             events = [product_event(f"{name}-{i:05d}", f) for i, f in enumerate(chosen)]
+            stages_before, cpu_before = _stage_sums(daemon.metrics()), _cpu_seconds(processes)
+            threads_before = _thread_cpu_seconds(daemon.proc.pid)
+            spy = _start_py_spy(args.py_spy, daemon.proc.pid, args.out / f"py-spy-{backend}-{name}.txt", name)
             t0 = time.perf_counter()
             produce(broker.bootstrap, topic, events)
             with tqdm(total=len(events), desc=f"{backend} end to end {name}", unit="img") as bar:
@@ -158,7 +178,18 @@ def _daemon_run(
                     done = now
                     if time.perf_counter() - t0 > 1800:
                         raise SystemExit(f"timed out with {done}/{len(events)} rows:\n{daemon.log_tail()}")
-            figures[f"e2e_{name}_img_s"] = round(len(events) / (time.perf_counter() - t0), 2)
+            wall = time.perf_counter() - t0
+            figures[f"e2e_{name}_img_s"] = round(len(events) / wall, 2)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+                spy.wait(timeout=60)
+            figures[f"where_{name}"] = _where_time_goes(
+                _stage_sums(daemon.metrics()), stages_before, _cpu_seconds(processes), cpu_before, len(events), wall
+            )
+            threads = _thread_cpu_seconds(daemon.proc.pid)
+            busiest = sorted(((v - threads_before.get(t, 0.0), t) for t, v in threads.items()), reverse=True)[:8]
+            # native thread ids: py-spy's output (--py-spy) names them ("thread (TID): inference")
+            figures[f"threads_{name}_cpu_ms_per_img"] = {str(t): round(1000 * v / len(events), 2) for v, t in busiest}
 
         # -- light load latency ----------------------------------------------------------------------
         sent: dict[str, float] = {}
@@ -209,13 +240,99 @@ def _engine_alone(
             continue
         payloads = [f.read_bytes() for f in chosen]
         engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
-        best = 0.0
+        best, cpu = 0.0, float("inf")
         for _ in range(2):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             engine.tag_bytes(payloads, batch_size=batch)
             best = max(best, len(payloads) / (time.perf_counter() - t0))
+            cpu = min(cpu, (time.process_time() - c0) / len(payloads))
         out[f"engine_{name}_img_s"] = round(best, 2)
+        out[f"engine_{name}_cpu_ms_per_img"] = round(1000 * cpu, 2)
     return out
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_seconds(processes: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process and its live children."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for name, pid in processes.items():
+        if pid is None:
+            continue
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+        except psutil.Error:
+            continue
+        out[name] = total
+    return out
+
+
+def _thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each thread of the process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _stage_sums(metrics: dict[str, float]) -> dict[str, float]:
+    """Seconds and counts per pipeline stage, and the inference batches, from the daemon's /metrics."""
+    prefix = "shelfsight_stage_duration_seconds_"
+    out = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and "_bucket" not in k}
+    out["batches"] = metrics.get("shelfsight_batch_size_images_count", 0.0)
+    out["batched_images"] = metrics.get("shelfsight_batch_size_images_sum", 0.0)
+    return out
+
+
+def _where_time_goes(
+    stages: dict[str, float],
+    stages_before: dict[str, float],
+    cpu: dict[str, float],
+    cpu_before: dict[str, float],
+    images: int,
+    wall_s: float,
+) -> dict[str, float]:
+    """Per image: milliseconds spent in each stage (summed over threads), and the CPU each process used per image
+    and in all (a share of the run's wall time: 2.0 means both cores of a 2-core machine were busy for it)."""
+    delta = {k: v - stages_before.get(k, 0.0) for k, v in stages.items()}
+    out: dict[str, float] = {}
+    for stage in ("fetch", "decode", "inference", "write", "queue"):
+        seconds = delta.get(f'sum{{stage="{stage}"}}', 0.0)
+        out[f"{stage}_ms_per_img"] = round(1000 * seconds / images, 2)
+    batches = delta.get("batches", 0.0)
+    out["mean_batch"] = round(delta.get("batched_images", 0.0) / batches, 1) if batches else 0.0
+    out["write_batches"] = delta.get('count{stage="write"}', 0.0)
+    for name, seconds in cpu.items():
+        used = seconds - cpu_before.get(name, 0.0)
+        out[f"cpu_{name}_ms_per_img"] = round(1000 * used / images, 2)
+        out[f"cpu_{name}_cores"] = round(used / wall_s, 2)
+    return out
+
+
+def _start_py_spy(py_spy: Path | None, pid: int, out: Path, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy on the daemon: CPU samples per thread as collapsed stacks (flamegraph.pl or speedscope read them)."""
+    if py_spy is None or name != "224":
+        return None
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--threads", "--rate", "50", "--format", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _maps_torch(pid: int) -> bool:
@@ -234,6 +351,9 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
         "engine_full_img_s",
         "e2e_full_img_s",
         "ratio_e2e_to_engine_full",
+        "engine_224_cpu_ms_per_img",
+        "ratio_cpu_engine_to_pipeline_224",
+        "ratio_cpu_engine_to_pipeline_full",
         "latency_p50_ms",
         "latency_p99_ms",
         "daemon_peak_rss_mib",
@@ -243,6 +363,14 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
     print(f"{'':<26}" + "".join(f"{n:>14}" for n in names))
     for k in keys:
         print(f"{k:<26}" + "".join(f"{results[n].get(k, '-')!s:>14}" for n in names))
+    for n in names:
+        for name in ("224", "full"):
+            where = results[n].get(f"where_{name}")
+            if isinstance(where, dict):
+                print(f"{n} {name}: where the time goes: " + ", ".join(f"{k} {v}" for k, v in where.items()))
+    for n in names:  # the issue's target: Kafka -> PostgreSQL at >= 0.85 x the backend's own engine, 224 px set
+        ratio = results[n].get("ratio_e2e_to_engine_224")
+        print(f"{n}: end to end / engine alone, 224 px: {ratio} (target >= 0.85)")
     if "torch" in results and "onnxruntime" in results:
         ratio = float(results["onnxruntime"]["engine_224_img_s"]) / float(results["torch"]["engine_224_img_s"])
         print(f"engine onnxruntime / torch (224 px, batch from the run): {ratio:.2f}x")

@@ -129,6 +129,29 @@ def test_a_duplicate_inside_one_batch_is_counted_once(store: ProductStore) -> No
     assert store.processing_log_stats().max_attempts == 2
 
 
+def test_a_batch_is_written_in_a_few_statements_whatever_its_size(store: ProductStore) -> None:
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    stats = store.write_results([make_result(product_id=f"p{i}", review=None) for i in range(100)])
+    assert stats.written == 100
+    # BEGIN (SQLite), the processing log, products, attributes: one statement each for the whole batch
+    assert len([s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]) == 3
+    assert store.count_products() == 100
+
+
+def test_two_new_images_of_one_product_in_a_batch_end_as_if_written_one_by_one(store: ProductStore) -> None:
+    store.set_human_value("p1", "pattern", ["plain"], annotator="ann")
+    first = make_result(digest="sha-1", color="red", title="Linen shirt")
+    second = make_result(digest="sha-2", color="blue", title=None, category_hint="shirts")
+    stats = store.write_results([second, first])  # written in key order: sha-1, then sha-2
+    assert (stats.written, stats.duplicates, stats.human_values_kept) == (2, 0, 2)
+    product = store.get_product("p1")
+    assert product is not None
+    assert (product.title, product.category_hint) == ("Linen shirt", "shirts")  # the last non-empty values
+    assert product.attributes["color"].value == "blue" and product.attributes["color"].image_digest == "sha-2"
+    assert product.attributes["pattern"].value == ["plain"] and product.attributes["pattern"].source == "human"
+
+
 def test_values_round_trip_with_their_types(store: ProductStore) -> None:
     store.write_results([make_result()])
     product = store.get_product("p1")

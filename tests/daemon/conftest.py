@@ -1,4 +1,6 @@
-"""Fixtures shared by the daemon's review tests (tests/daemon/test_review_loop.py, test_review_recovery.py)."""
+"""Fixtures shared by the daemon's tests: `backend` (engine-level tests run on each inference backend; the ONNX export
+of a session-scoped bundle is made once, beside it) and in-process review workers (test_review_loop.py,
+test_review_recovery.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,13 @@ import pytest
 
 from daemon.config import Settings
 from daemon.review.worker import ReviewWorker, ReviewWorkerOptions, build_review_worker
+from learner.inference.backends import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each inference backend in turn (torch, onnxruntime)."""
+    return str(request.param)
 
 
 @pytest.fixture

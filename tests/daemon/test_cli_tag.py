@@ -18,15 +18,19 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tag_prints_attributes_with_confidences(untrained_bundle_path, cc0_images):
-    result = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(untrained_bundle_path)])
+def test_tag_prints_attributes_with_confidences(untrained_bundle_path, cc0_images, backend):
+    result = runner.invoke(
+        app, ["tag", str(cc0_images[0]), "--model", str(untrained_bundle_path), "--backend", backend]
+    )
     assert result.exit_code == 0, result.output
     assert "garment" in result.stdout and "kids" in result.stdout
     assert "cc0-untrained-test" in result.stdout
 
 
-def test_json_output_is_machine_readable(untrained_bundle_path, cc0_images):
-    result = runner.invoke(app, ["tag", *map(str, cc0_images[:2]), "--model", str(untrained_bundle_path), "--json"])
+def test_json_output_is_machine_readable(untrained_bundle_path, cc0_images, backend):
+    result = runner.invoke(
+        app, ["tag", *map(str, cc0_images[:2]), "--model", str(untrained_bundle_path), "--backend", backend, "--json"]
+    )
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert [i["image"] for i in doc["images"]] == [str(p) for p in cc0_images[:2]]
@@ -34,15 +38,20 @@ def test_json_output_is_machine_readable(untrained_bundle_path, cc0_images):
     assert set(first) == {"value", "confidence"} and 0 <= first["confidence"] <= 1
 
 
-def test_draw_writes_a_png(untrained_bundle_path, cc0_images, tmp_path):
+def test_draw_writes_a_png(untrained_bundle_path, cc0_images, tmp_path, backend):
     out = tmp_path / "drawn.png"
-    result = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(untrained_bundle_path), "--draw", str(out)])
+    result = runner.invoke(
+        app,
+        ["tag", str(cc0_images[0]), "--model", str(untrained_bundle_path), "--backend", backend, "--draw", str(out)],
+    )
     assert result.exit_code == 0
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 300
 
 
-def test_bad_inputs_get_one_line_errors_and_the_good_image_is_still_tagged(untrained_bundle_path, cc0_images, tmp_path):
+def test_bad_inputs_get_one_line_errors_and_the_good_image_is_still_tagged(
+    untrained_bundle_path, cc0_images, tmp_path, backend
+):
     (tmp_path / "notimage.jpg").write_bytes(b"hello, I am text")
     good = cc0_images[0].read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
@@ -51,7 +60,17 @@ def test_bad_inputs_get_one_line_errors_and_the_good_image_is_still_tagged(untra
     bad = [str(tmp_path / "missing.jpg"), str(tmp_path / "notimage.jpg"), str(tmp_path / "truncated.jpg"),
            str(tmp_path / "bomb.png"), url]  # fmt: skip
     result = runner.invoke(
-        app, ["tag", *bad, str(cc0_images[0]), "--model", str(untrained_bundle_path), "--allow-private-networks"]
+        app,
+        [
+            "tag",
+            *bad,
+            str(cc0_images[0]),
+            "--model",
+            str(untrained_bundle_path),
+            "--backend",
+            backend,
+            "--allow-private-networks",
+        ],
     )
     assert result.exit_code == 0, "one image could be tagged, so the command succeeds"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -61,8 +80,10 @@ def test_bad_inputs_get_one_line_errors_and_the_good_image_is_still_tagged(untra
     assert "garment" in result.stdout
 
 
-def test_exit_status_is_nonzero_when_nothing_could_be_tagged(untrained_bundle_path, tmp_path):
-    result = runner.invoke(app, ["tag", str(tmp_path / "missing.jpg"), "--model", str(untrained_bundle_path)])
+def test_exit_status_is_nonzero_when_nothing_could_be_tagged(untrained_bundle_path, tmp_path, backend):
+    result = runner.invoke(
+        app, ["tag", str(tmp_path / "missing.jpg"), "--model", str(untrained_bundle_path), "--backend", backend]
+    )
     assert result.exit_code == 1
     assert "missing.jpg: not_found" in result.stderr
 
@@ -75,12 +96,14 @@ def test_a_corrupt_bundle_is_reported_not_a_traceback(cc0_images, tmp_path):
     assert "is not a ShelfSight bundle" in result.stderr
 
 
-def test_values_below_their_auto_fill_threshold_are_shown_as_suggestions(calibrated_bundle_path, cc0_images):
-    text = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path)])
+def test_values_below_their_auto_fill_threshold_are_shown_as_suggestions(calibrated_bundle_path, cc0_images, backend):
+    text = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path), "--backend", backend])
     assert text.exit_code == 0, text.output
     garment = next(line for line in text.stdout.splitlines() if line.strip().startswith("garment"))
     kids = next(line for line in text.stdout.splitlines() if line.strip().startswith("kids"))
     assert "suggestion" in garment and "suggestion" not in kids
 
-    as_json = runner.invoke(app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path), "--json"])
+    as_json = runner.invoke(
+        app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path), "--backend", backend, "--json"]
+    )
     assert json.loads(as_json.stdout)["images"][0]["auto_filled"] == {"garment": False, "kids": True}

@@ -14,8 +14,9 @@ def write_event(events: Path, name: str, doc: dict | str) -> None:
     (events / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
 
 
-def settings_for(tmp_path: Path, bundle: Path, file_root: Path) -> Settings:
+def settings_for(tmp_path: Path, bundle: Path, file_root: Path, backend: str = "torch") -> Settings:
     return Settings(
+        backend=backend,  # type: ignore[arg-type]
         source="local",
         model_path=bundle,
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
@@ -25,7 +26,7 @@ def settings_for(tmp_path: Path, bundle: Path, file_root: Path) -> Settings:
     )
 
 
-def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_bundle_path, cc0_images):
+def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_bundle_path, cc0_images, backend):
     events = tmp_path / "events"
     events.mkdir()
     root = cc0_images[0].parent
@@ -35,7 +36,7 @@ def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_b
     two = {"schema_version": 1, "product_id": "p-two", "image_urls": [cc0_images[7].as_uri(), cc0_images[8].as_uri()]}
     write_event(events, "more.jsonl", json.dumps(two) + "\n")
 
-    run_service(settings_for(tmp_path, untrained_bundle_path, root))
+    run_service(settings_for(tmp_path, untrained_bundle_path, root, backend))
 
     con = sqlite3.connect(tmp_path / "db.sqlite")
     products = {r[0] for r in con.execute("SELECT product_id FROM products")}
@@ -54,7 +55,7 @@ def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_b
 
 
 def test_bad_events_are_dead_lettered_with_a_reason_and_good_ones_still_processed(
-    tmp_path, untrained_bundle_path, cc0_images
+    tmp_path, untrained_bundle_path, cc0_images, backend
 ):
     events = tmp_path / "events"
     events.mkdir()
@@ -69,7 +70,7 @@ def test_bad_events_are_dead_lettered_with_a_reason_and_good_ones_still_processe
         events, "e-good.json", {"schema_version": 1, "product_id": "good", "image_urls": [cc0_images[1].as_uri()]}
     )
 
-    run_service(settings_for(tmp_path, untrained_bundle_path, root))
+    run_service(settings_for(tmp_path, untrained_bundle_path, root, backend))
 
     dead = [json.loads(p.read_text()) for p in sorted((events / "dead-letter").glob("*.json"))]
     reasons = sorted(d["error_class"] for d in dead)
@@ -79,12 +80,12 @@ def test_bad_events_are_dead_lettered_with_a_reason_and_good_ones_still_processe
     assert [r[0] for r in con.execute("SELECT product_id FROM products")] == ["good"]
 
 
-def test_running_the_same_events_again_writes_nothing_twice(tmp_path, untrained_bundle_path, cc0_images):
+def test_running_the_same_events_again_writes_nothing_twice(tmp_path, untrained_bundle_path, cc0_images, backend):
     events = tmp_path / "events"
     events.mkdir()
     event = {"schema_version": 1, "product_id": "p", "image_urls": [cc0_images[0].as_uri()]}
     write_event(events, "first.json", event)
-    settings = settings_for(tmp_path, untrained_bundle_path, cc0_images[0].parent)
+    settings = settings_for(tmp_path, untrained_bundle_path, cc0_images[0].parent, backend)
     run_service(settings)
     write_event(events, "again.json", event)  # the shop re-publishes the same product
     run_service(settings)
@@ -94,13 +95,13 @@ def test_running_the_same_events_again_writes_nothing_twice(tmp_path, untrained_
 
 
 def test_a_value_below_its_groups_auto_fill_threshold_is_stored_as_a_suggestion(
-    tmp_path, calibrated_bundle_path, cc0_images
+    tmp_path, calibrated_bundle_path, cc0_images, backend
 ):
     events = tmp_path / "events"
     events.mkdir()
     write_event(events, "e.json", {"schema_version": 1, "product_id": "p0", "image_urls": [cc0_images[0].as_uri()]})
 
-    run_service(settings_for(tmp_path, calibrated_bundle_path, cc0_images[0].parent))
+    run_service(settings_for(tmp_path, calibrated_bundle_path, cc0_images[0].parent, backend))
 
     con = sqlite3.connect(tmp_path / "db.sqlite")
     rows = con.execute("SELECT attribute, auto_filled, confidence, source FROM product_attributes").fetchall()

@@ -1,0 +1,217 @@
+"""Writing a batch of model results as a few set-based statements (`ProductStore.write_results` calls it).
+
+One statement per table for the whole batch, not one per result: the processing-log upsert (RETURNING each key's
+attempt count: 1 means new, more means a duplicate), the product upsert, the attribute upsert (RETURNING the rows it
+changed; the others were kept because an annotator set them) and the review-outbox insert. SQLAlchemy sends each as
+multi-row `INSERT ... VALUES` pages ("insertmanyvalues"), so a batch costs a handful of round trips to the server
+whatever its size. The effects are those of writing the results one by one in (product, digest, model version)
+order: a key repeated inside the batch is a duplicate after its first occurrence (its attempt count still goes up),
+a product's title, category hint and last event are its last non-empty ones, an attribute written twice keeps the
+later value.
+
+Runs inside the caller's transaction; rows are sent in key order, so concurrent writers take row locks in the same
+order. Must not open connections, retry or log: `ProductStore` does that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, func
+
+from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
+from connectors.db.outbox import payload_from_json, payload_to_json
+from connectors.db.types import AttributeValue, ProductResult, WriteStats
+
+PRODUCTS = cast(Table, Product.__table__)
+ATTRIBUTES = cast(Table, ProductAttribute.__table__)
+PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
+REVIEW_OUTBOX = cast(Table, ReviewOutbox.__table__)
+HUMAN = "human"
+MODEL = "model"
+# product_attributes columns an upsert replaces (everything but the key)
+ATTRIBUTE_VALUE_COLUMNS = (
+    "value",
+    "value_is_list",
+    "auto_filled",
+    "confidence",
+    "alternatives",
+    "source",
+    "model_version",
+    "box",
+    "image_digest",
+    "annotator",
+    "updated_at",
+)
+
+Key = tuple[str, str, str]
+InsertFactory = Callable[[Table], Any]  # postgresql.insert or sqlite.insert (both have on_conflict_*)
+
+
+def result_key(result: ProductResult) -> Key:
+    return (result.product_id, result.image_digest, result.model_version)
+
+
+def write_result_batch(
+    conn: Connection, insert: InsertFactory, results: Sequence[ProductResult], now: datetime
+) -> WriteStats:
+    """Store `results` in `conn`'s transaction; see the module docstring."""
+    ordered = sorted(results, key=result_key)
+    fresh = _log_results(conn, insert, ordered, now)
+    if fresh:
+        _upsert_products(conn, insert, fresh, now)
+    kept = _upsert_attributes(conn, insert, fresh, now) if fresh else 0
+    reviews = [r for r in fresh if r.review is not None]
+    if reviews:
+        _insert_review_outbox(conn, insert, reviews, now)
+    return WriteStats(written=len(fresh), duplicates=len(ordered) - len(fresh), human_values_kept=kept)
+
+
+def _log_results(conn: Connection, insert: InsertFactory, ordered: list[ProductResult], now: datetime) -> list[Any]:
+    """Upsert the batch's keys into the processing log; the results seen for the first time, in key order."""
+    t = PROCESSING_LOG
+    first: dict[Key, ProductResult] = {}
+    repeats: list[Key] = []
+    for r in ordered:
+        key = result_key(r)
+        if key in first:
+            repeats.append(key)  # one statement cannot upsert a row twice: counted below
+        else:
+            first[key] = r
+    rows = [
+        {
+            "product_id": r.product_id,
+            "image_digest": r.image_digest,
+            "model_version": r.model_version,
+            "image_url": r.image_url,
+            "event_id": r.event_id,
+            "source": r.source,
+            "first_processed_at": now,
+            "last_seen_at": now,
+            "attempts": 1,
+        }
+        for r in first.values()
+    ]
+    stmt = insert(t)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["product_id", "image_digest", "model_version"],
+        set_={"attempts": t.c.attempts + 1, "last_seen_at": stmt.excluded.last_seen_at},
+    ).returning(t.c.product_id, t.c.image_digest, t.c.model_version, t.c.attempts)
+    new = {(p, d, m) for p, d, m, attempts in conn.execute(upsert, rows) if attempts == 1}
+    for key in repeats:  # rare: the same event delivered twice inside one batch
+        product_id, digest, version = key
+        conn.execute(
+            t.update()
+            .where(t.c.product_id == product_id, t.c.image_digest == digest, t.c.model_version == version)
+            .values(attempts=t.c.attempts + 1, last_seen_at=now)
+        )
+    return [r for key, r in first.items() if key in new]
+
+
+def _upsert_products(conn: Connection, insert: InsertFactory, fresh: list[ProductResult], now: datetime) -> None:
+    merged: dict[str, dict[str, Any]] = {}
+    for r in fresh:  # a product with several new images in the batch: its last non-empty values
+        row = merged.setdefault(
+            r.product_id,
+            {
+                "product_id": r.product_id,
+                "title": None,
+                "category_hint": None,
+                "last_event_id": None,
+                "first_seen_at": now,
+                "updated_at": now,
+            },
+        )
+        for column, value in (("title", r.title), ("category_hint", r.category_hint), ("last_event_id", r.event_id)):
+            if value is not None:
+                row[column] = value
+    t = PRODUCTS
+    stmt = insert(t)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["product_id"],
+        set_={
+            "title": func.coalesce(stmt.excluded.title, t.c.title),
+            "category_hint": func.coalesce(stmt.excluded.category_hint, t.c.category_hint),
+            "last_event_id": func.coalesce(stmt.excluded.last_event_id, t.c.last_event_id),
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    conn.execute(upsert, [merged[p] for p in sorted(merged)])
+
+
+def _upsert_attributes(conn: Connection, insert: InsertFactory, fresh: list[ProductResult], now: datetime) -> int:
+    """Upsert every attribute of the new results (never over an annotator's value); how many were kept."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    written: dict[tuple[str, str], int] = {}  # how many writes each row stands for (later ones replace earlier)
+    for r in fresh:
+        for a in r.attributes:
+            key = (r.product_id, a.attribute)
+            rows[key] = attribute_row(r, a, now)
+        for name in {a.attribute for a in r.attributes}:
+            written[(r.product_id, name)] = written.get((r.product_id, name), 0) + 1
+    if not rows:
+        return 0
+    t = ATTRIBUTES
+    stmt = insert(t)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["product_id", "attribute"],
+        set_={name: stmt.excluded[name] for name in ATTRIBUTE_VALUE_COLUMNS},
+        where=t.c.source != HUMAN,
+    ).returning(t.c.product_id, t.c.attribute)
+    changed = {(p, a) for p, a in conn.execute(upsert, [rows[k] for k in sorted(rows)])}
+    return sum(n for key, n in written.items() if key not in changed)
+
+
+def attribute_row(result: ProductResult, attr: AttributeValue, now: datetime) -> dict[str, Any]:
+    encoded, is_list = encode_value(attr.value)
+    return {
+        "product_id": result.product_id,
+        "attribute": attr.attribute,
+        "value": encoded,
+        "value_is_list": is_list,
+        "auto_filled": bool(attr.auto_filled),
+        "confidence": float(attr.confidence),
+        "alternatives": [{"value": alt.value, "confidence": float(alt.confidence)} for alt in attr.alternatives],
+        "source": MODEL,
+        "model_version": result.model_version,
+        "box": [float(v) for v in attr.box] if attr.box is not None else None,
+        "image_digest": result.image_digest,
+        "annotator": None,
+        "updated_at": now,
+    }
+
+
+def encode_value(value: str | Sequence[str]) -> tuple[str, bool]:
+    if isinstance(value, str):
+        return value, False
+    return json.dumps(list(value), ensure_ascii=False), True
+
+
+def _insert_review_outbox(conn: Connection, insert: InsertFactory, reviews: list[ProductResult], now: datetime) -> None:
+    """The transactional outbox: products chosen for review are stored with their results, or not at all. One row per
+    (product, image digest, model version): a second routing of the same key adds nothing."""
+    rows = []
+    for r in reviews:
+        stored = payload_to_json(r.review) if r.review is not None else {}
+        review = payload_from_json(stored)  # the columns; a partial payload gets the defaults
+        rows.append(
+            {
+                "product_id": r.product_id,
+                "image_digest": r.image_digest,
+                "model_version": r.model_version,
+                "image_url": r.image_url,
+                "reason": review["reason"],
+                "priority": review["priority"],
+                "payload": stored,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "next_attempt_at": now,
+            }
+        )
+    stmt = insert(REVIEW_OUTBOX).on_conflict_do_nothing(index_elements=["product_id", "image_digest", "model_version"])
+    conn.execute(stmt, rows)
