@@ -45,9 +45,6 @@ def validate(mask: Any) -> Mask:
     rle = _coco_rle(mask)
     h, w = rle["size"]
     if isinstance(mask.get("counts"), list):
-        counts = mask["counts"]
-        if any(not isinstance(c, int) or c < 0 for c in counts) or sum(counts) != h * w:
-            raise MaskError(f"uncompressed RLE counts must be non-negative integers summing to {h} x {w} pixels")
         return encode(decode(mask))
     try:
         area = int(coco_mask.area(rle))
@@ -130,51 +127,19 @@ def from_labelstudio_polygon(points: Any, width: int, height: int) -> Mask:
 
 
 def from_labelstudio_brush(rle: Any, width: int, height: int) -> Mask:
-    """Label Studio `brushlabels` strokes (its own RLE of an RGBA image, `value.rle`) -> RLE. Decoded with the
-    algorithm of label-studio-converter's `brush.decode_rle` (a bit-packed run-length stream)."""
+    """Label Studio `brushlabels` strokes (its own RLE of an RGBA image, `value.rle`) -> RLE. Decoded by
+    label-studio-sdk's converter (`brush.decode_rle`); a pixel is in the mask when its alpha is not 0."""
+    from label_studio_sdk.converter.brush import decode_rle
+
     if not isinstance(rle, list) or not rle or not all(isinstance(v, int) and 0 <= v <= 255 for v in rle):
         raise MaskError("brush RLE must be a non-empty list of bytes (0-255)")
     try:
-        pixels = _decode_brush(rle, width * height * 4)
-    except (IndexError, ValueError) as exc:
-        raise MaskError(f"brush RLE does not decode: {exc}") from None
-    alpha = pixels.reshape(height, width, 4)[:, :, 3]
-    return encode(alpha > 0)
-
-
-def _decode_brush(rle: Sequence[int], expected: int) -> np.ndarray:
-    bits = np.unpackbits(np.asarray(rle, dtype=np.uint8))
-    pos = 0
-
-    def read(n: int) -> int:
-        nonlocal pos
-        if pos + n > len(bits):
-            raise ValueError("stream ends early")
-        v = 0
-        for b in bits[pos : pos + n]:
-            v = (v << 1) | int(b)
-        pos += n
-        return v
-
-    total = read(32)
-    if total != expected:
-        raise ValueError(f"it holds {total} values, the image has {expected}")
-    word_size = read(5) + 1
-    rle_sizes = [read(4) + 1 for _ in range(4)]
-    out = np.zeros(total, dtype=np.uint8)
-    i = 0
-    while i < total:
-        x = read(1)
-        j = i + 1 + read(rle_sizes[read(2)])
-        if j > total:
-            raise ValueError("a run goes past the end")
-        if x:
-            out[i:j] = read(word_size)
-        else:
-            for k in range(i, j):
-                out[k] = read(word_size)
-        i = j
-    return out
+        pixels = decode_rle(rle)
+    except Exception as exc:  # the decoder reads past the end of a truncated stream (IndexError and kin)
+        raise MaskError(f"brush RLE does not decode: {type(exc).__name__} {exc}") from None
+    if pixels.size != width * height * 4:
+        raise MaskError(f"brush RLE holds {pixels.size} values, the {width} x {height} image has {width * height * 4}")
+    return encode(pixels.reshape(height, width, 4)[:, :, 3] > 0)
 
 
 def _coco_rle(mask: Any) -> dict[str, Any]:
