@@ -179,7 +179,7 @@ def load_examples(
         kept_masks: list[torch.Tensor] = []
         for obj in boxes[path]:
             name, box = obj[0], obj[1]
-            mask = obj[2] if len(obj) > 2 else None  # type: ignore[misc]
+            mask = obj[2] if len(obj) > 2 else None
             if name not in index:
                 out.skipped[f"class not in the detector: {name}"] += 1
                 continue
