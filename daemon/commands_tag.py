@@ -2,7 +2,8 @@
 
 Reads local files or http(s) URLs (fetched with the same size/time limits and address guard as the
 daemon), tags them with one model bundle, prints attributes with confidences (or JSON), and can draw
-boxes and attribute labels onto a PNG. A bad image gets a one-line error naming it; the exit status is
+boxes, masks (tinted; a mask detector's) and attribute labels onto a PNG; a mask's dominant colour is shown
+beside the classifier's. A bad image gets a one-line error naming it; the exit status is
 non-zero only when nothing at all could be tagged. A value below its group's auto-fill threshold (calibrated
 bundles, see `shelfsight models calibrate`) is marked as a suggestion: the daemon would not auto-fill it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -115,6 +117,8 @@ def _read_all(names: list[str], max_bytes: int, allow_private: bool) -> list[tup
 
 
 def _format_text(name: str, tags: ImageTags) -> str:
+    from learner.model.masks import area
+
     lines = [f"{name}  ({tags.width}x{tags.height}, model {tags.model_version})"]
     width = max((len(g) for g in tags.attributes), default=0)
     for group, values in tags.attributes.items():
@@ -123,7 +127,8 @@ def _format_text(name: str, tags: ImageTags) -> str:
         lines.append(f"  {group:<{width}}  {shown}{mark}")
     for d in tags.detections:
         box = ", ".join(f"{v:.0f}" for v in d.box)
-        lines.append(f"  detected {d.label} {d.score:.2f} at [{box}]")
+        extra = "" if d.mask is None else f", mask of {area(d.mask)} px" + (f", colour {d.colour}" if d.colour else "")
+        lines.append(f"  detected {d.label} {d.score:.2f} at [{box}]{extra}")
     return "\n".join(lines)
 
 
@@ -141,10 +146,12 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
     canvas.paste(img, (0, 0))
     d = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=14)
+    _overlay_masks(canvas, tags, img.size)
     for det in tags.detections:
         x1, y1, x2, y2 = (v * scale for v in det.box)
         d.rectangle((x1, y1, x2, y2), outline=(230, 30, 30), width=3)
-        d.text((x1 + 3, y1 + 2), f"{det.label} {det.score:.2f}", fill=(230, 30, 30), font=font)
+        label = f"{det.label} {det.score:.2f}" + (f" {det.colour}" if det.colour else "")
+        d.text((x1 + 3, y1 + 2), label, fill=(230, 30, 30), font=font)
     y = 10
     d.text((img.width + 10, y), f"model {tags.model_version}"[:40], fill=(90, 90, 90), font=font)
     y += 24
@@ -157,3 +164,20 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
             y += 18
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG")
+
+
+MASK_TINTS = ((230, 30, 30), (30, 120, 230), (30, 170, 60), (200, 120, 0), (150, 40, 200), (0, 160, 160))
+
+
+def _overlay_masks(canvas: Any, tags: ImageTags, size: tuple[int, int]) -> None:
+    """Tint each detection's mask (a mask detector's) onto the photo at the top left of `canvas` (`size` pixels)."""
+    from PIL import Image
+
+    from learner.model.masks import decode
+
+    for i, det in enumerate(d for d in tags.detections if d.mask is not None):
+        assert det.mask is not None
+        silhouette = Image.fromarray(decode(det.mask).astype("uint8") * 110).resize(size, Image.Resampling.NEAREST)
+        tint = Image.new("RGB", size, MASK_TINTS[i % len(MASK_TINTS)])
+        region = canvas.crop((0, 0, *size))
+        canvas.paste(Image.composite(tint, region, silhouette), (0, 0))

@@ -535,7 +535,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
 
     Single-choice groups take the image whose best value is most confident (with that image's
     alternatives); multi-label groups take the union of values (stored as a list), each at its
-    highest confidence, with the box of the strongest detection when the values come from the detector.
+    highest confidence, with the box (and mask) of the strongest detection when the values come from the detector.
     A single-choice value below its group's auto-fill threshold is stored as a suggestion (auto_filled False).
     """
     out: list[AttributeValue] = []
@@ -549,14 +549,15 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
                 continue
             values = sorted(best, key=lambda v: -best[v])
             boxes = [d for t in tags for d in t.detections if d.attributes.get(g.name) in best]
-            box = list(max(boxes, key=lambda d: d.score).box) if boxes else None
+            strongest_detection = max(boxes, key=lambda d: d.score) if boxes else None
             out.append(
                 AttributeValue(
                     attribute=g.name,
                     value=values,
                     confidence=best[values[0]],
                     alternatives=[Alternative(v, round(best[v], 4)) for v in values],
-                    box=box,
+                    box=list(strongest_detection.box) if strongest_detection is not None else None,
+                    mask=strongest_detection.mask if strongest_detection is not None else None,
                 )
             )
         else:

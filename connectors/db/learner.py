@@ -65,6 +65,7 @@ class HumanCorrection:
     box: list[float] | None
     annotator: str
     updated_at: datetime
+    mask: dict[str, Any] | None = None  # COCO RLE, when the annotator outlined the object (polygon or brush)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class LearnerStore:
             a.c.value,
             a.c.value_is_list,
             a.c.box,
+            a.c.mask,
             a.c.annotator,
             a.c.updated_at,
             func.coalesce(a.c.image_digest, latest_digest).label("digest"),
@@ -131,6 +133,7 @@ class LearnerStore:
                 image_digest=r["digest"],
                 image_url=r["url"],
                 box=[float(v) for v in r["box"]] if r["box"] is not None else None,
+                mask=dict(r["mask"]) if r["mask"] is not None else None,
                 annotator=r["annotator"],
                 updated_at=_utc(r["updated_at"]),
             )

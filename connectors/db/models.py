@@ -12,6 +12,8 @@ Encoding notes, for anyone reading the tables directly:
   threshold (a calibrated bundle's), so it is not the product's value yet; true for every other row.
 - `alternatives` is JSON: the model's top-k as [{"value": str, "confidence": float}, ...] ([] for humans).
 - `box` is JSON [x1, y1, x2, y2] in pixels of the original image, or null.
+- `mask` is JSON, the instance mask of a detector value as COCO RLE {"size": [h, w], "counts": "<compressed RLE>"}
+  in pixels of the original image (pycocotools decodes it), or null.
 - JSON columns are JSONB on PostgreSQL and JSON text on SQLite.
 - Timestamps are timezone-aware UTC on PostgreSQL; SQLite stores them without a zone, and the store reads
   them back as UTC.
@@ -99,6 +101,7 @@ class ProductAttribute(Base):
     source: Mapped[str] = mapped_column(String(8), nullable=False)
     model_version: Mapped[str | None] = mapped_column(Text)
     box: Mapped[list[float] | None] = mapped_column(JsonType)
+    mask: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     image_digest: Mapped[str | None] = mapped_column(Text)
     annotator: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)

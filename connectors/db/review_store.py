@@ -265,7 +265,9 @@ class ReviewStore(OutboxQueue):
             value = _decode(winner["value"], winner["value_is_list"])
             assert value is not None
             boxes = winner["box"] or []
-            box = next((b["box"] for b in boxes if b.get("box")), None)
+            region = next((b for b in boxes if b.get("box")), None)
+            box = region["box"] if region is not None else None
+            mask = region.get("mask") if region is not None else None
             digest = self._outbox_digest(conn, winner["outbox_id"])
             if (
                 current is not None
@@ -273,9 +275,12 @@ class ReviewStore(OutboxQueue):
                 and current["value"] == winner["value"]
                 and current["annotator"] == winner["annotator"]
                 and (current["box"] or None) == (box or None)
+                and (current["mask"] or None) == (mask or None)
             ):
                 return False
-            self.store._write_human_value(conn, product_id, attribute, value, winner["annotator"], box, digest, now)
+            self.store._write_human_value(
+                conn, product_id, attribute, value, winner["annotator"], box, digest, now, mask=mask
+            )
             return True
         if withdrawn_by is None or current is None or current["source"] != "human":
             return False
@@ -300,6 +305,7 @@ class ReviewStore(OutboxQueue):
                 source="model",
                 model_version=model_version,
                 box=box,
+                mask=None,  # the outbox keeps the model's box, not its mask
                 image_digest=digest,
                 annotator=None,
                 updated_at=now,

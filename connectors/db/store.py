@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,6 +217,7 @@ class ProductStore:
         box: Sequence[float] | None,
         image_digest: str | None,
         now: datetime,
+        mask: Mapping[str, Any] | None = None,
     ) -> None:
         """`set_human_value` inside the caller's transaction (the review store applies annotations with it)."""
         encoded, is_list = _encode_value(value)
@@ -232,6 +233,7 @@ class ProductStore:
             source=HUMAN,
             model_version=None,
             box=list(box) if box is not None else None,
+            mask=dict(mask) if mask is not None else None,
             image_digest=image_digest,
             annotator=annotator,
             updated_at=now,
@@ -459,6 +461,7 @@ def _stored_attribute(row: Any) -> StoredAttribute:
         source=row["source"],
         model_version=row["model_version"],
         box=[float(v) for v in row["box"]] if row["box"] is not None else None,
+        mask=dict(row["mask"]) if row["mask"] is not None else None,
         image_digest=row["image_digest"],
         annotator=row["annotator"],
         updated_at=_utc(row["updated_at"]),

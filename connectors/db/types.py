@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from connectors.db.outbox import OutboxPayload
 
@@ -30,7 +30,9 @@ class AttributeValue:
 
     `value` is a label (single-label group) or a list of labels (multi-label group). `confidence` is in [0, 1];
     the database refuses anything else. `box` is [x1, y1, x2, y2] in pixels of the original image, for
-    attributes that come from a detector. `auto_filled` False: a suggestion, below its group's auto-fill threshold.
+    attributes that come from a detector; `mask` that detection's instance mask (COCO RLE {"size": [h, w],
+    "counts": str}, original image pixels) when the detector segments. `auto_filled` False: a suggestion, below its
+    group's auto-fill threshold.
     """
 
     attribute: str
@@ -39,6 +41,7 @@ class AttributeValue:
     alternatives: list[Alternative] = field(default_factory=list)
     box: list[float] | None = None
     auto_filled: bool = True
+    mask: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class StoredAttribute:
     annotator: str | None
     updated_at: datetime
     auto_filled: bool = True  # False: a model suggestion, not (yet) the product's value
+    mask: dict[str, Any] | None = None  # COCO RLE of a detector value's instance (original image pixels)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Single-choice values go through the bundle's `ValueDecoder` (temperatures, hiera
 auto-fill thresholds): `ImageTags.auto_filled` says per group whether the first value may be written as the
 model's or is only a suggestion. `tta="flip"` averages the probabilities of the image and its mirror image.
 `tag_bytes` does both and isolates failures: one bad image yields a `TagError` for that image only.
+A mask detector's detections also carry their instance mask (COCO RLE in original image pixels,
+`learner.model.masks`) and the mask's dominant colour in a palette of the taxonomy's colour values
+(`learner.inference.colour`), reported beside the classifier's colour.
 
 The engine is bound to one bundle. Hot reload swaps whole engines between batches; nothing here is global.
 Must not import torch at module level: with the onnxruntime backend the serving process never loads it.
@@ -72,6 +75,8 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original image pixels
     attributes: dict[str, str] = field(default_factory=dict)
+    mask: dict[str, Any] | None = None  # COCO RLE {"size": [h, w], "counts": str} in original image pixels
+    colour: str | None = None  # the masked pixels' dominant colour, a value of the taxonomy's colour group
 
 
 @dataclass
@@ -161,6 +166,10 @@ class TaggingEngine:
         self.device = classifier.device
         self.detector = detector
         self._amp = amp
+        from learner.inference.colour import palette_for
+
+        colour_groups = [g for g in bundle.taxonomy.classifier_groups if g.colour]
+        self.palette = palette_for(colour_groups[0].values) if colour_groups else {}
 
     @property
     def model_version(self) -> str:
@@ -243,13 +252,28 @@ class TaggingEngine:
         for d in dets:
             box = tuple(float(v) * p.detector_scale for v in d["box"])
             mapped = dict(taxonomy.attributes_for_detection(d["label"]))
-            found.append(Detection(d["label"], d["score"], box, mapped))  # type: ignore[arg-type]
+            detection = Detection(d["label"], d["score"], box, mapped)  # type: ignore[arg-type]
+            if d.get("mask") is not None:
+                detection.mask, detection.colour = self._mask_and_colour(p, d["mask"])
+            found.append(detection)
             for group, value in mapped.items():
                 if group in detector_groups:
                     current = dict(attributes.get(group, []))
                     current[value] = max(current.get(value, 0.0), d["score"])
                     attributes[group] = sorted(current.items(), key=lambda vc: -vc[1])
         return ImageTags(attributes, found, p.width, p.height, self.bundle.model_version, auto_filled)
+
+    def _mask_and_colour(self, p: PreparedImage, mask: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The mask in original image pixels, and its dominant colour (on the detector's input pixels)."""
+        from learner.inference.colour import dominant_colour
+        from learner.model.masks import decode, resize
+
+        colour = None
+        if self.palette and p.detector_input is not None:
+            pixels = np.asarray(p.detector_input).transpose(1, 2, 0)
+            found = dominant_colour(pixels, decode(mask), self.palette)
+            colour = found[0] if found is not None else None
+        return resize(mask, p.width, p.height), colour
 
     # -- both --------------------------------------------------------------------------------------
     def tag_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> list[ImageTags | TagError]:

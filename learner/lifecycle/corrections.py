@@ -294,7 +294,7 @@ def _correction_boxes(
             fetched[c.image_url] = _fetch_into(fetcher, c.image_url, image_dir)
         got = fetched[c.image_url]
         if got is not None:
-            out.setdefault(got[0], []).append((det_class, list(c.box)))
+            out.setdefault(got[0], []).append((det_class, list(c.box), c.mask))
     return out
 
 

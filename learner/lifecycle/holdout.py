@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from learner.evaluation.detection import detection_map
+from learner.evaluation.detection import detection_map, iou_sweep
 from learner.evaluation.evaluate import compute_metrics, headline, predict
 from learner.evaluation.gate import ProductScores, scores_from_rows
 from learner.inference.engine import ImageTags, TaggingEngine, pick_device
@@ -66,7 +66,8 @@ HOLDOUT_FORMAT = 2  # 2: thresholds recorded per run; files without "format" pre
 FLOOR_SHARE_LIMIT = 0.5  # the floor never holds out more than this share of the labelled products
 RECORDED_RUNS = 500  # runs kept in holdout.json (the ceiling is kept apart, so dropping old entries loses nothing)
 
-Boxes = dict[Path, list[tuple[str, list[float]]]]  # image file -> objects annotators boxed: (detector class, xyxy)
+# image file -> objects annotators boxed: (detector class, xyxy) or (detector class, xyxy, mask as COCO RLE or None)
+Boxes = dict[Path, list[tuple[str, list[float]] | tuple[str, list[float], dict[str, Any] | None]]]
 
 
 @dataclass(frozen=True)
@@ -250,9 +251,10 @@ def evaluate_on_holdout(
     boxes: Boxes | None = None,
 ) -> HoldoutEvaluation:
     """Metrics of a bundle on the holdout (its own preprocessing and thresholds: per group top-1, macro-F1,
-    ECE, per-class figures), its per-product scores for the paired bootstrap, and detection mAP when the bundle
-    has a detector and annotators boxed objects on holdout images (detections as the tagging engine serves
-    them, i.e. above the detector's score threshold)."""
+    ECE, per-class figures), its per-product scores for the paired bootstrap, and detection mAP and the IoU-sweep
+    score when the bundle has a detector and annotators boxed objects on holdout images (detections as the tagging
+    engine serves them, i.e. above the detector's score threshold); for a mask detector also mask mAP and the mask
+    IoU sweep, on the images whose every object was outlined with a mask."""
     if not samples:
         raise RetrainError("the holdout is empty: label more products or raise the holdout fraction")
     dev = pick_device(device)
@@ -278,10 +280,19 @@ def evaluate_on_holdout(
         engine = TaggingEngine(bundle, device=device)
         paths = sorted(boxes)
         tagged = engine.tag_bytes([p.read_bytes() for p in paths])
-        predicted = [
-            [(d.label, d.score, list(d.box)) for d in t.detections] if isinstance(t, ImageTags) else [] for t in tagged
-        ]
-        detection = detection_map(predicted, [boxes[p] for p in paths])
+        found = [t.detections if isinstance(t, ImageTags) else [] for t in tagged]
+        predicted = [[(d.label, d.score, list(d.box)) for d in dets] for dets in found]
+        truth = [[(obj[0], obj[1]) for obj in boxes[p]] for p in paths]
+        detection = detection_map(predicted, truth)
+        detection["iou_sweep"] = iou_sweep(predicted, truth)["iou_sweep"]
+        outlined = [[(obj[0], obj[2]) for obj in boxes[p] if len(obj) > 2 and obj[2] is not None] for p in paths]
+        if any(outlined) and bundle.detector_spec is not None and bundle.detector_spec.has_masks:
+            masked = [[(d.label, d.score, d.mask) for d in dets if d.mask is not None] for dets in found]
+            kept = [i for i, (objs, p) in enumerate(zip(outlined, paths, strict=True)) if len(objs) == len(boxes[p])]
+            detection["mask_map"] = detection_map([masked[i] for i in kept], [outlined[i] for i in kept], "segm")["map"]
+            detection["mask_iou_sweep"] = iou_sweep([masked[i] for i in kept], [outlined[i] for i in kept], "segm")[
+                "iou_sweep"
+            ]
         bundle.detector.to("cpu")
         model.to("cpu")
     return HoldoutEvaluation(metrics, scores, len(samples), detection)

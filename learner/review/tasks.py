@@ -2,9 +2,9 @@
 (`label_config`: one Choices block per classifier group, single or multiple choice; one RectangleLabels block per
 detector group), the model's guess as pre-annotations (`prediction_result`, with per-region scores), an annotator's
 choices (`answer_result`, for scripted annotators), box conversions between pixels and Label Studio's percent, and
-annotations read back (`parse_annotation`: attribute values and boxes, with a clear outcome for everything:
-applied, skipped, unknown_label, unknown_group, not_answered, invalid; `annotation_revision`: a digest of what an
-annotation says).
+annotations read back (`parse_annotation`: attribute values, boxes, and masks of polygon or brush regions, with a
+clear outcome for everything: applied, skipped, unknown_label, unknown_group, not_answered, invalid;
+`annotation_revision`: a digest of what an annotation says).
 
 Pure: JSON in, JSON out. No network (the daemon's review worker talks to Label Studio), no database, no policy.
 """
@@ -21,6 +21,7 @@ from typing import Any, Literal
 from connectors.db.outbox import ModelValue
 from connectors.db.types import AttributeValue
 from learner.inference.engine import ImageTags
+from learner.model.masks import MaskError, from_labelstudio_brush, from_labelstudio_polygon, to_box
 from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 IMAGE_NAME = "image"  # the Image object tag of the labelling configuration, and the task data key of the image
@@ -159,10 +160,30 @@ def box_from_percent(value: Mapping[str, Any], width: float, height: float) -> l
     return [round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)]
 
 
+MASK_REGION_TYPES = ("polygonlabels", "brushlabels")
+
+
+def region_mask(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A Label Studio `polygonlabels` or `brushlabels` result item -> its mask (COCO RLE over the original image,
+    `learner.model.masks`). Raises MaskError saying what is wrong (no image size, too few points, a point outside
+    the image, brush data that does not decode)."""
+    width = int(float(item.get("original_width") or 0))
+    height = int(float(item.get("original_height") or 0))
+    if width <= 0 or height <= 0:
+        raise MaskError("the region has no original_width/original_height, so its mask cannot be placed")
+    value = item.get("value") or {}
+    if item.get("type") == "polygonlabels":
+        return from_labelstudio_polygon(value.get("points"), width, height)
+    if value.get("format", "rle") != "rle":
+        raise MaskError(f"brush format {value.get('format')!r} is not read; only 'rle'")
+    return from_labelstudio_brush(value.get("rle"), width, height)
+
+
 @dataclass(frozen=True)
 class ParsedValue:
     """One attribute of one annotation. `value` is a label (single-choice group) or a list of labels (multi-label
-    and detector groups); `boxes` [{"label", "box": [x1, y1, x2, y2]}] in pixels for detector groups.
+    and detector groups); `boxes` [{"label", "box": [x1, y1, x2, y2]}] in pixels for detector groups, with
+    "mask" (COCO RLE) too when the annotator outlined the object with a polygon or brush.
     `model_was_right` is None unless the outcome is 'applied' and the model had a value for the group."""
 
     attribute: str
@@ -196,7 +217,9 @@ def parse_annotation(
     - a label that is not a value of its group: 'unknown_label' for the whole group (never applied; the rest of
       the annotation is);
     - a single-choice group with more or fewer than one choice: 'invalid';
-    - a detector group: the set of box labels is the value; no boxes while the model had predicted some means the
+    - a detector group: rectangles, polygons and brush strokes are its regions (polygons and strokes become masks);
+      a region whose mask is malformed makes the whole group 'invalid', with the reason; the set of labels is
+      the value; no boxes while the model had predicted some means the
       annotator removed them (value [], applied); no boxes and no model boxes: 'not_answered';
     - a classifier group the model predicted but the annotation leaves empty: 'not_answered'.
     """
@@ -208,6 +231,7 @@ def parse_annotation(
     boxes: dict[str, list[dict[str, Any]]] = {}
     out: list[ParsedValue] = []
     foreign: dict[str, str] = {}
+    bad_masks: dict[str, str] = {}  # group -> why one of its masks is unusable (the whole group is rejected)
     for item in result:
         name = str(item.get("from_name", ""))
         kind = str(item.get("type", ""))
@@ -222,6 +246,14 @@ def parse_annotation(
             for label in value.get("rectanglelabels", []):
                 box = box_from_percent(value, width, height) if width and height else None
                 boxes.setdefault(name, []).append({"label": str(label), "box": box})
+        elif group.source == "detector" and kind in MASK_REGION_TYPES:
+            try:
+                mask = region_mask(item)
+            except MaskError as exc:
+                bad_masks.setdefault(name, f"{kind} region {item.get('id', '?')}: {exc}")
+                continue
+            for label in value.get(kind, []):
+                boxes.setdefault(name, []).append({"label": str(label), "box": to_box(mask), "mask": mask})
         elif group.source == "classifier" and kind == "choices":
             choices.setdefault(name, []).extend(str(c) for c in value.get("choices", []))
         else:
@@ -232,6 +264,10 @@ def parse_annotation(
         given = model.get(group.name)
         predicted = given["value"] if given is not None else None
         if group.source == "detector":
+            if group.name in bad_masks:
+                detail = f"{bad_masks[group.name]}; the group's regions are not applied"
+                out.append(ParsedValue(group.name, "invalid", model_value=predicted, detail=detail))
+                continue
             regions = boxes.get(group.name)
             if regions is None:
                 if predicted:

@@ -2,14 +2,20 @@
 
 Input: a torchvision detector (learner/model/detector.py), its `DetectorSpec`, and training boxes: per image file, the
 objects annotators boxed as (detector class, [x1, y1, x2, y2]) in pixels of the original (EXIF-rotated) image, from
-corrections of products outside the holdout (`learner.lifecycle.corrections.training_boxes`). Output: a fine-tuned
-copy (the champion's module is not touched) whose spec says its weights live in the bundle.
+corrections of products outside the holdout (`learner.lifecycle.corrections.training_boxes`), or read from a COCO
+instances file (`learner.training.coco`). An object may carry a third item, its mask (COCO RLE over the original
+image, `learner.model.masks`): a mask detector (Mask R-CNN) trains only on objects that have one (the others are
+skipped and counted), a box detector ignores masks. Output: a fine-tuned copy (the champion's module is not
+touched) whose spec says its weights live in the bundle.
 
 The recipe (`DetectorRecipe`, every field stored in the challenger's lineage):
 - only images with at least one usable box are trained on; a box whose class is not one of the detector's classes
   (`spec.class_names`) or that is empty after clipping to the image is skipped and counted, never raised.
 - images are resized like the tagging engine does (longest side at most `max_side`, the engine's
-  `DETECTOR_MAX_SIDE`), boxes with them; horizontal flips (probability `hflip`) mirror the boxes too.
+  `DETECTOR_MAX_SIDE`), boxes and masks with them; horizontal flips (probability `hflip`) mirror them too.
+- the training loss is the weighted sum of the detector's losses (`loss_weights`, torchvision's loss names, each
+  1.0 unless given; e.g. RPN objectness 1.0, RPN box 0.8, head class/box/mask 6.0 as in the iMaterialist-Fashion
+  Mask R-CNN recipe). A name the detector does not report is an error, not ignored.
 - the backbone body's first blocks are frozen: its parameter-owning children in forward order (ResNet: conv1, bn1,
   layer1-4; MobileNetV3: its 17 feature blocks; SSDlite: the blocks of its two feature stages), all but the last
   `trainable_blocks`. The FPN, the extra layers, the RPN and the heads always train. Frozen blocks stay
@@ -55,7 +61,18 @@ from learner.training.engine import amp_settings, configure_threads, make_schedu
 
 log = logging.getLogger(__name__)
 
-Boxes = Mapping[Path, Sequence[tuple[str, Sequence[float]]]]  # image -> [(detector class, [x1, y1, x2, y2])]
+# image -> [(detector class, [x1, y1, x2, y2])] or [(detector class, box, mask as COCO RLE or None)]
+Boxes = Mapping[Path, Sequence[tuple[str, Sequence[float]] | tuple[str, Sequence[float], Mapping[str, Any] | None]]]
+LOSS_NAMES = (  # torchvision's detection losses, for `DetectorRecipe.loss_weights`
+    "loss_objectness",
+    "loss_rpn_box_reg",
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "classification",
+    "bbox_regression",
+    "bbox_ctrness",
+)
 
 
 class DetectorTrainingError(RuntimeError):
@@ -82,8 +99,14 @@ class DetectorRecipe:
     amp: bool = True
     threads: int | None = None
     progress: bool = True
+    loss_weights: dict[str, float] = field(default_factory=dict)  # torchvision loss name -> weight (default 1.0)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.loss_weights) - set(LOSS_NAMES))
+        if unknown or any(not w >= 0 for w in self.loss_weights.values()):
+            raise ValueError(
+                f"loss_weights take non-negative weights of {', '.join(LOSS_NAMES)}; got {dict(self.loss_weights)}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.trainable_blocks < 0 or self.max_side < 32:
             raise ValueError(
                 f"invalid detector recipe: epochs {self.epochs} and batch_size {self.batch_size} must be >= 1, "
@@ -113,6 +136,7 @@ class _Example:
     image: torch.Tensor  # uint8 3xHxW, resized
     boxes: torch.Tensor  # float (N, 4) in the resized image's pixels
     labels: torch.Tensor  # int64 (N,)
+    masks: torch.Tensor | None = None  # uint8 (N, H, W) in the resized image's pixels (mask detectors)
 
 
 @dataclass
@@ -127,10 +151,15 @@ class DetectionExamples:
         return sum(len(e.labels) for e in self.examples)
 
 
-def load_examples(boxes: Boxes, class_names: Sequence[str], max_side: int = DETECTOR_MAX_SIDE) -> DetectionExamples:
+def load_examples(
+    boxes: Boxes, class_names: Sequence[str], max_side: int = DETECTOR_MAX_SIDE, masks: bool = False
+) -> DetectionExamples:
     """Decode every boxed image (longest side at most `max_side`, as the tagging engine does) with its usable
-    boxes in the resized image's pixels. Boxes of unknown classes, empty boxes and unreadable images are counted
-    in `skipped`; images left without a box are not used."""
+    boxes in the resized image's pixels (and, with `masks`, their masks: objects without a usable mask are then
+    skipped). Boxes of unknown classes, empty boxes, bad masks and unreadable images are counted in `skipped`;
+    images left without a box are not used."""
+    from learner.model.masks import MaskError, decode, resize
+
     index = {name: i for i, name in enumerate(class_names) if i > 0}  # 0 is the background
     out = DetectionExamples([])
     for path in sorted(boxes):
@@ -147,10 +176,25 @@ def load_examples(boxes: Boxes, class_names: Sequence[str], max_side: int = DETE
         sw, sh = img.size
         kept_boxes: list[list[float]] = []
         kept_labels: list[int] = []
-        for name, box in boxes[path]:
+        kept_masks: list[torch.Tensor] = []
+        for obj in boxes[path]:
+            name, box = obj[0], obj[1]
+            mask = obj[2] if len(obj) > 2 else None
             if name not in index:
                 out.skipped[f"class not in the detector: {name}"] += 1
                 continue
+            if masks:
+                if mask is None:
+                    out.skipped["no mask (the detector segments)"] += 1
+                    continue
+                try:
+                    if list(mask["size"]) != [h, w]:
+                        raise MaskError(f"mask size {mask['size']} is not the image's [{h}, {w}]")
+                    small = torch.from_numpy(decode(resize(mask, sw, sh)).astype("uint8"))
+                except (MaskError, KeyError, TypeError) as exc:
+                    log.warning("mask of %s in %s skipped: %s", name, path, exc)
+                    out.skipped["mask unusable"] += 1
+                    continue
             x1, y1, x2, y2 = (float(v) * scale for v in box)
             x1, x2 = sorted((min(max(x1, 0.0), sw), min(max(x2, 0.0), sw)))
             y1, y2 = sorted((min(max(y1, 0.0), sh), min(max(y2, 0.0), sh)))
@@ -159,6 +203,8 @@ def load_examples(boxes: Boxes, class_names: Sequence[str], max_side: int = DETE
                 continue
             kept_boxes.append([x1, y1, x2, y2])
             kept_labels.append(index[name])
+            if masks:
+                kept_masks.append(small)
         if not kept_boxes:
             out.skipped["image without a usable box"] += 1
             continue
@@ -167,6 +213,7 @@ def load_examples(boxes: Boxes, class_names: Sequence[str], max_side: int = DETE
                 pil_to_uint8_tensor(img),
                 torch.tensor(kept_boxes, dtype=torch.float32),
                 torch.tensor(kept_labels, dtype=torch.int64),
+                torch.stack(kept_masks) if masks else None,
             )
         )
     return out
@@ -261,7 +308,7 @@ def fine_tune_detector(
     device = pick_device(recipe.device)
     threads = configure_threads(device, recipe.threads)
     seed_everything(recipe.seed)
-    data = load_examples(boxes, spec.class_names, recipe.max_side)
+    data = load_examples(boxes, spec.class_names, recipe.max_side, masks=spec.has_masks)
     model, bundle_spec = trainable_copy(detector, spec)
     frozen = freeze_early_blocks(model, recipe.trainable_blocks)
     figures: dict[str, Any] = {
@@ -303,7 +350,10 @@ def fine_tune_detector(
                 ex = data.examples[i]
                 image, boxes_i = hflip_example(ex.image, ex.boxes) if flip else (ex.image, ex.boxes)
                 images.append(image.to(device).float() / 255.0)
-                targets.append({"boxes": boxes_i.to(device), "labels": ex.labels.to(device)})
+                target = {"boxes": boxes_i.to(device), "labels": ex.labels.to(device)}
+                if ex.masks is not None:
+                    target["masks"] = (ex.masks.flip(-1) if flip else ex.masks).to(device)
+                targets.append(target)
             autocast = (
                 torch.autocast(device_type=device.type, dtype=amp_dtype)
                 if amp_dtype is not None
@@ -311,7 +361,12 @@ def fine_tune_detector(
             )
             with autocast:
                 losses = model(images, targets)
-            loss = sum(v.float() for v in losses.values())
+            missing = sorted(set(recipe.loss_weights) - set(losses))
+            if missing:
+                raise DetectorTrainingError(
+                    f"loss_weights name {missing}, which {spec.arch} does not report (it reports {sorted(losses)})"
+                )
+            loss = sum(recipe.loss_weights.get(k, 1.0) * v.float() for k, v in losses.items())
             assert isinstance(loss, torch.Tensor)
             if not torch.isfinite(loss):
                 failure = f"detector training loss is not finite ({float(loss)}) in epoch {epoch}"
@@ -351,6 +406,7 @@ def fine_tune_detector(
 
 
 __all__ = [
+    "LOSS_NAMES",
     "DetectionExamples",
     "DetectorFineTune",
     "DetectorRecipe",

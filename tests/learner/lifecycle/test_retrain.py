@@ -312,12 +312,12 @@ def test_holdout_evaluation_measures_the_detector_on_boxed_holdout_images(
         world.learner.human_corrections(), bundle.taxonomy, HOLDOUT, world.fetcher, world.config.work_dir / "images"
     )
     assert sorted(len(v) for v in boxes.values()) == [1, 1]
-    assert all(objects == [("person", [5.0, 5.0, 60.0, 120.0])] for objects in boxes.values())
+    assert all(objects == [("person", [5.0, 5.0, 60.0, 120.0], None)] for objects in boxes.values())  # no mask drawn
     samples = load_labelled_set(world.config.base_data, bundle.taxonomy, group_column="product_id").samples[:4]
     evaluation = evaluate_on_holdout(bundle, samples, "cpu", 8, boxes)
     assert evaluation.detection is not None
     assert evaluation.detection["images"] == 2 and evaluation.detection["objects"] == 2
-    assert 0.0 <= evaluation.detection["map"] <= 1.0
+    assert 0.0 <= evaluation.detection["map"] <= 1.0 and 0.0 <= evaluation.detection["iou_sweep"] <= 1.0
     assert evaluation.summary()["detection"] == evaluation.detection
 
 

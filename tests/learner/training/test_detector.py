@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.evaluation.detection import detection_map
+from learner.evaluation.detection import detection_map, iou_sweep
 from learner.model.detector import DetectorSpec, detect
 from learner.training.detector import (
     DetectorRecipe,
+    DetectorTrainingError,
     backbone_blocks,
     fine_tune_detector,
     hflip_example,
     load_examples,
 )
-from tests.learner.scenes import COLOURS, draw_scenes, small_detector
+from tests.learner.scenes import COLOURS, draw_scenes, draw_shape_scenes, small_detector, small_mask_detector
 
 
 def _holdout_map(
@@ -107,3 +108,67 @@ def test_boxes_of_classes_the_detector_does_not_know_are_skipped_and_counted(tmp
     result = fine_tune_detector(detector, spec, {paths[1]: boxes[paths[1]]}, _recipe())
     assert result.detector is None and result.figures["images"] == 0
     assert result.failure is not None and "class the detector knows" in result.failure
+
+
+# --- mask detectors (Mask R-CNN) on synthetic shapes ----------------------------------------------------------------
+
+
+def _holdout_mask_sweep(
+    detector: torch.nn.Module, spec: DetectorSpec, objects: dict[Path, list[tuple[str, list[float], dict[str, object]]]]
+) -> float:
+    examples = load_examples(objects, spec.class_names, masks=True).examples
+    found = detect(detector.eval(), [e.image.float() / 255.0 for e in examples], spec)
+    predicted = [[(d["label"], d["score"], d["mask"]) for d in dets] for dets in found]
+    targets = [[(c, m) for c, _, m in objects[p]] for p in sorted(objects)]
+    return float(iou_sweep(predicted, targets, iou_type="segm")["iou_sweep"])
+
+
+def test_fine_tuning_a_mask_rcnn_on_masks_raises_the_holdout_mask_iou_sweep_above_the_untrained_ones(
+    tmp_path: Path,
+) -> None:
+    train = draw_shape_scenes(tmp_path / "train", 24, seed=1)
+    holdout = draw_shape_scenes(tmp_path / "holdout", 8, seed=2, prefix="holdout")
+    detector, spec = small_mask_detector(seed=0)
+    before = _holdout_mask_sweep(detector, spec, holdout)
+
+    result = fine_tune_detector(detector, spec, train, _recipe(epochs=10, lr=3e-3, trainable_blocks=17))
+
+    assert result.failure is None and result.detector is not None
+    assert result.figures["objects"] == 48 and result.spec.has_masks
+    after = _holdout_mask_sweep(result.detector, result.spec, holdout)
+    assert after > before, (before, after)
+
+
+def test_loss_weights_must_name_losses_the_detector_reports(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loss_weights"):
+        _recipe(loss_weights={"loss_colour": 1.0})
+    boxes = draw_scenes(tmp_path, 2, seed=6)
+    detector, spec = small_detector()  # a Faster R-CNN has no mask loss
+    with pytest.raises(DetectorTrainingError, match="loss_mask"):
+        fine_tune_detector(detector, spec, boxes, _recipe(loss_weights={"loss_mask": 6.0}))
+
+
+def test_objects_without_a_mask_are_skipped_for_a_mask_detector(tmp_path: Path) -> None:
+    shapes = draw_shape_scenes(tmp_path, 2, seed=7)
+    first, second = sorted(shapes)
+    mixed = {first: shapes[first], second: [(c, b) for c, b, _ in shapes[second]]}
+    data = load_examples(mixed, ["__background__", "person", "handbag"], masks=True)
+    assert len(data.examples) == 1 and data.objects == 2
+    assert data.examples[0].masks is not None and tuple(data.examples[0].masks.shape) == (2, 128, 128)
+    assert data.skipped == {"no mask (the detector segments)": 2, "image without a usable box": 1}
+
+
+def test_a_coco_instances_file_gives_boxes_and_masks_for_training() -> None:
+    from learner.model.masks import area
+    from learner.training.coco import coco_instances
+
+    sample = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "fashionpedia-sample"
+    if not (sample / "sample.json").is_file():
+        pytest.skip("../shared/data/fashionpedia-sample is not here")
+    objects, skipped = coco_instances(sample / "sample.json", rename={"shoe": "person"})
+    assert len(objects) == 2 and sum(len(v) for v in objects.values()) == 12 and not skipped
+    for obj in (o for items in objects.values() for o in items):
+        box, mask = obj[1], obj[2] if len(obj) > 2 else None
+        assert mask is not None and area(mask) > 0 and box[2] > box[0] and box[3] > box[1]
+    data = load_examples(objects, ["__background__", "person"], max_side=256, masks=True)
+    assert data.objects == sum(1 for v in objects.values() for o in v if o[0] == "person") > 0
