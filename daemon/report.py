@@ -97,7 +97,7 @@ def _kind(attr: StoredAttribute) -> str:
     return "auto" if attr.auto_filled else "suggestion"
 
 
-_MARKS = {"auto": "auto-filled", "suggestion": "suggestion", "human": "set by annotator"}
+_MARKS = {"auto": "auto", "suggestion": "suggested", "human": "human"}
 
 
 def _card(item: ReportedProduct, file_root: Path | None) -> str:
@@ -120,7 +120,7 @@ def _card(item: ReportedProduct, file_root: Path | None) -> str:
         f"{_photo(item.image_url, file_root)}"
         f'<div class="body"><h2>{html.escape(p.title or p.product_id)}</h2>'
         f'<p class="meta">{html.escape(p.product_id)} {routed}</p>'
-        f'<table>{"".join(rows)}</table>'
+        f'<table><colgroup><col class="g"><col class="v"><col class="c"><col class="m"></colgroup>{"".join(rows)}</table>'
         f'<p class="model">model {html.escape(", ".join(versions) or "-")}</p></div></article>'
     )
 
@@ -160,16 +160,17 @@ header{padding:16px 24px;background:#1f2a36;color:#fff}
 header h1{margin:0 0 4px;font-size:20px}
 header p{margin:2px 0;color:#cfd6dd}
 .legend span{display:inline-block;margin-right:14px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:14px;padding:16px 24px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:14px;padding:16px 24px}
 .product-card{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0002;display:flex;gap:10px;padding:10px}
-.photo{width:120px;height:160px;object-fit:contain;flex:none;background:#fafafa}
+.photo{width:110px;height:150px;object-fit:contain;flex:none;background:#fafafa}
 .photo.missing{display:flex;align-items:center;justify-content:center;font-size:11px;color:#888;
   text-align:center;overflow:hidden;word-break:break-all}
 .body{flex:1;min-width:0}
 h2{font-size:14px;margin:0 0 2px}
 .meta,.model{font-size:11px;color:#666;margin:0 0 4px;word-break:break-all}
-table{border-collapse:collapse;width:100%;font-size:12px}
-th{text-align:left;font-weight:500;color:#555;padding:1px 4px 1px 0;white-space:nowrap}
+table{border-collapse:collapse;width:100%;font-size:12px;table-layout:fixed}
+col.g{width:31%}col.v{width:30%}col.c{width:23%}col.m{width:16%}
+th{text-align:left;font-weight:500;color:#555;padding:1px 4px 1px 0;overflow:hidden;text-overflow:ellipsis}
 td{padding:1px 4px}
 td.value{font-weight:600}
 tr.suggestion td.value{color:#9a6a00;font-style:italic}
@@ -192,8 +193,9 @@ _PAGE = """<!DOCTYPE html>
 <p>{shown}; {auto} values auto-filled, {suggested} suggestions (below the auto-fill threshold), {human} set by
 annotators; {routed} products routed for review</p>
 <p>model versions: {versions} &middot; database: {source} &middot; generated {generated}</p>
-<p class="legend"><span><b>auto-filled</b>: the daemon wrote it as the product's value</span>
-<span><i>suggestion</i>: kept, but below its group's auto-fill threshold: a person should confirm it</span></p>
+<p class="legend"><span><b>auto</b>: auto-filled, the daemon wrote it as the product's value</span>
+<span><i>suggested</i>: kept, but below its group's auto-fill threshold: a person should confirm it</span>
+<span><b>human</b>: set by an annotator</span></p>
 </header>
 <main class="grid">
 {cards}
