@@ -154,9 +154,7 @@ def _read_results(
     return snapshot, len(pending)
 
 
-def _print_products(
-    snapshot: CatalogSnapshot, photos: dict[str, tuple[Path, str]], show: int, model: Path
-) -> None:
+def _print_products(snapshot: CatalogSnapshot, photos: dict[str, tuple[Path, str]], show: int, model: Path) -> None:
     from learner.model.manifest import read_manifest
 
     manifest = read_manifest(model)
@@ -173,7 +171,8 @@ def _print_products(
         p = item.product
         label = photos.get(p.product_id, (None, ""))[1]
         head = f"  {p.title or ''} ({p.product_id}, {photos[p.product_id][0].name if p.product_id in photos else ''})"
-        typer.echo(head + (f"  [CC0 set's label: {label}]" if label else "") + ("  -> review" if item.routed_for_review else ""))
+        head += f"  [CC0 set's label: {label}]" if label else ""
+        typer.echo(head + ("  -> review" if item.routed_for_review else ""))
         cells = []
         for group in groups:
             attr = p.attributes.get(group)

@@ -97,6 +97,7 @@ def _kind(attr: StoredAttribute) -> str:
     return "auto" if attr.auto_filled else "suggestion"
 
 
+_COLUMNS = '<colgroup><col class="g"><col class="v"><col class="c"><col class="m"></colgroup>'
 _MARKS = {"auto": "auto", "suggestion": "suggested", "human": "human"}
 
 
@@ -120,7 +121,7 @@ def _card(item: ReportedProduct, file_root: Path | None) -> str:
         f"{_photo(item.image_url, file_root)}"
         f'<div class="body"><h2>{html.escape(p.title or p.product_id)}</h2>'
         f'<p class="meta">{html.escape(p.product_id)} {routed}</p>'
-        f'<table><colgroup><col class="g"><col class="v"><col class="c"><col class="m"></colgroup>{"".join(rows)}</table>'
+        f"<table>{_COLUMNS}{''.join(rows)}</table>"
         f'<p class="model">model {html.escape(", ".join(versions) or "-")}</p></div></article>'
     )
 

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from connectors.db.store import ATTRIBUTES, PROCESSING_LOG, PRODUCTS, REVIEW_OUTBOX, ProductStore, _stored_attribute, _utc
+from connectors.db.store import (
+    ATTRIBUTES,
+    PROCESSING_LOG,
+    PRODUCTS,
+    REVIEW_OUTBOX,
+    ProductStore,
+    _stored_attribute,
+    _utc,
+)
 from connectors.db.types import ProductView, StoredAttribute
 
 __all__ = ["CatalogSnapshot", "ReportedProduct", "read_report_products"]

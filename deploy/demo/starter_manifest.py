@@ -74,7 +74,8 @@ def main() -> None:
     doc = build(args.bundle, args.data, args.command)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     v = doc["metrics"]["validation"] or {}
-    print(f"wrote {args.out}: {doc['model_version']}, {doc['bundle_bytes'] / 1e6:.1f} MB, validation {v.get('summary')}")
+    size = doc["bundle_bytes"] / 1e6
+    print(f"wrote {args.out}: {doc['model_version']}, {size:.1f} MB, validation {v.get('summary')}")
 
 
 if __name__ == "__main__":
