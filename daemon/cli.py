@@ -16,6 +16,7 @@ from daemon import (
     commands_demo,
     commands_learn,
     commands_models,
+    commands_report,
     commands_review,
     commands_run,
     commands_tag,
@@ -27,6 +28,9 @@ app = typer.Typer(
     help="ShelfSight: tag product images with catalog attributes, stream them into the product database.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain click help: rich's tables put a type column (`<bool>`) beside plain flags and cut long option names
+    # at 80 columns
+    rich_markup_mode=None,
 )
 
 
@@ -39,6 +43,7 @@ for family in (
     commands_tag,  # tag
     commands_run,  # run
     commands_demo,  # demo
+    commands_report,  # report
     commands_train,  # train, evaluate
     commands_review,  # review run | status | sync
     commands_learn,  # learn

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 CONFIG_OPTION = typer.Option(None, "--config", help="TOML configuration file (or SHELFSIGHT_CONFIG).")
 
+# the starter model shipped with the repository (deploy/demo/build_starter.sh rebuilds it): what `shelfsight demo`
+# serves, and what `shelfsight tag` falls back to when no champion is configured
+STARTER_BUNDLE = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "starter.safetensors"
+
 
 def load_settings(config: Path | None = None) -> Settings:
     """The settings (environment, then `config` or SHELFSIGHT_CONFIG); on invalid ones, one line on stderr and exit 2.
@@ -57,3 +61,37 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` on stderr and return the exit to raise (`raise fail(...) from None`)."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies under it (shorter to read and to paste), else absolute."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def default_model(settings: Settings) -> tuple[Path, str]:
+    """The bundle a command uses when none is named, and why: the registry's champion (`registry_dir`, else
+    `learner.registry_dir` when it has one), else the configured `model_path` when the file exists, else the starter
+    model. Raises `typer.Exit` with a message when there is none at all."""
+    from learner.lifecycle.registry import ModelRegistry, RegistryError
+
+    registries = [r for r in (settings.registry_dir, settings.learner.registry_dir) if r is not None]
+    for root in registries:
+        if (root / "aliases.json").is_file():
+            try:
+                path = ModelRegistry(root).resolve("champion")
+            except RegistryError:
+                continue
+            return path, f"the champion of the registry {shown_path(root)}"
+    if settings.model_path.is_file():
+        return settings.model_path, "model_path of the configuration"
+    if STARTER_BUNDLE.is_file():
+        return STARTER_BUNDLE, "the starter model that `shelfsight demo` uses"
+    raise fail(
+        f"no model: no registry champion, no bundle at {settings.model_path} and no starter model at {STARTER_BUNDLE} "
+        "(rebuild it with `bash deploy/demo/build_starter.sh`); pass --model BUNDLE",
+        2,
+    )

@@ -1,5 +1,6 @@
-"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate | export`: the model
-registry from the command line, calibrating a bundle, and exporting it for the onnxruntime backend.
+"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate | export | shrink`: the
+model registry from the command line, calibrating a bundle, exporting it for the onnxruntime backend, and storing its
+weights as float16 for shipping.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
     models.command("gate-report")(gate_report_command)
     models.command("calibrate")(calibrate_command)
     models.command("export")(export_command)
+    models.command("shrink")(shrink_command)
     app.add_typer(models, name="models")
 
 
@@ -356,4 +358,24 @@ def export_command(
         f"exported {result.model_version} to {result.path} in {result.seconds:.0f}s; parity on {parity.images} "
         f"{'photos' if parity.source == 'photos' else 'synthetic images'}: max |dp| {worst.max_abs_diff:.1e}, "
         f"top-1 agreement >= {min(g.top1_agreement for g in parity.groups.values()):.2%}"
+    )
+
+
+def shrink_command(
+    bundle: Path = typer.Argument(..., help="A model bundle (.safetensors) with float32 weights."),
+    out: Path = typer.Option(..., "--out", help="Where to write the shrunk bundle."),
+    dtype: str = typer.Option("float16", "--dtype", help="Storage type of the weights: float16 or bfloat16."),
+) -> None:
+    """Write a copy of a bundle with its weights stored as float16 (half the file), e.g. the starter model shipped in
+    deploy/demo/. Loading casts them back to float32; the model version gets a -fp16 suffix."""
+    from learner.model.bundle import shrink_bundle
+    from learner.model.manifest import BundleError
+
+    try:
+        result = shrink_bundle(bundle, out, dtype)
+    except (BundleError, OSError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(
+        f"wrote {result.path}: {result.model_version}, {result.tensors_cast} tensors as {result.dtype}, "
+        f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB"
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from daemon.cli_support import fail
+from daemon.cli_support import default_model, fail, load_settings, shown_path
 from learner.inference.engine import ImageTags, TagError
 
 
@@ -26,7 +26,12 @@ def register(app: typer.Typer) -> None:
 
 def tag_command(
     images: list[str] = typer.Argument(..., help="Image files or http(s) URLs."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.safetensors)."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model bundle (.safetensors). Default: the registry's champion, else model_path, else the starter model.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
     draw: Path | None = typer.Option(None, "--draw", help="Write a PNG with boxes and labels (first image)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -46,6 +51,9 @@ def tag_command(
 
     if backend not in BACKENDS:
         raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)
+    if model is None:
+        model, why = default_model(load_settings())
+        typer.echo(f"model: {shown_path(model)} ({why}; --model to choose another)", err=True)
     try:
         engine = load_engine(model, backend, device=device, top_k=top_k)
     except BundleError as exc:
@@ -141,27 +149,30 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
     scale = max(1.0, 480 / max(img.size))  # small catalog photos are enlarged so text is legible
     if scale > 1.0:
         img = img.resize((round(img.width * scale), round(img.height * scale)))
-    panel_w = 300
-    canvas = Image.new("RGB", (img.width + panel_w, max(img.height, 40 + 18 * len(tags.attributes))), "white")
-    canvas.paste(img, (0, 0))
-    d = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=14)
+    lines: list[tuple[str, tuple[int, int, int]]] = [(f"model {tags.model_version}", (90, 90, 90))]
+    for group, values in tags.attributes.items():
+        if values:
+            v, c = values[0]
+            auto = tags.is_auto_filled(group)
+            text = f"{group}: {v} ({c:.2f})" + ("" if auto else " suggestion")
+            lines.append((text, (0, 0, 0) if auto else (150, 110, 0)))
+    # the panel is as wide as its longest line: nothing (not the model version) is cut
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    panel_w = 20 + max(300, *(round(measure.textlength(text, font=font)) for text, _ in lines))
+    canvas = Image.new("RGB", (img.width + panel_w, max(img.height, 40 + 18 * len(lines))), "white")
+    canvas.paste(img, (0, 0))
     _overlay_masks(canvas, tags, img.size)
+    d = ImageDraw.Draw(canvas)
     for det in tags.detections:
         x1, y1, x2, y2 = (v * scale for v in det.box)
         d.rectangle((x1, y1, x2, y2), outline=(230, 30, 30), width=3)
         label = f"{det.label} {det.score:.2f}" + (f" {det.colour}" if det.colour else "")
         d.text((x1 + 3, y1 + 2), label, fill=(230, 30, 30), font=font)
     y = 10
-    d.text((img.width + 10, y), f"model {tags.model_version}"[:40], fill=(90, 90, 90), font=font)
-    y += 24
-    for group, values in tags.attributes.items():
-        if values:
-            v, c = values[0]
-            auto = tags.is_auto_filled(group)
-            text = f"{group}: {v} ({c:.2f})" + ("" if auto else " suggestion")
-            d.text((img.width + 10, y), text, fill=(0, 0, 0) if auto else (150, 110, 0), font=font)
-            y += 18
+    for i, (text, colour) in enumerate(lines):
+        d.text((img.width + 10, y), text, fill=colour, font=font)
+        y += 24 if i == 0 else 18
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG")
 

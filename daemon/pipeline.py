@@ -153,6 +153,7 @@ class Enricher:
         self._last_lag = 0.0
         self.ready = threading.Event()
         self.heartbeat = time.monotonic()
+        self.events_processed = 0  # finished events (written or dead-lettered), for the shutdown log line
 
     # ---------------------------------------------------------------------------------------------
     # main thread
@@ -225,6 +226,7 @@ class Enricher:
             self._jobs.pop((job.record.topic, job.record.partition, job.record.offset), None)
             if not job.abandoned:
                 self.tracker.done(job.tp, job.record.offset)
+                self.events_processed += 1
             n += 1
         if n:
             self.observe.in_flight(len(self._jobs))
@@ -290,7 +292,11 @@ class Enricher:
         and no finished event is ever redelivered: a clean stop processes nothing twice.
         """
         self._draining.set()
-        log.info("stopping: finishing the events being processed (%d consumed, not committed)", len(self._jobs))
+        log.info(
+            "stopping after %d events processed (written or dead-lettered); finishing the %d still in flight",
+            self.events_processed,
+            len(self._jobs),
+        )
         deadline = time.monotonic() + self.opts.shutdown_timeout_s
         while self._jobs and time.monotonic() < deadline:
             self._drain_done(timeout_s=0.1)
@@ -298,6 +304,7 @@ class Enricher:
         if self._jobs:
             log.warning("shutdown timeout: %d events left uncommitted (they will be redelivered)", len(self._jobs))
         self._commit()
+        log.info("stopped consuming: %d events processed in all", self.events_processed)
 
     # ---------------------------------------------------------------------------------------------
     # fetch / decode pool

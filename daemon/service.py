@@ -66,7 +66,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
     if not model_path.is_file():
         raise StartupError(
             f"no model bundle at {model_path}: train one (`shelfsight train ... --out {model_path}`),"
-            " run `shelfsight demo`, or set SHELFSIGHT_MODEL_PATH"
+            " or set SHELFSIGHT_MODEL_PATH (the starter model the demo uses: deploy/demo/starter.safetensors)"
         )
 
     def build_engine(path: Path) -> TaggingEngine:

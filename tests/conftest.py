@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.kafka",
     "tests.plugins.labelstudio",
+    "tests.plugins.browser",
 ]

@@ -32,7 +32,11 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import daemon.cli' 2>/dev/null; then
     echo "installing ShelfSight and its dependencies into .venv (torch is large: a few minutes the first time)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet --progress-bar off -e ".[dev]"
+    # setuptools warns on every editable install that folders named like the packages in the working directory
+    # "may take precedence during imports": here they are the packages themselves (daemon/, learner/, connectors/),
+    # which is what an editable install points at, so the banner is noise and is filtered out
+    PYTHONWARNINGS="ignore:Editable installation" \
+        .venv/bin/python -m pip install --quiet --progress-bar off -e ".[dev]"
     echo "$want" > "$stamp"
 fi
 echo "ready: .venv/bin/shelfsight --help"

@@ -33,7 +33,20 @@ from learner.model.detector import DetectorSpec, build_detector
 from learner.model.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, BundleError, manifest_taxonomy, read_manifest
 from learner.model.taxonomy import Taxonomy
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_KEY", "BundleError", "ModelBundle", "load_bundle", "read_manifest"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_KEY",
+    "BundleError",
+    "ModelBundle",
+    "ShrinkResult",
+    "load_bundle",
+    "read_manifest",
+    "shrink_bundle",
+]
+
+# dtypes a bundle's floating-point weights may be stored in; they are cast to float32 when loaded
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -127,6 +140,8 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         raise BundleError(f"{path}: tensors are unreadable (truncated or corrupt file): {exc}") from None
     if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
         raise BundleError(f"{path}: checksum mismatch, the weights are corrupt; restore the bundle from the registry")
+    # a shrunk bundle (`shrink_bundle`) stores float16 weights: the modules compute in float32 as always
+    tensors = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
 
     spec = manifest["classifier"]
     classifier = AttributeClassifier(
@@ -172,6 +187,59 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         if bundle.detector is not None:
             bundle.detector.to(map_location)
     return bundle
+
+
+@dataclass(frozen=True)
+class ShrinkResult:
+    path: Path
+    model_version: str
+    dtype: str
+    bytes_before: int
+    bytes_after: int
+    tensors_cast: int
+
+
+def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> ShrinkResult:
+    """Write a copy of the bundle `src` whose floating-point weights are stored as `dtype` (half the size for
+    float16), for shipping: `load_bundle` casts them back to float32, so inference, calibration and ONNX export use
+    it like any bundle. The manifest is kept (taxonomy, thresholds, calibration, metrics, lineage) except that the
+    model version gets a `-fp16`-style suffix (the weights differ in their last bits), `weights_dtype` says how the
+    weights are stored, `lineage.shrunk_from` names the original (version and tensor SHA-256), and `tensor_sha256`
+    covers the stored tensors. Integer tensors (batch-norm counters) are copied unchanged."""
+    src, dst = Path(src), Path(dst)
+    if dtype not in STORAGE_DTYPES or dtype == "float32":
+        raise BundleError(f"cannot shrink to {dtype!r}: choose one of float16, bfloat16")
+    manifest = read_manifest(src)
+    if manifest.get("weights_dtype", "float32") != "float32":
+        raise BundleError(f"{src} is already shrunk (weights stored as {manifest['weights_dtype']})")
+    target = STORAGE_DTYPES[dtype]
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(src), framework="pt", device="cpu") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{src}: tensors are unreadable (truncated or corrupt file): {exc}") from None
+    if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
+        raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; nothing written")
+    cast = 0
+    for k, v in tensors.items():
+        if v.dtype == torch.float32:
+            tensors[k] = v.to(target).contiguous()
+            cast += 1
+    suffix = {"float16": "fp16", "bfloat16": "bf16"}[dtype]
+    manifest["lineage"] = {
+        **(manifest.get("lineage") or {}),
+        "shrunk_from": {"model_version": manifest["model_version"], "tensor_sha256": manifest["tensor_sha256"]},
+    }
+    manifest["model_version"] = f"{manifest['model_version']}-{suffix}"
+    manifest["weights_dtype"] = dtype
+    manifest["tensor_sha256"] = _tensor_digest(tensors)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+    tmp.replace(dst)
+    return ShrinkResult(dst, manifest["model_version"], dtype, src.stat().st_size, dst.stat().st_size, cast)
 
 
 def _check_selective(bundle: ModelBundle, path: Path) -> None:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Rebuilds the starter model that `shelfsight demo` and `shelfsight tag` use out of the box:
+#   deploy/demo/starter.safetensors      the bundle (EfficientNet-Lite0, all attribute groups of the fashion-products
+#                                        taxonomy, calibrated on the validation split, weights stored as float16)
+#   deploy/demo/starter.manifest.json    what it is: data set and its labels.csv SHA-256, recipe, validation
+#                                        figures, bundle SHA-256 and size, the command that made it
+# Needs ../shared/data/fashion-products (DATA=... to point elsewhere). Training takes about 20-25 minutes on two CPU
+# cores; FROM=path/to/bundle.safetensors skips it and shrinks an existing float32 bundle of the same recipe instead.
+# The test split is never read (--no-test): the figures in the manifest are validation figures.
+# tests/deploy/test_starter_bundle.py checks the committed files.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DATA="${DATA:-../shared/data/fashion-products}"
+OUT_DIR="${OUT_DIR:-deploy/demo}"
+WORK="${WORK:-runs/starter}"
+FROM="${FROM:-}"
+# The documented recipe (README "Model", docs/model-card.md): the ONE place its flags are written down.
+RECIPE=(--taxonomy fashion-products --backbone tf_efficientnet_lite0 --epochs 12 --class-weight-power 0
+    --brightness 0 --contrast 0 --no-test)
+
+mkdir -p "$WORK" "$OUT_DIR"
+if [ -z "$FROM" ]; then
+    if [ ! -f "$DATA/labels.csv" ]; then
+        echo "no labelled set at $DATA (labels.csv + images/): set DATA=... or put ../shared beside the checkout" >&2
+        exit 2
+    fi
+    FROM="$WORK/starter-fp32.safetensors"
+    COMMAND="shelfsight train --data $DATA ${RECIPE[*]} --out $FROM"
+    echo "== training: $COMMAND"
+    .venv/bin/shelfsight train --data "$DATA" "${RECIPE[@]}" --out "$FROM" --report-dir "$WORK/report"
+else
+    COMMAND="(not retrained: shrunk from $FROM; its recipe is recorded from the bundle's lineage)"
+fi
+
+echo "== shrinking to float16"
+.venv/bin/shelfsight models shrink "$FROM" --out "$OUT_DIR/starter.safetensors"
+
+echo "== manifest"
+.venv/bin/python deploy/demo/starter_manifest.py --bundle "$OUT_DIR/starter.safetensors" --data "$DATA" \
+    --command "$COMMAND" --out "$OUT_DIR/starter.manifest.json"
