@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from connectors.db.result_writes import REVIEW_OUTBOX
 from connectors.db.store import (
     ATTRIBUTES,
     PROCESSING_LOG,
     PRODUCTS,
-    REVIEW_OUTBOX,
     ProductStore,
     _stored_attribute,
     _utc,
