@@ -50,8 +50,13 @@ def draw_scenes(
 
 def small_detector(seed: int = 0, score_threshold: float = 0.05) -> tuple[torch.nn.Module, DetectorSpec]:
     """A randomly initialised MobileNetV3-320 Faster R-CNN over CLASSES, at SIZE px (fast on a CPU)."""
+    return _small("fasterrcnn_mobilenet_v3_large_320_fpn", seed, score_threshold)
+
+
+def _small(kind: str, seed: int, score_threshold: float) -> tuple[torch.nn.Module, DetectorSpec]:
+    """A randomly initialised detector of `kind` over CLASSES at SIZE px, with small RPN/head sampling."""
     spec = DetectorSpec(
-        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        kind,
         list(CLASSES),
         weights="bundle",
         score_threshold=score_threshold,
@@ -95,13 +100,4 @@ def draw_shape_scenes(
 
 def small_mask_detector(seed: int = 0, score_threshold: float = 0.05) -> tuple[torch.nn.Module, DetectorSpec]:
     """A randomly initialised MobileNetV3-Large FPN Mask R-CNN over CLASSES, at SIZE px (fast enough on a CPU)."""
-    spec = DetectorSpec(
-        "maskrcnn_mobilenet_v3_large_fpn",
-        list(CLASSES),
-        weights="bundle",
-        score_threshold=score_threshold,
-        max_detections=10,
-        options={"min_size": SIZE, "max_size": SIZE, "box_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 300},
-    )
-    torch.manual_seed(seed)
-    return build_detector(spec).eval(), spec
+    return _small("maskrcnn_mobilenet_v3_large_fpn", seed, score_threshold)
