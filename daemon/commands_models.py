@@ -221,8 +221,11 @@ def calibrate_command(
         0.97, help="Precision auto-filled values must reach, for groups without target_precision in the taxonomy."
     ),
     confidence_level: float = typer.Option(
-        0.95, help="The lower bound of the validation precision at this confidence must reach the target (0.5: none)."
+        0.5,
+        help="0.5: the validation precision itself must reach the target; higher: its lower bound at this "
+        "confidence must (0.95 fills fewer values, and they are right more often than the target).",
     ),
+    min_accepted: int = typer.Option(50, help="A threshold must auto-fill at least this many validation values."),
     hierarchy: str | None = typer.Option(
         None,
         help="Derive a hierarchy from the data's labels and store it in the bundle's taxonomy: group names top-down, "
@@ -249,8 +252,8 @@ def calibrate_command(
 
     if split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
-    if not 0.0 < target_precision <= 1.0 or not 0.5 <= confidence_level < 1.0:
-        raise fail("--target-precision must be in (0, 1] and --confidence-level in [0.5, 1)")
+    if not 0.0 < target_precision <= 1.0 or not 0.5 <= confidence_level < 1.0 or min_accepted < 1:
+        raise fail("--target-precision must be in (0, 1], --confidence-level in [0.5, 1) and --min-accepted >= 1")
     target = out or bundle_path
     try:
         bundle = load_bundle(bundle_path)
@@ -277,7 +280,9 @@ def calibrate_command(
             "split": split,
             "images": n,
         }
-        calibration = fit_calibration(predictions, bundle.taxonomy, target_precision, confidence_level, fitted_on)
+        calibration = fit_calibration(
+            predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on
+        )
         before = file_sha256(bundle_path)
         calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
     except (BundleError, DataError, TaxonomyError, ValueError, OSError) as exc:

@@ -29,6 +29,7 @@ import torch
 from learner.evaluation.evaluate import ECE_BINS, GroupPredictions, expected_calibration_error
 from learner.evaluation.selective import (
     DEFAULT_CONFIDENCE_LEVEL,
+    DEFAULT_MIN_ACCEPTED,
     DEFAULT_TARGET_PRECISION,
     ThresholdChoice,
     choose_autofill_threshold,
@@ -114,6 +115,7 @@ def fit_calibration(
     taxonomy: Taxonomy,
     default_target: float = DEFAULT_TARGET_PRECISION,
     confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
+    min_accepted: int = DEFAULT_MIN_ACCEPTED,
     fitted_on: Mapping[str, Any] | None = None,
 ) -> Calibration:
     """Temperatures, then auto-fill thresholds on the decoded calibrated values (see the module docstring).
@@ -139,7 +141,7 @@ def fit_calibration(
         source[g.name] = "taxonomy" if g.target_precision is not None else "default"
         correct = decisions.chosen[g.name][known] == targets
         thresholds[g.name] = choose_autofill_threshold(
-            decisions.confidence[g.name][known], correct, target, confidence_level
+            decisions.confidence[g.name][known], correct, target, confidence_level, min_accepted
         )
     disagreement = None if decisions.disagreed is None else float(decisions.disagreed.mean())
     return Calibration(temperatures, thresholds, ece, source, disagreement, dict(fitted_on or {}))

@@ -105,9 +105,22 @@ def test_nothing_is_auto_filled_when_no_threshold_reaches_the_target() -> None:
 
 def test_a_small_validation_set_cannot_prove_the_target_even_without_errors() -> None:
     confidence = np.linspace(0.99, 0.9, 20)
+    right = np.ones(20, dtype=bool)
 
-    assert not choose_autofill_threshold(confidence, np.ones(20, dtype=bool), 0.97, confidence_level=0.95).reached
-    assert choose_autofill_threshold(confidence, np.ones(20, dtype=bool), 0.97, confidence_level=0.5).reached
+    assert not choose_autofill_threshold(confidence, right, 0.97).reached  # the default wants 50 values accepted
+    assert not choose_autofill_threshold(confidence, right, 0.97, confidence_level=0.95, min_accepted=1).reached
+    assert choose_autofill_threshold(confidence, right, 0.97, confidence_level=0.5, min_accepted=20).reached
+    assert not choose_autofill_threshold(confidence, right, 0.97, confidence_level=0.5, min_accepted=21).reached
+
+
+def test_a_few_lucky_values_at_the_top_do_not_make_a_weak_group_auto_filled() -> None:
+    rng = np.random.default_rng(5)
+    confidence = np.sort(rng.uniform(0.3, 1.0, 600))[::-1]
+    correct = rng.uniform(size=600) < 0.75
+    correct[:10] = True  # the ten most confident values happen to be right
+
+    assert not choose_autofill_threshold(confidence, correct, 0.97).reached
+    assert choose_autofill_threshold(confidence, correct, 0.97, min_accepted=1).reached
 
 
 TAXONOMY = """
