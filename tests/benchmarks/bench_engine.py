@@ -7,6 +7,8 @@ Variants (each a real `TaggingEngine`, same bundle):
 - `torch eager`: the torch backend without channels_last (plain NCHW eager PyTorch);
 - `torch channels_last`: the torch backend as it serves (the default backend);
 - `onnxruntime fp32`: the onnxruntime backend (the bundle's ONNX export, made beside the bundle if missing);
+- `onnxruntime fp32 tta`: the same, serving with test-time augmentation (`tta="flip"`: each photo and its mirror
+  image, probabilities averaged); its `engine` figures are what TTA costs (its `model` figures are the plain model's);
 - `openvino fp32`: the same ONNX file compiled by OpenVINO, when `openvino` is installed (measured, not served);
 - `onnxruntime int8` (--int8): static QDQ quantization (onnxruntime.quantization) calibrated on other photos;
   the run prints its agreement with fp32 on the measured photos (accuracy needs a trained bundle: see --int8).
@@ -128,7 +130,14 @@ def quantize_int8(onnx_path: Path, calibration: list[np.ndarray], out: Path) -> 
     return out
 
 
-VARIANTS = ("torch eager", "torch channels_last", "onnxruntime fp32", "openvino fp32", "onnxruntime int8")
+VARIANTS = (
+    "torch eager",
+    "torch channels_last",
+    "onnxruntime fp32",
+    "onnxruntime fp32 tta",
+    "openvino fp32",
+    "onnxruntime int8",
+)
 BASELINE = "torch channels_last"
 
 
@@ -145,6 +154,8 @@ def build_variant(name: str, model: Path, device: str, int8_path: Path | None) -
         return TaggingEngine(bundle, classifier=TorchClassifier(bundle.classifier, device=device, channels_last=False))
     if name == "torch channels_last":
         return load_engine(model, "torch", device=device)
+    if name == "onnxruntime fp32 tta":  # test-time augmentation: each photo and its mirror image, averaged
+        return load_engine(model, "onnxruntime", device=device, tta="flip")
     ort = load_engine(model, "onnxruntime", device=device)
     assert isinstance(ort.classifier, OnnxClassifier)
     groups = [g.name for g in ort.bundle.taxonomy.classifier_groups]
