@@ -53,6 +53,11 @@ def train_command(
     class_weight_power: float = typer.Option(
         _DEFAULTS.class_weight_power, help="Class weight = frequency ** -power (0 = unweighted)."
     ),
+    pos_weight_cap: float = typer.Option(
+        _DEFAULTS.pos_weight_cap,
+        help="Multi-label groups: each value's positives weigh min(CAP, negatives/positives) on the train split "
+        "(0 = off).",
+    ),
     ema_decay: float = typer.Option(_DEFAULTS.ema_decay, help="Weight moving average decay (0 = off)."),
     brightness: float = typer.Option(_DEFAULTS.brightness, help="Brightness jitter (0 = off)."),
     contrast: float = typer.Option(_DEFAULTS.contrast, help="Contrast jitter (0 = off)."),
@@ -126,6 +131,7 @@ def train_command(
             freeze_stages=freeze_stages,
             label_smoothing=label_smoothing,
             class_weight_power=class_weight_power,
+            pos_weight_cap=pos_weight_cap,
             dropout=dropout,
             ema_decay=ema_decay,
             brightness=brightness,
@@ -191,9 +197,13 @@ def evaluate_command(
     batch_size: int = typer.Option(64),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     tta: str = typer.Option("none", "--tta", help="none, or flip: average of the image and its mirror image."),
+    beta: float = typer.Option(
+        1.0, "--beta", help="Multi-label groups: the F-beta reported (recall weighs beta times precision)."
+    ),
 ) -> None:
     """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration,
-    auto-fill coverage and precision; labels the taxonomy does not know are listed and counted as errors."""
+    auto-fill coverage and precision; multi-label F-beta at the bundle's per-value thresholds and at 0.5; labels
+    the taxonomy does not know are listed and counted as errors."""
     from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
     from learner.evaluation.report import build_report, label_audit_lines, write_report
     from learner.model.bundle import BundleError, load_bundle
@@ -203,6 +213,8 @@ def evaluate_command(
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
     if tta not in ("none", "flip"):
         raise fail(f"--tta must be none or flip, not {tta!r}")
+    if not beta > 0:
+        raise fail(f"--beta must be > 0, not {beta}")
     try:
         bundle = load_bundle(bundle_path)
         group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
@@ -222,7 +234,14 @@ def evaluate_command(
         for note in notes:
             typer.echo(f"note: {note}")
         metrics, n = evaluate_bundle(
-            bundle, labelled, split, rule, batch_size=batch_size, device=device, tta=None if tta == "none" else tta
+            bundle,
+            labelled,
+            split,
+            rule,
+            batch_size=batch_size,
+            device=device,
+            tta=None if tta == "none" else tta,
+            beta=beta,
         )
         audit = audit_labels(labelled, labelled.split(rule, split), image_column)
     except (BundleError, DataError, ValueError) as exc:
@@ -251,6 +270,12 @@ def evaluate_command(
                 f"  {name}: top-1 {m['top1']:.3f} known values, {m['all_rows_top1']:.3f} all rows; auto-filled "
                 f"{_pct(cover)} at precision {_pct(prec)}"
                 + ("" if a.get("threshold") is not None else " (no auto-fill threshold: all)")
+            )
+        elif m["kind"] == "multi" and m.get("micro_fbeta") is not None:
+            fixed = m["at_default_threshold"]
+            typer.echo(
+                f"  {name}: F{beta:g} micro {m['micro_fbeta']:.3f} macro {_fmt(m['macro_fbeta'])} at per-value "
+                f"thresholds; micro {fixed['micro_fbeta']:.3f} macro {_fmt(fixed['macro_fbeta'])} at 0.5"
             )
     if metrics["summary"].get("hierarchy_disagreement"):
         h = metrics["summary"]["hierarchy_disagreement"]
@@ -281,6 +306,10 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
         if not sep or not name.strip():
             raise ValueError(f"--group-loss-weight takes GROUP=WEIGHT (e.g. articleType=2), not {item!r}")
     return weights
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _pct(v: float | None) -> str:
