@@ -28,6 +28,7 @@ _DEFAULTS = TrainConfig()
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("evaluate-detector")(evaluate_detector_command)
 
 
 def train_command(
@@ -281,6 +282,72 @@ def evaluate_command(
         h = metrics["summary"]["hierarchy_disagreement"]
         typer.echo(f"raw heads disagreed with the hierarchy on {h['rows']} of {n} images ({_pct(h['rate'])})")
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def evaluate_detector_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) with a detector."),
+    coco: Path = typer.Option(..., "--coco", help="COCO instances JSON of the outlined objects (boxes, masks)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of its file_names (default: images/ beside)."),
+    rename: list[str] = typer.Option(
+        [], help="CATEGORY=CLASS renames a file category to a detector class (repeatable), e.g. 'bag, wallet=handbag'."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
+    score, and for a mask detector mask mAP and the mask IoU sweep, on the classes both the file and the detector
+    have (detections and objects of other classes are left out and counted)."""
+    from learner.evaluation.detector_eval import evaluate_detector
+    from learner.model.bundle import BundleError, load_bundle
+    from learner.model.masks import MaskError
+    from learner.training.coco import coco_categories, coco_instances
+
+    try:
+        renames = _parse_renames(rename)
+        bundle = load_bundle(bundle_path)
+        if bundle.detector_spec is None:
+            raise ValueError(f"{bundle_path} has no detector")
+        objects, skipped = coco_instances(coco, images, renames)
+        known = set(bundle.detector_spec.class_names[1:])
+        classes = [c for c in coco_categories(coco, renames) if c in known]
+        if not classes:
+            raise ValueError(
+                f"no category of {coco} is a class of the detector ({', '.join(sorted(known))}): map them with "
+                "--rename CATEGORY=CLASS"
+            )
+        if not objects:
+            raise ValueError(f"{coco} has no usable object on an image that exists ({dict(skipped) or 'none'})")
+        figures = evaluate_detector(bundle, objects, device, classes)
+    except (BundleError, MaskError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    figures = {"bundle": str(bundle_path), "coco": str(coco), "classes": classes, **figures, "skipped": dict(skipped)}
+    typer.echo(
+        f"{figures['images']} images, {figures['objects']} objects of {len(classes)} classes: box mAP "
+        f"{figures['map']:.3f} (@.5 {figures['map_50']:.3f}, @.75 {figures['map_75']:.3f}), IoU sweep "
+        f"{figures['iou_sweep']:.3f}"
+    )
+    if "mask_map" in figures:
+        typer.echo(
+            f"masks ({figures['mask_images']} images with every object outlined): mask mAP {figures['mask_map']:.3f}, "
+            f"mask IoU sweep {figures['mask_iou_sweep']:.3f}"
+        )
+    left = {k: v for k, v in {**figures.get("left_out", {}), **figures["skipped"]}.items() if v}
+    if left:
+        typer.echo("left out: " + ", ".join(f"{k} {v}" for k, v in left.items()))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        typer.echo(f"figures: {out}")
+
+
+def _parse_renames(items: list[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for item in items:
+        source, sep, target = item.rpartition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(f"--rename takes CATEGORY=CLASS (e.g. 'bag, wallet=handbag'), not {item!r}")
+        renames[source.strip()] = target.strip()
+    return renames
 
 
 def _find_lr(config: TrainConfig, labelled: LabelledSet, png: Path, steps: int) -> None:
