@@ -226,6 +226,12 @@ def calibrate_command(
         "confidence must (0.95 fills fewer values, and they are right more often than the target).",
     ),
     min_accepted: int = typer.Option(50, help="A threshold must auto-fill at least this many validation values."),
+    beta: float = typer.Option(
+        1.0,
+        "--beta",
+        help="Multi-label groups: per-value thresholds maximise F-beta on the split (recall weighs beta times "
+        "precision; 1: F1).",
+    ),
     hierarchy: str | None = typer.Option(
         None,
         help="Derive a hierarchy from the data's labels and store it in the bundle's taxonomy: group names top-down, "
@@ -241,6 +247,8 @@ def calibrate_command(
 
     Values whose calibrated confidence reaches their group's threshold are auto-filled by the daemon; the others
     are kept as suggestions. A group where no threshold reaches the target precision is never auto-filled.
+    Multi-label groups get per-value thresholds maximising F-beta on the split (the daemon emits a value when its
+    probability reaches its threshold).
     """
     from learner.evaluation.calibration import fit_calibration
     from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
@@ -254,6 +262,8 @@ def calibrate_command(
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
     if not 0.0 < target_precision <= 1.0 or not 0.5 <= confidence_level < 1.0 or min_accepted < 1:
         raise fail("--target-precision must be in (0, 1], --confidence-level in [0.5, 1) and --min-accepted >= 1")
+    if not beta > 0:
+        raise fail(f"--beta must be > 0, not {beta}")
     target = out or bundle_path
     try:
         bundle = load_bundle(bundle_path)
@@ -281,7 +291,7 @@ def calibrate_command(
             "images": n,
         }
         calibration = fit_calibration(
-            predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on
+            predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on, beta
         )
         before = file_sha256(bundle_path)
         calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
@@ -303,6 +313,14 @@ def calibrate_command(
         typer.echo(
             f"  {name}: T {calibration.temperatures[name]:.3f}, ECE {ece}, target {c.target_precision:g} ({where}); "
             f"{fill}"
+        )
+    for name, r in calibration.multi_report.items():
+        fixed = r[f"micro_fbeta_at_{0.5:g}"]
+        typer.echo(
+            f"  {name} (multi-label): per-value thresholds maximising F{beta:g}: micro F{beta:g} "
+            f"{r['micro_fbeta']:.3f} (at 0.5: {fixed:.3f}) on {r['n']} images; values without a positive keep "
+            "their threshold: "
+            f"{', '.join(r['without_positives']) or 'none'}"
         )
     if calibration.hierarchy_disagreement is not None:
         typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")

@@ -28,6 +28,7 @@ _DEFAULTS = TrainConfig()
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("evaluate-detector")(evaluate_detector_command)
 
 
 def train_command(
@@ -52,6 +53,11 @@ def train_command(
     label_smoothing: float = typer.Option(_DEFAULTS.label_smoothing),
     class_weight_power: float = typer.Option(
         _DEFAULTS.class_weight_power, help="Class weight = frequency ** -power (0 = unweighted)."
+    ),
+    pos_weight_cap: float = typer.Option(
+        _DEFAULTS.pos_weight_cap,
+        help="Multi-label groups: each value's positives weigh min(CAP, negatives/positives) on the train split "
+        "(0 = off).",
     ),
     ema_decay: float = typer.Option(_DEFAULTS.ema_decay, help="Weight moving average decay (0 = off)."),
     brightness: float = typer.Option(_DEFAULTS.brightness, help="Brightness jitter (0 = off)."),
@@ -126,6 +132,7 @@ def train_command(
             freeze_stages=freeze_stages,
             label_smoothing=label_smoothing,
             class_weight_power=class_weight_power,
+            pos_weight_cap=pos_weight_cap,
             dropout=dropout,
             ema_decay=ema_decay,
             brightness=brightness,
@@ -191,9 +198,13 @@ def evaluate_command(
     batch_size: int = typer.Option(64),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     tta: str = typer.Option("none", "--tta", help="none, or flip: average of the image and its mirror image."),
+    beta: float = typer.Option(
+        1.0, "--beta", help="Multi-label groups: the F-beta reported (recall weighs beta times precision)."
+    ),
 ) -> None:
     """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration,
-    auto-fill coverage and precision; labels the taxonomy does not know are listed and counted as errors."""
+    auto-fill coverage and precision; multi-label F-beta at the bundle's per-value thresholds and at 0.5; labels
+    the taxonomy does not know are listed and counted as errors."""
     from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
     from learner.evaluation.report import build_report, label_audit_lines, write_report
     from learner.model.bundle import BundleError, load_bundle
@@ -203,6 +214,8 @@ def evaluate_command(
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
     if tta not in ("none", "flip"):
         raise fail(f"--tta must be none or flip, not {tta!r}")
+    if not beta > 0:
+        raise fail(f"--beta must be > 0, not {beta}")
     try:
         bundle = load_bundle(bundle_path)
         group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
@@ -222,7 +235,14 @@ def evaluate_command(
         for note in notes:
             typer.echo(f"note: {note}")
         metrics, n = evaluate_bundle(
-            bundle, labelled, split, rule, batch_size=batch_size, device=device, tta=None if tta == "none" else tta
+            bundle,
+            labelled,
+            split,
+            rule,
+            batch_size=batch_size,
+            device=device,
+            tta=None if tta == "none" else tta,
+            beta=beta,
         )
         audit = audit_labels(labelled, labelled.split(rule, split), image_column)
     except (BundleError, DataError, ValueError) as exc:
@@ -252,10 +272,82 @@ def evaluate_command(
                 f"{_pct(cover)} at precision {_pct(prec)}"
                 + ("" if a.get("threshold") is not None else " (no auto-fill threshold: all)")
             )
+        elif m["kind"] == "multi" and m.get("micro_fbeta") is not None:
+            fixed = m["at_default_threshold"]
+            typer.echo(
+                f"  {name}: F{beta:g} micro {m['micro_fbeta']:.3f} macro {_fmt(m['macro_fbeta'])} at per-value "
+                f"thresholds; micro {fixed['micro_fbeta']:.3f} macro {_fmt(fixed['macro_fbeta'])} at 0.5"
+            )
     if metrics["summary"].get("hierarchy_disagreement"):
         h = metrics["summary"]["hierarchy_disagreement"]
         typer.echo(f"raw heads disagreed with the hierarchy on {h['rows']} of {n} images ({_pct(h['rate'])})")
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def evaluate_detector_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) with a detector."),
+    coco: Path = typer.Option(..., "--coco", help="COCO instances JSON of the outlined objects (boxes, masks)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of its file_names (default: images/ beside)."),
+    rename: list[str] = typer.Option(
+        [], help="CATEGORY=CLASS renames a file category to a detector class (repeatable), e.g. 'bag, wallet=handbag'."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
+    score, and for a mask detector mask mAP and the mask IoU sweep, on the classes both the file and the detector
+    have (detections and objects of other classes are left out and counted)."""
+    from learner.evaluation.detector_eval import evaluate_detector
+    from learner.model.bundle import BundleError, load_bundle
+    from learner.model.masks import MaskError
+    from learner.training.coco import coco_categories, coco_instances
+
+    try:
+        renames = _parse_renames(rename)
+        bundle = load_bundle(bundle_path)
+        if bundle.detector_spec is None:
+            raise ValueError(f"{bundle_path} has no detector")
+        objects, skipped = coco_instances(coco, images, renames)
+        known = set(bundle.detector_spec.class_names[1:])
+        classes = [c for c in coco_categories(coco, renames) if c in known]
+        if not classes:
+            raise ValueError(
+                f"no category of {coco} is a class of the detector ({', '.join(sorted(known))}): map them with "
+                "--rename CATEGORY=CLASS"
+            )
+        if not objects:
+            raise ValueError(f"{coco} has no usable object on an image that exists ({dict(skipped) or 'none'})")
+        figures = evaluate_detector(bundle, objects, device, classes)
+    except (BundleError, MaskError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    figures = {"bundle": str(bundle_path), "coco": str(coco), "classes": classes, **figures, "skipped": dict(skipped)}
+    typer.echo(
+        f"{figures['images']} images, {figures['objects']} objects of {len(classes)} classes: box mAP "
+        f"{figures['map']:.3f} (@.5 {figures['map_50']:.3f}, @.75 {figures['map_75']:.3f}), IoU sweep "
+        f"{figures['iou_sweep']:.3f}"
+    )
+    if "mask_map" in figures:
+        typer.echo(
+            f"masks ({figures['mask_images']} images with every object outlined): mask mAP {figures['mask_map']:.3f}, "
+            f"mask IoU sweep {figures['mask_iou_sweep']:.3f}"
+        )
+    left = {k: v for k, v in {**figures.get("left_out", {}), **figures["skipped"]}.items() if v}
+    if left:
+        typer.echo("left out: " + ", ".join(f"{k} {v}" for k, v in left.items()))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        typer.echo(f"figures: {out}")
+
+
+def _parse_renames(items: list[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for item in items:
+        source, sep, target = item.rpartition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(f"--rename takes CATEGORY=CLASS (e.g. 'bag, wallet=handbag'), not {item!r}")
+        renames[source.strip()] = target.strip()
+    return renames
 
 
 def _find_lr(config: TrainConfig, labelled: LabelledSet, png: Path, steps: int) -> None:
@@ -281,6 +373,10 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
         if not sep or not name.strip():
             raise ValueError(f"--group-loss-weight takes GROUP=WEIGHT (e.g. articleType=2), not {item!r}")
     return weights
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _pct(v: float | None) -> str:

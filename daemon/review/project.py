@@ -35,9 +35,11 @@ class ReviewProject:
         local_storage_path: Path | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        masks: bool = False,
     ) -> None:
         self.client = client
         self.taxonomy = taxonomy
+        self.masks = masks  # the champion's detector returns masks: annotators get outline and brush controls
         self.title = title
         self._model_version = model_version
         self.local_storage_path = local_storage_path
@@ -60,7 +62,7 @@ class ReviewProject:
         """The project id, bootstrapping Label Studio on first use. Raises LabelStudioUnavailable/Error."""
         with self._lock:
             if self._id is None:
-                project_id = self.client.ensure_project(self.title, label_config(self.taxonomy))
+                project_id = self.client.ensure_project(self.title, label_config(self.taxonomy, self.masks))
                 if self.local_storage_path is not None:
                     self.client.ensure_local_storage(project_id, str(self.local_storage_path))
                 if self.webhook_url is not None and self._webhook_secret is not None:

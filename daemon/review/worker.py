@@ -333,6 +333,18 @@ def review_taxonomy(source: ModelSource) -> Taxonomy:
         ) from None
 
 
+def review_masks(source: ModelSource) -> bool:
+    """Whether the champion's detector returns instance masks (its labelling configuration then lets annotators
+    outline objects); False when it has no detector or its manifest cannot be read (review_taxonomy says why)."""
+    from learner.lifecycle.registry import RegistryError
+    from learner.model.manifest import BundleError, detector_has_masks, read_manifest
+
+    try:
+        return detector_has_masks(read_manifest(source.resolve()).get("detector"))
+    except (BundleError, RegistryError, OSError, LookupError):
+        return False
+
+
 def build_review_worker(
     settings: Settings,
     *,
@@ -347,6 +359,7 @@ def build_review_worker(
         raise ReviewConfigError("set review.label_studio_token (SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN)")
     champion = ModelSource(settings.model_path, settings.registry_dir)
     taxonomy = review_taxonomy(champion)
+    masks = review_masks(champion)
     if store is None:
         store = ProductStore(settings.database_url)
         store.migrate()
@@ -370,6 +383,7 @@ def build_review_worker(
         taxonomy,
         r.project_title,
         model_version=champion_model_version(champion),
+        masks=masks,
         local_storage_path=storage.resolve() if r.local_files_root is not None and storage is not None else None,
     )
     tasks = TaskBuilder(r.local_files_root, storage if r.local_files_root is not None else None)

@@ -8,7 +8,12 @@
    hierarchy included) and chooses the group's auto-fill threshold with
    `learner.evaluation.selective.choose_autofill_threshold` at the group's target precision (the taxonomy's
    `target_precision`, else the default given here).
-`Calibration.apply(bundle)` stores the result in the bundle (temperatures, thresholds and a report).
+3. for every multi-label classifier group with labels, per-value decision thresholds maximising F-beta
+   (`beta`, default 1: F1) on these predictions (`learner.evaluation.evaluate.fbeta_thresholds`).
+`Calibration.apply(bundle)` stores the result in the bundle (temperatures, auto-fill thresholds and a report);
+the multi-label thresholds replace that group's per-value `thresholds` (training's best-F1 points, which is the
+same search at beta 1), which the engine, the review policy and evaluation already read. A value without a positive
+sample here keeps the threshold the bundle had.
 
 Figures are measured on the set the calibration was fitted on (normally the validation split): ECE after
 scaling is in-sample. Evaluate the calibrated bundle on the test split for out-of-sample figures.
@@ -26,7 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.evaluation.evaluate import ECE_BINS, GroupPredictions, expected_calibration_error
+from learner.evaluation.evaluate import (
+    DEFAULT_THRESHOLD,
+    ECE_BINS,
+    GroupPredictions,
+    expected_calibration_error,
+    fbeta_thresholds,
+    multi_label_metrics,
+)
 from learner.evaluation.selective import (
     DEFAULT_CONFIDENCE_LEVEL,
     DEFAULT_MIN_ACCEPTED,
@@ -78,6 +90,9 @@ class Calibration:
     target_source: dict[str, str]  # group -> "taxonomy" (its target_precision) or "default"
     hierarchy_disagreement: float | None = None  # share of rows whose raw heads broke the hierarchy
     fitted_on: dict[str, Any] = field(default_factory=dict)
+    beta: float = 1.0  # the F-beta the multi-label thresholds maximise
+    multi_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # multi group -> value -> threshold
+    multi_report: dict[str, dict[str, Any]] = field(default_factory=dict)  # multi group -> figures of the fit
 
     @property
     def unreached(self) -> list[str]:
@@ -100,12 +115,15 @@ class Calibration:
                 }
                 for g, c in self.thresholds.items()
             },
+            **({"multi_label": {"beta": self.beta, "groups": self.multi_report}} if self.multi_report else {}),
         }
 
     def apply(self, bundle: ModelBundle) -> ModelBundle:
         """Store the calibration in `bundle` (in place) and return it; the weights are untouched."""
         bundle.temperatures = {g: round(t, 6) for g, t in self.temperatures.items()}
         bundle.autofill_thresholds = {g: round(c.threshold, 6) for g, c in self.thresholds.items()}
+        for g, fitted in self.multi_thresholds.items():
+            bundle.thresholds = {**bundle.thresholds, g: {**bundle.thresholds.get(g, {}), **fitted}}
         bundle.calibration = self.report()
         return bundle
 
@@ -117,9 +135,13 @@ def fit_calibration(
     confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
     min_accepted: int = DEFAULT_MIN_ACCEPTED,
     fitted_on: Mapping[str, Any] | None = None,
+    beta: float = 1.0,
 ) -> Calibration:
-    """Temperatures, then auto-fill thresholds on the decoded calibrated values (see the module docstring).
-    Groups without any labelled sample keep T = 1 and get no threshold (nothing auto-filled: NEVER)."""
+    """Temperatures, then auto-fill thresholds on the decoded calibrated values, and per-value F-beta thresholds
+    of multi-label groups (see the module docstring). Groups without any labelled sample keep T = 1 and get no
+    threshold (nothing auto-filled: NEVER)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, not {beta}")
     single = [g for g in taxonomy.classifier_groups if not g.multi_label and g.name in predictions]
     temperatures: dict[str, float] = {}
     ece: dict[str, dict[str, float | None]] = {}
@@ -144,7 +166,43 @@ def fit_calibration(
             decisions.confidence[g.name][known], correct, target, confidence_level, min_accepted
         )
     disagreement = None if decisions.disagreed is None else float(decisions.disagreed.mean())
-    return Calibration(temperatures, thresholds, ece, source, disagreement, dict(fitted_on or {}))
+    multi_thresholds, multi_report = fit_multi_thresholds(predictions, taxonomy, beta)
+    return Calibration(
+        temperatures,
+        thresholds,
+        ece,
+        source,
+        disagreement,
+        dict(fitted_on or {}),
+        beta,
+        multi_thresholds,
+        multi_report,
+    )
+
+
+def fit_multi_thresholds(
+    predictions: Mapping[str, GroupPredictions], taxonomy: Taxonomy, beta: float
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Per multi-label group with labelled rows: per-value F-beta thresholds, and a report of the fit (micro and
+    macro F-beta at those thresholds and at the fixed 0.5, values without a positive sample, n)."""
+    fitted: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for g in taxonomy.classifier_groups:
+        pred = predictions.get(g.name)
+        if not g.multi_label or pred is None or not pred.known().any():
+            continue
+        fitted[g.name], without = fbeta_thresholds(pred, beta)
+        m = multi_label_metrics(pred.probs, pred.targets, g.values, fitted[g.name], beta)
+        at_default = m["at_default_threshold"]
+        report[g.name] = {
+            "n": m["n"],
+            "micro_fbeta": _round(m["micro_fbeta"]),
+            "macro_fbeta": _round(m["macro_fbeta"]),
+            f"micro_fbeta_at_{DEFAULT_THRESHOLD:g}": _round(at_default["micro_fbeta"]),
+            f"macro_fbeta_at_{DEFAULT_THRESHOLD:g}": _round(at_default["macro_fbeta"]),
+            "without_positives": without,
+        }
+    return fitted, report
 
 
 def _ece(probs: np.ndarray, targets: np.ndarray) -> float | None:

@@ -10,14 +10,16 @@ Metrics per classifier group (only samples whose label is known count; missing l
   taxonomy counted as errors (beside `top1`, over known values only); `autofill`: coverage and precision of
   the values auto-filled at the bundle's auto-fill threshold (every value when it has none, the behaviour
   of uncalibrated bundles); `precision_coverage`: that trade-off at every threshold (for the report's PNG).
-- multi-label groups: per-class precision/recall/F1 at the bundle's thresholds (0.5 when none), macro-F1 over
-  present classes, micro-F1 and exact-match accuracy.
+- multi-label groups: per-class precision/recall/F1 at the bundle's per-value thresholds (0.5 when none),
+  macro-F1 over present classes, micro-F1 and exact-match accuracy; F-beta (`beta`, default 1) micro and macro
+  at those thresholds, and every figure again at the fixed 0.5 threshold (`at_default_threshold`) beside them.
 
 `evaluate_bundle` measures what the tagging engine would emit: the bundle's temperatures and hierarchy-
 consistent decoding are applied (`learner.inference.decoding.ValueDecoder`); `summary.hierarchy_disagreement`
 is how often the raw heads' values broke the hierarchy, and `ece_uncalibrated` the ECE before temperatures.
 
-`best_f1_threshold` chooses per-class decision thresholds (done on the validation split by training).
+`best_f1_threshold` chooses per-class decision thresholds (done on the validation split by training);
+`best_fbeta_threshold` / `fbeta_thresholds` the per-value F-beta thresholds of multi-label groups (calibration).
 The metric functions are pure numpy so they can be checked by hand; `predict` runs the model.
 """
 
@@ -112,18 +114,22 @@ def evaluate_bundle(
     batch_size: int = 64,
     device: str = "auto",
     tta: str | None = None,
+    beta: float = 1.0,
 ) -> tuple[dict[str, Any], int]:
     """Metrics of a bundle's classifier on one split ('train', 'val', 'test' or 'all') of a labelled set,
     with the bundle's own preprocessing, thresholds, temperatures and hierarchy, as the engine tags.
     Returns (metrics, number of images evaluated)."""
     predictions, n = predict_bundle(bundle, data, split, split_rule, batch_size, device, tta)
-    return bundle_metrics(bundle, predictions), n
+    return bundle_metrics(bundle, predictions, beta), n
 
 
-def bundle_metrics(bundle: ModelBundle, predictions: Mapping[str, GroupPredictions]) -> dict[str, Any]:
+def bundle_metrics(
+    bundle: ModelBundle, predictions: Mapping[str, GroupPredictions], beta: float = 1.0
+) -> dict[str, Any]:
     """Metrics of `predictions` (the bundle classifier's raw probabilities) as the engine would tag: the bundle's
-    thresholds, temperatures, hierarchy and auto-fill thresholds applied, with each group's target precision."""
-    metrics = compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle))
+    thresholds, temperatures, hierarchy and auto-fill thresholds applied, with each group's target precision;
+    multi-label groups also get F-beta at `beta`."""
+    metrics = compute_metrics(predictions, bundle.thresholds, ValueDecoder.for_bundle(bundle), beta)
     fitted = (bundle.calibration or {}).get("groups") or {}
     for name, m in metrics["groups"].items():
         if m.get("autofill") is not None and name in fitted:
@@ -237,6 +243,16 @@ def precision_recall_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple
     return precision, recall, f1
 
 
+def fbeta_score(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, beta: float) -> np.ndarray:
+    """Per-class F-beta = (1 + b^2) tp / ((1 + b^2) tp + b^2 fn + fp): recall counts beta times as much as
+    precision (beta 1: F1); 0 when there is nothing to count."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    b2 = beta * beta
+    denominator = (1 + b2) * tp + b2 * fn + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, (1 + b2) * tp / denominator, 0.0)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """sum over equal-width confidence bins of |accuracy - mean confidence| * (share of samples in the bin)."""
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -309,47 +325,73 @@ def single_label_metrics(
 
 
 def multi_label_metrics(
-    probs: np.ndarray, targets: np.ndarray, values: Iterable[str], thresholds: Mapping[str, float] | None = None
+    probs: np.ndarray,
+    targets: np.ndarray,
+    values: Iterable[str],
+    thresholds: Mapping[str, float] | None = None,
+    beta: float = 1.0,
 ) -> dict[str, Any]:
-    """Metrics of a multi-label group at per-class thresholds; rows whose targets are NaN are skipped."""
+    """Metrics of a multi-label group at per-class thresholds (and at the fixed DEFAULT_THRESHOLD, under
+    `at_default_threshold`); F-beta at `beta` beside F1; rows whose targets are NaN are skipped."""
     values = list(values)
     known = ~np.isnan(targets).any(axis=1)
     p, t = probs[known], targets[known] > 0.5
-    out: dict[str, Any] = {"kind": "multi", "n": int(known.sum()), "skipped": int((~known).sum())}
+    out: dict[str, Any] = {"kind": "multi", "n": int(known.sum()), "skipped": int((~known).sum()), "beta": beta}
     if len(t) == 0:
-        return {**out, "micro_f1": None, "macro_f1": None, "exact_match": None, "per_class": {}}
+        empty = {"micro_f1": None, "macro_f1": None, "micro_fbeta": None, "macro_fbeta": None, "exact_match": None}
+        return {**out, **empty, "per_class": {}, "at_default_threshold": {"threshold": DEFAULT_THRESHOLD, **empty}}
     th = np.array([(thresholds or {}).get(v, DEFAULT_THRESHOLD) for v in values])
-    predicted = p >= th
-    tp = (predicted & t).sum(axis=0)
-    fp = (predicted & ~t).sum(axis=0)
-    fn = (~predicted & t).sum(axis=0)
-    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    figures, predicted, (precision, recall, f1, fb) = _multi_figures(p, t, th, beta)
     support = t.sum(axis=0)
-    present = support > 0
-    _, _, micro = precision_recall_f1(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))
     per_class = {
         v: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
+            "fbeta": float(fb[i]),
             "support": int(support[i]),
             "predicted": int(predicted[:, i].sum()),
             "threshold": float(th[i]),
         }
         for i, v in enumerate(values)
     }
+    at_default, _, _ = _multi_figures(p, t, np.full(len(values), DEFAULT_THRESHOLD), beta)
     return {
         **out,
-        "micro_f1": float(micro[0]),
-        "macro_f1": float(f1[present].mean()) if present.any() else None,
-        "exact_match": float((predicted == t).all(axis=1).mean()),
+        **figures,
         "per_class": per_class,
+        "at_default_threshold": {"threshold": DEFAULT_THRESHOLD, **at_default},
     }
 
 
-def group_metrics(pred: GroupPredictions, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+def _multi_figures(
+    p: np.ndarray, t: np.ndarray, th: np.ndarray, beta: float
+) -> tuple[dict[str, float | None], np.ndarray, tuple[np.ndarray, ...]]:
+    """Micro/macro F1 and F-beta and exact match of multi-hot `t` predicted as `p >= th`; the predictions; and
+    per-class (precision, recall, F1, F-beta). Macro figures average the classes present in `t`."""
+    predicted = p >= th
+    tp = (predicted & t).sum(axis=0)
+    fp = (predicted & ~t).sum(axis=0)
+    fn = (~predicted & t).sum(axis=0)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    fb = fbeta_score(tp, fp, fn, beta)
+    present = t.sum(axis=0) > 0
+    all_tp, all_fp, all_fn = (a.sum(keepdims=True) for a in (tp, fp, fn))
+    figures: dict[str, float | None] = {
+        "micro_f1": float(precision_recall_f1(all_tp, all_fp, all_fn)[2][0]),
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "micro_fbeta": float(fbeta_score(all_tp, all_fp, all_fn, beta)[0]),
+        "macro_fbeta": float(fb[present].mean()) if present.any() else None,
+        "exact_match": float((predicted == t).all(axis=1).mean()),
+    }
+    return figures, predicted, (precision, recall, f1, fb)
+
+
+def group_metrics(
+    pred: GroupPredictions, thresholds: Mapping[str, float] | None = None, beta: float = 1.0
+) -> dict[str, Any]:
     if pred.group.multi_label:
-        return multi_label_metrics(pred.probs, pred.targets, pred.group.values, thresholds)
+        return multi_label_metrics(pred.probs, pred.targets, pred.group.values, thresholds, beta)
     return single_label_metrics(pred.probs, pred.targets, pred.group.values)
 
 
@@ -357,14 +399,15 @@ def compute_metrics(
     predictions: Mapping[str, GroupPredictions],
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     decoder: ValueDecoder | None = None,
+    beta: float = 1.0,
 ) -> dict[str, Any]:
-    """Metrics of every group plus the summary figures used to compare models.
+    """Metrics of every group plus the summary figures used to compare models (multi-label F-beta at `beta`).
 
     `summary.mean_top1` / `summary.mean_macro_f1` average the single-choice groups that have labels here.
     With a `decoder` (a bundle's temperatures, hierarchy and auto-fill thresholds) single-choice groups are
     measured on its calibrated probabilities and decoded values, as the engine emits them.
     """
-    groups = {name: group_metrics(p, (thresholds or {}).get(name)) for name, p in predictions.items()}
+    groups = {name: group_metrics(p, (thresholds or {}).get(name), beta) for name, p in predictions.items()}
     disagreement = None
     if decoder is not None:
         decisions = decoder({name: p.probs for name, p in predictions.items()})
@@ -413,6 +456,12 @@ def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, 
     """The decision threshold (predict positive when score >= threshold) with the best F1 on these
     scores, and that F1. It sits halfway between the last accepted and the next lower score so it does
     not hug one validation image. None when there is no positive to learn from."""
+    return best_fbeta_threshold(scores, positive, 1.0)
+
+
+def best_fbeta_threshold(scores: np.ndarray, positive: np.ndarray, beta: float) -> tuple[float, float] | None:
+    """As `best_f1_threshold`, maximising F-beta = (1 + b^2) tp / (tp + fp + b^2 positives): beta > 1 favours
+    recall (a lower threshold), beta < 1 precision (a higher one)."""
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
@@ -425,10 +474,27 @@ def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, 
     # only cut where the score changes: equal scores are accepted together
     last_of_run = np.r_[s[1:] != s[:-1], True]
     tp, fp, cut_scores = tp[last_of_run], fp[last_of_run], s[last_of_run]
-    f1 = 2 * tp / (tp + fp + n_pos)
-    best = int(np.argmax(f1))
+    b2 = beta * beta
+    score = (1 + b2) * tp / (tp + fp + b2 * n_pos)
+    best = int(np.argmax(score))
     lower = cut_scores[best + 1] if best + 1 < len(cut_scores) else 0.0
-    return float((cut_scores[best] + lower) / 2), float(f1[best])
+    return float((cut_scores[best] + lower) / 2), float(score[best])
+
+
+def fbeta_thresholds(pred: GroupPredictions, beta: float) -> tuple[dict[str, float], list[str]]:
+    """Per value of a multi-label group, the threshold with the best F-beta on these predictions (labelled rows
+    only); values without a positive sample are left out and named in the second element."""
+    known = pred.known()
+    probs, positive = pred.probs[known], pred.targets[known] > 0.5
+    thresholds: dict[str, float] = {}
+    without: list[str] = []
+    for i, value in enumerate(pred.group.values):
+        found = best_fbeta_threshold(probs[:, i], positive[:, i], beta)
+        if found is None:
+            without.append(value)
+        else:
+            thresholds[value] = round(found[0], 6)
+    return thresholds, without
 
 
 def choose_thresholds(predictions: Mapping[str, GroupPredictions]) -> tuple[dict[str, dict[str, float]], list[str]]:

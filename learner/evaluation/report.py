@@ -51,6 +51,9 @@ def build_report(
             "all_rows_top1": "correct values over all evaluated rows; empty, NA and unknown labels count as errors",
             "autofill": "values whose confidence reaches the bundle's auto-fill threshold (all when it has none): "
             "coverage = their share of the labelled rows, precision = share of them that is right",
+            "micro_fbeta": "multi-label: F-beta of all (image, value) decisions pooled, at the bundle's per-value "
+            "thresholds; recall weighs beta times precision; at_default_threshold: the same at 0.5 for every value",
+            "macro_fbeta": "multi-label: mean per-value F-beta over the values present in the evaluated split",
         },
         "summary": dict(metrics["summary"]),
         "groups": dict(metrics["groups"]),
@@ -117,6 +120,7 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
                 f"{_fmt(m['macro_f1'])} | - | - | - | - | - | - |"
             )
+    lines += multi_label_lines(report["groups"])
     if report.get("label_audit"):
         lines += ["", "Labels the taxonomy does not know (counted as errors in 'all rows top-1'):", ""]
         lines += [f"- {line}" for line in label_audit_lines(report["label_audit"])]
@@ -136,6 +140,27 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"{_fmt(c['f1'])} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def multi_label_lines(groups: Mapping[str, Any]) -> list[str]:
+    """The multi-label table: micro/macro F1 and F-beta at the bundle's per-value thresholds and at a fixed 0.5."""
+    multi = {name: m for name, m in groups.items() if m["kind"] == "multi" and "at_default_threshold" in m}
+    if not multi:
+        return []
+    lines = [
+        "",
+        "| multi-label group | n | thresholds | micro-F1 | macro-F1 | beta | micro-F-beta | macro-F-beta "
+        "| exact match |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in multi.items():
+        fixed = m["at_default_threshold"]
+        for label, f in (("per value", m), (f"fixed {fixed['threshold']:g}", fixed)):
+            lines.append(
+                f"| {name} | {m['n']} | {label} | {_fmt(f['micro_f1'])} | {_fmt(f['macro_f1'])} | {m['beta']:g} | "
+                f"{_fmt(f['micro_fbeta'])} | {_fmt(f['macro_fbeta'])} | {_fmt(f['exact_match'])} |"
+            )
+    return lines
 
 
 def label_audit_lines(audit: Mapping[str, Any]) -> list[str]:

@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from learner.evaluation.detection import detection_map, iou_sweep
+from learner.evaluation.detector_eval import evaluate_detector
 from learner.evaluation.evaluate import compute_metrics, headline, predict
 from learner.evaluation.gate import ProductScores, scores_from_rows
-from learner.inference.engine import ImageTags, TaggingEngine, pick_device
+from learner.inference.engine import pick_device
 from learner.lifecycle.errors import RetrainError
 from learner.model.bundle import ModelBundle
 from learner.training.data import Sample
@@ -277,22 +277,5 @@ def evaluate_on_holdout(
         raise RetrainError("holdout scores are not finite")
     detection = None
     if boxes and bundle.detector is not None:
-        engine = TaggingEngine(bundle, device=device)
-        paths = sorted(boxes)
-        tagged = engine.tag_bytes([p.read_bytes() for p in paths])
-        found = [t.detections if isinstance(t, ImageTags) else [] for t in tagged]
-        predicted = [[(d.label, d.score, list(d.box)) for d in dets] for dets in found]
-        truth = [[(obj[0], obj[1]) for obj in boxes[p]] for p in paths]
-        detection = detection_map(predicted, truth)
-        detection["iou_sweep"] = iou_sweep(predicted, truth)["iou_sweep"]
-        outlined = [[(obj[0], obj[2]) for obj in boxes[p] if len(obj) > 2 and obj[2] is not None] for p in paths]
-        if any(outlined) and bundle.detector_spec is not None and bundle.detector_spec.has_masks:
-            masked = [[(d.label, d.score, d.mask) for d in dets if d.mask is not None] for dets in found]
-            kept = [i for i, (objs, p) in enumerate(zip(outlined, paths, strict=True)) if len(objs) == len(boxes[p])]
-            detection["mask_map"] = detection_map([masked[i] for i in kept], [outlined[i] for i in kept], "segm")["map"]
-            detection["mask_iou_sweep"] = iou_sweep([masked[i] for i in kept], [outlined[i] for i in kept], "segm")[
-                "iou_sweep"
-            ]
-        bundle.detector.to("cpu")
-        model.to("cpu")
+        detection = evaluate_detector(bundle, boxes, device)
     return HoldoutEvaluation(metrics, scores, len(samples), detection)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from learner.model.backbones import PretrainedWeightsUnavailable, _require_torchvision_file
+from learner.model.manifest import MASK_ARCHS
 
 DETECTOR_ARCHS = {
     "fasterrcnn_resnet50_fpn_v2": "FasterRCNN_ResNet50_FPN_V2_Weights",
@@ -30,7 +31,6 @@ DETECTOR_ARCHS = {
     "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
     "maskrcnn_mobilenet_v3_large_fpn": "",  # ShelfSight's: bundle weights only (no COCO weights exist)
 }
-MASK_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_mobilenet_v3_large_fpn")
 MASK_THRESHOLD = 0.5  # a pixel belongs to the instance when its mask probability is at least this
 
 

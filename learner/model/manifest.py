@@ -24,6 +24,9 @@ from learner.model.taxonomy import Taxonomy, TaxonomyError
 FORMAT = "shelfsight-bundle"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "shelfsight.manifest"
+# detector architectures that return instance masks (learner.model.detector builds them; kept here, torch-free, so
+# the review loop can tell from a manifest whether annotators should outline objects)
+MASK_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_mobilenet_v3_large_fpn")
 
 
 class BundleError(RuntimeError):
@@ -105,6 +108,11 @@ class BundleInfo:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: manifest lacks or mangles {exc}") from None
+
+
+def detector_has_masks(detector: Any) -> bool:
+    """Whether a manifest's `detector` entry (None: no detector) describes a mask detector."""
+    return isinstance(detector, dict) and detector.get("arch") in MASK_ARCHS
 
 
 def file_sha256(path: str | Path) -> str:

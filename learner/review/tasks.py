@@ -1,10 +1,11 @@
 """The Label Studio task format of the review loop: the labelling configuration generated from the taxonomy
 (`label_config`: one Choices block per classifier group, single or multiple choice; one RectangleLabels block per
-detector group), the model's guess as pre-annotations (`prediction_result`, with per-region scores), an annotator's
-choices (`answer_result`, for scripted annotators), box conversions between pixels and Label Studio's percent, and
-annotations read back (`parse_annotation`: attribute values, boxes, and masks of polygon or brush regions, with a
-clear outcome for everything: applied, skipped, unknown_label, unknown_group, not_answered, invalid;
-`annotation_revision`: a digest of what an annotation says).
+detector group, and for a mask detector a PolygonLabels and a BrushLabels block beside it), the model's guess as
+pre-annotations (`prediction_result`, with per-region scores), an annotator's choices (`answer_result`, for
+scripted annotators), box conversions between pixels and Label Studio's percent, and annotations read back
+(`parse_annotation`: attribute values, boxes, and masks of polygon or brush regions, with a clear outcome for
+everything: applied, skipped, unknown_label, unknown_group, not_answered, invalid; `annotation_revision`: a
+digest of what an annotation says).
 
 Pure: JSON in, JSON out. No network (the daemon's review worker talks to Label Studio), no database, no policy.
 """
@@ -27,13 +28,22 @@ from learner.model.taxonomy import AttributeGroup, Taxonomy
 IMAGE_NAME = "image"  # the Image object tag of the labelling configuration, and the task data key of the image
 SKIPPED_ATTRIBUTE = "*"  # the attribute name of an outcome that concerns the whole annotation (a skipped task)
 
+# for a mask detector, each detector group also gets a PolygonLabels and a BrushLabels control, named the group's name
+# plus these suffixes (Label Studio needs one name per control); regions drawn with them count for the group
+MASK_CONTROL_SUFFIXES = {"polygonlabels": "_outline", "brushlabels": "_brush"}
+MASK_CONTROL_TAGS = {"polygonlabels": "PolygonLabels", "brushlabels": "BrushLabels"}
+SAME_OBJECT_IOU = 0.5  # a rectangle whose box overlaps an outline of the same label this much is that object
+
 Outcome = Literal["applied", "skipped", "unknown_label", "unknown_group", "not_answered", "invalid"]
 
 
-def label_config(taxonomy: Taxonomy) -> str:
+def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
     """The labelling configuration for a taxonomy: the image, the product's title and id, then one block per
     attribute group in taxonomy order: Choices (single or multiple) for classifier groups, RectangleLabels for
-    detector groups. Control names are the group names, choice values the taxonomy's values."""
+    detector groups. Control names are the group names, choice values the taxonomy's values. With `masks` (the
+    champion's detector returns instance masks), each detector group also gets PolygonLabels and BrushLabels
+    controls (`MASK_CONTROL_SUFFIXES`) with the same labels, so annotators can outline objects: the model's boxes
+    stay rectangles, an outline of a boxed object replaces its rectangle (see `parse_annotation`)."""
     view = ET.Element("View")
     ET.SubElement(view, "Header", value="$title")
     ET.SubElement(view, "Header", value="$product_id", size="6")
@@ -44,6 +54,12 @@ def label_config(taxonomy: Taxonomy) -> str:
             block = ET.SubElement(view, "RectangleLabels", name=group.name, toName=IMAGE_NAME)
             for value in group.values:
                 ET.SubElement(block, "Label", value=value)
+            for kind, suffix in MASK_CONTROL_SUFFIXES.items():
+                if not masks:
+                    break
+                block = ET.SubElement(view, MASK_CONTROL_TAGS[kind], name=group.name + suffix, toName=IMAGE_NAME)
+                for value in group.values:
+                    ET.SubElement(block, "Label", value=value)
         else:
             block = ET.SubElement(
                 view,
@@ -217,10 +233,12 @@ def parse_annotation(
     - a label that is not a value of its group: 'unknown_label' for the whole group (never applied; the rest of
       the annotation is);
     - a single-choice group with more or fewer than one choice: 'invalid';
-    - a detector group: rectangles, polygons and brush strokes are its regions (polygons and strokes become masks);
-      a region whose mask is malformed makes the whole group 'invalid', with the reason; the set of labels is
-      the value; no boxes while the model had predicted some means the
-      annotator removed them (value [], applied); no boxes and no model boxes: 'not_answered';
+    - a detector group: rectangles, polygons and brush strokes are its regions (polygons and strokes become masks),
+      drawn with the group's control or its mask controls (`label_config(..., masks=True)`); a rectangle whose box
+      overlaps an outline of the same label by IoU >= SAME_OBJECT_IOU is that object and is dropped (the outline
+      carries box and mask); a region whose mask is malformed makes the whole group 'invalid', with the reason; the
+      set of labels is the value; no boxes while the model had predicted some means the annotator removed them
+      (value [], applied); no boxes and no model boxes: 'not_answered';
     - a classifier group the model predicted but the annotation leaves empty: 'not_answered'.
     """
     model = model or {}
@@ -236,10 +254,11 @@ def parse_annotation(
         name = str(item.get("from_name", ""))
         kind = str(item.get("type", ""))
         value = item.get("value") or {}
-        group = groups.get(name)
+        group = groups.get(name) or _mask_control_group(name, kind, groups)
         if group is None:
             foreign.setdefault(name, f"control {name!r} ({kind}) is not a group of taxonomy {taxonomy.name!r}")
             continue
+        name = group.name  # a mask control (`detectedObjects_outline`) answers for its group
         if group.source == "detector" and kind == "rectanglelabels":
             width = float(item.get("original_width") or 0)
             height = float(item.get("original_height") or 0)
@@ -275,6 +294,7 @@ def parse_annotation(
                 elif predicted is not None:
                     out.append(ParsedValue(group.name, "not_answered", model_value=predicted))
                 continue
+            regions = _without_outlined_rectangles(regions)
             labels = [r["label"] for r in regions]
             unknown = sorted({v for v in labels if v not in group.values})
             if unknown:
@@ -319,6 +339,39 @@ def _unknown(
         detail=f"{unknown} not values of group {group.name!r}; the taxonomy or the project's labelling "
         "configuration is out of date",
     )
+
+
+def _mask_control_group(name: str, kind: str, groups: Mapping[str, AttributeGroup]) -> AttributeGroup | None:
+    """The detector group a mask control (`<group>_outline` for polygons, `<group>_brush` for brush strokes)
+    answers for; None for any other name."""
+    suffix = MASK_CONTROL_SUFFIXES.get(kind)
+    if suffix is None or not name.endswith(suffix):
+        return None
+    group = groups.get(name[: -len(suffix)])
+    return group if group is not None and group.source == "detector" else None
+
+
+def _without_outlined_rectangles(regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Regions minus the rectangles that an outline (a region with a mask) of the same label covers by box IoU >=
+    SAME_OBJECT_IOU: the annotator outlined the model's boxed object, which is one object, not two."""
+    outlines = [r for r in regions if r.get("mask") is not None and r.get("box") is not None]
+    if not outlines:
+        return regions
+    return [
+        r
+        for r in regions
+        if r.get("mask") is not None
+        or r.get("box") is None
+        or not any(o["label"] == r["label"] and _box_iou(o["box"], r["box"]) >= SAME_OBJECT_IOU for o in outlines)
+    ]
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _judged(

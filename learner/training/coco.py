@@ -21,6 +21,14 @@ from learner.model.masks import MaskError, from_coco_segmentation, to_box
 Objects = dict[Path, list[tuple[str, list[float]] | tuple[str, list[float], dict[str, Any] | None]]]
 
 
+def coco_categories(annotations: str | Path, rename: Mapping[str, str] | None = None) -> list[str]:
+    """The category names a COCO instances file declares (renamed like `coco_instances` renames them): the classes
+    it annotates, so a detection of another class cannot be judged against it."""
+    doc = json.loads(Path(annotations).read_text())
+    names = [str(c["name"]) for c in doc.get("categories", [])]
+    return list(dict.fromkeys((rename or {}).get(n, n) for n in names))
+
+
 def coco_instances(
     annotations: str | Path, images: str | Path | None = None, rename: Mapping[str, str] | None = None
 ) -> tuple[Objects, Counter[str]]:

@@ -104,7 +104,12 @@ def fine_tune(
     )
     val_loader = DataLoader(val_ds, batch_size=recipe.batch_size * 2, num_workers=workers)
     loss_fn = AttributeLoss(
-        taxonomy, list(train_samples), recipe.label_smoothing, recipe.class_weight_power, recipe.group_loss_weights
+        taxonomy,
+        list(train_samples),
+        recipe.label_smoothing,
+        recipe.class_weight_power,
+        recipe.group_loss_weights,
+        recipe.pos_weight_cap,
     )
     loss_fn.to(device)
     optimization = Optimization.build(model, recipe, len(train_loader), device)

@@ -171,7 +171,12 @@ def find_lr(
         generator=torch.Generator().manual_seed(config.seed),
     )
     loss_fn = AttributeLoss(
-        data.taxonomy, samples, config.label_smoothing, config.class_weight_power, config.group_loss_weights
+        data.taxonomy,
+        samples,
+        config.label_smoothing,
+        config.class_weight_power,
+        config.group_loss_weights,
+        config.pos_weight_cap,
     ).to(device)
     result = lr_range_test(model, loader, loss_fn, config, device, start_lr, end_lr, steps, config.progress)
     return result, plot_range_test(result, png)

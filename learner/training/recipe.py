@@ -39,6 +39,9 @@ class TrainConfig:
     freeze_stages: int = 3  # first N backbone stages frozen (stem counts as one)
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # CE class weight = frequency ** -power (0: unweighted, 1: inverse freq)
+    # > 0: in multi-label groups each value's positive targets weigh min(cap, negatives / positives) on the train
+    # split (BCE pos_weight, learner.training.loss.positive_weights); 0: off (every target weighs 1)
+    pos_weight_cap: float = 0.0
     dropout: float = 0.2
     group_loss_weights: dict[str, float] = field(default_factory=dict)  # group -> weight of its loss (default 1)
     colour_bins: int = 0  # >0: colour groups also see a bins^3 RGB histogram of the product (see classifier.py)

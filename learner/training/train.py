@@ -121,7 +121,12 @@ def train(
     }
 
     loss_fn = AttributeLoss(
-        taxonomy, splits["train"], config.label_smoothing, config.class_weight_power, config.group_loss_weights
+        taxonomy,
+        splits["train"],
+        config.label_smoothing,
+        config.class_weight_power,
+        config.group_loss_weights,
+        config.pos_weight_cap,
     ).to(device)
     optimization = Optimization.build(model, config, len(train_loader), device)
     # a tie goes to the later epoch (further down the cosine, longer averaged)

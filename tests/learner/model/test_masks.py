@@ -74,3 +74,15 @@ def test_resizing_scales_the_mask_with_its_image() -> None:
 def test_a_malformed_mask_is_refused_with_the_reason(build: object, reason: str) -> None:
     with pytest.raises(MaskError, match=reason):
         build()  # type: ignore[operator]
+
+
+def test_a_manifest_says_whether_its_detector_returns_masks() -> None:
+    from learner.model.detector import DetectorSpec
+    from learner.model.manifest import detector_has_masks
+
+    mask_spec = DetectorSpec("maskrcnn_mobilenet_v3_large_fpn", ["__background__", "person"], weights="bundle")
+    box_spec = DetectorSpec("fasterrcnn_mobilenet_v3_large_320_fpn", ["__background__", "person"], weights="bundle")
+
+    assert detector_has_masks(mask_spec.to_dict()) and mask_spec.has_masks
+    assert not detector_has_masks(box_spec.to_dict()) and not box_spec.has_masks
+    assert not detector_has_masks(None)  # no detector

@@ -304,6 +304,55 @@ def test_multi_label_classifier_groups_get_multiple_choice(taxonomy: Taxonomy) -
     assert style is not None and style.get("choice") == "multiple"
 
 
+def test_a_mask_detector_config_adds_outline_and_brush_controls_to_each_detector_group(taxonomy: Taxonomy) -> None:
+    plain = ET.fromstring(label_config(taxonomy))
+    assert plain.find("PolygonLabels") is None and plain.find("BrushLabels") is None
+
+    view = ET.fromstring(label_config(taxonomy, masks=True))
+
+    values = list(taxonomy.group("detectedObjects").values)
+    rectangles = view.find("RectangleLabels[@name='detectedObjects']")  # the model's boxes stay pre-annotations
+    outline = view.find("PolygonLabels[@name='detectedObjects_outline']")
+    brush = view.find("BrushLabels[@name='detectedObjects_brush']")
+    for block in (rectangles, outline, brush):
+        assert block is not None and block.get("toName") == "image"
+        assert [label.get("value") for label in block] == values
+    names = [e.get("name") for e in view if e.get("name")]
+    assert len(names) == len(set(names))  # Label Studio refuses two controls of one name
+    assert view.find("PolygonLabels[@name='garment_outline']") is None  # classifier groups are not outlined
+
+
+def test_an_outline_drawn_with_the_mask_control_replaces_the_rectangle_it_covers(taxonomy: Taxonomy) -> None:
+    # the model's tie box is 40..160 x 100..300 px of a 400 x 500 image; the annotator outlines it (a little
+    # tighter) and adds an umbrella with the brush-less polygon tool; a second tie box elsewhere stays a box
+    outline = {
+        "from_name": "detectedObjects_outline",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": 400,
+        "original_height": 500,
+        "value": {"points": [[12, 22], [38, 22], [38, 58], [12, 58]], "polygonlabels": ["tie"]},
+    }
+    umbrella = {**outline, "value": {"points": [[70, 70], [90, 70], [80, 90]], "polygonlabels": ["umbrella"]}}
+    result = [rect("tie"), rect("tie", x=60, y=5, w=10, h=10), outline, umbrella]
+
+    objects = by_attribute(parse_annotation(taxonomy, result, model=MODEL))["detectedObjects"]
+
+    assert objects.outcome == "applied" and objects.value == ["tie", "umbrella"]
+    assert objects.boxes is not None and len(objects.boxes) == 3
+    outlined = [b for b in objects.boxes if b.get("mask") is not None]
+    assert sorted(b["label"] for b in outlined) == ["tie", "umbrella"]
+    assert [b["box"] for b in objects.boxes if b.get("mask") is None] == [[240.0, 25.0, 280.0, 75.0]]
+
+
+def test_a_mask_control_of_a_group_the_taxonomy_lacks_is_unknown(taxonomy: Taxonomy) -> None:
+    stray = {"from_name": "garment_outline", "to_name": "image", "type": "polygonlabels", "value": {}}
+
+    parsed = by_attribute(parse_annotation(taxonomy, [stray], model=MODEL))
+
+    assert parsed["garment_outline"].outcome == "unknown_group"
+
+
 # -------------------------------------------------------------------------------------------- predictions
 
 
