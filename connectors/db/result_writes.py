@@ -9,6 +9,12 @@ order: a key repeated inside the batch is a duplicate after its first occurrence
 a product's title, category hint and last event are its last non-empty ones, an attribute written twice keeps the
 later value.
 
+On PostgreSQL each statement takes its rows as one array per column (`INSERT ... SELECT unnest(...), ...`): the SQL
+text is short and the same for every batch, so the driver converts it once and the server plans it as a prepared
+statement. A multi-row VALUES statement (what SQLite gets) is new text for each batch, thousands of placeholders
+long, that the driver re-parses every time (measured, batches of 32 results on the loaded 2-core machine: 0.66 ms
+of the writer's CPU per result before, 0.48 after; the rest is mostly psycopg dumping the arrays).
+
 Runs inside the caller's transaction; rows are sent in key order, so concurrent writers take row locks in the same
 order. Must not open connections, retry or log: `ProductStore` does that.
 """
@@ -20,7 +26,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func
+from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.types import JSON, Text
 
 from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
 from connectors.db.outbox import payload_from_json, payload_to_json
@@ -50,6 +59,25 @@ ATTRIBUTE_VALUE_COLUMNS = (
 
 Key = tuple[str, str, str]
 InsertFactory = Callable[[Table], Any]  # postgresql.insert or sqlite.insert (both have on_conflict_*)
+
+
+def _rows_insert(conn: Connection, insert: InsertFactory, table: Table, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """An INSERT of `rows` (dicts with the same keys) and the parameters to execute it with: on PostgreSQL one
+    statement with a column array each (see the module docstring), elsewhere a multi-row insert."""
+    if conn.dialect.name != "postgresql":
+        return insert(table), rows
+    columns = list(rows[0])
+    return insert(table).from_select(columns, select(*(_column_array(table, c, rows) for c in columns))), None
+
+
+def _column_array(table: Table, column: str, rows: list[dict[str, Any]]) -> Any:
+    """`unnest` of one column's values as a PostgreSQL array parameter. JSON values go as text (as the JSON type
+    stores them: None becomes JSON null) cast to jsonb, since an array parameter would take lists as dimensions."""
+    kind = table.c[column].type
+    if isinstance(kind, JSON):
+        texts = bindparam(f"col_{column}", [json.dumps(r[column]) for r in rows], type_=ARRAY(Text()))
+        return func.unnest(sql_cast(texts, ARRAY(JSONB())))
+    return func.unnest(bindparam(f"col_{column}", [r[column] for r in rows], type_=ARRAY(kind)))
 
 
 def result_key(result: ProductResult) -> Key:
@@ -96,12 +124,12 @@ def _log_results(conn: Connection, insert: InsertFactory, ordered: list[ProductR
         }
         for r in first.values()
     ]
-    stmt = insert(t)
+    stmt, params = _rows_insert(conn, insert, t, rows)
     upsert = stmt.on_conflict_do_update(
         index_elements=["product_id", "image_digest", "model_version"],
         set_={"attempts": t.c.attempts + 1, "last_seen_at": stmt.excluded.last_seen_at},
     ).returning(t.c.product_id, t.c.image_digest, t.c.model_version, t.c.attempts)
-    new = {(p, d, m) for p, d, m, attempts in conn.execute(upsert, rows) if attempts == 1}
+    new = {(p, d, m) for p, d, m, attempts in conn.execute(upsert, params) if attempts == 1}
     for key in repeats:  # rare: the same event delivered twice inside one batch
         product_id, digest, version = key
         conn.execute(
@@ -130,7 +158,7 @@ def _upsert_products(conn: Connection, insert: InsertFactory, fresh: list[Produc
             if value is not None:
                 row[column] = value
     t = PRODUCTS
-    stmt = insert(t)
+    stmt, params = _rows_insert(conn, insert, t, [merged[p] for p in sorted(merged)])
     upsert = stmt.on_conflict_do_update(
         index_elements=["product_id"],
         set_={
@@ -140,7 +168,7 @@ def _upsert_products(conn: Connection, insert: InsertFactory, fresh: list[Produc
             "updated_at": stmt.excluded.updated_at,
         },
     )
-    conn.execute(upsert, [merged[p] for p in sorted(merged)])
+    conn.execute(upsert, params)
 
 
 def _upsert_attributes(conn: Connection, insert: InsertFactory, fresh: list[ProductResult], now: datetime) -> int:
@@ -156,13 +184,13 @@ def _upsert_attributes(conn: Connection, insert: InsertFactory, fresh: list[Prod
     if not rows:
         return 0
     t = ATTRIBUTES
-    stmt = insert(t)
+    stmt, params = _rows_insert(conn, insert, t, [rows[k] for k in sorted(rows)])
     upsert = stmt.on_conflict_do_update(
         index_elements=["product_id", "attribute"],
         set_={name: stmt.excluded[name] for name in ATTRIBUTE_VALUE_COLUMNS},
         where=t.c.source != HUMAN,
     ).returning(t.c.product_id, t.c.attribute)
-    changed = {(p, a) for p, a in conn.execute(upsert, [rows[k] for k in sorted(rows)])}
+    changed = {(p, a) for p, a in conn.execute(upsert, params)}
     return sum(n for key, n in written.items() if key not in changed)
 
 

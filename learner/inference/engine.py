@@ -19,7 +19,6 @@ Must not import torch at module level: with the onnxruntime backend the serving 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,7 +30,7 @@ from learner.inference.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     PreparedImage,
-    decode_image,
+    decode_image_sized,
     letterbox,
     pil_to_uint8_array,
     pil_to_uint8_tensor,
@@ -179,10 +178,9 @@ class TaggingEngine:
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and resize one image. Raises ImageDecodeError for a bad image."""
         draft = self.pre.input_size * 2 if self.detector is None else DETECTOR_MAX_SIDE
-        img = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
+        # draft() may decode at a reduced scale: the true size (box coordinates) comes from the same parse
+        img, (true_w, true_h) = decode_image_sized(data, max_pixels=self.max_pixels, draft_size=draft)
         w, h = img.size
-        # draft() may have decoded at a reduced scale: recover the true size for box coordinates
-        true_w, true_h = _header_size(data) or (w, h)
         prepared = PreparedImage(
             classifier_input=self.classifier.to_input(pil_to_uint8_array(letterbox(img, self.pre))),
             width=true_w,
@@ -290,16 +288,3 @@ class TaggingEngine:
             for (i, _), tags in zip(chunk, self.infer([p for _, p in chunk]), strict=True):
                 results[i] = tags
         return [r for r in results if r is not None]
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-            # EXIF orientations 5-8 rotate by 90 degrees: width and height swap
-            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    except Exception:
-        return None

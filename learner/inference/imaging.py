@@ -48,6 +48,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
 
     `draft_size` lets JPEG decoding use DCT scaling when the image is much larger than needed.
     """
+    return decode_image_sized(data, max_pixels, draft_size)[0]
+
+
+def decode_image_sized(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`decode_image`, and the image's true (oriented) width and height: with `draft_size` the decoded image may be
+    smaller than the file's, and coordinates in original pixels need the true size. One parse of the bytes."""
     if not data:
         raise ImageDecodeError("empty", "no bytes")
     try:
@@ -73,9 +81,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
         msg = str(exc)
         reason = "truncated" if "truncated" in msg or "broken data" in msg or "image file" in msg else "not_an_image"
         raise ImageDecodeError(reason, f"cannot decode image data: {msg}") from None
+    loaded = img.size
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+    # EXIF orientations 5-8 rotate by 90 degrees: the true width and height swap as the decoded ones did
+    true_size = (h, w) if img.size != loaded and img.size == loaded[::-1] else (w, h)
+    return to_rgb(img), true_size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from learner.inference.backends import BACKENDS, load_engine
 from learner.inference.engine import ImageTags, TagError, TaggingEngine
-from learner.inference.imaging import ImageDecodeError, decode_image
+from learner.inference.imaging import ImageDecodeError, decode_image, decode_image_sized
 from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.detector import DetectorSpec, build_detector
 
@@ -79,6 +79,17 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     decoded = decode_image(encode(img, "JPEG", exif=exif))
     assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "true_size"), [(1, (1200, 800)), (3, (1200, 800)), (6, (800, 1200)), (8, (800, 1200))]
+)
+def test_a_draft_decode_reports_the_files_true_oriented_size(orientation, true_size):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded, size = decode_image_sized(encode(Image.new("RGB", (1200, 800), "red"), "JPEG", exif=exif), draft_size=200)
+    assert max(decoded.size) < 1200  # decoded at a reduced scale ...
+    assert size == true_size  # ... yet the size is the file's, oriented like the decoded image
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "CMYK", "L", "P", "LA", "I;16"])
