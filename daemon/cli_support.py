@@ -8,9 +8,12 @@ imported inside the functions that need them), and it holds no command logic.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +58,13 @@ def configure_logging(level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def enable_stack_dumps() -> None:
+    """`kill -USR1 PID` writes every thread's stack to stderr (the log) without stopping the process: what an
+    operator (or the soak test) looks at when a long-running service seems stuck."""
+    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
+from daemon.cli_support import CONFIG_OPTION, configure_logging, enable_stack_dumps, fail, load_settings
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -54,6 +54,7 @@ def run_command(config: Path | None = CONFIG_OPTION) -> None:
     """Run the review worker until SIGTERM/SIGINT."""
     settings = load_settings(config)
     configure_logging(settings.log_level)
+    enable_stack_dumps()
     worker = _worker(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:

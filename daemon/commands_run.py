@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
+from daemon.cli_support import CONFIG_OPTION, configure_logging, enable_stack_dumps, fail, load_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +23,7 @@ def run_command(config: Path | None = CONFIG_OPTION) -> None:
 
     settings = load_settings(config)
     configure_logging(settings.log_level)
+    enable_stack_dumps()
     try:
         raise typer.Exit(run_service(settings))
     except StartupError as exc:

@@ -6,6 +6,7 @@ What it must not do: parse annotations itself (the applier does), or send tasks.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from connectors.db import ReviewStore
@@ -15,6 +16,8 @@ from daemon.review.applier import AnnotationApplier
 from daemon.review.project import ReviewProject
 
 POLL_OVERLAP = timedelta(seconds=2)
+
+log = logging.getLogger("shelfsight.review")
 
 
 class AnnotationPoller:
@@ -45,4 +48,9 @@ class AnnotationPoller:
                 newest = updated
                 self.store.set_state(name, newest.isoformat())
         self.metrics.polls.labels("ok").inc()
+        if seen:  # what a catch-up read, to compare with Label Studio when an answer seems missing
+            log.info(
+                "polled %d task(s) of project %d changed since %s; watermark now %s",
+                seen, project_id, since.isoformat() if since else "the start", newest.isoformat() if newest else "-",
+            )  # fmt: skip
         return seen

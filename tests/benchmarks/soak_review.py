@@ -138,6 +138,11 @@ class WorkerProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the worker's log (`shelfsight review run` registers SIGUSR1 for it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -411,13 +416,16 @@ def compare(database_url: str, client: Any, project_id: int, taxonomy: Any) -> t
     return problems, counts
 
 
-def soft_wait(condition: Callable[[], bool], timeout_s: float, what: str) -> bool:
-    """Wait for `condition`; on timeout log it and go on (the final comparison says what is missing)."""
+def soft_wait(condition: Callable[[], bool], timeout_s: float, what: str, worker: WorkerProcess | None = None) -> bool:
+    """Wait for `condition`; on timeout log it, have the worker write its threads' stacks into its log (what was it
+    doing?) and go on (the final comparison says what is missing)."""
     try:
         wait_until(condition, timeout_s, what)
         return True
     except AssertionError:
         log.error("timed out after %.0fs waiting for %s", timeout_s, what)
+        if worker is not None:
+            worker.dump_stacks()
         return False
 
 
@@ -516,7 +524,7 @@ def run_soak(
         worker.start()
         wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
         counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
-        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up")
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up", worker)
         time.sleep(2 * config.poll_interval_s)  # a poll or two after the catch-up, with the editor still at work
         counts.edits_during_catch_up = editor.stop()
         counts.edits += counts.edits_during_catch_up
@@ -548,7 +556,7 @@ def run_soak(
             counts.kills_mid_sync += int(recorded_annotations(database_url) < expected)
             worker.kill()
             counts.kills += 1
-        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up after the kills")
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up after the kills", worker)
 
         # 5. Label Studio down while the worker runs and products keep being routed
         label_studio.stop()
@@ -571,6 +579,8 @@ def run_soak(
             wait_until(agreed, config.catch_up_timeout_s, "the database to agree with Label Studio", tail)
         except AssertionError:
             log.error("the database did not agree with Label Studio within %.0fs", config.catch_up_timeout_s)
+            worker.dump_stacks()
+            time.sleep(0.5)  # the dump is written before the worker is stopped
         assert worker.terminate() == 0, tail()
         counts.recovered_by_final_reconcile = _final_reconcile(env, database_url)
         problems, found = compare(database_url, client, project_id, taxonomy)
