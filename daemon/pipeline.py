@@ -196,10 +196,14 @@ class Enricher:
         self._abort.set()
 
     def _consume_once(self) -> None:
+        poll_timeout_ms = self.opts.poll_timeout_ms
         if self._paused:
-            time.sleep(self.opts.poll_timeout_ms / 1000)
+            # wait for in-flight work to finish, not a fixed sleep: the partitions resume as soon as enough is done
+            # (a fixed sleep plus a poll that waits out its timeout on paused partitions left the workers idle)
+            self._drain_done(timeout_s=poll_timeout_ms / 1000)
+            poll_timeout_ms = 0
             # kafka-python keeps heartbeating from its own thread; polling a paused consumer is harmless
-        records = self.source.poll(timeout_ms=self.opts.poll_timeout_ms)
+        records = self.source.poll(timeout_ms=poll_timeout_ms)
         now = time.monotonic()
         consumed = 0
         for record in records:
