@@ -68,6 +68,9 @@ class BatchSettings(BaseModel):
     max_delay_ms: int = 25  # ... or this long after its first image arrived, whichever comes first
     max_in_flight_events: int = 256  # backpressure: partitions pause above this
     decode_workers: int = 4
+    # threads running forward passes side by side, each on its own batch; 0: two with onnxruntime on CPU (each
+    # run then gets half the cores as onnxruntime threads), one otherwise
+    inference_workers: int = Field(default=0, ge=0)
 
 
 class ReviewGroupSettings(BaseModel):

@@ -12,6 +12,10 @@ happen around it through the `daemon.metrics.PipelineMetrics` hooks, never insid
     inference thread   dynamic batching: a batch closes at `max_images` or `max_delay_ms` after its first
                        image; one forward pass; events whose images are all tagged go to the writer. It does
                        nothing else: it is the one serial stage, and Python work here holds the GIL it needs.
+                       With `inference_workers` > 1 that many threads each take their own batch off the same
+                       queue (onnxruntime on CPU: single-threaded runs side by side keep every core busy while
+                       one of them is between runs or preempted by the other stages, instead of one run whose
+                       parallel section waits for its slowest thread).
     writer thread      merges each finished event's images into one result and routes it (review), writes a
                        group of finished events in one transaction of a few set-based statements (retried with
                        backoff while the database is down, never dead-lettered), dead letters for permanent
@@ -61,6 +65,7 @@ class PipelineOptions:
     max_batch_delay_ms: int = 25
     max_in_flight_events: int = 256
     decode_workers: int = 4
+    inference_workers: int = 1  # threads running forward passes, each on its own batch (see the module docstring)
     fetch_attempts: int = 3
     retry_initial_s: float = 0.5
     retry_max_s: float = 5.0
@@ -143,7 +148,8 @@ class Enricher:
         self._abort = threading.Event()  # hard: give up waiting (shutdown timeout)
         # bounded: prepared images wait for at most two batches, so memory stays flat, fetch workers block
         # (backpressure reaches the consumer through the in-flight limit) and a graceful stop has little to finish
-        self._infer_q: queue.Queue[_InferItem | None] = queue.Queue(maxsize=2 * self.opts.max_batch_images)
+        depth = (1 + max(1, self.opts.inference_workers)) * self.opts.max_batch_images
+        self._infer_q: queue.Queue[_InferItem | None] = queue.Queue(maxsize=depth)
         self._write_q: queue.Queue[Finished | None] = queue.Queue()
         self._done_q: queue.Queue[EventJob] = queue.Queue()
         self._jobs: dict[tuple[str, int, int], EventJob] = {}
@@ -196,10 +202,14 @@ class Enricher:
         self._abort.set()
 
     def _consume_once(self) -> None:
+        poll_timeout_ms = self.opts.poll_timeout_ms
         if self._paused:
-            time.sleep(self.opts.poll_timeout_ms / 1000)
+            # wait for in-flight work to finish, not a fixed sleep: the partitions resume as soon as enough is done
+            # (a fixed sleep plus a poll that waits out its timeout on paused partitions left the workers idle)
+            self._drain_done(timeout_s=poll_timeout_ms / 1000)
+            poll_timeout_ms = 0
             # kafka-python keeps heartbeating from its own thread; polling a paused consumer is harmless
-        records = self.source.poll(timeout_ms=self.opts.poll_timeout_ms)
+        records = self.source.poll(timeout_ms=poll_timeout_ms)
         now = time.monotonic()
         consumed = 0
         for record in records:
@@ -387,6 +397,8 @@ class Enricher:
         delay_s = self.opts.max_batch_delay_ms / 1000
         while (batch := next_batch(self._infer_q, self.opts.max_batch_images, delay_s)) is not None:
             self._infer_batch(batch)
+        with contextlib.suppress(queue.Full):  # the stop sentinel, passed on to the other inference workers
+            self._infer_q.put(None, timeout=5)
 
     def _infer_batch(self, batch: list[_InferItem]) -> None:
         by_engine: dict[int, list[_InferItem]] = {}
@@ -497,7 +509,10 @@ class Enricher:
 
     # ---------------------------------------------------------------------------------------------
     def _start_threads(self) -> None:
-        for name, target in (("inference", self._inference_loop), ("writer", self._writer_loop)):
+        workers = max(1, self.opts.inference_workers)
+        names = ["inference"] if workers == 1 else [f"inference_{i}" for i in range(workers)]
+        loops = [(name, self._inference_loop) for name in names]
+        for name, target in (*loops, ("writer", self._writer_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)

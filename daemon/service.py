@@ -9,6 +9,7 @@ in-flight batch, write, commit, leave the group); a second signal stops waiting.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -69,6 +70,8 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
             " or set SHELFSIGHT_MODEL_PATH (the starter model the demo uses: deploy/demo/starter.safetensors)"
         )
 
+    inference_workers, onnx_threads = inference_threads(settings)
+
     def build_engine(path: Path) -> TaggingEngine:
         # onnxruntime: a missing ONNX export is made in a subprocess, so this process stays torch-free
         return load_engine(
@@ -77,6 +80,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
             device=settings.device,
             max_pixels=settings.max_pixels,
             onnx_cache_dir=settings.onnx_cache_dir,
+            threads=onnx_threads,
         )
 
     try:
@@ -106,6 +110,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         max_batch_delay_ms=b.max_delay_ms,
         max_in_flight_events=b.max_in_flight_events,
         decode_workers=b.decode_workers,
+        inference_workers=inference_workers,
         fetch_attempts=f.attempts,
         shutdown_timeout_s=settings.shutdown_timeout_s,
     )
@@ -257,3 +262,27 @@ def run_service(settings: Settings) -> int:
         service.close()
     log.info("stopped")
     return 0
+
+
+def inference_threads(settings: Settings) -> tuple[int, int | None]:
+    """How many inference workers run side by side, and the onnxruntime threads of each run (None: its default).
+
+    `batch.inference_workers` 0 means: two on onnxruntime on CPU, each with half the cores (on a 2-core machine one
+    thread each: one run goes on while the other waits for the GIL or is preempted by decoding, writing, Kafka),
+    one otherwise (torch, or a GPU: one run at a time keeps the device busy).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    onnx_cpu = settings.backend == "onnxruntime" and not _onnx_uses_cuda(settings.device)
+    workers = settings.batch.inference_workers or (2 if onnx_cpu and cores >= 2 else 1)
+    threads = max(1, cores // workers) if onnx_cpu and workers > 1 else None
+    return workers, threads
+
+
+def _onnx_uses_cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
