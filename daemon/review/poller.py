@@ -16,6 +16,7 @@ from daemon.review.applier import AnnotationApplier
 from daemon.review.project import ReviewProject
 
 POLL_OVERLAP = timedelta(seconds=2)
+CATCH_UP_TASKS = 100  # a poll that reads this many tasks (a page of the listing) is a catch-up
 
 log = logging.getLogger("shelfsight.review")
 

@@ -102,12 +102,13 @@ class SoakCounts:
     human_values: int = 0
     products_checked: int = 0
     recovered_by_final_reconcile: int = 0
+    recovered_by_worker_reconcile: int = 0  # by the reconcile that follows a catch-up: polls had missed them too
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.recovered_by_final_reconcile == 0
+        return not self.problems and self.recovered_by_final_reconcile == self.recovered_by_worker_reconcile == 0
 
 
 # --------------------------------------------------------------------------------------------------- the worker
@@ -582,6 +583,8 @@ def run_soak(
             worker.dump_stacks()
             time.sleep(0.5)  # the dump is written before the worker is stopped
         assert worker.terminate() == 0, tail()
+        worker_log = log_path.read_text(errors="replace")
+        counts.recovered_by_worker_reconcile = worker_log.count("reconcile recovered annotation")
         counts.recovered_by_final_reconcile = _final_reconcile(env, database_url)
         problems, found = compare(database_url, client, project_id, taxonomy)
         counts.problems = problems
