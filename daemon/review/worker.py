@@ -215,7 +215,7 @@ class ReviewWorker:
                 reconciles = self.reconciler is not None and self.options.reconcile_interval_s is not None
                 if seen >= CATCH_UP_TASKS and reconciles:
                     # A listing this long is a catch-up (the worker was down, or webhooks were lost). One catch-up
-                    # in CI and 3 of 12 soak runs here missed answers that the full reconcile later recovered (cause
+                    # in CI and 2 of 15 soak runs here missed answers that the full reconcile later recovered (cause
                     # not found, docs/review-loop.md); the reconcile is cheap, so it follows every catch-up.
                     log.info("the poll read %d tasks (a catch-up): a full reconcile follows", seen)
                     self.reconcile_soon.set()

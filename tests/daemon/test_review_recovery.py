@@ -239,7 +239,7 @@ def test_a_short_soak_loses_duplicates_and_leaves_stale_no_answer(
     assert any("(a catch-up): a full reconcile follows" in line for line in worker_log), "\n".join(worker_log[-80:])
     missed = counts.recovered_by_worker_reconcile + counts.recovered_by_final_reconcile
     if missed:
-        # Known, intermittent (once in CI, 3 of 12 runs here): a catch-up's polls missed answers made while the
+        # Known, intermittent (once in CI, 2 of 15 runs here): a catch-up's polls missed answers made while the
         # worker was down; a reconcile brought every one back, which the assertion on problems checks. The standalone
         # soak (tests/benchmarks/soak_review.py) exits 1 on it; the worker log (poll summaries, thread stacks dumped
         # when a catch-up times out) is what to read.
