@@ -146,8 +146,9 @@ class Enricher:
         self.stop_event = threading.Event()  # graceful: stop consuming, finish in-flight work
         self._draining = threading.Event()  # set by the graceful stop: work not yet started is abandoned
         self._abort = threading.Event()  # hard: give up waiting (shutdown timeout)
-        # bounded: prepared images wait for at most two batches, so memory stays flat, fetch workers block
-        # (backpressure reaches the consumer through the in-flight limit) and a graceful stop has little to finish
+        # bounded: prepared images wait for at most one batch more than there are inference workers, so memory stays
+        # flat, fetch workers block (backpressure reaches the consumer through the in-flight limit) and a graceful stop
+        # has little to finish
         depth = (1 + max(1, self.opts.inference_workers)) * self.opts.max_batch_images
         self._infer_q: queue.Queue[_InferItem | None] = queue.Queue(maxsize=depth)
         self._write_q: queue.Queue[Finished | None] = queue.Queue()

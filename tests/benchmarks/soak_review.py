@@ -141,7 +141,8 @@ class WorkerProcess:
 
     def dump_stacks(self) -> None:
         """Every thread's stack into the worker's log (`shelfsight review run` registers SIGUSR1 for it)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive():
+            assert self.proc is not None
             self.proc.send_signal(signal.SIGUSR1)
 
     def alive(self) -> bool:
