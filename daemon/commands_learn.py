@@ -72,6 +72,7 @@ def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
         backbone_lr_decay=learner.backbone_lr_decay,
         freeze_stages=learner.freeze_stages,
         patience=learner.patience,
+        pos_weight_cap=learner.pos_weight_cap,
         amp=learner.amp,
         threads=learner.threads,
         device=device,

@@ -191,6 +191,8 @@ class LearnerSettings(BaseModel):
     backbone_lr_decay: float = Field(default=0.8, gt=0)
     freeze_stages: int = Field(default=3, ge=0)
     patience: int = Field(default=3, ge=0)
+    # multi-label groups: each value's positives weigh min(cap, negatives / positives) on the train split (0: off)
+    pos_weight_cap: float = Field(default=0.0, ge=0)
     amp: bool = True
     threads: int | None = None  # CPU threads for training (None: all cores)
     nproc_per_node: int = Field(default=1, ge=1)  # >1: torchrun, one process per GPU (DistributedDataParallel)

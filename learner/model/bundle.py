@@ -112,18 +112,12 @@ class ModelBundle:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"classifier.{k}": v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         if self.detector is not None and self.detector_spec is not None and self.detector_spec.weights == "bundle":
             tensors.update(
                 {f"detector.{k}": v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
             )
-        digest = _tensor_digest(tensors)
-        manifest = self.manifest(digest)
-        tmp = path.with_name(path.name + ".tmp")
-        # no sort_keys: the order of groups is meaningful
-        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
-        tmp.replace(path)  # atomic: a reader never sees half a bundle
+        _write_bundle_file(path, tensors, self.manifest(_tensor_digest(tensors)))
         return path
 
 
@@ -235,11 +229,17 @@ def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> S
     manifest["model_version"] = f"{manifest['model_version']}-{suffix}"
     manifest["weights_dtype"] = dtype
     manifest["tensor_sha256"] = _tensor_digest(tensors)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
-    tmp.replace(dst)
+    _write_bundle_file(dst, tensors, manifest)
     return ShrinkResult(dst, manifest["model_version"], dtype, src.stat().st_size, dst.stat().st_size, cast)
+
+
+def _write_bundle_file(path: Path, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
+    """Tensors and manifest to `path`, atomically: a reader never sees half a bundle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    # no sort_keys: the order of groups is meaningful
+    save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+    tmp.replace(path)
 
 
 def _check_selective(bundle: ModelBundle, path: Path) -> None:

@@ -7,9 +7,11 @@ against the tagging engine alone on the same images, same model and batch size, 
 It starts a real Kafka broker and PostgreSQL (deploy/dev) once, then for each backend runs `shelfsight run` as a
 subprocess (one replica, default settings except the batch size and SHELFSIGHT_BACKEND) and measures:
 - throughput on the 224 px set and on the full-size set (~1800x2400): N events produced at once; time from the
-  first send to the N-th committed row;
-- the engine alone: `TaggingEngine.tag_bytes` over the same image bytes (decode + infer, one thread of Python),
-  in a fresh process per backend;
+  first send to the commit time of the N-th row (`processing_log.first_processed_at`, so the harness's polling
+  interval is not counted), and the steady rate: rows per second between the commits of the 10th and the 90th
+  percentile row (what a continuous stream gets, without the first batch's ramp-up and the last one's tail);
+- the engine alone: `TaggingEngine.tag_bytes` over the same image bytes as the end-to-end run (decode + infer, one
+  thread of Python), three passes, the median (and the spread) reported, in a fresh process per backend;
 - latency at a light load: events sent at a steady low rate; send time to the row's commit time
   (processing_log.first_processed_at), p50 and p99;
 - the daemon's peak resident memory (VmHWM) and whether it imported torch;
@@ -92,17 +94,19 @@ def main() -> None:
         command += ["--n", str(args.n), "--batch", str(args.batch), "--images", str(images_dir)]
         if full_files:
             command += ["--full-images", str(full_dir), "--n-full", str(len(full_files))]
-        alone = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        alone = json.loads(subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout)
         r = results[backend]
         r.update(alone)
-        r["ratio_e2e_to_engine_224"] = round(float(r["e2e_224_img_s"]) / alone["engine_224_img_s"], 3)
-        if full_files:
-            r["ratio_e2e_to_engine_full"] = round(float(r["e2e_full_img_s"]) / alone["engine_full_img_s"], 3)
+        for name in ("224", "full") if full_files else ("224",):
+            engine_rate = float(alone[f"engine_{name}_img_s"])  # type: ignore[arg-type]
+            r[f"ratio_e2e_to_engine_{name}"] = round(float(r[f"e2e_{name}_img_s"]) / engine_rate, 3)
+            r[f"ratio_steady_to_engine_{name}"] = round(float(r[f"e2e_{name}_steady_img_s"]) / engine_rate, 3)
         for name in ("224", "full") if full_files else ("224",):
             where = r.get(f"where_{name}")
             if isinstance(where, dict):  # CPU per image: the engine's share of what the whole pipeline used
                 pipeline = sum(float(v) for k, v in where.items() if k.startswith("cpu_") and k.endswith("ms_per_img"))
-                r[f"ratio_cpu_engine_to_pipeline_{name}"] = round(alone[f"engine_{name}_cpu_ms_per_img"] / pipeline, 3)
+                engine_cpu = float(alone[f"engine_{name}_cpu_ms_per_img"])  # type: ignore[arg-type]
+                r[f"ratio_cpu_engine_to_pipeline_{name}"] = round(engine_cpu / pipeline, 3)
     figures = {
         "model": str(model),
         "untrained_heads": args.model is None,
@@ -167,7 +171,7 @@ def _daemon_run(
             stages_before, cpu_before = _stage_sums(daemon.metrics()), _cpu_seconds(processes)
             threads_before = _thread_cpu_seconds(daemon.proc.pid)
             spy = _start_py_spy(args.py_spy, daemon.proc.pid, args.out / f"py-spy-{backend}-{name}.txt", name)
-            t0 = time.perf_counter()
+            t0, t0_epoch = time.perf_counter(), time.time()
             produce(broker.bootstrap, topic, events)
             with tqdm(total=len(events), desc=f"{backend} end to end {name}", unit="img") as bar:
                 done = 0
@@ -178,8 +182,13 @@ def _daemon_run(
                     done = now
                     if time.perf_counter() - t0 > 1800:
                         raise SystemExit(f"timed out with {done}/{len(events)} rows:\n{daemon.log_tail()}")
-            wall = time.perf_counter() - t0
+            commits = sorted(
+                _as_epoch(ts)
+                for (ts,) in db.rows(f"SELECT first_processed_at FROM processing_log WHERE product_id LIKE '{name}-%'")
+            )
+            wall = commits[-1] - t0_epoch
             figures[f"e2e_{name}_img_s"] = round(len(events) / wall, 2)
+            figures[f"e2e_{name}_steady_img_s"] = steady_rate(commits)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
                 spy.wait(timeout=60)
@@ -227,27 +236,40 @@ def _daemon_run(
     return figures, latencies
 
 
+def steady_rate(commits: list[float], low: float = 0.1, high: float = 0.9) -> float:
+    """Rows per second between the `low` and `high` quantile rows of sorted commit times."""
+    i, j = int(low * (len(commits) - 1)), int(high * (len(commits) - 1))
+    span = commits[j] - commits[i]
+    return round((j - i) / span, 2) if span > 0 else float("nan")
+
+
+ENGINE_PASSES = 3
+
+
 def _engine_alone(
     model: Path, backend: str, files: list[Path], full_files: list[Path], n: int, batch: int
-) -> dict[str, float]:
-    """The engine alone, in this (fresh) process: same images, same model, same batch as the daemon."""
+) -> dict[str, object]:
+    """The engine alone, in this (fresh) process: the same images as the end-to-end run (all N, not a sample),
+    same model, same batch as the daemon; the median of three passes, so one lucky or disturbed pass does not
+    decide a ratio."""
     from learner.inference.backends import load_engine
 
     engine = load_engine(model, backend, device="cpu")
-    out = {}
-    for name, chosen in (("224", [files[i % len(files)] for i in range(min(n, 256))]), ("full", full_files)):
+    out: dict[str, object] = {}
+    for name, chosen in (("224", [files[i % len(files)] for i in range(n)]), ("full", full_files)):
         if not chosen:
             continue
         payloads = [f.read_bytes() for f in chosen]
         engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
-        best, cpu = 0.0, float("inf")
-        for _ in range(2):
+        rates, cpus = [], []
+        for _ in tqdm(range(ENGINE_PASSES), desc=f"{backend} engine alone {name}", unit="pass", file=sys.stderr):
             t0, c0 = time.perf_counter(), time.process_time()
             engine.tag_bytes(payloads, batch_size=batch)
-            best = max(best, len(payloads) / (time.perf_counter() - t0))
-            cpu = min(cpu, (time.process_time() - c0) / len(payloads))
-        out[f"engine_{name}_img_s"] = round(best, 2)
-        out[f"engine_{name}_cpu_ms_per_img"] = round(1000 * cpu, 2)
+            rates.append(len(payloads) / (time.perf_counter() - t0))
+            cpus.append((time.process_time() - c0) / len(payloads))
+        out[f"engine_{name}_img_s"] = round(statistics.median(rates), 2)
+        out[f"engine_{name}_img_s_passes"] = [round(r, 1) for r in rates]
+        out[f"engine_{name}_cpu_ms_per_img"] = round(1000 * statistics.median(cpus), 2)
     return out
 
 
@@ -346,8 +368,11 @@ def _maps_torch(pid: int) -> bool:
 def _print_table(results: dict[str, dict[str, object]]) -> None:
     keys = [
         "engine_224_img_s",
+        "engine_224_img_s_passes",
         "e2e_224_img_s",
+        "e2e_224_steady_img_s",
         "ratio_e2e_to_engine_224",
+        "ratio_steady_to_engine_224",
         "engine_full_img_s",
         "e2e_full_img_s",
         "ratio_e2e_to_engine_full",
@@ -360,9 +385,9 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
         "daemon_imported_torch",
     ]
     names = list(results)
-    print(f"{'':<26}" + "".join(f"{n:>14}" for n in names))
+    print(f"{'':<34}" + "".join(f"{n:>24}" for n in names))
     for k in keys:
-        print(f"{k:<26}" + "".join(f"{results[n].get(k, '-')!s:>14}" for n in names))
+        print(f"{k:<34}" + "".join(f"{results[n].get(k, '-')!s:>24}" for n in names))
     for n in names:
         for name in ("224", "full"):
             where = results[n].get(f"where_{name}")

@@ -67,6 +67,14 @@ def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str
     assert proc.returncode == 0
 
 
+def test_the_multi_label_positive_weight_cap_reaches_the_retraining_recipe() -> None:
+    from daemon.commands_learn import retrain_config
+    from daemon.config import LearnerSettings
+
+    assert retrain_config(LearnerSettings(), "cpu").recipe.pos_weight_cap == 0.0
+    assert retrain_config(LearnerSettings(pos_weight_cap=8.0), "cpu").recipe.pos_weight_cap == 8.0
+
+
 def test_learner_settings_reach_the_detector_recipe_and_the_detection_gate() -> None:
     from daemon.commands_learn import retrain_config
     from daemon.config import LearnerSettings

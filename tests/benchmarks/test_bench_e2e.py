@@ -1,0 +1,24 @@
+"""The end-to-end benchmark's steady rate (tests/benchmarks/bench_e2e.py): rows per second between the 10th and the
+90th percentile commit, so a slow first batch or a late last one does not change it."""
+
+from __future__ import annotations
+
+import math
+
+from tests.benchmarks.bench_e2e import steady_rate
+
+
+def test_the_steady_rate_ignores_a_slow_ramp_up_and_tail() -> None:
+    # 100 rows committed 10 ms apart, after a 2 s ramp-up and before a 1 s tail
+    commits = [2.0] + [2.0 + 0.01 * i for i in range(1, 99)] + [3.98 + 1.0]
+    assert steady_rate(commits) == 100.0
+
+
+def test_the_steady_rate_counts_rows_committed_in_batches() -> None:
+    # 10 batches of 32 rows, one batch every 0.1 s: 320 rows/s
+    commits = [0.1 * (i // 32) for i in range(320)]
+    assert abs(steady_rate(commits) - 320.0) < 320.0 * 0.15
+
+
+def test_the_steady_rate_of_rows_committed_at_once_is_not_a_number() -> None:
+    assert math.isnan(steady_rate([5.0] * 10))
