@@ -62,6 +62,10 @@ NAT64_NETWORKS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64
 ISO_BMFF_IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
+# Linux: an O_PATH descriptor's /proc entry names the file the kernel resolved (see ImageFetcher._open_within_root)
+_PROC_FD_WORKS = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+
+
 class FetchReason(StrEnum):
     BAD_URL = "bad_url"  # unsupported scheme, malformed URL, file:// without a file_root
     BLOCKED_ADDRESS = "blocked_address"  # the host resolves to a non-public address (SSRF guard)
@@ -316,19 +320,8 @@ class ImageFetcher:
         raw = urllib.parse.unquote(parts.path)
         if not raw.startswith("/") or "\x00" in raw:
             raise FetchError(FetchReason.BAD_URL, "file:// URL must name an absolute path", False)
-        resolved = Path(raw).resolve()  # follows symlinks and folds "..": what is checked is what is opened
-        if not resolved.is_relative_to(self.file_root):
-            raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+        fd, resolved = self._open_within_root(raw)
         content_type = mimetypes.guess_type(resolved.name)[0] or ""
-        try:
-            # O_NOFOLLOW: a symlink swapped in after resolve() is refused rather than followed
-            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} does not exist", False) from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} changed while being opened", False) from None
-            raise FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} cannot be opened: {exc.strerror}", False) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -348,6 +341,54 @@ class ImageFetcher:
         if not self._allowed_type(content_type):
             raise FetchError(FetchReason.BAD_CONTENT_TYPE, f"{resolved.name} is not an image file name", False)
         return data, content_type
+
+    def _open_within_root(self, raw: str) -> tuple[int, Path]:
+        """A read-only descriptor of the file `raw` names and its real path, refused unless that is inside
+        `file_root`. What is checked is what is opened: on Linux the kernel resolves the path once (an O_PATH
+        descriptor, which opens nothing: no FIFO blocks, no device is touched), /proc names the file it found,
+        and only then is that same file opened for reading. Elsewhere the path is resolved first and the result
+        opened without following a symlink swapped in meanwhile. A path that cannot be opened is reported as
+        outside the root when it resolves there, so errors never tell whether a file outside the root exists."""
+        assert self.file_root is not None
+        if not _PROC_FD_WORKS:
+            resolved = Path(raw).resolve()  # follows symlinks and folds ".."
+            if not resolved.is_relative_to(self.file_root):
+                raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+            try:
+                # O_NOFOLLOW: a symlink swapped in after resolve() is refused rather than followed; O_NONBLOCK: a
+                # FIFO opens at once (and is then refused as not a regular file) instead of waiting for a writer
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                return os.open(resolved, flags), resolved
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise FetchError(
+                        FetchReason.FILE_OUTSIDE_ROOT, f"{raw} changed while being opened", False
+                    ) from None
+                raise self._cannot_open(raw, exc) from None
+        try:
+            handle = os.open(raw, os.O_PATH | os.O_CLOEXEC)  # type: ignore[attr-defined,unused-ignore]
+        except OSError as exc:
+            raise self._cannot_open(raw, exc) from None
+        try:
+            resolved = Path(os.readlink(f"/proc/self/fd/{handle}"))
+            if not resolved.is_relative_to(self.file_root):
+                raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} is not a regular file", False)
+            try:
+                return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC), resolved
+            except OSError as exc:
+                raise self._cannot_open(raw, exc) from None
+        finally:
+            os.close(handle)
+
+    def _cannot_open(self, raw: str, exc: OSError) -> FetchError:
+        assert self.file_root is not None
+        if not Path(raw).resolve().is_relative_to(self.file_root):
+            return FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} does not exist", False)
+        return FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} cannot be opened: {exc.strerror}", False)
 
     def _result(
         self, url: str, final_url: str, data: bytes, content_type: str, started: float, redirects: int

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors import images
 from connectors.images import FetchError, FetchReason, ImageFetcher, is_public_address
 from tests.plugins.http import LocalHTTPServer, RouteContext, bomb_png
 
@@ -354,6 +355,40 @@ def test_missing_files_and_directories_are_file_not_found(image_root: Path) -> N
         assert fetch_error(f, (image_root / "nope.jpg").as_uri()).reason == FetchReason.FILE_NOT_FOUND
         assert fetch_error(f, (image_root / "sub").as_uri()).reason == FetchReason.FILE_NOT_FOUND
         assert fetch_error(f, (image_root / "notes.txt").as_uri()).reason == FetchReason.BAD_CONTENT_TYPE
+
+
+@pytest.fixture(params=["proc", "resolve"])
+def open_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of opening a file:// path: the kernel's resolution named by /proc (Linux), and resolve-then-open
+    (elsewhere)."""
+    if request.param == "resolve":
+        monkeypatch.setattr(images, "_PROC_FD_WORKS", False)
+    elif not images._PROC_FD_WORKS:
+        pytest.skip("no /proc/self/fd here")
+    return str(request.param)
+
+
+def test_both_ways_of_opening_read_inside_and_refuse_outside_the_root(
+    image_root: Path, http_server: LocalHTTPServer, open_mode: str
+) -> None:
+    with ImageFetcher(file_root=image_root) as f:
+        assert f.fetch((image_root / "link-in.jpg").as_uri()).data == http_server.jpeg_bytes
+        for outside in (image_root / "link-out.jpg", image_root / "sub" / ".." / ".." / "secret.jpg"):
+            assert fetch_error(f, f"file://{outside}").reason == FetchReason.FILE_OUTSIDE_ROOT
+        assert fetch_error(f, (image_root / "sub").as_uri()).reason == FetchReason.FILE_NOT_FOUND
+
+
+def test_errors_never_tell_whether_a_file_outside_the_root_exists(image_root: Path, open_mode: str) -> None:
+    with ImageFetcher(file_root=image_root) as f:
+        there = fetch_error(f, f"file://{image_root}/../secret.jpg")
+        missing = fetch_error(f, f"file://{image_root}/../no-such.jpg")
+    assert there.reason == missing.reason == FetchReason.FILE_OUTSIDE_ROOT
+
+
+def test_a_fifo_inside_the_root_is_refused_without_blocking(image_root: Path, open_mode: str) -> None:
+    os.mkfifo(image_root / "pipe.jpg")  # opening it for reading would wait for a writer forever
+    with ImageFetcher(file_root=image_root) as f:
+        assert fetch_error(f, (image_root / "pipe.jpg").as_uri()).reason == FetchReason.FILE_NOT_FOUND
 
 
 def test_file_urls_are_refused_without_a_root(image_root: Path) -> None:
