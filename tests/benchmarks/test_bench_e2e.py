@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tests.benchmarks.bench_e2e import steady_rate
+from tests.benchmarks.bench_e2e import combine_engine_runs, steady_rate
 
 
 def test_the_steady_rate_ignores_a_slow_ramp_up_and_tail() -> None:
@@ -22,3 +22,19 @@ def test_the_steady_rate_counts_rows_committed_in_batches() -> None:
 
 def test_the_steady_rate_of_rows_committed_at_once_is_not_a_number() -> None:
     assert math.isnan(steady_rate([5.0] * 10))
+
+
+def test_the_engine_figure_is_the_mean_of_the_runs_before_and_after_the_daemon_with_every_pass_kept() -> None:
+    before = {
+        "engine_224_img_s": 300.0,
+        "engine_224_img_s_passes": [299.0, 300.0, 301.0],
+        "engine_224_cpu_ms_per_img": 6.0,
+    }
+    after = {
+        "engine_224_img_s": 340.0,
+        "engine_224_img_s_passes": [340.0, 338.0, 341.0],
+        "engine_224_cpu_ms_per_img": 5.0,
+    }
+    combined = combine_engine_runs(before, after)
+    assert combined["engine_224_img_s"] == 320.0 and combined["engine_224_cpu_ms_per_img"] == 5.5
+    assert combined["engine_224_img_s_passes"] == [299.0, 300.0, 301.0, 340.0, 338.0, 341.0]
