@@ -4,7 +4,7 @@
 #                                        taxonomy, calibrated on the validation split, weights stored as float16)
 #   deploy/demo/starter.manifest.json    what it is: data set and its labels.csv SHA-256, recipe, validation
 #                                        figures, bundle SHA-256 and size, the command that made it
-# Needs ../shared/data/fashion-products (DATA=... to point elsewhere). Training takes about 45-60 minutes on two CPU
+# Needs ../shared/data/fashion-products (DATA=... to point elsewhere). Training takes about 28 minutes on two quiet CPU
 # cores; FROM=path/to/bundle.safetensors skips it and shrinks an existing float32 bundle of the same recipe instead.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
