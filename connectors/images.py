@@ -353,7 +353,7 @@ class ImageFetcher:
         if not _PROC_FD_WORKS:
             resolved = Path(raw).resolve()  # follows symlinks and folds ".."
             if not resolved.is_relative_to(self.file_root):
-                raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+                raise _outside_root(raw)
             try:
                 # O_NOFOLLOW: a symlink swapped in after resolve() is refused rather than followed; O_NONBLOCK: a
                 # FIFO opens at once (and is then refused as not a regular file) instead of waiting for a writer
@@ -372,7 +372,7 @@ class ImageFetcher:
         try:
             resolved = Path(os.readlink(f"/proc/self/fd/{handle}"))
             if not resolved.is_relative_to(self.file_root):
-                raise FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+                raise _outside_root(raw)
             if not stat.S_ISREG(os.fstat(handle).st_mode):
                 raise FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} is not a regular file", False)
             try:
@@ -385,7 +385,7 @@ class ImageFetcher:
     def _cannot_open(self, raw: str, exc: OSError) -> FetchError:
         assert self.file_root is not None
         if not Path(raw).resolve().is_relative_to(self.file_root):
-            return FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
+            return _outside_root(raw)
         if isinstance(exc, FileNotFoundError | NotADirectoryError):
             return FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} does not exist", False)
         return FetchError(FetchReason.FILE_NOT_FOUND, f"{raw} cannot be opened: {exc.strerror}", False)
@@ -518,6 +518,10 @@ class _RejectAllCookies(http.cookiejar.DefaultCookiePolicy):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _outside_root(raw: str) -> FetchError:
+    return FetchError(FetchReason.FILE_OUTSIDE_ROOT, f"{raw} is outside the allowed directory", False)
 
 
 def _scheme(url: str) -> str:
