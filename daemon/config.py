@@ -54,7 +54,9 @@ class FetchSettings(BaseModel):
     total_timeout_s: float = 20.0
     max_bytes: int = 20_000_000
     max_redirects: int = 3
-    concurrency: int = 16
+    # images fetched at once: the fetcher's limit and the daemon's fetch threads (a remote image mostly waits, so
+    # throughput is at most concurrency / latency: 16 at 100 ms is 160 images/s); decoding is batch.decode_workers
+    concurrency: int = Field(default=16, ge=1)
     allow_private_networks: bool = False
     allowed_networks: list[str] = Field(default_factory=list)  # CIDRs allowed even when private (internal CDN)
     file_root: Path | None = None  # file:// URLs are accepted only inside this directory
@@ -67,7 +69,7 @@ class BatchSettings(BaseModel):
     max_images: int = 32  # dynamic batching: a batch closes at this many images ...
     max_delay_ms: int = 25  # ... or this long after its first image arrived, whichever comes first
     max_in_flight_events: int = 256  # backpressure: partitions pause above this
-    decode_workers: int = 4
+    decode_workers: int = Field(default=4, ge=1)  # images decoded at once (of the fetch.concurrency fetch threads)
     # threads running forward passes side by side, each on its own batch; 0: two with onnxruntime on CPU (each
     # run then gets half the cores as onnxruntime threads), one otherwise
     inference_workers: int = Field(default=0, ge=0)

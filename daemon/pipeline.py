@@ -8,7 +8,9 @@ happen around it through the `daemon.metrics.PipelineMetrics` hooks, never insid
                        It is the only thread that touches the consumer (kafka-python is not thread-safe)
                        and it never blocks on the GPU or the database, so heartbeats and polls go on.
     fetch/decode pool  parse the event, fetch each image (retries for transient failures), decode and
-                       resize it on CPU, queue it for inference.
+                       resize it on CPU, queue it for inference. `fetch_workers` threads (the fetcher's
+                       concurrency: remote downloads mostly wait), of which at most `decode_workers` decode at
+                       once (decoding is CPU work, and more threads at it only contend for the GIL).
     inference thread   dynamic batching: a batch closes at `max_images` or `max_delay_ms` after its first
                        image; one forward pass; events whose images are all tagged go to the writer. It does
                        nothing else: it is the one serial stage, and Python work here holds the GIL it needs.
@@ -64,6 +66,9 @@ class PipelineOptions:
     max_batch_images: int = 32
     max_batch_delay_ms: int = 25
     max_in_flight_events: int = 256
+    # threads that take events in order and fetch their images: remote downloads mostly wait, so as many as the
+    # fetcher's concurrency; of them at most `decode_workers` decode at once (CPU work: more only adds GIL contention)
+    fetch_workers: int = 16
     decode_workers: int = 4
     inference_workers: int = 1  # threads running forward passes, each on its own batch (see the module docstring)
     fetch_attempts: int = 3
@@ -154,7 +159,9 @@ class Enricher:
         self._write_q: queue.Queue[Finished | None] = queue.Queue()
         self._done_q: queue.Queue[EventJob] = queue.Queue()
         self._jobs: dict[tuple[str, int, int], EventJob] = {}
-        self._pool = ThreadPoolExecutor(max_workers=self.opts.decode_workers, thread_name_prefix="fetch")
+        workers = max(self.opts.fetch_workers, self.opts.decode_workers)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        self._decode_slots = threading.BoundedSemaphore(self.opts.decode_workers)
         self._threads: list[threading.Thread] = []
         self._paused = False
         self._last_lag = 0.0
@@ -335,7 +342,7 @@ class Enricher:
             engine = job.engine = self.engine  # one engine for all images of an event, even across a reload
             for url in job.event.image_urls:
                 data, digest = self._fetch(url)
-                with self.observe.stage("decode"):
+                with self._decode_slots, self.observe.stage("decode"):
                     prepared.append(self._decode(engine, url, data))
                 job.images.append((url, digest))
             job.expected = len(prepared)

@@ -109,6 +109,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         max_batch_images=b.max_images,
         max_batch_delay_ms=b.max_delay_ms,
         max_in_flight_events=b.max_in_flight_events,
+        fetch_workers=settings.fetch.concurrency,
         decode_workers=b.decode_workers,
         inference_workers=inference_workers,
         fetch_attempts=f.attempts,
