@@ -66,9 +66,7 @@ class PipelineOptions:
     max_batch_images: int = 32
     max_batch_delay_ms: int = 25
     max_in_flight_events: int = 256
-    # threads that take events in order and fetch their images: remote downloads mostly wait, so as many as the
-    # fetcher's concurrency; of them at most `decode_workers` decode at once (CPU work: more only adds GIL contention)
-    fetch_workers: int = 16
+    fetch_workers: int = 16  # the fetch/decode pool's threads; at most decode_workers decode at once (module docstring)
     decode_workers: int = 4
     inference_workers: int = 1  # threads running forward passes, each on its own batch (see the module docstring)
     fetch_attempts: int = 3
