@@ -116,7 +116,6 @@ def main() -> None:
             engine_rate = float(alone[f"engine_{name}_img_s"])  # type: ignore[arg-type]
             r[f"ratio_e2e_to_engine_{name}"] = round(float(r[f"e2e_{name}_img_s"]) / engine_rate, 3)
             r[f"ratio_steady_to_engine_{name}"] = round(float(r[f"e2e_{name}_steady_img_s"]) / engine_rate, 3)
-        for name in ("224", "full") if full_files else ("224",):
             where = r.get(f"where_{name}")
             if isinstance(where, dict):  # CPU per image: the engine's share of what the whole pipeline used
                 pipeline = sum(float(v) for k, v in where.items() if k.startswith("cpu_") and k.endswith("ms_per_img"))
