@@ -28,9 +28,12 @@ META_BUNDLE_SHA256 = "shelfsight.bundle_sha256"
 META_MODEL_VERSION = "shelfsight.model_version"
 META_FORMAT = "shelfsight.format"
 EXPORT_COMMAND = "shelfsight models export {bundle} --format onnx"
-# On CPU a batch runs as micro-batches of this many images: their activations stay in the cores' caches (measured on
-# the 2-core machine, tests/benchmarks/bench_engine.py: batch 1 ran ~2x the images/s of batch 32); results are equal
+# On CPU a batch runs as micro-batches: their activations stay in the cores' caches; results are equal. Measured on the
+# 2-core machine (starter model, 224 px, batches of 32; docs/benchmarks.md): a run on two threads is fastest at 4
+# images (412 images/s; 326 at 32, 351 at 1, whose parallel sections are too small to split), a single-threaded run at
+# 1 (two such runs side by side, the daemon's default on CPU: 440-464 images/s at 1, 401-409 at 4)
 CPU_MICRO_BATCH = 4
+CPU_MICRO_BATCH_ONE_THREAD = 1
 
 
 def onnx_path_for(bundle_path: Path, bundle_sha256: str, cache_dir: Path | None = None) -> Path:
@@ -84,8 +87,10 @@ class OnnxClassifier:
         device: str = "auto",
         threads: int | None = None,
         expect_sha256: str | None = None,
-        micro_batch: int | None = CPU_MICRO_BATCH,
+        micro_batch: int | None = None,
     ) -> None:
+        """`micro_batch`: images per run on CPU (None: `CPU_MICRO_BATCH_ONE_THREAD` for a single-threaded session,
+        else `CPU_MICRO_BATCH`); on CUDA a batch is always one run."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -119,6 +124,8 @@ class OnnxClassifier:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._outputs = [f"prob.{g}" for g in self.groups]
         self._input = self.session.get_inputs()[0].name
+        if micro_batch is None:
+            micro_batch = CPU_MICRO_BATCH_ONE_THREAD if threads == 1 else CPU_MICRO_BATCH
         self.micro_batch = micro_batch if self.device == "cpu" else None
 
     def to_input(self, image: np.ndarray) -> np.ndarray:

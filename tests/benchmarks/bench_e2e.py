@@ -145,7 +145,15 @@ def _daemon_run(
     from postgres_server import PostgresServer
 
     from connectors.kafka import EventPublisher, ensure_topics
-    from tests.daemon.harness import DaemonProcess, Db, daemon_env, produce, product_event, wait_until
+    from tests.daemon.harness import (
+        DaemonProcess,
+        Db,
+        connected_producer,
+        daemon_env,
+        product_event,
+        send_events,
+        wait_until,
+    )
 
     work = Path(tempfile.mkdtemp(prefix=f"shelfsight-bench-{backend}-"))
     print(f"{backend}: starting Kafka and PostgreSQL ...", file=sys.stderr)
@@ -187,8 +195,10 @@ def _daemon_run(
             stages_before, cpu_before = _stage_sums(daemon.metrics()), _cpu_seconds(processes)
             threads_before = _thread_cpu_seconds(daemon.proc.pid)
             spy = _start_py_spy(args.py_spy, daemon.proc.pid, args.out / f"py-spy-{backend}-{name}.txt", name)
+            producer = connected_producer(broker.bootstrap, topic)  # connecting is not sending: before the clock
             t0, t0_epoch = time.perf_counter(), time.time()
-            produce(broker.bootstrap, topic, events)
+            send_events(producer, topic, events)
+            producer.close()
             with tqdm(total=len(events), desc=f"{backend} end to end {name}", unit="img") as bar:
                 done = 0
                 while done < len(events):
@@ -205,6 +215,7 @@ def _daemon_run(
             wall = commits[-1] - t0_epoch
             figures[f"e2e_{name}_img_s"] = round(len(events) / wall, 2)
             figures[f"e2e_{name}_steady_img_s"] = steady_rate(commits)
+            figures[f"e2e_{name}_phases_s"] = burst_phases(commits, t0_epoch)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
                 spy.wait(timeout=60)
@@ -270,6 +281,15 @@ def steady_rate(commits: list[float], low: float = 0.1, high: float = 0.9) -> fl
     i, j = int(low * (len(commits) - 1)), int(high * (len(commits) - 1))
     span = commits[j] - commits[i]
     return round((j - i) / span, 2) if span > 0 else float("nan")
+
+
+def burst_phases(commits: list[float], t0: float) -> dict[str, float]:
+    """Where a burst's wall time goes: seconds from the first send to the first row, the ramp to the 10th
+    percentile row, the steady middle (10th to 90th), and the drain from the 90th percentile row to the last."""
+    i, j = int(0.1 * (len(commits) - 1)), int(0.9 * (len(commits) - 1))
+    marks = [t0, commits[0], commits[i], commits[j], commits[-1]]
+    names = ("first_row", "ramp_to_p10", "steady_p10_p90", "drain_p90_last")
+    return {name: round(b - a, 3) for name, a, b in zip(names, marks, marks[1:], strict=False)}
 
 
 ENGINE_PASSES = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tests.benchmarks.bench_e2e import combine_engine_runs, steady_rate
+from tests.benchmarks.bench_e2e import burst_phases, combine_engine_runs, steady_rate
 
 
 def test_the_steady_rate_ignores_a_slow_ramp_up_and_tail() -> None:
@@ -38,3 +38,13 @@ def test_the_engine_figure_is_the_mean_of_the_runs_before_and_after_the_daemon_w
     combined = combine_engine_runs(before, after)
     assert combined["engine_224_img_s"] == 320.0 and combined["engine_224_cpu_ms_per_img"] == 5.5
     assert combined["engine_224_img_s_passes"] == [299.0, 300.0, 301.0, 340.0, 338.0, 341.0]
+
+
+def test_the_burst_phases_add_up_to_the_first_send_to_the_last_row() -> None:
+    commits = [10.5 + 0.01 * i for i in range(101)]  # first row 0.5 s after the send, then 100 rows/s
+    phases = burst_phases(commits, t0=10.0)
+    assert phases["first_row"] == 0.5
+    assert phases["ramp_to_p10"] == 0.1
+    assert phases["steady_p10_p90"] == 0.8
+    assert phases["drain_p90_last"] == 0.1
+    assert abs(sum(phases.values()) - (commits[-1] - 10.0)) < 1e-9

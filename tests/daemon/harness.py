@@ -126,7 +126,24 @@ def product_event(product_id: str, image: Path, **extra: object) -> dict[str, ob
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[dict[str, object] | bytes], key: str | None = None) -> int:
+    producer = connected_producer(bootstrap, topic)
+    try:
+        return send_events(producer, topic, events, key)
+    finally:
+        producer.close()
+
+
+def connected_producer(bootstrap: str, topic: str) -> KafkaProducer:
+    """A producer that already knows `topic`'s partitions: its first send does not wait for a metadata round trip."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer.partitions_for(topic)
+    return producer
+
+
+def send_events(
+    producer: KafkaProducer, topic: str, events: Iterable[dict[str, object] | bytes], key: str | None = None
+) -> int:
+    """Sends `events` (dicts as JSON keyed by product id, or raw bytes) and waits for the broker's acks."""
     n = 0
     for e in events:
         if isinstance(e, bytes):
@@ -136,7 +153,6 @@ def produce(bootstrap: str, topic: str, events: Iterable[dict[str, object] | byt
         producer.send(topic, key=k, value=value)
         n += 1
     producer.flush(timeout=60)
-    producer.close()
     return n
 
 

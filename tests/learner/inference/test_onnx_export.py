@@ -44,6 +44,24 @@ def test_an_export_agrees_with_torch_on_photos_and_names_its_bundle(bundle_copy,
     assert np.allclose(batch["garment"].sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_micro_batches_give_the_probabilities_of_one_whole_batch_run(bundle_copy, cc0_images, tmp_path):
+    from learner.inference.imaging import decode_image, letterbox, pil_to_uint8_array
+    from learner.model.manifest import BundleInfo
+
+    path = export_onnx(bundle_copy, tmp_path / "out.onnx", synthetic=4).path
+    pre = BundleInfo.read(bundle_copy).preprocessing
+    # 7 photos: the last micro-batch of 4 is short
+    images = [pil_to_uint8_array(letterbox(decode_image(p.read_bytes()), pre)) for p in cc0_images[:7]]
+    whole = OnnxClassifier(path, ["garment", "kids"], device="cpu", micro_batch=0).probabilities(images)
+    one_thread = OnnxClassifier(path, ["garment", "kids"], device="cpu", threads=1)
+    two_threads = OnnxClassifier(path, ["garment", "kids"], device="cpu", threads=2)
+    assert (one_thread.micro_batch, two_threads.micro_batch) == (1, 4)  # each at its fastest on CPU
+    for runner in (one_thread, two_threads):
+        for group, probs in runner.probabilities(images).items():
+            assert probs.shape == whole[group].shape == (7, whole[group].shape[1])
+            assert np.allclose(probs, whole[group], atol=1e-5)
+
+
 def test_an_export_whose_weights_were_perturbed_is_refused_with_the_figures(
     bundle_copy, cc0_images, tmp_path, monkeypatch
 ):
