@@ -8,8 +8,8 @@ with Label Studio's failures sorted into two kinds.
 
 Calls: `ensure_project` (create or reuse by title, keep the labelling configuration in step), `set_model_version`,
 `ensure_local_storage`, `import_tasks` (with predictions as pre-annotations), `find_task` (by a key in the task's
-data, so a send interrupted after Label Studio stored the task is not sent twice), `tasks_updated_since`
-(incremental polling: created, edited, skipped and deleted annotations all move a task's `updated_at`),
+data, so a send interrupted after Label Studio stored the task is not sent twice), `tasks_updated_since` and
+`server_time` (incremental polling: created, edited, skipped and deleted annotations all move a task's `updated_at`),
 `task_digests` (every task's id, `updated_at` and annotation count, about 100 bytes a task: the periodic
 reconcile), `get_task`, `ensure_webhook`, `user_email`.
 
@@ -19,14 +19,14 @@ What it must not do: decide anything (what to send, when to retry), log the API 
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import itertools
 import json
 import logging
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
@@ -122,12 +122,6 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _task_key(task: Mapping[str, Any]) -> tuple[datetime, int]:
-    """A task's place in the changed-task listing: (`updated_at`, `id`)."""
-    updated = parse_timestamp(task.get("updated_at")) or datetime.min.replace(tzinfo=UTC)
-    return updated, int(task["id"])
-
-
 def _as_dict(obj: Any) -> dict[str, Any]:
     if isinstance(obj, dict):
         return obj
@@ -150,6 +144,7 @@ class LabelStudioClient:
 
         sdk_class: Any = LabelStudio  # the generated SDK is only partly typed; this adapter is the typed surface
         self.url = url.rstrip("/")
+        self._timeout_s = timeout_s
         self._sdk: Any = sdk_class(
             base_url=self.url, api_key=token, timeout=timeout_s, max_retries=0, httpx_client=http_client
         )
@@ -280,67 +275,55 @@ class LabelStudioClient:
         self, project_id: int, since: datetime | None, *, page_size: int = 100
     ) -> Iterator[dict[str, Any]]:
         """Tasks whose `updated_at` is after `since` (all tasks when None), with their annotations and
-        predictions, in (`updated_at`, `id`) order. Creating, editing, skipping or deleting an annotation moves
-        `updated_at`.
+        predictions, in id order. Creating, editing, skipping or deleting an annotation moves `updated_at`.
 
-        Keyset paging, so edits made while the listing runs cannot make it skip a task: every request asks for the
-        first page of tasks at or after the cursor (the (`updated_at`, `id`) of the last task yielded), never for
-        "page 2". An edit only ever moves a task's `updated_at` forward, so a task not yet yielded stays at or after
-        the cursor, and a task already yielded that is edited again comes back later in the same listing (or in the
-        next one, at or after the caller's watermark). A caller may therefore move its watermark to the
-        `updated_at` of each task once it has handled it: everything before it was read in its latest state.
-        Ties (`page_size` or more tasks with one `updated_at`) are read by id within that instant.
+        Paged by id (each request: the first `page_size` tasks changed since `since` with an id above the last one
+        yielded), because an id never changes while a listing runs. Paging by `updated_at` skipped tasks: Label
+        Studio pages a listing with one query and then reads the page's tasks again by id
+        (`data_manager/api.py`, `TaskListAPI.get`), so a task edited between the two comes back with its new,
+        later `updated_at`; a cursor taken from it jumped past every task not yet listed (reproduced: 6 of 30
+        listings of 250 changed tasks lost 150 while an annotator edited; `tests/connectors/test_labelstudio.py`).
+
+        A task edited after this listing read it is not listed again; its `updated_at` is later than the
+        listing's start, so a caller that takes `server_time()` before listing and asks from there next time
+        (minus an overlap for changes that committed late) sees every change.
         """
-        cursor: tuple[datetime, int] | None = None if since is None else (since, sys.maxsize)  # strictly after
+        after_id = 0
         while True:
-            if cursor is None:
-                page = self._tasks_page(project_id, page_size, after=None)
-                fresh, more = page, len(page) >= page_size
-            else:
-                page = self._tasks_page(project_id, page_size, after=cursor[0], inclusive=True)
-                fresh, more = [t for t in page if _task_key(t) > cursor], len(page) >= page_size
-                if not fresh and more:
-                    # a full page of tasks at the cursor's instant, all yielded: the rest of that instant by id,
-                    # then what comes strictly after it
-                    fresh = self._tasks_page(project_id, page_size, after=cursor[0], tie_after_id=cursor[1])
-                    if not fresh:
-                        page = self._tasks_page(project_id, page_size, after=cursor[0])
-                        fresh, more = page, len(page) >= page_size
-            for task in fresh:
-                yield task
-                cursor = _task_key(task)
-            if not fresh or not more:
+            page = self._tasks_page(project_id, page_size, since=since, after_id=after_id)
+            yield from page
+            if len(page) < page_size:
                 return
+            after_id = int(page[-1]["id"])
 
     @_translate("list changed tasks")
     def _tasks_page(
-        self,
-        project_id: int,
-        page_size: int,
-        *,
-        after: datetime | None,
-        inclusive: bool = False,
-        tie_after_id: int | None = None,
+        self, project_id: int, page_size: int, *, since: datetime | None, after_id: int
     ) -> list[dict[str, Any]]:
-        """The first `page_size` tasks (never a later page) sorted by (`updated_at`, `id`): with `updated_at` after
-        `after` (at or after with `inclusive`), or, with `tie_after_id`, exactly at `after` with a larger id."""
-
-        def when(operator: str, at: datetime) -> dict[str, Any]:
-            return {"filter": "filter:tasks:updated_at", "operator": operator, "type": "Datetime",
-                    "value": format_timestamp(at)}  # fmt: skip
-
-        tick = timedelta(microseconds=1)
-        items: list[dict[str, Any]] = []
-        ordering = ["tasks:updated_at"]
-        if after is not None and tie_after_id is not None:
-            items += [when("greater", after - tick), when("less", after + tick)]
-            items.append({"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": tie_after_id})
-            ordering = ["tasks:id"]
-        elif after is not None:
-            items.append(when("greater", after - tick if inclusive else after))
-        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ordering}
+        """The first `page_size` tasks by id (never a later page) with an id above `after_id` and `updated_at` after
+        `since`."""
+        items: list[dict[str, Any]] = [
+            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}
+        ]
+        if since is not None:
+            items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                          "value": format_timestamp(since)})  # fmt: skip
+        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
         pager = self._sdk.tasks.list(project=project_id, fields="all", query=json.dumps(query), page_size=page_size)
-        return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=_task_key)
+        return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=lambda t: int(t["id"]))
+
+    @_translate("read the server's clock")
+    def server_time(self) -> datetime:
+        """The server's clock (UTC), from the `Date` header of a /health response. The header counts whole seconds,
+        so this is never later than the moment the server answered: every change the server stamped before it is
+        visible to a listing that starts afterwards (save for transactions that commit late)."""
+        response = httpx.get(f"{self.url}/health", timeout=self._timeout_s)
+        if response.status_code >= 500:
+            raise LabelStudioUnavailable(f"Label Studio's /health answered HTTP {response.status_code}")
+        header = response.headers.get("date")
+        if not header:
+            raise LabelStudioError("Label Studio's /health response has no Date header: cannot read its clock")
+        return email.utils.parsedate_to_datetime(header).astimezone(UTC)
 
     def task_digests(self, project_id: int, *, page_size: int = 1000) -> Iterator[TaskDigest]:
         """Every task of the project as a `TaskDigest`, in id order: one request per `page_size` tasks, each asking

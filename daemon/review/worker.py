@@ -214,9 +214,10 @@ class ReviewWorker:
                 seen = self.poller.poll_once()
                 reconciles = self.reconciler is not None and self.options.reconcile_interval_s is not None
                 if seen >= CATCH_UP_TASKS and reconciles:
-                    # A listing this long is a catch-up (the worker was down, or webhooks were lost). One catch-up
-                    # in CI and 2 of 15 soak runs here missed answers that the full reconcile later recovered (cause
-                    # not found, docs/review-loop.md); the reconcile is cheap, so it follows every catch-up.
+                    # A listing this long is a catch-up (the worker was down, or webhooks were lost). Catch-ups once
+                    # skipped answers (Label Studio re-reads a page's tasks after paging them; fixed in the listing,
+                    # docs/review-loop.md); the reconcile is cheap and its recovered counter shows anything that
+                    # still slips through, so it follows every catch-up.
                     log.info("the poll read %d tasks (a catch-up): a full reconcile follows", seen)
                     self.reconcile_soon.set()
             except LabelStudioUnavailable as exc:

@@ -11,7 +11,6 @@ import random
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -237,16 +236,11 @@ def test_a_short_soak_loses_duplicates_and_leaves_stale_no_answer(
     # the restart's first poll reads every answer made while the worker was down (more than a page): a catch-up,
     # which the worker follows with a full reconcile
     assert any("(a catch-up): a full reconcile follows" in line for line in worker_log), "\n".join(worker_log[-80:])
+    # webhook and polls alone record every answer: the reconciles found nothing to recover. (Before the listing paged
+    # by id, a catch-up sometimes skipped about 50 answers here: docs/review-loop.md.)
     missed = counts.recovered_by_worker_reconcile + counts.recovered_by_final_reconcile
-    if missed:
-        # Known, intermittent (once in CI, 2 of 15 runs here): a catch-up's polls missed answers made while the
-        # worker was down; a reconcile brought every one back, which the assertion on problems checks. The standalone
-        # soak (tests/benchmarks/soak_review.py) exits 1 on it; the worker log (poll summaries, thread stacks dumped
-        # when a catch-up times out) is what to read.
-        warnings.warn(
-            f"webhook and poll missed {missed} answer(s) a reconcile recovered; worker log: "
-            f"{tmp_path / 'review-worker.log'}",
-            stacklevel=1,
-        )
+    assert missed == 0, f"webhook and poll missed {missed} answer(s) a reconcile recovered; worker log: " + "\n".join(
+        worker_log[-80:]
+    )
     assert counts.answered_while_down > 100 and counts.edits_during_catch_up > 0
     assert counts.kills == 4 and counts.kills_mid_sync == 2  # two while it was down, two in the middle of a sync
