@@ -281,36 +281,18 @@ class LabelStudioClient:
         yielded), because an id never changes while a listing runs. Paging by `updated_at` skipped tasks: Label
         Studio pages a listing with one query and then reads the page's tasks again by id
         (`data_manager/api.py`, `TaskListAPI.get`), so a task edited between the two comes back with its new,
-        later `updated_at`; a cursor taken from it jumped past every task not yet listed (reproduced: 6 of 30
-        listings of 250 changed tasks lost 150 while an annotator edited; `tests/connectors/test_labelstudio.py`).
+        later `updated_at`; a cursor taken from it jumped past every task not yet listed (reproduced: 8 of 30
+        listings of 250 changed tasks lost 150 while annotators edited; `tests/connectors/test_labelstudio.py`).
 
         A task edited after this listing read it is not listed again; its `updated_at` is later than the
         listing's start, so a caller that takes `server_time()` before listing and asks from there next time
         (minus an overlap for changes that committed late) sees every change.
         """
-        after_id = 0
-        while True:
-            page = self._tasks_page(project_id, page_size, since=since, after_id=after_id)
-            yield from page
-            if len(page) < page_size:
-                return
-            after_id = int(page[-1]["id"])
-
-    @_translate("list changed tasks")
-    def _tasks_page(
-        self, project_id: int, page_size: int, *, since: datetime | None, after_id: int
-    ) -> list[dict[str, Any]]:
-        """The first `page_size` tasks by id (never a later page) with an id above `after_id` and `updated_at` after
-        `since`."""
-        items: list[dict[str, Any]] = [
-            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}
-        ]
+        changed = []
         if since is not None:
-            items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-                          "value": format_timestamp(since)})  # fmt: skip
-        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
-        pager = self._sdk.tasks.list(project=project_id, fields="all", query=json.dumps(query), page_size=page_size)
-        return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=lambda t: int(t["id"]))
+            changed.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                            "value": format_timestamp(since)})  # fmt: skip
+        yield from self._tasks_by_id("list changed tasks", project_id, page_size, changed, fields="all")
 
     @_translate("read the server's clock")
     def server_time(self) -> datetime:
@@ -329,32 +311,31 @@ class LabelStudioClient:
         """Every task of the project as a `TaskDigest`, in id order: one request per `page_size` tasks, each asking
         only for the digest's fields (`include`), paged by id (never "page 2"), so tasks created meanwhile are
         listed at the end and none is skipped."""
-        after = 0
+        for t in self._tasks_by_id("list the project's tasks", project_id, page_size, [], include=DIGEST_FIELDS):
+            total = int(t.get("total_annotations") or 0) + int(t.get("cancelled_annotations") or 0)
+            yield TaskDigest(int(t["id"]), parse_timestamp(t.get("updated_at")), total)
+
+    def _tasks_by_id(
+        self, what: str, project_id: int, page_size: int, filters: list[dict[str, Any]], **shape: str
+    ) -> Iterator[dict[str, Any]]:
+        """The project's tasks that match `filters`, in id order, in the shape `shape` asks for (`fields` or
+        `include`): one request per `page_size` tasks, each for the first page of those above the last id seen, never
+        for "page 2" (ids never change, so tasks created or edited meanwhile cannot make a listing skip one)."""
+        after_id = 0
         while True:
-            page = self._digest_page(project_id, after, page_size)
+            page = _translate(what)(self._first_page_after)(project_id, page_size, after_id, filters, shape)
             yield from page
             if len(page) < page_size:
                 return
-            after = page[-1].id
+            after_id = int(page[-1]["id"])
 
-    @_translate("list the project's tasks")
-    def _digest_page(self, project_id: int, after_id: int, page_size: int) -> list[TaskDigest]:
-        query = {
-            "filters": {
-                "conjunction": "and",
-                "items": [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}],
-            },
-            "ordering": ["tasks:id"],
-        }
-        pager = self._sdk.tasks.list(
-            project=project_id, include=DIGEST_FIELDS, query=json.dumps(query), page_size=page_size
-        )
-        digests = []
-        for task in itertools.islice(pager, page_size):
-            t = _as_dict(task)
-            total = int(t.get("total_annotations") or 0) + int(t.get("cancelled_annotations") or 0)
-            digests.append(TaskDigest(int(t["id"]), parse_timestamp(t.get("updated_at")), total))
-        return sorted(digests, key=lambda d: d.id)
+    def _first_page_after(
+        self, project_id: int, page_size: int, after_id: int, filters: list[dict[str, Any]], shape: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}
+        query = {"filters": {"conjunction": "and", "items": [above, *filters]}, "ordering": ["tasks:id"]}
+        pager = self._sdk.tasks.list(project=project_id, query=json.dumps(query), page_size=page_size, **shape)
+        return sorted((_as_dict(task) for task in itertools.islice(pager, page_size)), key=lambda t: int(t["id"]))
 
     @_translate("read a task")
     def get_task(self, task_id: int) -> dict[str, Any]:
