@@ -89,6 +89,8 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         raise StartupError(str(exc)) from None
     bundle = engine.bundle
     log.info("model %s on %s (%s)", bundle.model_version, engine.device, engine.backend)
+    if (hint := backend_hint(engine.backend, engine.device)) is not None:
+        log.info(hint)
 
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +265,16 @@ def run_service(settings: Settings) -> int:
         service.close()
     log.info("stopped")
     return 0
+
+
+def backend_hint(backend: str, device: str) -> str | None:
+    """A line for the start-up log when the configured backend is the slow one for the device, else None."""
+    if backend == "torch" and device == "cpu":
+        return (
+            "serving on CPU with torch: SHELFSIGHT_BACKEND=onnxruntime tags about 5x the images per second with a "
+            "fifth of the memory (same probabilities to 1e-5; README, Inference backends)"
+        )
+    return None
 
 
 def inference_threads(settings: Settings) -> tuple[int, int | None]:

@@ -1,4 +1,5 @@
-"""How many inference workers the daemon runs side by side, and the onnxruntime threads of each run."""
+"""How many inference workers the daemon runs side by side, the onnxruntime threads of each run, and the start-up
+hint when the configured backend is the slow one for the device."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from daemon.config import Settings
-from daemon.service import inference_threads
+from daemon.service import backend_hint, inference_threads
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -35,3 +36,10 @@ def test_an_explicit_worker_count_is_kept_and_splits_the_cores_on_onnxruntime_cp
     chosen = settings(backend="onnxruntime", device="cpu", batch={"inference_workers": 2 * CORES})
     assert inference_threads(chosen) == (2 * CORES, 1)
     assert inference_threads(settings(backend="torch", batch={"inference_workers": 3})) == (3, None)
+
+
+def test_torch_on_cpu_gets_a_start_up_hint_to_use_onnxruntime_and_the_fast_paths_get_none() -> None:
+    hint = backend_hint("torch", "cpu")
+    assert hint is not None and "SHELFSIGHT_BACKEND=onnxruntime" in hint
+    assert backend_hint("onnxruntime", "cpu") is None
+    assert backend_hint("torch", "cuda") is None
