@@ -410,6 +410,19 @@ def test_daemon_and_review_worker_follow_the_registry_the_learner_writes(
     assert _settings_of(platform, "daemon", tmp_path, monkeypatch).review.enabled, "the daemon routes to review"
 
 
+def test_the_cpu_compose_daemon_serves_on_onnxruntime_and_exports_into_its_home_not_onto_the_models_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings_of("compose", "daemon", tmp_path, monkeypatch)
+    assert settings.backend == "onnxruntime" and settings.device == "auto"
+    mount, read_only = _models_mount("compose", "daemon")
+    home = Path(_shipped_shelfsight_variables()["Dockerfile"]["SHELFSIGHT_HOME"])  # the image user's, writable
+    assert read_only and settings.onnx_cache_dir is not None
+    assert settings.onnx_cache_dir.is_relative_to(home) and not settings.onnx_cache_dir.is_relative_to(mount)
+    gpu = load_yaml(COMPOSE_DIR / "compose.gpu.yaml")["services"]["daemon"]["environment"]
+    assert (gpu["SHELFSIGHT_DEVICE"], gpu["SHELFSIGHT_BACKEND"]) == ("cuda", "torch"), "the GPU override serves torch"
+
+
 @pytest.mark.parametrize("platform", ["compose", "k8s"])
 def test_review_worker_reaches_label_studio_and_label_studio_reaches_its_webhook(
     platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
