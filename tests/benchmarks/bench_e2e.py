@@ -289,7 +289,7 @@ def burst_phases(commits: list[float], t0: float) -> dict[str, float]:
     i, j = int(0.1 * (len(commits) - 1)), int(0.9 * (len(commits) - 1))
     marks = [t0, commits[0], commits[i], commits[j], commits[-1]]
     names = ("first_row", "ramp_to_p10", "steady_p10_p90", "drain_p90_last")
-    return {name: round(b - a, 3) for name, a, b in zip(names, marks, marks[1:], strict=False)}
+    return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
 
 
 ENGINE_PASSES = 3
