@@ -128,8 +128,9 @@ def _publish(images: Path, events: Path, limit: int) -> dict[str, tuple[Path, st
 def _read_results(
     db: Path, report_file: Path, images: Path, queue_file: Path, label_studio: bool
 ) -> tuple[CatalogSnapshot, int]:
-    from connectors.db import ProductStore, ReviewStore, payload_to_json
+    from connectors.db import ProductStore, ReviewStore
     from connectors.db.report_view import read_report_products
+    from connectors.records import payload_to_json
     from daemon.report import write_report
 
     store = ProductStore(f"sqlite:///{db}")

@@ -44,9 +44,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from connectors.db import Alternative, AttributeValue, DatabaseUnavailable, OutboxPayload, ProductResult, ProductStore
+from connectors.db import DatabaseUnavailable, ProductStore
 from connectors.events import EventRejected, ProductEvent, parse_event
 from connectors.images import FetchError, ImageFetcher
+from connectors.records import Alternative, AttributeValue, OutboxPayload, ProductResult
 from connectors.source import DeadLetterSink, EventSource, OffsetTracker, Partition, SourceRecord, TransientSourceError
 from daemon.metrics import PipelineMetrics, ServiceMetrics
 from learner.inference.engine import ImageTags, TaggingEngine

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from connectors.db import DatabaseUnavailable, OutboxPayload, ProductResult, ProductStore, ReviewStore
+from connectors.db import DatabaseUnavailable, ProductStore, ReviewStore
+from connectors.records import OutboxPayload, ProductResult
 from daemon.config import ReviewConfigError, Settings
 from daemon.metrics import ReviewRoutingMetrics
 from daemon.pipeline import ReviewRouter

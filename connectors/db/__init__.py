@@ -1,7 +1,7 @@
 """The product database: schema (models, migrations) and `ProductStore`, the one way the services read and
-write it. Importing this package does not connect to anything."""
+write it. The records written and read (`ProductResult`, `OutboxPayload`, ...) are not here: they are shared with
+`learner/` and live in `connectors/records.py`. Importing this package does not connect to anything."""
 
-from connectors.db.outbox import OutboxPayload, payload_from_json, payload_to_json
 from connectors.db.review_outbox import ClaimOwner
 from connectors.db.review_store import (
     AnnotationRecord,
@@ -12,27 +12,15 @@ from connectors.db.review_store import (
     ReviewStore,
 )
 from connectors.db.store import DatabaseUnavailable, ProductStore
-from connectors.db.types import (
-    Alternative,
-    AttributeValue,
-    ProcessingLogStats,
-    ProductResult,
-    ProductView,
-    StoredAttribute,
-    WriteStats,
-)
+from connectors.db.types import ProcessingLogStats, ProductView, StoredAttribute, WriteStats
 
 __all__ = [
-    "Alternative",
     "AnnotationRecord",
     "AnnotationValue",
-    "AttributeValue",
     "ClaimOwner",
     "DatabaseUnavailable",
     "OutboxItem",
-    "OutboxPayload",
     "ProcessingLogStats",
-    "ProductResult",
     "ProductStore",
     "ProductView",
     "RecordResult",
@@ -40,6 +28,4 @@ __all__ = [
     "ReviewStore",
     "StoredAttribute",
     "WriteStats",
-    "payload_from_json",
-    "payload_to_json",
 ]

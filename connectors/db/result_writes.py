@@ -32,8 +32,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Text
 
 from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
-from connectors.db.outbox import payload_from_json, payload_to_json
-from connectors.db.types import AttributeValue, ProductResult, WriteStats
+from connectors.db.types import WriteStats
+from connectors.records import AttributeValue, ProductResult, payload_from_json, payload_to_json
 
 PRODUCTS = cast(Table, Product.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)

@@ -29,8 +29,8 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, delete, exists, or_, select, update
 
 from connectors.db.models import ReviewOutbox, ReviewWorker
-from connectors.db.outbox import OutboxPayload, payload_from_json
 from connectors.db.store import ProductStore, _now, _utc
+from connectors.records import OutboxPayload, payload_from_json
 
 __all__ = ["ClaimOwner", "OutboxItem", "OutboxQueue"]
 

@@ -29,9 +29,9 @@ from typing import Any, Literal, cast
 from sqlalchemy import Connection, Table, case, delete, func, select, text, update
 
 from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState, ReviewTaskSync
-from connectors.db.outbox import payload_from_json
 from connectors.db.review_outbox import ClaimOwner, OutboxItem, OutboxQueue
 from connectors.db.store import ProductStore, _encode_value, _now, _utc
+from connectors.records import payload_from_json
 
 __all__ = [
     "AnnotationRecord",

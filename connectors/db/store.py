@@ -44,14 +44,8 @@ from sqlalchemy.pool import StaticPool
 from connectors.db.models import ProcessingLog, Product, ProductAttribute
 from connectors.db.result_writes import ATTRIBUTE_VALUE_COLUMNS, HUMAN, write_result_batch
 from connectors.db.result_writes import encode_value as _encode_value
-from connectors.db.types import (
-    Alternative,
-    ProcessingLogStats,
-    ProductResult,
-    ProductView,
-    StoredAttribute,
-    WriteStats,
-)
+from connectors.db.types import ProcessingLogStats, ProductView, StoredAttribute, WriteStats
+from connectors.records import Alternative, ProductResult
 
 __all__ = ["MIGRATIONS_DIR", "DatabaseUnavailable", "ProductStore"]
 

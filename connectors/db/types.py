@@ -1,71 +1,18 @@
-"""Plain data passed to and returned by `ProductStore`: what the daemon writes and what readers get back.
+"""What `ProductStore` gives back: a stored product with its attributes (`ProductView`, `StoredAttribute`) and the
+counts of a write (`WriteStats`) or of the processing log (`ProcessingLogStats`).
 
-No SQLAlchemy here, so the daemon and the review loop can build results without touching the database layer.
-Values of multi-label groups are lists of labels; the store keeps them as a JSON array in a text column (see
-`connectors/db/models.py`) and gives back a list.
+Plain frozen dataclasses, no SQLAlchemy. What the daemon writes (`ProductResult`, `AttributeValue`) is shared with
+`learner/` and lives in `connectors/records.py`; only the store's readers use the types here. Values of multi-label
+groups are lists of labels (the store keeps them as a JSON array in a text column, `connectors/db/models.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from connectors.db.outbox import OutboxPayload
-
-AttributeSource = Literal["model", "human"]
-
-
-@dataclass(frozen=True)
-class Alternative:
-    """One of the model's top-k candidates for an attribute."""
-
-    value: str
-    confidence: float
-
-
-@dataclass(frozen=True)
-class AttributeValue:
-    """One attribute of one product as the model sees it.
-
-    `value` is a label (single-label group) or a list of labels (multi-label group). `confidence` is in [0, 1];
-    the database refuses anything else. `box` is [x1, y1, x2, y2] in pixels of the original image, for
-    attributes that come from a detector; `mask` that detection's instance mask (COCO RLE {"size": [h, w],
-    "counts": str}, original image pixels) when the detector segments. `auto_filled` False: a suggestion, below its
-    group's auto-fill threshold.
-    """
-
-    attribute: str
-    value: str | list[str]
-    confidence: float
-    alternatives: list[Alternative] = field(default_factory=list)
-    box: list[float] | None = None
-    auto_filled: bool = True
-    mask: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class ProductResult:
-    """Everything the model concluded about one product image, plus where it came from.
-
-    (product_id, image_digest, model_version) is the idempotency key: writing the same key again is counted
-    as a duplicate and changes nothing but the processing log's attempt count. `source` is provenance, e.g.
-    "kafka:products.new/3@1234" (topic/partition@offset) or "local:events/0001.json".
-    """
-
-    product_id: str
-    title: str | None
-    category_hint: str | None
-    event_id: str | None
-    image_url: str
-    image_digest: str
-    model_version: str
-    attributes: list[AttributeValue]
-    source: str
-    # Set when the review policy chose this product for human review: the store writes it to the review
-    # outbox in the same transaction as the attributes, so a routed product is never lost. Its "reason" and
-    # "priority" (higher is sent first) are also stored as columns (connectors/db/outbox.py).
-    review: OutboxPayload | None = None
+from connectors.records import Alternative, AttributeSource
 
 
 @dataclass(frozen=True)

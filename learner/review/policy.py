@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from connectors.db.types import AttributeValue
+from connectors.records import AttributeValue
 from learner.model.taxonomy import Taxonomy
 from learner.review.caps import ReviewCaps
 from learner.review.uncertainty import UncertaintyMeasure, uncertainty_measure

@@ -1,5 +1,5 @@
 """`ReviewRouting`: the enrichment daemon's `ReviewRouter` hook. A `ProductResult` and its `ImageTags` in; the
-policy's decision; for a routed product, the outbox payload (`connectors.db.outbox.OutboxPayload`) out, else None.
+policy's decision; for a routed product, the outbox payload (`connectors.records.OutboxPayload`) out, else None.
 
 Pure: the clock is passed in; the daemon (`daemon/routing.py`) builds it from configuration, and the product store
 writes the payload in the same transaction as the results.
@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from connectors.db.outbox import DEFAULT_REASON, ModelValue, OutboxPayload
-from connectors.db.types import AttributeValue, ProductResult
+from connectors.records import DEFAULT_REASON, AttributeValue, ModelValue, OutboxPayload, ProductResult
 from learner.inference.engine import ImageTags
 from learner.model.taxonomy import Taxonomy
 from learner.review.policy import Decision, ReviewPolicy

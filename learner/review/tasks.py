@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connectors.db.outbox import ModelValue
-from connectors.db.types import AttributeValue
+from connectors.records import AttributeValue, ModelValue
 from learner.inference.engine import ImageTags
 from learner.model.masks import MaskError, from_labelstudio_brush, from_labelstudio_polygon, to_box
 from learner.model.taxonomy import AttributeGroup, Taxonomy

@@ -202,7 +202,8 @@ def taxonomy_of(bundle: Path) -> Any:
 
 def route_products(database_url: str, taxonomy: Any, n: int, rng: random.Random, tag: str) -> list[str]:
     """`n` products written with their model values and a review outbox row, as the enrichment daemon does."""
-    from connectors.db import AttributeValue, ProductResult, ProductStore
+    from connectors.db import ProductStore
+    from connectors.records import AttributeValue, ProductResult
 
     images = sorted((CC0_DIR / "images").glob("*.jpg"))
     groups = list(taxonomy.classifier_groups)

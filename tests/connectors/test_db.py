@@ -16,14 +16,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from connectors.db import (
-    Alternative,
-    AttributeValue,
-    DatabaseUnavailable,
-    ProductResult,
-    ProductStore,
-)
+from connectors.db import DatabaseUnavailable, ProductStore
 from connectors.db.models import Base
+from connectors.records import Alternative, AttributeValue, ProductResult
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

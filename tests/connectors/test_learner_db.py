@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
 from connectors.db.learner import DatabaseLock, LearnerStore
+from connectors.records import AttributeValue, ProductResult
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -11,16 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from connectors.db import (
-    Alternative,
-    AnnotationRecord,
-    AnnotationValue,
-    AttributeValue,
-    ClaimOwner,
-    ProductResult,
-    ProductStore,
-    ReviewStore,
-)
+from connectors.db import AnnotationRecord, AnnotationValue, ClaimOwner, ProductStore, ReviewStore
+from connectors.records import Alternative, AttributeValue, ProductResult
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

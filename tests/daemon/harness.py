@@ -208,7 +208,8 @@ def prepare_learner_world(work: Path, database_url: str, cc0_dir: Path, version:
 
     import torch
 
-    from connectors.db import AttributeValue, ProductResult, ProductStore
+    from connectors.db import ProductStore
+    from connectors.records import AttributeValue, ProductResult
     from learner.lifecycle.registry import ModelRegistry
     from learner.model.bundle import ModelBundle
     from learner.model.classifier import AttributeClassifier

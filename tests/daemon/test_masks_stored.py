@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.db import AnnotationRecord, AnnotationValue, ProductResult, ProductStore, ReviewStore
+from connectors.db import AnnotationRecord, AnnotationValue, ProductStore, ReviewStore
+from connectors.records import ProductResult
 from daemon.pipeline import merge_attributes
 from learner.inference.engine import Detection, ImageTags
 from learner.model.masks import decode, encode

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
 from connectors.db.report_view import read_report_products
+from connectors.records import AttributeValue, ProductResult
 from daemon.cli import app
 from daemon.report import count_values, write_report
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from connectors.db import Alternative, AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
+from connectors.records import Alternative, AttributeValue, ProductResult
 from daemon.config import Settings
 from daemon.metrics import ReviewRoutingMetrics
 from daemon.routing import build_review_router

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.db import OutboxItem, payload_from_json
+from connectors.db import OutboxItem
+from connectors.records import payload_from_json
 from daemon.review.sender import TASK_KEY, TaskBuilder
 from learner.review.tasks import IMAGE_NAME
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
+from connectors.records import AttributeValue, ProductResult
 from learner.lifecycle.schedule import LearnerService, ScheduleConfig
 
 STAND_IN = """

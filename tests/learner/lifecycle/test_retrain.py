@@ -20,9 +20,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from connectors.db import AttributeValue, ProductResult, ProductStore
+from connectors.db import ProductStore
 from connectors.db.learner import LearnerStore
 from connectors.images import ImageFetcher
+from connectors.records import AttributeValue, ProductResult
 from learner.evaluation.gate import GateConfig
 from learner.lifecycle.corrections import assemble_training_data
 from learner.lifecycle.errors import RetrainError

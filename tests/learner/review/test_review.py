@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connectors.db import Alternative, AttributeValue, ProductResult
+from connectors.records import Alternative, AttributeValue, ProductResult
 from learner.inference.engine import Detection, ImageTags
 from learner.model.taxonomy import Taxonomy, load_taxonomy
 from learner.review.caps import ReviewCaps

@@ -1,6 +1,11 @@
-"""The review outbox payload: what the routing hook stores with a routed product, and what the review worker and the
-store read back. Defined once, here; `learner/review/routing.py` writes it, `connectors/db` stores it as JSON in
-`review_outbox.payload`, `daemon/review/` reads it.
+"""The records every package shares: what the model concluded about a product (`ProductResult`, `AttributeValue`,
+`Alternative`) and the review outbox payload (`OutboxPayload` and its parts, with `payload_to_json` /
+`payload_from_json`). Defined once, here, beside the database package and not inside it: the daemon builds results,
+`learner/review/` (pure, no I/O) decides on them and writes the payload, `connectors/db/` stores both, the review
+worker reads the payload back.
+
+Values of multi-label groups are lists of labels; the store keeps them as a JSON array in a text column (see
+`connectors/db/models.py`) and gives back a list.
 
 The payload is a `TypedDict`, not a class: it is JSON as stored (no conversion on write, the stored format is
 unchanged), and the type checker still knows every key. `payload_from_json` is the one way to read a stored payload:
@@ -8,27 +13,62 @@ it fills the keys an older or partial row lacks with their defaults (a row writt
 writer that sets only `reason`, `priority` and `model_values`), so readers can index every key. Keys it does not
 know are kept.
 
-What it must not do: import `learner/` or `daemon/`, or know what the Label Studio regions in `prediction.result`
-mean (they are opaque JSON here).
+What it must not do: import anything (no SQLAlchemy, no `learner/`, no `daemon/`), do I/O, or know what the
+Label Studio regions in `prediction.result` mean (they are opaque JSON here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
 
 __all__ = [
     "DEFAULT_REASON",
+    "Alternative",
+    "AttributeSource",
+    "AttributeValue",
     "LowValueInfo",
     "ModelValue",
     "OutboxPayload",
     "Prediction",
+    "ProductResult",
     "UncertaintyInfo",
     "payload_from_json",
     "payload_to_json",
 ]
 
-DEFAULT_REASON = "review"  # the reason of a row whose payload names none
+AttributeSource = Literal["model", "human"]  # who set a stored attribute's value
+
+DEFAULT_REASON = "review"  # the reason of an outbox row whose payload names none
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One of the model's top-k candidates for an attribute."""
+
+    value: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class AttributeValue:
+    """One attribute of one product as the model sees it.
+
+    `value` is a label (single-label group) or a list of labels (multi-label group). `confidence` is in [0, 1];
+    the database refuses anything else. `box` is [x1, y1, x2, y2] in pixels of the original image, for
+    attributes that come from a detector; `mask` that detection's instance mask (COCO RLE {"size": [h, w],
+    "counts": str}, original image pixels) when the detector segments. `auto_filled` False: a suggestion, below its
+    group's auto-fill threshold.
+    """
+
+    attribute: str
+    value: str | list[str]
+    confidence: float
+    alternatives: list[Alternative] = field(default_factory=list)
+    box: list[float] | None = None
+    auto_filled: bool = True
+    mask: dict[str, Any] | None = None
 
 
 class UncertaintyInfo(TypedDict):
@@ -69,7 +109,7 @@ class ModelValue(TypedDict):
 
 class OutboxPayload(TypedDict):
     """One routed product, everything the review worker needs later without the model. `reason` and `priority`
-    are also stored as columns (the queue orders by priority, higher first)."""
+    are also stored as columns of `review_outbox` (the queue orders by priority, higher first)."""
 
     reason: str
     priority: float
@@ -80,6 +120,29 @@ class OutboxPayload(TypedDict):
     image_size: list[int] | None  # [width, height] of the shown image
     prediction: Prediction | None
     model_values: dict[str, ModelValue]
+
+
+@dataclass(frozen=True)
+class ProductResult:
+    """Everything the model concluded about one product image, plus where it came from.
+
+    (product_id, image_digest, model_version) is the idempotency key: writing the same key again is counted
+    as a duplicate and changes nothing but the processing log's attempt count. `source` is provenance, e.g.
+    "kafka:products.new/3@1234" (topic/partition@offset) or "local:events/0001.json".
+    """
+
+    product_id: str
+    title: str | None
+    category_hint: str | None
+    event_id: str | None
+    image_url: str
+    image_digest: str
+    model_version: str
+    attributes: list[AttributeValue]
+    source: str
+    # Set when the review policy chose this product for human review: the store writes it to the review
+    # outbox in the same transaction as the attributes, so a routed product is never lost.
+    review: OutboxPayload | None = None
 
 
 def payload_to_json(payload: OutboxPayload) -> dict[str, Any]:
