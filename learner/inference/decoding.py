@@ -10,6 +10,10 @@
    threshold; a group without a threshold is always auto-filled (the behaviour of bundles made before
    selective prediction).
 
+This is the one place the auto-fill decision is made: the mark travels as `ImageTags.auto_filled` and
+`AttributeValue.auto_filled`, and the review policy (learner/review/policy.py) reads it instead of comparing
+confidences with the thresholds again.
+
 Pure numpy: no model, no I/O. The thresholds and temperatures are fitted by learner.evaluation.calibration.
 """
 

@@ -1,7 +1,7 @@
 """The routing policy: which products go to annotators, and in which order.
 
-`ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in order (`BelowThreshold`: a value under its group's
-threshold, from the bundle's calibration unless the group's policy overrides it; `AuditSample`: a seeded random
+`ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in order (`BelowThreshold`: a value kept as a suggestion or
+under its threshold, see "Low values" below; `AuditSample`: a seeded random
 sample of the products the model would have accepted, so the accuracy of unreviewed output stays measured;
 `RandomSample`: a seeded random sample of every product, ranked in random order, the baseline that shows what
 uncertainty routing gains at the same labelling budget), then `ReviewCaps` (per hour and per day, sliding windows).
@@ -9,9 +9,18 @@ Each routed product carries an uncertainty score from a pluggable `UncertaintyMe
 uncertainty.py`) and a priority: its uncertainty, or a random rank when `RandomSample` chose it; the outbox sends
 the highest priority first.
 
-One place for each fact: groups and values come from the `Taxonomy`; thresholds from the model bundle. This module
-knows nothing of databases, HTTP, Label Studio or configuration files (the daemon reads configuration and passes
-values in).
+Low values, one rule per group, first match wins:
+1. the group's policy sets a `threshold` (`review.groups.<group>.threshold`): an operator's explicit review rule,
+   every shown value under it is low, whatever the auto-fill mark says;
+2. the bundle has an auto-fill threshold for the (single-choice) group: the value is low when the decoder kept it as
+   a suggestion (`AttributeValue.auto_filled` False). The auto-fill decision is made once, in
+   `learner/inference/decoding.py`; this module reads its mark and never compares confidences with that threshold;
+3. otherwise (bundles made before calibration, multi-label and detector groups): every shown value under the
+   bundle's calibrated per-value threshold, or `default_threshold`, is low.
+
+One place for each fact: groups and values come from the `Taxonomy`; thresholds from the model bundle; the auto-fill
+decision from the decoder. This module knows nothing of databases, HTTP, Label Studio or configuration files (the
+daemon reads configuration and passes values in).
 """
 
 from __future__ import annotations
@@ -130,10 +139,10 @@ class ReviewPolicy:
 
     `thresholds`: the bundle's calibrated thresholds, `thresholds[group][value]`; a value without one uses
     `default_threshold`. `autofill_thresholds`: the bundle's per-group auto-fill thresholds (on calibrated
-    confidence); where a group has one, it is that group's threshold, so exactly the values the daemon keeps as
-    suggestions (not auto-filled) make a product eligible for review. `groups`: per-group `GroupPolicy` (groups not
-    named take the default). `uncertainty`: a
-    name from `UNCERTAINTY_MEASURES` or a function. `strategies`: default `[BelowThreshold(), AuditSample(...)]`.
+    confidence): in a group that has one, the decoder's mark decides (a value kept as a suggestion, not auto-filled,
+    makes the product eligible for review) and the threshold is what the outbox payload reports. `groups`: per-group
+    `GroupPolicy` (groups not named take the default). `uncertainty`: a name from `UNCERTAINTY_MEASURES` or a
+    function. `strategies`: default `[BelowThreshold(), AuditSample(...)]`.
     """
 
     def __init__(
@@ -173,6 +182,8 @@ class ReviewPolicy:
         return self.groups.get(group, GroupPolicy())
 
     def threshold(self, group: str, value: str) -> float:
+        """The threshold a value of `group` is reported against: the group policy's override, else the group's
+        auto-fill threshold, else the bundle's calibrated per-value threshold or the default."""
         override = self.group_policy(group).threshold
         if override is not None:
             return override
@@ -180,8 +191,17 @@ class ReviewPolicy:
             return float(self.autofill_thresholds[group])
         return float(self.thresholds.get(group, {}).get(value, self.default_threshold))
 
+    def reads_autofill_mark(self, group: str) -> bool:
+        """Whether the decoder's auto-fill mark decides which values of `group` are low (rule 2 of the module
+        docstring): a single-choice group with an auto-fill threshold and no threshold override."""
+        return (
+            self.group_policy(group).threshold is None
+            and group in self.autofill_thresholds
+            and not self.taxonomy.group(group).multi_label
+        )
+
     def assess(self, attributes: Sequence[AttributeValue]) -> Assessment:
-        """Values under their threshold, and the uncertainty of every reviewed group (pure)."""
+        """Values kept as suggestions or under their threshold, and the uncertainty of every reviewed group (pure)."""
         low: list[LowValue] = []
         scores: dict[str, float] = {}
         by_group = {a.attribute: a for a in attributes}
@@ -192,11 +212,16 @@ class ReviewPolicy:
             if attr is None:
                 continue
             candidates = _candidates(attr)
-            shown = candidates if group.multi_label else candidates[:1]
-            for value, confidence in shown:
-                limit = self.threshold(group.name, value)
-                if confidence < limit:
-                    low.append(LowValue(group.name, value, confidence, limit))
+            if self.reads_autofill_mark(group.name):
+                if not attr.auto_filled:
+                    value, confidence = _decoded(attr, candidates)
+                    low.append(LowValue(group.name, value, confidence, self.threshold(group.name, value)))
+            else:
+                shown = candidates if group.multi_label else candidates[:1]
+                for value, confidence in shown:
+                    limit = self.threshold(group.name, value)
+                    if confidence < limit:
+                        low.append(LowValue(group.name, value, confidence, limit))
             scores[group.name] = self.measure([c for _, c in candidates], group.multi_label, len(group.values))
         return Assessment(tuple(low), max(scores.values(), default=0.0), scores)
 
@@ -220,6 +245,13 @@ def _candidates(attr: AttributeValue) -> list[tuple[str, float]]:
         return sorted(((a.value, float(a.confidence)) for a in attr.alternatives), key=lambda vc: -vc[1])
     values = attr.value if isinstance(attr.value, list) else [attr.value]
     return [(v, float(attr.confidence)) for v in values]
+
+
+def _decoded(attr: AttributeValue, candidates: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The value the decoder chose for a single-choice attribute, with the confidence annotators are shown for it
+    (its alternative's, else the attribute's). With a hierarchy it need not be the most probable candidate."""
+    value = attr.value[0] if isinstance(attr.value, list) else attr.value
+    return value, next((c for v, c in candidates if v == value), float(attr.confidence))
 
 
 def rank_for_review(items: Sequence[tuple[str, float]]) -> list[str]:

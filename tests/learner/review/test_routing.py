@@ -1,0 +1,36 @@
+"""`ReviewRouting` (learner/review/routing.py): the outbox payload of a routed product, and nothing for the others."""
+
+from __future__ import annotations
+
+from connectors.records import ProductResult
+from learner.model.taxonomy import Taxonomy
+from learner.review.routing import ReviewRouting
+from tests.learner.review.outputs import T0, confident, policy, tags_with_tie
+
+
+def test_the_router_builds_the_outbox_payload_for_routed_products_only(taxonomy: Taxonomy) -> None:
+    p = policy(taxonomy, thresholds={"garment": {"Shirt": 0.9}})
+    decisions = []
+    router = ReviewRouting(p, clock=lambda: T0, on_decision=decisions.append)
+    result = ProductResult(
+        product_id="SKU-1",
+        title="Linen shirt",
+        category_hint=None,
+        event_id=None,
+        image_url="file:///images/a.jpg",
+        image_digest="d1",
+        model_version="m1",
+        attributes=confident(garment=0.6),
+        source="test",
+    )
+    payload = router(result, [tags_with_tie()])
+    assert payload is not None and payload["reason"] == "low_confidence"
+    assert payload["prediction"]["model_version"] == "m1" and payload["prediction"]["result"]
+    assert payload["model_values"]["garment"]["value"] == "Shirt"
+    assert payload["priority"] == payload["uncertainty"]["score"] > 0
+    assert payload["image_size"] == [400, 500] and payload["title"] == "Linen shirt"
+    import json
+
+    json.dumps(payload)  # stored as JSON in the outbox
+    assert router(ProductResult(**{**result.__dict__, "attributes": confident()}), [tags_with_tie()]) is None
+    assert [d.routed for d in decisions] == [True, False]
