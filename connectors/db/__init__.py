@@ -1,7 +1,10 @@
-"""The product database: schema (models, migrations) and `ProductStore`, the one way the services read and
-write it. The records written and read (`ProductResult`, `OutboxPayload`, ...) are not here: they are shared with
-`learner/` and live in `connectors/records.py`. Importing this package does not connect to anything."""
+"""The product database: schema (models, migrations), the one way in (`Database`: engine, transactions,
+`DatabaseUnavailable`, the `now`/`as_utc` time helpers, in `connection.py`) and the stores built on it
+(`ProductStore`, `ReviewStore`, the retraining store). The records written and read (`ProductResult`,
+`OutboxPayload`, ...) are not here: they are shared with `learner/` and live in `connectors/records.py`. Importing
+this package does not connect to anything."""
 
+from connectors.db.connection import Database, DatabaseUnavailable, as_utc, now
 from connectors.db.review_outbox import ClaimOwner
 from connectors.db.review_store import (
     AnnotationRecord,
@@ -11,13 +14,14 @@ from connectors.db.review_store import (
     ReviewStats,
     ReviewStore,
 )
-from connectors.db.store import DatabaseUnavailable, ProductStore
+from connectors.db.store import ProductStore
 from connectors.db.types import ProcessingLogStats, ProductView, StoredAttribute, WriteStats
 
 __all__ = [
     "AnnotationRecord",
     "AnnotationValue",
     "ClaimOwner",
+    "Database",
     "DatabaseUnavailable",
     "OutboxItem",
     "ProcessingLogStats",
@@ -28,4 +32,6 @@ __all__ = [
     "ReviewStore",
     "StoredAttribute",
     "WriteStats",
+    "as_utc",
+    "now",
 ]

@@ -27,23 +27,21 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from connectors.db.models import LearnerLock, LearnerRun, ProcessingLog, ProductAttribute
-from connectors.db.store import DatabaseUnavailable, ProductStore
+from connectors.db.connection import DatabaseUnavailable, as_utc, now
+from connectors.db.models import ATTRIBUTES, LEARNER_LOCKS, LEARNER_RUNS, PROCESSING_LOG
+from connectors.db.result_writes import HUMAN, decode_value
+from connectors.db.store import ProductStore
 
 __all__ = ["DatabaseLock", "HumanCorrection", "LearnerRunRecord", "LearnerStore", "LockLost", "process_holder"]
 
 log = logging.getLogger(__name__)
 
-RUNS = cast(Table, LearnerRun.__table__)
-LOCKS = cast(Table, LearnerLock.__table__)
-ATTRIBUTES = cast(Table, ProductAttribute.__table__)
-PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
 COMPLETED = ("promoted", "rejected")
 FINAL_STATUSES = ("promoted", "rejected", "failed", "skipped", "abandoned")
 
@@ -88,6 +86,7 @@ class LearnerStore:
 
     def __init__(self, store: ProductStore) -> None:
         self.store = store
+        self.database = store.database
 
     # -- corrections -------------------------------------------------------------------------------
     def human_corrections(self, since: datetime | None = None) -> list[HumanCorrection]:
@@ -119,23 +118,23 @@ class LearnerStore:
             a.c.updated_at,
             func.coalesce(a.c.image_digest, latest_digest).label("digest"),
             func.coalesce(exact_url, latest_url).label("url"),
-        ).where(a.c.source == "human")
+        ).where(a.c.source == HUMAN)
         if since is not None:
             query = query.where(a.c.updated_at > since)
         query = query.order_by(a.c.updated_at, a.c.product_id, a.c.attribute)
-        with self.store._transaction() as conn:
+        with self.database.transaction() as conn:
             rows = conn.execute(query).mappings().all()
         return [
             HumanCorrection(
                 product_id=r["product_id"],
                 attribute=r["attribute"],
-                value=json.loads(r["value"]) if r["value_is_list"] else r["value"],
+                value=decode_value(r["value"], r["value_is_list"]),
                 image_digest=r["digest"],
                 image_url=r["url"],
                 box=[float(v) for v in r["box"]] if r["box"] is not None else None,
                 mask=dict(r["mask"]) if r["mask"] is not None else None,
                 annotator=r["annotator"],
-                updated_at=_utc(r["updated_at"]),
+                updated_at=as_utc(r["updated_at"]),
             )
             for r in rows
         ]
@@ -151,10 +150,10 @@ class LearnerStore:
     def count_new_corrections(self, since: datetime | None = None) -> tuple[int, int]:
         """(products, values) with human values updated after `since`, in one query."""
         a = ATTRIBUTES
-        query = select(func.count(func.distinct(a.c.product_id)), func.count()).where(a.c.source == "human")
+        query = select(func.count(func.distinct(a.c.product_id)), func.count()).where(a.c.source == HUMAN)
         if since is not None:
             query = query.where(a.c.updated_at > since)
-        with self.store._transaction() as conn:
+        with self.database.transaction() as conn:
             products, values = conn.execute(query).one()
         return int(products), int(values)
 
@@ -167,17 +166,17 @@ class LearnerStore:
     def start_run(self, reason: str, champion_version: str | None, holder: str | None = None) -> tuple[int, int]:
         """Record a new run as 'running'; returns (run id, number of earlier runs marked 'abandoned').
         Call it only while holding the run lock."""
-        now = _now()
-        with self.store._transaction(write=True) as conn:
+        started = now()
+        with self.database.transaction(write=True) as conn:
             abandoned = conn.execute(
-                update(RUNS)
-                .where(RUNS.c.status == "running")
-                .values(status="abandoned", finished_at=now, detail={"error": "the learner process died mid-run"})
+                update(LEARNER_RUNS)
+                .where(LEARNER_RUNS.c.status == "running")
+                .values(status="abandoned", finished_at=started, detail={"error": "the learner process died mid-run"})
             ).rowcount
             run_id = conn.execute(
-                insert(RUNS)
+                insert(LEARNER_RUNS)
                 .values(
-                    started_at=now,
+                    started_at=started,
                     status="running",
                     reason=reason,
                     holder=holder or process_holder(),
@@ -185,7 +184,7 @@ class LearnerStore:
                     corrections_used=0,
                     detail={},
                 )
-                .returning(RUNS.c.id)
+                .returning(LEARNER_RUNS.c.id)
             ).scalar_one()
         return int(run_id), int(abandoned or 0)
 
@@ -201,13 +200,13 @@ class LearnerStore:
     ) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}, not {status!r}")
-        with self.store._transaction(write=True) as conn:
+        with self.database.transaction(write=True) as conn:
             conn.execute(
-                update(RUNS)
-                .where(RUNS.c.id == run_id)
+                update(LEARNER_RUNS)
+                .where(LEARNER_RUNS.c.id == run_id)
                 .values(
                     status=status,
-                    finished_at=_now(),
+                    finished_at=now(),
                     challenger_version=challenger_version,
                     corrections_used=corrections_used,
                     corrections_until=corrections_until,
@@ -217,15 +216,17 @@ class LearnerStore:
 
     def last_completed_run(self) -> LearnerRunRecord | None:
         """The latest run that reached a decision (promoted or rejected)."""
-        query = select(RUNS).where(RUNS.c.status.in_(COMPLETED)).order_by(RUNS.c.id.desc()).limit(1)
-        with self.store._transaction() as conn:
+        query = (
+            select(LEARNER_RUNS).where(LEARNER_RUNS.c.status.in_(COMPLETED)).order_by(LEARNER_RUNS.c.id.desc()).limit(1)
+        )
+        with self.database.transaction() as conn:
             row = conn.execute(query).mappings().first()
         return _run(row) if row is not None else None
 
     def runs(self, limit: int = 50) -> list[LearnerRunRecord]:
         """The latest runs, newest first."""
-        with self.store._transaction() as conn:
-            rows = conn.execute(select(RUNS).order_by(RUNS.c.id.desc()).limit(limit)).mappings().all()
+        with self.database.transaction() as conn:
+            rows = conn.execute(select(LEARNER_RUNS).order_by(LEARNER_RUNS.c.id.desc()).limit(limit)).mappings().all()
         return [_run(r) for r in rows]
 
 
@@ -243,6 +244,7 @@ class DatabaseLock:
 
     def __init__(self, store: ProductStore, name: str, *, lease_s: float = 60.0) -> None:
         self.store = store
+        self.database = store.database
         self.name = name
         self.lease_s = lease_s
         self.holder = f"{process_holder()}:{uuid.uuid4().hex[:8]}"
@@ -268,7 +270,7 @@ class DatabaseLock:
     def try_acquire(self) -> bool:
         if self._acquired:
             return True
-        if self.store.dialect == "postgresql":
+        if self.database.dialect == "postgresql":
             self._acquired = self._try_advisory()
         else:
             self._acquired = self._try_lease()
@@ -284,7 +286,7 @@ class DatabaseLock:
     def held(self) -> bool:
         if not self._acquired:
             return False
-        if self.store.dialect == "postgresql":
+        if self.database.dialect == "postgresql":
             try:
                 assert self._conn is not None
                 self._conn.exec_driver_sql("SELECT 1")
@@ -297,7 +299,7 @@ class DatabaseLock:
         if not self._acquired:
             return
         self._acquired = False
-        if self.store.dialect == "postgresql":
+        if self.database.dialect == "postgresql":
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
@@ -311,8 +313,12 @@ class DatabaseLock:
             if self._heartbeat is not None:
                 self._heartbeat.join(timeout=5)
             try:
-                with self.store._transaction(write=True) as conn:
-                    conn.execute(delete(LOCKS).where(LOCKS.c.name == self.name, LOCKS.c.holder == self.holder))
+                with self.database.transaction(write=True) as conn:
+                    conn.execute(
+                        delete(LEARNER_LOCKS).where(
+                            LEARNER_LOCKS.c.name == self.name, LEARNER_LOCKS.c.holder == self.holder
+                        )
+                    )
             except DatabaseUnavailable as exc:
                 log.warning("could not delete lease %r (%s); it expires by itself", self.name, exc)
         log.info("lock %r released by %s", self.name, self.holder)
@@ -320,9 +326,9 @@ class DatabaseLock:
     # -- PostgreSQL --------------------------------------------------------------------------------
     def _try_advisory(self) -> bool:
         try:
-            conn = self.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = self.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as exc:
-            raise DatabaseUnavailable(f"database {self.store.redacted_url} is unavailable; retry later") from exc
+            raise self.database.unavailable(exc) from exc
         try:
             got = bool(conn.execute(select(func.pg_try_advisory_lock(self.key))).scalar_one())
         except DBAPIError:
@@ -336,32 +342,35 @@ class DatabaseLock:
 
     # -- SQLite leases -----------------------------------------------------------------------------
     def _try_lease(self) -> bool:
-        now = _now()
-        expires = now + timedelta(seconds=self.lease_s)
-        with self.store._transaction(write=True) as conn:
-            conn.execute(delete(LOCKS).where(LOCKS.c.name == self.name, LOCKS.c.expires_at < now))
+        t = LEARNER_LOCKS
+        acquired = now()
+        expires = acquired + timedelta(seconds=self.lease_s)
+        with self.database.transaction(write=True) as conn:
+            conn.execute(delete(t).where(t.c.name == self.name, t.c.expires_at < acquired))
             try:
                 with conn.begin_nested():
                     conn.execute(
-                        insert(LOCKS).values(name=self.name, holder=self.holder, acquired_at=now, expires_at=expires)
+                        insert(t).values(name=self.name, holder=self.holder, acquired_at=acquired, expires_at=expires)
                     )
             except IntegrityError:
                 return False
         return True
 
     def _lease_is_ours(self) -> bool:
-        query = select(LOCKS.c.holder).where(LOCKS.c.name == self.name, LOCKS.c.expires_at >= _now())
-        with self.store._transaction() as conn:
+        t = LEARNER_LOCKS
+        query = select(t.c.holder).where(t.c.name == self.name, t.c.expires_at >= now())
+        with self.database.transaction() as conn:
             return conn.execute(query).scalar() == self.holder
 
     def _renew(self) -> None:
+        t = LEARNER_LOCKS
         while not self._stop.wait(self.lease_s / 3):
             try:
-                with self.store._transaction(write=True) as conn:
+                with self.database.transaction(write=True) as conn:
                     renewed = conn.execute(
-                        update(LOCKS)
-                        .where(LOCKS.c.name == self.name, LOCKS.c.holder == self.holder, LOCKS.c.expires_at >= _now())
-                        .values(expires_at=_now() + timedelta(seconds=self.lease_s))
+                        update(t)
+                        .where(t.c.name == self.name, t.c.holder == self.holder, t.c.expires_at >= now())
+                        .values(expires_at=now() + timedelta(seconds=self.lease_s))
                     ).rowcount
             except DatabaseUnavailable as exc:
                 log.warning("could not renew lease %r: %s", self.name, exc)
@@ -375,22 +384,14 @@ class DatabaseLock:
 def _run(row: Any) -> LearnerRunRecord:
     return LearnerRunRecord(
         id=int(row["id"]),
-        started_at=_utc(row["started_at"]),
-        finished_at=_utc(row["finished_at"]) if row["finished_at"] is not None else None,
+        started_at=as_utc(row["started_at"]),
+        finished_at=as_utc(row["finished_at"]) if row["finished_at"] is not None else None,
         status=row["status"],
         reason=row["reason"],
         holder=row["holder"],
         champion_version=row["champion_version"],
         challenger_version=row["challenger_version"],
         corrections_used=int(row["corrections_used"]),
-        corrections_until=_utc(row["corrections_until"]) if row["corrections_until"] is not None else None,
+        corrections_until=as_utc(row["corrections_until"]) if row["corrections_until"] is not None else None,
         detail=dict(row["detail"] or {}),
     )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -3,7 +3,7 @@ processing log that makes writes idempotent, and the review loop's outbox and an
 
 The migrations in `connectors/db/migrations/versions/` are the source of truth for the schema that exists in a
 database; these models must describe the same thing (a test compares them). This module defines tables only:
-no engines, no sessions, no queries (those live in `store.py`), and it must not import `daemon/` or `learner/`.
+no engines, no sessions, no queries (those live in the store modules), and it must not import `daemon/` or `learner/`.
 
 Encoding notes, for anyone reading the tables directly:
 - `product_attributes.value` is text. For a multi-label group it is a JSON array of labels encoded as text
@@ -22,7 +22,7 @@ Encoding notes, for anyone reading the tables directly:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +36,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     Unicode,
     UniqueConstraint,
@@ -304,3 +305,16 @@ class ReviewTaskSync(Base):
     task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     label_studio_updated_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     synced_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+
+
+# The tables as SQLAlchemy Core `Table`s, for the store modules' queries (defined once, here).
+PRODUCTS = cast(Table, Product.__table__)
+ATTRIBUTES = cast(Table, ProductAttribute.__table__)
+PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
+LEARNER_RUNS = cast(Table, LearnerRun.__table__)
+LEARNER_LOCKS = cast(Table, LearnerLock.__table__)
+REVIEW_OUTBOX = cast(Table, ReviewOutbox.__table__)
+REVIEW_ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
+REVIEW_SYNC_STATE = cast(Table, ReviewSyncState.__table__)
+REVIEW_WORKERS = cast(Table, ReviewWorker.__table__)
+REVIEW_TASK_SYNC = cast(Table, ReviewTaskSync.__table__)

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import RowMapping, func, select
 
-from connectors.db.result_writes import REVIEW_OUTBOX
-from connectors.db.store import (
-    ATTRIBUTES,
-    PROCESSING_LOG,
-    PRODUCTS,
-    ProductStore,
-    _stored_attribute,
-    _utc,
-)
-from connectors.db.types import ProductView, StoredAttribute
+from connectors.db.models import ATTRIBUTES, PROCESSING_LOG, PRODUCTS, REVIEW_OUTBOX
+from connectors.db.store import ProductStore, product_view
+from connectors.db.types import ProductView
 
 __all__ = ["CatalogSnapshot", "ReportedProduct", "read_report_products"]
 
@@ -41,7 +34,7 @@ class CatalogSnapshot:
 def read_report_products(store: ProductStore, limit: int = 200) -> CatalogSnapshot:
     """The `limit` most recently updated products that have at least one attribute, newest first."""
     p, a, log, outbox = PRODUCTS, ATTRIBUTES, PROCESSING_LOG, REVIEW_OUTBOX
-    with store._transaction() as conn:
+    with store.database.transaction() as conn:
         total = int(conn.execute(select(func.count()).select_from(p)).scalar_one())
         with_values = select(a.c.product_id).distinct()
         products = (
@@ -66,21 +59,13 @@ def read_report_products(store: ProductStore, limit: int = 200) -> CatalogSnapsh
             .order_by(log.c.product_id, log.c.last_seen_at, log.c.id)
         ).all()
         routed = set(conn.execute(select(outbox.c.product_id).where(outbox.c.product_id.in_(ids))).scalars().all())
-    attributes: dict[str, dict[str, StoredAttribute]] = {}
+    attributes: dict[str, list[RowMapping]] = {}
     for row in attr_rows:
-        attributes.setdefault(row["product_id"], {})[row["attribute"]] = _stored_attribute(row)
+        attributes.setdefault(row["product_id"], []).append(row)
     latest_image = {pid: url for pid, url in images}  # ordered by time: the last one wins
     out = [
         ReportedProduct(
-            product=ProductView(
-                product_id=row["product_id"],
-                title=row["title"],
-                category_hint=row["category_hint"],
-                first_seen_at=_utc(row["first_seen_at"]),
-                updated_at=_utc(row["updated_at"]),
-                last_event_id=row["last_event_id"],
-                attributes=attributes.get(row["product_id"], {}),
-            ),
+            product=product_view(row, attributes.get(row["product_id"], [])),
             image_url=latest_image.get(row["product_id"]),
             routed_for_review=row["product_id"] in routed,
         )

@@ -1,4 +1,7 @@
-"""Writing a batch of model results as a few set-based statements (`ProductStore.write_results` calls it).
+"""Writing product attributes: a batch of model results as a few set-based statements (`ProductStore.write_results`
+calls `write_result_batch`), and one annotator's value (`write_human_value`, for `ProductStore.set_human_value` and
+the review store's annotations). The product upsert, the attribute columns and the value encoding are defined here
+once.
 
 One statement per table for the whole batch, not one per result: the processing-log upsert (RETURNING each key's
 attempt count: 1 means new, more means a duplicate), the product upsert, the attribute upsert (RETURNING the rows it
@@ -15,32 +18,47 @@ statement. A multi-row VALUES statement (what SQLite gets) is new text for each 
 long, that the driver re-parses every time (measured, batches of 32 results on the loaded 2-core machine: 0.66 ms
 of the writer's CPU per result before, 0.48 after; the rest is mostly psycopg dumping the arrays).
 
+Human values: `human_write_time` serialises the transactions that write them and gives the time to stamp them with;
+`write_human_value` sets one (confidence 1.0, source 'human'), after which the model never overwrites it (the
+batch's attribute upsert carries `WHERE source <> 'human'`).
+
 Runs inside the caller's transaction; rows are sent in key order, so concurrent writers take row locks in the same
-order. Must not open connections, retry or log: `ProductStore` does that.
+order. Must not open connections, retry or log: the stores (through `connectors/db/connection.py`) do that.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import Connection, Table, bindparam, func, select, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Text
 
-from connectors.db.models import ProcessingLog, Product, ProductAttribute, ReviewOutbox
+from connectors.db.connection import InsertFactory
+from connectors.db.connection import now as current_time
+from connectors.db.models import ATTRIBUTES, PROCESSING_LOG, PRODUCTS, REVIEW_OUTBOX
 from connectors.db.types import WriteStats
 from connectors.records import AttributeValue, ProductResult, payload_from_json, payload_to_json
 
-PRODUCTS = cast(Table, Product.__table__)
-ATTRIBUTES = cast(Table, ProductAttribute.__table__)
-PROCESSING_LOG = cast(Table, ProcessingLog.__table__)
-REVIEW_OUTBOX = cast(Table, ReviewOutbox.__table__)
+__all__ = [
+    "ATTRIBUTE_VALUE_COLUMNS",
+    "HUMAN",
+    "MODEL",
+    "decode_value",
+    "encode_value",
+    "human_write_time",
+    "upsert_products",
+    "write_human_value",
+    "write_result_batch",
+]
+
 HUMAN = "human"
 MODEL = "model"
+HUMAN_VALUES_LOCK_NAMESPACE = 0x48554D4E  # "HUMN": the advisory lock that orders writers of human values
 # product_attributes columns an upsert replaces (everything but the key)
 ATTRIBUTE_VALUE_COLUMNS = (
     "value",
@@ -58,7 +76,6 @@ ATTRIBUTE_VALUE_COLUMNS = (
 )
 
 Key = tuple[str, str, str]
-InsertFactory = Callable[[Table], Any]  # postgresql.insert or sqlite.insert (both have on_conflict_*)
 
 
 def _rows_insert(conn: Connection, insert: InsertFactory, table: Table, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
@@ -146,22 +163,42 @@ def _log_results(conn: Connection, insert: InsertFactory, ordered: list[ProductR
 def _upsert_products(conn: Connection, insert: InsertFactory, fresh: list[ProductResult], now: datetime) -> None:
     merged: dict[str, dict[str, Any]] = {}
     for r in fresh:  # a product with several new images in the batch: its last non-empty values
-        row = merged.setdefault(
-            r.product_id,
-            {
-                "product_id": r.product_id,
-                "title": None,
-                "category_hint": None,
-                "last_event_id": None,
-                "first_seen_at": now,
-                "updated_at": now,
-            },
-        )
+        row = merged.setdefault(r.product_id, product_row(r.product_id, now))
         for column, value in (("title", r.title), ("category_hint", r.category_hint), ("last_event_id", r.event_id)):
             if value is not None:
                 row[column] = value
+    upsert_products(conn, insert, [merged[p] for p in sorted(merged)])
+
+
+def product_row(
+    product_id: str,
+    now: datetime,
+    title: str | None = None,
+    category_hint: str | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A `products` row first seen (and updated) at `now`, for `upsert_products`."""
+    return {
+        "product_id": product_id,
+        "title": title,
+        "category_hint": category_hint,
+        "last_event_id": event_id,
+        "first_seen_at": now,
+        "updated_at": now,
+    }
+
+
+def upsert_products(
+    conn: Connection, insert: InsertFactory, rows: list[dict[str, Any]], *, keep_existing: bool = False
+) -> None:
+    """The one product upsert: insert `rows` (`product_row`s, in product order); a product already there gets the
+    rows' non-empty title, category hint and last event and their `updated_at`, or, with `keep_existing`, is left as
+    it is."""
     t = PRODUCTS
-    stmt, params = _rows_insert(conn, insert, t, [merged[p] for p in sorted(merged)])
+    stmt, params = _rows_insert(conn, insert, t, rows)
+    if keep_existing:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["product_id"]), params)
+        return
     upsert = stmt.on_conflict_do_update(
         index_elements=["product_id"],
         set_={
@@ -218,9 +255,68 @@ def attribute_row(result: ProductResult, attr: AttributeValue, now: datetime) ->
 
 
 def encode_value(value: str | Sequence[str]) -> tuple[str, bool]:
+    """A value as stored in a text column: the label, or a JSON array of labels; and whether it is a list."""
     if isinstance(value, str):
         return value, False
     return json.dumps(list(value), ensure_ascii=False), True
+
+
+def decode_value(value: str, is_list: bool) -> str | list[str]:
+    """The inverse of `encode_value`."""
+    decoded: str | list[str] = json.loads(value) if is_list else value
+    return decoded
+
+
+def human_write_time(conn: Connection) -> datetime:
+    """Serialise the transactions that write human values and return the time to stamp them with, read only once
+    this one is next: stamps then rise in commit order. The learner's watermark is the newest human value a run
+    trained on (`updated_at`), and the trigger counts values stamped after it; a value stamped before a concurrent
+    one but committed after the learner read would otherwise never count as new (two review threads, the webhook's
+    and the poller's, or two review workers, write at once). PostgreSQL: a transaction-scoped advisory lock; SQLite:
+    its write transactions (BEGIN IMMEDIATE) already run one at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": HUMAN_VALUES_LOCK_NAMESPACE})
+    return current_time()
+
+
+def write_human_value(
+    conn: Connection,
+    insert: InsertFactory,
+    product_id: str,
+    attribute: str,
+    value: str | Sequence[str],
+    annotator: str,
+    box: Sequence[float] | None,
+    image_digest: str | None,
+    now: datetime,
+    mask: Mapping[str, Any] | None = None,
+) -> None:
+    """Set an annotator's value (confidence 1.0, source 'human') in the caller's transaction, replacing any earlier
+    value, model or human; creates the product row if needed. Stamp it with `human_write_time`."""
+    encoded, is_list = encode_value(value)
+    upsert_products(conn, insert, [product_row(product_id, now)], keep_existing=True)
+    row = insert(ATTRIBUTES).values(
+        product_id=product_id,
+        attribute=attribute,
+        value=encoded,
+        value_is_list=is_list,
+        auto_filled=True,
+        confidence=1.0,
+        alternatives=[],
+        source=HUMAN,
+        model_version=None,
+        box=list(box) if box is not None else None,
+        mask=dict(mask) if mask is not None else None,
+        image_digest=image_digest,
+        annotator=annotator,
+        updated_at=now,
+    )
+    conn.execute(
+        row.on_conflict_do_update(
+            index_elements=["product_id", "attribute"],
+            set_={name: row.excluded[name] for name in ATTRIBUTE_VALUE_COLUMNS},
+        )
+    )
 
 
 def _insert_review_outbox(conn: Connection, insert: InsertFactory, reviews: list[ProductResult], now: datetime) -> None:

@@ -24,18 +24,16 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, delete, exists, or_, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 
-from connectors.db.models import ReviewOutbox, ReviewWorker
-from connectors.db.store import ProductStore, _now, _utc
+from connectors.db.connection import Database, as_utc
+from connectors.db.connection import now as current_time
+from connectors.db.models import REVIEW_OUTBOX, REVIEW_WORKERS
 from connectors.records import OutboxPayload, payload_from_json
 
 __all__ = ["ClaimOwner", "OutboxItem", "OutboxQueue"]
-
-OUTBOX = cast(Table, ReviewOutbox.__table__)
-WORKERS = cast(Table, ReviewWorker.__table__)
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class OutboxItem:
 class OutboxQueue:
     """The outbox and worker-registry half of `ReviewStore` (see the module docstring)."""
 
-    store: ProductStore
+    database: Database
 
     # ------------------------------------------------------------------ claims
 
@@ -94,8 +92,8 @@ class OutboxQueue:
         attempt is due, or they are claimed by a worker that restarted or has not heartbeaten for `stale_s`. Their
         next attempt moves `lease_s` ahead, their attempt count goes up and `owner` (when given) claims them, in one
         transaction."""
-        now = now or _now()
-        t, w = OUTBOX, WORKERS
+        now = now or current_time()
+        t, w = REVIEW_OUTBOX, REVIEW_WORKERS
         owner_alive = exists().where(
             w.c.worker_id == t.c.claimed_by,
             w.c.started_at == t.c.claimed_by_started_at,
@@ -108,9 +106,9 @@ class OutboxQueue:
             .order_by(t.c.priority.desc(), t.c.id)
             .limit(limit)
         )
-        if self.store.dialect == "postgresql":
+        if self.database.dialect == "postgresql":
             query = query.with_for_update(of=t, skip_locked=True)
-        with self.store._transaction(write=True) as conn:
+        with self.database.transaction(write=True) as conn:
             rows = conn.execute(query).mappings().all()
             if rows:
                 conn.execute(
@@ -128,9 +126,9 @@ class OutboxQueue:
         return [dataclasses.replace(_outbox_item(r), claimed_by=claimed_by) for r in rows]
 
     def mark_sent(self, outbox_id: int, task_id: int, now: datetime | None = None) -> None:
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t = REVIEW_OUTBOX
+        with self.database.transaction(write=True) as conn:
             conn.execute(
                 update(t)
                 .where(t.c.id == outbox_id)
@@ -139,9 +137,9 @@ class OutboxQueue:
 
     def mark_retry(self, outbox_id: int, error: str, next_attempt_at: datetime, now: datetime | None = None) -> None:
         """Still pending: try again at `next_attempt_at` (backoff chosen by the caller)."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t = REVIEW_OUTBOX
+        with self.database.transaction(write=True) as conn:
             conn.execute(
                 update(t)
                 .where(t.c.id == outbox_id, t.c.status == "pending")
@@ -150,9 +148,9 @@ class OutboxQueue:
 
     def mark_failed(self, outbox_id: int, error: str, now: datetime | None = None) -> None:
         """Label Studio refused this task for good; `retry_failed` puts it back in the queue."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t = REVIEW_OUTBOX
+        with self.database.transaction(write=True) as conn:
             conn.execute(
                 update(t)
                 .where(t.c.id == outbox_id)
@@ -161,9 +159,9 @@ class OutboxQueue:
 
     def retry_failed(self, now: datetime | None = None) -> int:
         """Failed rows back to pending, due now (after fixing what Label Studio refused). Returns how many."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t = REVIEW_OUTBOX
+        with self.database.transaction(write=True) as conn:
             result = conn.execute(
                 update(t).where(t.c.status == "failed").values(status="pending", next_attempt_at=now, updated_at=now)
             )
@@ -171,9 +169,9 @@ class OutboxQueue:
 
     def make_due(self, now: datetime | None = None) -> int:
         """Every pending row due now, whatever its backoff (`shelfsight review sync`). Returns how many."""
-        now = now or _now()
-        t = OUTBOX
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t = REVIEW_OUTBOX
+        with self.database.transaction(write=True) as conn:
             result = conn.execute(
                 update(t).where(t.c.status == "pending", t.c.next_attempt_at > now).values(next_attempt_at=now)
             )
@@ -185,9 +183,9 @@ class OutboxQueue:
         """`owner` is now the live incarnation of its identity: its row in review_workers names this process, and
         the claims of the identity's earlier incarnations (a process killed mid-send) are released, due at once.
         Returns how many claims were released."""
-        now = now or _now()
-        t, w = OUTBOX, WORKERS
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t, w = REVIEW_OUTBOX, REVIEW_WORKERS
+        with self.database.transaction(write=True) as conn:
             conn.execute(delete(w).where(w.c.worker_id == owner.worker_id))
             conn.execute(
                 w.insert().values(
@@ -212,9 +210,9 @@ class OutboxQueue:
     def heartbeat(self, owner: ClaimOwner, now: datetime | None = None) -> bool:
         """Keep `owner`'s claims alive. False when its identity's row names another process (a second worker runs
         with the same identity and has taken its claims over): identities must be unique among live workers."""
-        now = now or _now()
-        w = WORKERS
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        w = REVIEW_WORKERS
+        with self.database.transaction(write=True) as conn:
             updated = conn.execute(
                 update(w)
                 .where(w.c.worker_id == owner.worker_id, w.c.started_at == owner.started_at)
@@ -224,9 +222,9 @@ class OutboxQueue:
 
     def unregister_worker(self, owner: ClaimOwner, now: datetime | None = None) -> int:
         """A clean stop: release what `owner` still claims (due at once) and remove its row. Returns how many."""
-        now = now or _now()
-        t, w = OUTBOX, WORKERS
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        t, w = REVIEW_OUTBOX, REVIEW_WORKERS
+        with self.database.transaction(write=True) as conn:
             released = conn.execute(
                 update(t)
                 .where(
@@ -242,27 +240,28 @@ class OutboxQueue:
     # ------------------------------------------------------------------ reads
 
     def outbox_item(self, outbox_id: int) -> OutboxItem | None:
-        with self.store._transaction() as conn:
-            row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().first()
+        with self.database.transaction() as conn:
+            row = conn.execute(select(REVIEW_OUTBOX).where(REVIEW_OUTBOX.c.id == outbox_id)).mappings().first()
         return _outbox_item(row) if row is not None else None
 
     def outbox_for_task(self, task_id: int) -> OutboxItem | None:
-        with self.store._transaction() as conn:
-            row = conn.execute(select(OUTBOX).where(OUTBOX.c.task_id == task_id)).mappings().first()
+        with self.database.transaction() as conn:
+            row = conn.execute(select(REVIEW_OUTBOX).where(REVIEW_OUTBOX.c.task_id == task_id)).mappings().first()
         return _outbox_item(row) if row is not None else None
 
     def outbox_items(self, product_id: str | None = None) -> list[OutboxItem]:
-        query = select(OUTBOX).order_by(OUTBOX.c.id)
+        query = select(REVIEW_OUTBOX).order_by(REVIEW_OUTBOX.c.id)
         if product_id is not None:
-            query = query.where(OUTBOX.c.product_id == product_id)
-        with self.store._transaction() as conn:
+            query = query.where(REVIEW_OUTBOX.c.product_id == product_id)
+        with self.database.transaction() as conn:
             return [_outbox_item(r) for r in conn.execute(query).mappings().all()]
 
     def routed_since(self, since: datetime) -> list[datetime]:
         """When each product routed after `since` was routed (seeds the routing caps after a restart)."""
-        query = select(OUTBOX.c.created_at).where(OUTBOX.c.created_at > since).order_by(OUTBOX.c.created_at)
-        with self.store._transaction() as conn:
-            return [_utc(v) for v in conn.execute(query).scalars().all()]
+        t = REVIEW_OUTBOX
+        query = select(t.c.created_at).where(t.c.created_at > since).order_by(t.c.created_at)
+        with self.database.transaction() as conn:
+            return [as_utc(v) for v in conn.execute(query).scalars().all()]
 
 
 _UNCLAIMED: dict[str, Any] = {"claimed_by": None, "claimed_by_started_at": None}
@@ -282,7 +281,7 @@ def _outbox_item(row: Any) -> OutboxItem:
         task_id=int(row["task_id"]) if row["task_id"] is not None else None,
         attempts=int(row["attempts"]),
         last_error=row["last_error"],
-        created_at=_utc(row["created_at"]),
-        sent_at=_utc(row["sent_at"]) if row["sent_at"] is not None else None,
+        created_at=as_utc(row["created_at"]),
+        sent_at=as_utc(row["sent_at"]) if row["sent_at"] is not None else None,
         claimed_by=row["claimed_by"],
     )

@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Table, case, delete, func, select, text, update
+from sqlalchemy import Connection, case, delete, func, select, text, update
 
-from connectors.db.models import ProductAttribute, ReviewAnnotation, ReviewOutbox, ReviewSyncState, ReviewTaskSync
+from connectors.db.connection import as_utc
+from connectors.db.connection import now as current_time
+from connectors.db.models import ATTRIBUTES, REVIEW_ANNOTATIONS, REVIEW_OUTBOX, REVIEW_SYNC_STATE, REVIEW_TASK_SYNC
+from connectors.db.result_writes import decode_value, encode_value, human_write_time, write_human_value
 from connectors.db.review_outbox import ClaimOwner, OutboxItem, OutboxQueue
-from connectors.db.store import ProductStore, _encode_value, _now, _utc
+from connectors.db.store import ProductStore
 from connectors.records import payload_from_json
 
 __all__ = [
@@ -43,11 +46,6 @@ __all__ = [
     "ReviewStore",
 ]
 
-OUTBOX = cast(Table, ReviewOutbox.__table__)
-ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
-SYNC_STATE = cast(Table, ReviewSyncState.__table__)
-TASK_SYNC = cast(Table, ReviewTaskSync.__table__)
-ATTRIBUTES = cast(Table, ProductAttribute.__table__)
 APPLIED = "applied"
 REVIEW_LOCK_NAMESPACE = 0x52455649  # "REVI": first key of the review loop's per-product advisory locks
 SKIPPED = "skipped"
@@ -120,16 +118,16 @@ class ReviewStore(OutboxQueue):
 
     def __init__(self, store: ProductStore) -> None:
         self.store = store
-        self._insert = store._insert
+        self.database = store.database
 
     # ------------------------------------------------------------------ annotations
 
     def record_annotation(self, record: AnnotationRecord, now: datetime | None = None) -> RecordResult:
         """Record one annotation (idempotent; see the module docstring) and update the product's attributes.
-        `now` (default: the time this transaction's turn comes, see `ProductStore._human_write_time`) stamps it."""
-        a = ANNOTATIONS
-        with self.store._transaction(write=True) as conn:
-            now = now or self.store._human_write_time(conn)
+        `now` (default: the time this transaction's turn comes, see `result_writes.human_write_time`) stamps it."""
+        a = REVIEW_ANNOTATIONS
+        with self.database.transaction(write=True) as conn:
+            now = now or human_write_time(conn)
             self._lock_products(conn, [record.product_id])
             columns = (a.c.id, a.c.state, a.c.revision, a.c.attribute, a.c.outcome, a.c.value, a.c.annotator)
             existing = conn.execute(
@@ -139,7 +137,7 @@ class ReviewStore(OutboxQueue):
                 return RecordResult("ignored_deleted")
             if any(row.state == "active" and row.revision == record.revision for row in existing):
                 return RecordResult("unchanged")
-            if any(row.state == "active" and _utc(row.annotation_updated_at) > record.updated_at for row in existing):
+            if any(row.state == "active" and as_utc(row.annotation_updated_at) > record.updated_at for row in existing):
                 return RecordResult("ignored_stale")
             first = (
                 conn.execute(select(a.c.id).where(a.c.task_id == record.task_id, a.c.state != "superseded").limit(1))
@@ -158,7 +156,7 @@ class ReviewStore(OutboxQueue):
             else:
                 rows = [_annotation_row(record, value, now) for value in record.values]
                 if rows:
-                    conn.execute(self._insert(a), rows)
+                    conn.execute(self.database.insert(a), rows)
                 touched |= {v.attribute for v in record.values if v.outcome == APPLIED}
             withdrawn = {row.attribute: row for row in previous if row.outcome == APPLIED}
             changed = [
@@ -174,10 +172,10 @@ class ReviewStore(OutboxQueue):
         ids = sorted(set(annotation_ids))
         if not ids:
             return []
-        a = ANNOTATIONS
+        a = REVIEW_ANNOTATIONS
         changed: list[str] = []
-        with self.store._transaction(write=True) as conn:
-            now = now or self.store._human_write_time(conn)
+        with self.database.transaction(write=True) as conn:
+            now = now or human_write_time(conn)
             rows = conn.execute(
                 select(a.c.id, a.c.product_id, a.c.attribute, a.c.outcome, a.c.state, a.c.value, a.c.annotator).where(
                     a.c.annotation_id.in_(ids), a.c.state != "deleted"
@@ -198,15 +196,15 @@ class ReviewStore(OutboxQueue):
         """Serialise annotation writes per product for the rest of the transaction, so the webhook and the poller
         (or two workers) recording answers for one product at once cannot interleave their resolution. SQLite
         needs nothing: its write transactions (BEGIN IMMEDIATE) already run one at a time."""
-        if self.store.dialect != "postgresql":
+        if self.database.dialect != "postgresql":
             return
         for product_id in sorted(set(product_ids)):  # one order for everyone: no deadlocks between workers
             key = int.from_bytes(hashlib.sha256(product_id.encode()).digest()[:4], "big", signed=True)
             conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": REVIEW_LOCK_NAMESPACE, "key": key})
 
     def active_annotation_ids(self, task_id: int) -> set[int]:
-        a = ANNOTATIONS
-        with self.store._transaction() as conn:
+        a = REVIEW_ANNOTATIONS
+        with self.database.transaction() as conn:
             return set(
                 conn.execute(select(a.c.annotation_id).where(a.c.task_id == task_id, a.c.state == "active"))
                 .scalars()
@@ -215,13 +213,13 @@ class ReviewStore(OutboxQueue):
 
     def annotations(self, product_id: str | None = None, *, state: str | None = None) -> list[dict[str, Any]]:
         """Recorded annotation rows (for `shelfsight review status`, the learner and tests), oldest first."""
-        a = ANNOTATIONS
+        a = REVIEW_ANNOTATIONS
         query = select(a).order_by(a.c.id)
         if product_id is not None:
             query = query.where(a.c.product_id == product_id)
         if state is not None:
             query = query.where(a.c.state == state)
-        with self.store._transaction() as conn:
+        with self.database.transaction() as conn:
             rows = conn.execute(query).mappings().all()
         out = []
         for row in rows:
@@ -229,7 +227,7 @@ class ReviewStore(OutboxQueue):
             item["value"] = _decode(row["value"], row["value_is_list"])
             item["model_value"] = _decode_any(row["model_value"])
             for key in ("annotation_created_at", "annotation_updated_at", "recorded_at"):
-                item[key] = _utc(row[key])
+                item[key] = as_utc(row[key])
             out.append(item)
         return out
 
@@ -238,7 +236,7 @@ class ReviewStore(OutboxQueue):
     ) -> bool:
         """Set the product's value of `attribute` from the latest active annotation that answered it; with none
         left, undo the withdrawn annotation's value (the model's value comes back). True when something changed."""
-        a = ANNOTATIONS
+        a = REVIEW_ANNOTATIONS
         winner = (
             conn.execute(
                 select(a)
@@ -278,8 +276,8 @@ class ReviewStore(OutboxQueue):
                 and (current["mask"] or None) == (mask or None)
             ):
                 return False
-            self.store._write_human_value(
-                conn, product_id, attribute, value, winner["annotator"], box, digest, now, mask=mask
+            write_human_value(
+                conn, self.database.insert, product_id, attribute, value, winner["annotator"], box, digest, now, mask
             )
             return True
         if withdrawn_by is None or current is None or current["source"] != "human":
@@ -293,7 +291,7 @@ class ReviewStore(OutboxQueue):
             )
             return True
         value, confidence, box, model_version, digest = model
-        encoded, is_list = _encode_value(value)
+        encoded, is_list = encode_value(value)
         conn.execute(
             update(ATTRIBUTES)
             .where(ATTRIBUTES.c.product_id == product_id, ATTRIBUTES.c.attribute == attribute)
@@ -318,7 +316,9 @@ class ReviewStore(OutboxQueue):
             return None
         return cast(
             "str | None",
-            conn.execute(select(OUTBOX.c.image_digest).where(OUTBOX.c.id == outbox_id)).scalar_one_or_none(),
+            conn.execute(
+                select(REVIEW_OUTBOX.c.image_digest).where(REVIEW_OUTBOX.c.id == outbox_id)
+            ).scalar_one_or_none(),
         )
 
     def _model_value(
@@ -326,9 +326,9 @@ class ReviewStore(OutboxQueue):
     ) -> tuple[str | list[str], float, list[float] | None, str, str] | None:
         """The model's value of `attribute` from the product's newest outbox payload that has one."""
         rows = conn.execute(
-            select(OUTBOX.c.payload, OUTBOX.c.model_version, OUTBOX.c.image_digest)
-            .where(OUTBOX.c.product_id == product_id)
-            .order_by(OUTBOX.c.id.desc())
+            select(REVIEW_OUTBOX.c.payload, REVIEW_OUTBOX.c.model_version, REVIEW_OUTBOX.c.image_digest)
+            .where(REVIEW_OUTBOX.c.product_id == product_id)
+            .order_by(REVIEW_OUTBOX.c.id.desc())
         ).all()
         for payload, model_version, digest in rows:
             model = payload_from_json(payload)["model_values"].get(attribute)
@@ -341,12 +341,12 @@ class ReviewStore(OutboxQueue):
 
     def mark_task_synced(self, task_id: int, label_studio_updated_at: datetime, now: datetime | None = None) -> None:
         """Task `task_id` was read whole at Label Studio's `updated_at` and recorded. Only ever moves forward."""
-        now = now or _now()
-        insert = self._insert(TASK_SYNC).values(
+        now = now or current_time()
+        insert = self.database.insert(REVIEW_TASK_SYNC).values(
             task_id=task_id, label_studio_updated_at=label_studio_updated_at, synced_at=now
         )
-        newer = insert.excluded.label_studio_updated_at > TASK_SYNC.c.label_studio_updated_at
-        with self.store._transaction(write=True) as conn:
+        newer = insert.excluded.label_studio_updated_at > REVIEW_TASK_SYNC.c.label_studio_updated_at
+        with self.database.transaction(write=True) as conn:
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["task_id"],
@@ -357,30 +357,32 @@ class ReviewStore(OutboxQueue):
 
     def task_sync_marks(self) -> dict[int, datetime]:
         """Every task's `updated_at` as last read whole (see `mark_task_synced`)."""
-        query = select(TASK_SYNC.c.task_id, TASK_SYNC.c.label_studio_updated_at)
-        with self.store._transaction() as conn:
-            return {int(task): _utc(at) for task, at in conn.execute(query).all()}
+        query = select(REVIEW_TASK_SYNC.c.task_id, REVIEW_TASK_SYNC.c.label_studio_updated_at)
+        with self.database.transaction() as conn:
+            return {int(task): as_utc(at) for task, at in conn.execute(query).all()}
 
     def active_annotation_counts(self) -> dict[int, int]:
         """Per task, how many of its annotations (skips included) are recorded and active."""
-        a = ANNOTATIONS
+        a = REVIEW_ANNOTATIONS
         query = select(a.c.task_id, func.count(func.distinct(a.c.annotation_id))).where(a.c.state == "active")
-        with self.store._transaction() as conn:
+        with self.database.transaction() as conn:
             return {int(task): int(n) for task, n in conn.execute(query.group_by(a.c.task_id)).all()}
 
     # ------------------------------------------------------------------ sync state, statistics
 
     def get_state(self, name: str) -> str | None:
-        with self.store._transaction() as conn:
+        with self.database.transaction() as conn:
             return cast(
                 "str | None",
-                conn.execute(select(SYNC_STATE.c.value).where(SYNC_STATE.c.name == name)).scalar_one_or_none(),
+                conn.execute(
+                    select(REVIEW_SYNC_STATE.c.value).where(REVIEW_SYNC_STATE.c.name == name)
+                ).scalar_one_or_none(),
             )
 
     def set_state(self, name: str, value: str, now: datetime | None = None) -> None:
-        now = now or _now()
-        insert = self._insert(SYNC_STATE).values(name=name, value=value, updated_at=now)
-        with self.store._transaction(write=True) as conn:
+        now = now or current_time()
+        insert = self.database.insert(REVIEW_SYNC_STATE).values(name=name, value=value, updated_at=now)
+        with self.database.transaction(write=True) as conn:
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["name"], set_={"value": insert.excluded.value, "updated_at": now}
@@ -388,8 +390,8 @@ class ReviewStore(OutboxQueue):
             )
 
     def stats(self) -> ReviewStats:
-        t, a = OUTBOX, ANNOTATIONS
-        with self.store._transaction() as conn:
+        t, a = REVIEW_OUTBOX, REVIEW_ANNOTATIONS
+        with self.database.transaction() as conn:
             by_status: dict[str, int] = {
                 str(status): int(n) for status, n in conn.execute(select(t.c.status, func.count()).group_by(t.c.status))
             }
@@ -429,7 +431,7 @@ def _annotation_row(record: AnnotationRecord, value: AnnotationValue, now: datet
     encoded: str | None = None
     is_list = False
     if value.value is not None:
-        encoded, is_list = _encode_value(value.value)
+        encoded, is_list = encode_value(value.value)
     model = None if value.model_value is None else json.dumps(value.model_value, ensure_ascii=False)
     return {
         "task_id": record.task_id,
@@ -454,10 +456,7 @@ def _annotation_row(record: AnnotationRecord, value: AnnotationValue, now: datet
 
 
 def _decode(value: str | None, is_list: bool) -> str | list[str] | None:
-    if value is None:
-        return None
-    decoded: str | list[str] = json.loads(value) if is_list else value
-    return decoded
+    return None if value is None else decode_value(value, is_list)
 
 
 def _decode_any(value: str | None) -> Any:

@@ -40,8 +40,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from connectors.db import DatabaseUnavailable, ProductStore
 from connectors.db.learner import DatabaseLock, LearnerStore
-from connectors.db.store import DatabaseUnavailable, ProductStore
 
 log = logging.getLogger(__name__)
 

@@ -103,7 +103,7 @@ def _torchvision(name: str, pretrained: bool) -> Backbone:
     weights = None
     if pretrained:
         weights = tvm.get_model_weights(name).DEFAULT
-        _require_torchvision_file(weights.url)
+        require_torchvision_file(weights.url)
     module = tvm.get_model(name, weights=weights)
     size = 224
     if name.startswith("resnet"):
@@ -137,7 +137,9 @@ def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _require_torchvision_file(url: str) -> None:
+def require_torchvision_file(url: str) -> None:
+    """Raise `PretrainedWeightsUnavailable` unless torchvision's weights file for `url` is in the hub cache (nothing
+    is ever downloaded)."""
     path = torch_hub_checkpoint_dir() / Path(url).name
     if not path.exists():
         raise PretrainedWeightsUnavailable(

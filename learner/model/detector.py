@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learner.model.backbones import PretrainedWeightsUnavailable, _require_torchvision_file
+from learner.model.backbones import PretrainedWeightsUnavailable, require_torchvision_file
 from learner.model.manifest import MASK_ARCHS
 
 DETECTOR_ARCHS = {
@@ -74,7 +74,7 @@ class DetectorSpec:
 def torchvision_detector_spec(arch: str, score_threshold: float = 0.5) -> DetectorSpec:
     """Spec for a torchvision COCO detector; raises PretrainedWeightsUnavailable if its file is absent."""
     weights = _torchvision_weights(arch)
-    _require_torchvision_file(weights.url)
+    require_torchvision_file(weights.url)
     member = f"{type(weights).__name__}.{weights.name}"
     return DetectorSpec(
         arch=arch,
@@ -100,7 +100,7 @@ def build_detector(spec: DetectorSpec) -> nn.Module:
         expected = f"torchvision:{type(weights).__name__}.{weights.name}"
         if spec.weights != expected:
             weights = tvm.get_weight(spec.weights.removeprefix("torchvision:"))
-        _require_torchvision_file(weights.url)
+        require_torchvision_file(weights.url)
         return tvm.get_model(spec.arch, weights=weights, weights_backbone=None, **kwargs)
     if spec.arch == "maskrcnn_mobilenet_v3_large_fpn":
         return _maskrcnn_mobilenet(len(spec.class_names), **kwargs)

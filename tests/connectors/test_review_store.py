@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.db import AnnotationRecord, AnnotationValue, ClaimOwner, ProductStore, ReviewStore
+from connectors.db.result_writes import human_write_time, write_human_value
 from connectors.records import Alternative, AttributeValue, ProductResult
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -329,9 +330,9 @@ def test_an_answer_waiting_behind_another_writer_is_stamped_after_that_writer_co
 
     store.write_results([routed("p1"), routed("p2")])
     outcome: list[str] = []
-    with store._transaction(write=True) as conn:  # another writer of human values, mid-transaction
-        store._human_write_time(conn)
-        store._write_human_value(conn, "p1", "garment", "Dress", "alice@example.com", None, None, T0)
+    with store.database.transaction(write=True) as conn:  # another writer of human values, mid-transaction
+        human_write_time(conn)
+        write_human_value(conn, store.database.insert, "p1", "garment", "Dress", "alice@example.com", None, None, T0)
         writer = threading.Thread(
             target=lambda: outcome.append(
                 reviews.record_annotation(annotation(202, "Skirt", task_id=8, product_id="p2")).status
