@@ -115,8 +115,7 @@ def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
 
 
 def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | None) -> int:
-    from connectors.db import ProductStore
-    from connectors.db.learner import LearnerStore
+    from connectors.db import ProductStore, RetrainingStore
     from daemon.service import build_fetcher
     from learner.lifecycle.retrain import run_retraining
 
@@ -125,7 +124,7 @@ def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | 
     try:
         store.migrate()
         outcome = run_retraining(
-            retrain_config(settings.learner, settings.device), LearnerStore(store), fetcher, reason, force
+            retrain_config(settings.learner, settings.device), RetrainingStore(store), fetcher, reason, force
         )
     finally:
         fetcher.close()
@@ -143,8 +142,7 @@ def run_once(settings: Settings, reason: str, force: bool, outcome_file: Path | 
 
 
 def serve(settings: Settings) -> int:
-    from connectors.db import ProductStore
-    from connectors.db.learner import LearnerStore
+    from connectors.db import ProductStore, RetrainingStore
     from daemon.http import HealthServer
     from daemon.metrics import LearnerMetrics
     from learner.lifecycle.schedule import LearnerService, ScheduleConfig
@@ -153,7 +151,7 @@ def serve(settings: Settings) -> int:
     metrics = LearnerMetrics()
     store = ProductStore(settings.database_url)
     store.migrate()
-    metrics.track_new_corrections(LearnerStore(store).new_corrections_since_last_run, learner.min_corrected_products)
+    metrics.track_new_corrections(RetrainingStore(store).new_corrections_since_last_run, learner.min_corrected_products)
 
     def on_outcome(outcome: dict[str, Any]) -> None:
         metrics.observe_outcome(outcome)

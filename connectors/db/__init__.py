@@ -1,10 +1,12 @@
 """The product database: schema (models, migrations), the one way in (`Database`: engine, transactions,
 `DatabaseUnavailable`, the `now`/`as_utc` time helpers, in `connection.py`) and the stores built on it
-(`ProductStore`, `ReviewStore`, the retraining store). The records written and read (`ProductResult`,
+(`ProductStore`, `ReviewStore`, `RetrainingStore`, `DatabaseLock`). The records written and read (`ProductResult`,
 `OutboxPayload`, ...) are not here: they are shared with `learner/` and live in `connectors/records.py`. Importing
 this package does not connect to anything."""
 
 from connectors.db.connection import Database, DatabaseUnavailable, as_utc, now
+from connectors.db.locks import DatabaseLock, LockLost
+from connectors.db.retraining_store import HumanCorrection, RetrainingRun, RetrainingStore
 from connectors.db.review_outbox import ClaimOwner
 from connectors.db.review_store import (
     AnnotationRecord,
@@ -22,12 +24,17 @@ __all__ = [
     "AnnotationValue",
     "ClaimOwner",
     "Database",
+    "DatabaseLock",
     "DatabaseUnavailable",
+    "HumanCorrection",
+    "LockLost",
     "OutboxItem",
     "ProcessingLogStats",
     "ProductStore",
     "ProductView",
     "RecordResult",
+    "RetrainingRun",
+    "RetrainingStore",
     "ReviewStats",
     "ReviewStore",
     "StoredAttribute",

@@ -3,7 +3,7 @@ validation and holdout (`assemble_training_data`), and the objects annotators bo
 `training_boxes`).
 
 - the original labelled set (a `labels.csv` directory, see learner/training/data.py) plus every human correction read
-  from the product database (`source = 'human'` rows only, connectors.db.learner: the model's own unreviewed values
+  from the product database (`source = 'human'` rows only, `RetrainingStore`: the model's own unreviewed values
   never become labels). A correction's product and image become one sample whose corrected groups carry the
   annotator's value and whose other groups are *missing* (masked out of the loss), unless the original set has the
   same image, whose labels the correction then overrides group by group. Images are fetched once
@@ -40,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from connectors.db.learner import HumanCorrection
+from connectors.db import HumanCorrection
 from connectors.images import FetchError, ImageFetcher
 from learner.lifecycle.holdout import Boxes, EffectiveHoldout, HoldoutRule
 from learner.model.manifest import file_sha256

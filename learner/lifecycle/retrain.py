@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.db.learner import DatabaseLock, LearnerStore
+from connectors.db import DatabaseLock, RetrainingStore
 from connectors.images import ImageFetcher
 from learner.evaluation.gate import GateConfig, GateDecision, decide
 from learner.lifecycle.corrections import TrainingData, assemble_training_data
@@ -108,7 +108,7 @@ class RunOutcome:
 
 def run_retraining(
     config: RetrainConfig,
-    learner_store: LearnerStore,
+    learner_store: RetrainingStore,
     fetcher: ImageFetcher,
     reason: str = "manual",
     force: bool = False,
@@ -154,7 +154,7 @@ def run_retraining(
 
 def _run(
     config: RetrainConfig,
-    learner_store: LearnerStore,
+    learner_store: RetrainingStore,
     fetcher: ImageFetcher,
     registry: ModelRegistry,
     lock: DatabaseLock,

@@ -40,8 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from connectors.db import DatabaseUnavailable, ProductStore
-from connectors.db.learner import DatabaseLock, LearnerStore
+from connectors.db import DatabaseLock, DatabaseUnavailable, ProductStore, RetrainingStore
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class LearnerService:
         env: dict[str, str] | None = None,
     ) -> None:
         self.store = store
-        self.learner_store = LearnerStore(store)
+        self.learner_store = RetrainingStore(store)
         self.command = list(command)
         self.config = config
         self.on_outcome = on_outcome or (lambda _outcome: None)

@@ -204,7 +204,7 @@ def run_arm(
 ) -> ArmResult:
     import psycopg
 
-    from connectors.db.learner import LearnerStore
+    from connectors.db import RetrainingStore
     from connectors.db.store import ProductStore
     from connectors.kafka import ensure_topics
     from connectors.labelstudio import LabelStudioClient
@@ -279,7 +279,7 @@ def run_arm(
         extra=common,
     )
     db = Db(database_url)
-    learner_store = LearnerStore(ProductStore(database_url, pool_size=1))  # what the scheduler's trigger counts
+    learner_store = RetrainingStore(ProductStore(database_url, pool_size=1))  # what the scheduler's trigger counts
     daemon = DaemonProcess(env, arm_dir / "daemon.log")
     reviewer = DaemonProcess(
         {**env, "SHELFSIGHT_REVIEW__WEBHOOK_PORT": str(_free_port())}, arm_dir / "review.log", ("review", "run")

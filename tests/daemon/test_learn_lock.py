@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.db import ProductStore
-from connectors.db.learner import LearnerStore
+from connectors.db import ProductStore, RetrainingStore
 from daemon.cli import app
 from learner.lifecycle.registry import ModelRegistry, read_alias_state
 from tests.daemon.harness import prepare_learner_world
@@ -76,7 +75,7 @@ def test_two_learners_started_together_run_one_retraining(postgres_url: str, cc0
     assert statuses[1 - statuses.index(trained[0])] in ("locked", "skipped")
 
     store = ProductStore(postgres_url)
-    runs = LearnerStore(store).runs()
+    runs = RetrainingStore(store).runs()
     store.close()
     assert [r.status for r in runs if r.status in ("promoted", "rejected")] == trained
     registry = ModelRegistry(env["SHELFSIGHT_LEARNER__REGISTRY_DIR"])
@@ -111,7 +110,7 @@ def test_a_learner_killed_mid_run_leaves_the_champion_and_the_next_run_starts_cl
     registry = ModelRegistry(env["SHELFSIGHT_LEARNER__REGISTRY_DIR"])
     before = read_alias_state(registry.root)
     store = ProductStore(postgres_url)
-    learner = LearnerStore(store)
+    learner = RetrainingStore(store)
     command = [sys.executable, "-m", "daemon.cli", "learn", "--once"]
     victim = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

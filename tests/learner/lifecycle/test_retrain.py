@@ -20,8 +20,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from connectors.db import ProductStore
-from connectors.db.learner import LearnerStore
+from connectors.db import ProductStore, RetrainingStore
 from connectors.images import ImageFetcher
 from connectors.records import AttributeValue, ProductResult
 from learner.evaluation.gate import GateConfig
@@ -45,7 +44,7 @@ HOLDOUT = HoldoutRule(salt="test-holdout", fraction=0.3)
 class World:
     config: RetrainConfig
     store: ProductStore
-    learner: LearnerStore
+    learner: RetrainingStore
     fetcher: ImageFetcher
     registry: ModelRegistry
     rows: list[dict[str, str]]  # the CC0 labels.csv rows used (image = product id)
@@ -147,7 +146,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, cc0_dir: Path) -> Iterator[W
         gate=GateConfig(bootstrap_samples=1000, max_group_regression=0.05),
     )
     fetcher = ImageFetcher(file_root=images)
-    yield World(config, store, LearnerStore(store), fetcher, registry, rows, images, "cc0-untrained-champion")
+    yield World(config, store, RetrainingStore(store), fetcher, registry, rows, images, "cc0-untrained-champion")
     fetcher.close()
     store.close()
 
@@ -256,7 +255,7 @@ def test_rollback_restores_the_previous_champion(world: World) -> None:
 
 
 def test_a_second_run_while_one_holds_the_lock_does_nothing(world: World) -> None:
-    from connectors.db.learner import DatabaseLock
+    from connectors.db import DatabaseLock
     from learner.lifecycle.retrain import RUN_LOCK
 
     with DatabaseLock(world.store, RUN_LOCK):
@@ -372,7 +371,7 @@ def test_a_run_that_lost_its_lock_registers_and_promotes_nothing(world: World) -
 class SceneWorld:
     config: RetrainConfig
     store: ProductStore
-    learner: LearnerStore
+    learner: RetrainingStore
     fetcher: ImageFetcher
     registry: ModelRegistry
     scenes: dict[Path, list[tuple[str, list[float]]]]  # product image (product id = file stem) -> its objects
@@ -419,7 +418,7 @@ def scene_world(tmp_path: Path) -> Iterator[SceneWorld]:
         gate=GateConfig(bootstrap_samples=200, max_group_regression=1.0, max_detection_regression=1.0),
     )
     fetcher = ImageFetcher(file_root=tmp_path / "images")
-    yield SceneWorld(config, store, LearnerStore(store), fetcher, registry, scenes)
+    yield SceneWorld(config, store, RetrainingStore(store), fetcher, registry, scenes)
     fetcher.close()
     store.close()
 

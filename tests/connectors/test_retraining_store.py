@@ -1,16 +1,14 @@
-"""The learner's side of the product database (connectors/db/learner.py) on real SQLite and PostgreSQL: human
-corrections with their images, the run log, and the cross-process lock."""
+"""The retraining side of the product database (connectors/db/retraining_store.py) on real SQLite and PostgreSQL:
+human corrections with their images, the counts the trigger reads, and the run log."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
-from connectors.db import ProductStore
-from connectors.db.learner import DatabaseLock, LearnerStore
+from connectors.db import ProductStore, RetrainingStore
 from connectors.records import AttributeValue, ProductResult
 
 
@@ -47,7 +45,7 @@ def test_human_corrections_are_the_annotators_values_with_their_images(store: Pr
     )
     store.set_human_value("p1", "garment", "Dress", annotator="ann", image_digest="d1")
     store.set_human_value("p2", "garment", "Skirt", annotator="ann")  # no digest: the product's latest image
-    learner = LearnerStore(store)
+    learner = RetrainingStore(store)
     corrections = learner.human_corrections()
     assert [(c.product_id, c.attribute, c.value, c.image_digest, c.image_url) for c in corrections] == [
         ("p1", "garment", "Dress", "d1", "file:///img/p1.jpg"),
@@ -61,7 +59,7 @@ def test_human_corrections_are_the_annotators_values_with_their_images(store: Pr
 
 
 def test_a_run_left_running_by_a_dead_process_is_marked_abandoned_by_the_next(store: ProductStore) -> None:
-    learner = LearnerStore(store)
+    learner = RetrainingStore(store)
     first, abandoned = learner.start_run("schedule", "v1")
     assert abandoned == 0
     second, abandoned = learner.start_run("schedule", "v1")
@@ -74,62 +72,9 @@ def test_a_run_left_running_by_a_dead_process_is_marked_abandoned_by_the_next(st
     assert last is not None and last.id == second and last.corrections_until == until
 
 
-def test_only_one_holder_of_a_database_lock_at_a_time(store: ProductStore) -> None:
-    a, b = DatabaseLock(store, "retrain"), DatabaseLock(store, "retrain")
-    assert a.try_acquire()
-    assert not b.try_acquire()
-    assert a.held() and not b.held()
-    assert DatabaseLock(store, "another-name").try_acquire()
-    a.release()
-    assert b.try_acquire()
-    b.release()
-
-
-@pytest.mark.postgres
-def test_postgres_lock_goes_with_its_connection_when_the_holder_dies(postgres_url: str) -> None:
-    store = ProductStore(postgres_url)
-    store.migrate()
-    holder = DatabaseLock(store, "retrain")
-    assert holder.try_acquire()
-    assert holder._conn is not None
-    holder._conn.invalidate()  # what a killed process looks like to the server: its session ends
-    other = DatabaseLock(store, "retrain")
-    deadline = time.monotonic() + 5
-    while not other.try_acquire() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert other.acquired
-    other.release()
-    store.close()
-
-
-def test_sqlite_lease_of_a_holder_that_stopped_renewing_can_be_taken_over(sqlite_url: str) -> None:
-    store = ProductStore(sqlite_url)
-    store.migrate()
-    dead = DatabaseLock(store, "retrain", lease_s=0.6)
-    assert dead.try_acquire()
-    dead._stop.set()  # the heartbeat stops, as when the process is killed
-    other = DatabaseLock(store, "retrain", lease_s=0.6)
-    assert not other.try_acquire()
-    time.sleep(1.0)
-    assert other.try_acquire()
-    assert not dead.held()
-    other.release()
-
-
-def test_sqlite_lease_is_renewed_while_the_holder_lives(sqlite_url: str) -> None:
-    store = ProductStore(sqlite_url)
-    store.migrate()
-    live = DatabaseLock(store, "retrain", lease_s=0.6)
-    assert live.try_acquire()
-    time.sleep(1.5)
-    assert not DatabaseLock(store, "retrain", lease_s=0.6).try_acquire()
-    assert live.held()
-    live.release()
-
-
 def test_the_trigger_counts_products_with_new_human_values_and_the_values_separately(store: ProductStore) -> None:
     store.write_results([_model_result(p, f"d-{p}", f"file:///img/{p}.jpg") for p in ("p1", "p2", "p3")])
-    learner = LearnerStore(store)
+    learner = RetrainingStore(store)
     for attribute, value in (("garment", "Dress"), ("kids", "True")):  # one annotator answers two groups of p1
         store.set_human_value("p1", attribute, value, annotator="ann")
     assert learner.count_new_corrections() == (1, 2)
