@@ -2,7 +2,7 @@
 (`transaction(write=...)`); `DatabaseUnavailable` is what every transient failure becomes; `now()` and `as_utc()` are
 the clock and the time-zone rule every store module stamps and reads times with.
 
-`ProductStore`, `ReviewStore`, `CorrectionStore`, the review outbox, the report reader and the locks all reach the
+`ProductStore`, `ReviewStore`, `RetrainingStore`, the review outbox, the report reader and the locks all reach the
 database through a `Database` (`ProductStore.database`), so they share one engine, one pool and one error mapping.
 
 What it guarantees:

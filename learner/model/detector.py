@@ -11,6 +11,7 @@ detection, as COCO RLE (`learner.model.masks`) in the detector input's pixels.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,12 +111,16 @@ def build_detector(spec: DetectorSpec) -> nn.Module:
 def _maskrcnn_mobilenet(num_classes: int, **kwargs: Any) -> nn.Module:
     """Mask R-CNN on torchvision's MobileNetV3-Large FPN (the backbone and anchors of
     `fasterrcnn_mobilenet_v3_large_fpn`, ordinary batch norm, every block trainable; freezing is the recipe's)."""
-    from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
 
-    backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None), True, 6)
+    # MobileNetV3's own batch norm (the default of `mobilenet_v3_large`), not the frozen one `mobilenet_backbone`
+    # defaults to; trainable_layers=6: every block
+    norm = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v3_large", weights=None, fpn=True, norm_layer=norm, trainable_layers=6
+    )
     anchor_sizes = ((32, 64, 128, 256, 512),) * 3
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     return MaskRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **{"rpn_score_thresh": 0.05, **kwargs})
