@@ -29,11 +29,8 @@ exist because the fixtures make the event happen.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -41,11 +38,9 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -59,212 +54,30 @@ from tests.daemon.harness import (
     wait_until,
 )
 
-from .conftest import DEPLOY, ROOT, in_ci
-
-try:
-    import promql_parser
-except ImportError:
-    if in_ci():
-        raise
-    pytest.skip("needs promql-parser: pip install promql-parser", allow_module_level=True)
+from .conftest import ROOT
+from .live_services import Prometheus, ServiceProcess, stop_service, wait_for_data
+from .promql_expressions import (
+    DASHBOARDS,
+    EXPRESSIONS,
+    JOB,
+    LEARNER_JOB,
+    REVIEW_JOB,
+    RULE_FILES,
+    SERIES_ADDED_BY_PROMETHEUS,
+    Expression,
+    alert_signals,
+    all_panels,
+    metric_names,
+    promql_parser,
+    recording_rule_names,
+    selector_promql,
+    vector_selectors,
+)
 
 # the first test also waits for the services to start and the learner to retrain (about a minute on two cores)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
-RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
-# the job names of deploy/prometheus/prometheus*.yml, which the rules and the dashboard's defaults expect
-JOB = "shelfsight"
-REVIEW_JOB = "shelfsight-review"
-LEARNER_JOB = "shelfsight-learner"
 CC0_DIR = ROOT / "deploy" / "demo" / "clothing-cc0"
-SERIES_ADDED_BY_PROMETHEUS = {"up"}
-# Values for Grafana's variables: the built-in interval and this dashboard's own template variables.
-GRAFANA_VARIABLES = {
-    "__rate_interval": "15s",
-    "__interval": "5s",
-    "__range": "1m",
-    "job": JOB,
-    "instance": ".*",
-    "review_job": REVIEW_JOB,
-    "learner_job": LEARNER_JOB,
-    "datasource": "prometheus",
-}
-
-
-# -- where the expressions come from -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Expression:
-    origin: str  # file and panel/rule, for the failure message
-    promql: str  # as written, Grafana variables substituted
-    kind: str  # "dashboard" | "record" | "alert" | "variable"
-    label: str | None = None  # for label_values(metric, label) variables: the label the variable lists
-
-    def __str__(self) -> str:
-        return f"{self.origin}: {self.promql}"
-
-
-def substitute_grafana_variables(expr: str) -> str:
-    def value(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2) or m.group(3)
-        if name not in GRAFANA_VARIABLES:
-            raise KeyError(f"unknown Grafana variable ${name} in {expr!r}: add a test value to GRAFANA_VARIABLES")
-        return GRAFANA_VARIABLES[name]
-
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)", value, expr)
-
-
-def _panels(panels: list[dict]) -> Iterator[dict]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))  # rows hold their panels when collapsed
-
-
-def dashboard_expressions(path: Path) -> list[Expression]:
-    dashboard = json.loads(path.read_text())
-    found = []
-    for panel in _panels(dashboard.get("panels", [])):
-        for target in panel.get("targets", []):
-            if target.get("expr"):
-                origin = f"{path.name} panel {panel.get('title')!r} target {target.get('refId')}"
-                found.append(Expression(origin, substitute_grafana_variables(target["expr"]), "dashboard"))
-    for variable in dashboard.get("templating", {}).get("list", []):
-        if variable.get("type") != "query":
-            continue
-        query = variable["query"]["query"] if isinstance(variable.get("query"), dict) else variable.get("query", "")
-        m = re.fullmatch(r"\s*label_values\((.+),\s*(\w+)\s*\)\s*", query)
-        if m is None:
-            raise AssertionError(f"{path.name} variable {variable['name']}: only label_values(metric, label) is known")
-        origin = f"{path.name} variable ${variable['name']}"
-        found.append(Expression(origin, substitute_grafana_variables(m.group(1)), "variable", label=m.group(2)))
-    return found
-
-
-def rule_expressions(path: Path) -> list[Expression]:
-    found = []
-    for group in yaml.safe_load(path.read_text())["groups"]:
-        for rule in group["rules"]:
-            kind = "record" if "record" in rule else "alert"
-            origin = f"{path.name} {kind} {rule.get('record') or rule.get('alert')}"
-            found.append(Expression(origin, rule["expr"].strip(), kind))
-    return found
-
-
-def recording_rule_names() -> set[str]:
-    return {
-        rule["record"]
-        for path in RULE_FILES
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if "record" in rule
-    }
-
-
-EXPRESSIONS = [e for p in DASHBOARDS for e in dashboard_expressions(p)] + [
-    e for p in RULE_FILES for e in rule_expressions(p)
-]
-
-
-# -- PromQL syntax tree ------------------------------------------------------------------------------------------
-def _children(node: object) -> list[object]:
-    if isinstance(node, promql_parser.BinaryExpr):
-        return [node.lhs, node.rhs]
-    if isinstance(node, promql_parser.AggregateExpr):
-        return [node.expr] + ([node.param] if node.param is not None else [])
-    if isinstance(node, promql_parser.Call):
-        return list(node.args)
-    if isinstance(node, promql_parser.MatrixSelector):
-        return [node.vector_selector]
-    if isinstance(node, promql_parser.ParenExpr | promql_parser.SubqueryExpr | promql_parser.UnaryExpr):
-        return [node.expr]
-    return []
-
-
-def vector_selectors(node: object) -> Iterator[object]:
-    if isinstance(node, promql_parser.VectorSelector):
-        yield node
-    for child in _children(node):
-        yield from vector_selectors(child)
-
-
-def selector_promql(selector: object) -> str:
-    """The selector alone, without offset or @ modifiers."""
-    matchers = []
-    for m in selector.matchers.matchers:
-        op = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}[str(m.op).split(".")[-1]]
-        matchers.append(f"{m.name}{op}{json.dumps(m.value)}")
-    return f"{selector.name or ''}{{{', '.join(matchers)}}}"
-
-
-def metric_names(node: object) -> set[str]:
-    names = set()
-    for selector in vector_selectors(node):
-        if selector.name:
-            names.add(selector.name)
-        names.update(m.value for m in selector.matchers.matchers if m.name == "__name__")
-    return names
-
-
-_COMPARISONS = {"==", "!=", ">", "<", ">=", "<="}
-_SET_OPERATORS = {"and", "unless"}
-
-
-def alert_signals(node: object) -> list[object]:
-    """The parts of an alert condition that must have data for the condition to mean anything."""
-    while isinstance(node, promql_parser.ParenExpr):
-        node = node.expr
-    if isinstance(node, promql_parser.BinaryExpr):
-        op = str(node.op).strip().lower()
-        if op in _SET_OPERATORS:
-            return alert_signals(node.lhs) + alert_signals(node.rhs)
-        returns_bool = node.modifier is not None and node.modifier.return_bool
-        if op in _COMPARISONS and not returns_bool:
-            if isinstance(node.rhs, promql_parser.NumberLiteral):
-                return alert_signals(node.lhs)
-            if isinstance(node.lhs, promql_parser.NumberLiteral):
-                return alert_signals(node.rhs)
-    if isinstance(node, promql_parser.Call) and node.func.name in ("absent", "absent_over_time"):
-        return list(node.args)
-    return [node]
-
-
-# -- the scraped targets ----------------------------------------------------------------------------------------
-class ServiceProcess(DaemonProcess):
-    """A `shelfsight` command other than `run` as a real subprocess, with the harness's helpers (metrics, log tail,
-    SIGTERM). `port_setting` names the setting that gets the process's free port."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port_setting: str) -> None:
-        super().__init__(env, log_path)
-        self.args = args
-        self.env[port_setting] = str(self.port)
-
-    def start(self) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", *self.args], env=self.env, cwd=ROOT, stdout=log, stderr=log
-        )
-        return self
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        """The value of the first series `name` with these labels, None when there is none (or no answer)."""
-        try:
-            samples = self.metrics()
-        except httpx.HTTPError:
-            return None
-        wanted = [f'{k}="{v}"' for k, v in labels.items()]
-        for key, value in samples.items():
-            metric, _, rest = key.partition("{")
-            if metric == name and all(w in rest.rstrip("}").split(",") for w in wanted):
-                return value
-        return None
-
-
-def _stop(process: DaemonProcess) -> None:
-    if process.alive:
-        try:
-            process.terminate(timeout_s=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +115,7 @@ def learner_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     try:
         yield learner
     finally:
-        _stop(learner)
+        stop_service(learner)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +125,7 @@ def daemon_service(
     """A real `shelfsight run` consuming a steady stream of events from the real broker, some of them bad (a file
     that is not an image), so processing, failures and dead letters all have series. Review routing is on, with a
     cap of 4 products an hour: the first ones go to the outbox (for `review_service`), the rest are capped."""
-    from connectors.kafka import EventPublisher, ensure_topics
+    from connectors.kafka_producers import EventPublisher, ensure_topics
 
     work = tmp_path_factory.mktemp("promql-daemon")
     topic = "promql.products"
@@ -370,7 +183,7 @@ def daemon_service(
     finally:
         stop.set()
         feeder.join(timeout=10)
-        _stop(daemon)
+        stop_service(daemon)
 
 
 def _garment_answer(value: str) -> list[dict[str, Any]]:
@@ -441,7 +254,7 @@ def review_service(
         )
         yield worker
     finally:
-        _stop(worker)
+        stop_service(worker)
 
 
 @pytest.fixture(scope="module")
@@ -478,36 +291,6 @@ def exported_metric_names(scrape_targets: dict[str, str]) -> set[str]:
             text = response.read().decode()
         names |= {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     return names
-
-
-# -- a real Prometheus -------------------------------------------------------------------------------------------
-class Prometheus:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def query(self, promql: str) -> list[dict]:
-        """Instant query; raises AssertionError with Prometheus' own message when the query is rejected."""
-        data = urllib.parse.urlencode({"query": promql}).encode()
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query", data=data, timeout=10) as response:
-                body = json.load(response)
-        except urllib.error.HTTPError as exc:
-            body = json.load(exc)
-            raise AssertionError(f"Prometheus rejected {promql!r}: {body.get('error')}") from None
-        assert body["status"] == "success", body
-        result = body["data"]["result"]
-        return result if isinstance(result, list) else [result]
-
-
-def _wait_for_data(prom: Prometheus, recording_rules: set[str], timeout_s: float = 45.0) -> None:
-    """Until the target was scraped a few times and every recording rule has several samples (rate() and
-    deriv() need two or more), or the timeout passes: then the tests report whatever is missing."""
-    deadline = time.monotonic() + timeout_s
-    waiting_for = {*(f'up{{job="{job}"}}' for job in (JOB, REVIEW_JOB, LEARNER_JOB)), *recording_rules}
-    while waiting_for and time.monotonic() < deadline:
-        with contextlib.suppress(OSError):  # not listening yet
-            waiting_for = {name for name in waiting_for if not prom.query(f"count_over_time({name}[1m]) >= 5")}
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -551,7 +334,7 @@ def prometheus(
             if time.monotonic() > deadline:
                 pytest.fail(f"prometheus not ready after 30 s: {(workdir / 'prometheus.log').read_text()}")
             time.sleep(0.2)
-        _wait_for_data(prom, recording_rule_names())
+        wait_for_data(prom, recording_rule_names())
         yield prom
     finally:
         process.terminate()
@@ -568,7 +351,7 @@ def test_expressions_are_found_in_every_dashboard_panel_and_rule() -> None:
     assert DASHBOARDS and RULE_FILES
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
-        graph_panels = [p for p in _panels(dashboard["panels"]) if p.get("type") != "row"]
+        graph_panels = [p for p in all_panels(dashboard["panels"]) if p.get("type") != "row"]
         with_expr = {e.origin.split(" target ")[0] for e in EXPRESSIONS if e.kind == "dashboard"}
         for panel in graph_panels:
             assert f"{path.name} panel {panel.get('title')!r}" in with_expr, f"panel {panel.get('title')!r} has no expr"
