@@ -2,12 +2,11 @@
 the limits a service that fetches URLs from other people's data needs.
 
 Guarantees:
-- Server-side request forgery guard: unless `allow_private_networks=True`, every address the host name resolves
-  to must be public (not loopback, private, link-local incl. 169.254.169.254, shared/CGNAT, multicast,
-  reserved, unspecified, nor an IPv4 address wrapped in IPv6: mapped, 6to4, NAT64), or lie in
-  `allowed_networks`. The check runs inside the connection layer (a custom httpcore network backend) on the
-  addresses actually connected to, for the first request and for every redirect hop. Because the socket
-  connects to the very addresses that were checked, DNS rebinding between check and connect is not possible.
+- Server-side request forgery guard (the client of `connectors.guarded_http`): unless
+  `allow_private_networks=True`, every address the host name resolves to must be public (not loopback, private,
+  link-local incl. 169.254.169.254, shared/CGNAT, multicast, reserved, unspecified, nor an IPv4 address wrapped in
+  IPv6), or lie in `allowed_networks`, checked on the addresses actually connected to, for the first request and
+  for every redirect hop (so DNS rebinding between check and connect is not possible).
 - Bounded: at most `max_concurrency` fetches at once (a semaphore; callers beyond that wait), connect/read
   timeouts, a total deadline, `max_bytes` (a Content-Length above it is refused before reading, and a body is
   read in a stream that stops at the limit), at most `max_redirects` redirects.
@@ -33,32 +32,26 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import http.cookiejar
-import ipaddress
 import mimetypes
 import os
-import socket
 import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import httpx
+
+from connectors.guarded_http import BlockedAddress, ResolutionFailed, Resolver, guarded_client, is_public_address
 
 __all__ = ["FetchError", "FetchReason", "FetchedImage", "ImageFetcher", "is_public_address"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Sequence[str]]
-
 USER_AGENT = "ShelfSight-ImageFetcher/0.1 (+https://github.com/shelfsight)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-NAT64_NETWORKS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 ISO_BMFF_IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
@@ -82,7 +75,8 @@ class FetchReason(StrEnum):
 
 class FetchError(Exception):
     """Why an image could not be fetched. `transient`: the same URL may work later (retry with backoff);
-    otherwise retrying is pointless. `status_code` and `retry_after_s` are set for HTTP status failures."""
+    otherwise retrying is pointless. `status_code` and `retry_after_s` are set for HTTP status failures (a retry by
+    `connectors.retry.RetryPolicy` waits at least `retry_after_s`, within its cap)."""
 
     def __init__(
         self,
@@ -127,22 +121,6 @@ class FetchedImage:
     redirects: int = 0
 
 
-def is_public_address(ip: IPAddress) -> bool:
-    """True when `ip` is a globally routable unicast address, looking through IPv4-in-IPv6 forms."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return is_public_address(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            return is_public_address(ip.sixtofour)
-        if any(ip in net for net in NAT64_NETWORKS):
-            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        if ip.is_site_local or ip.teredo is not None:
-            return False
-    return ip.is_global and not (
-        ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
-    )
-
-
 class ImageFetcher:
     """Fetches images; see the module docstring for the rules. Thread-safe: share one per process and call
     `close()` at the end (or use it as a context manager).
@@ -182,18 +160,11 @@ class ImageFetcher:
         self.allowed_content_types = tuple(t.lower() for t in allowed_content_types)
         self.verify_signature = verify_signature
         self._slots = threading.BoundedSemaphore(max_concurrency)
-        networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
-        backend = _GuardedNetworkBackend(
-            resolver=resolver or _system_resolver,
-            allow_private=allow_private_networks,
-            allowed_networks=networks,
-        )
-        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._client = httpx.Client(
-            transport=_GuardedTransport(backend, limits),
-            follow_redirects=False,  # followed by hand, so every hop's scheme and count are checked
-            trust_env=False,
-            cookies=http.cookiejar.CookieJar(policy=_RejectAllCookies()),
+        self._client = guarded_client(
+            allow_private_networks=allow_private_networks,
+            allowed_networks=allowed_networks,
+            resolver=resolver,
+            max_connections=max_concurrency,
             headers={"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity"},
         )
 
@@ -242,9 +213,9 @@ class ImageFetcher:
                     return self._result(url, str(response.url), data, content_type, started, hop)
             except FetchError:
                 raise
-            except _BlockedAddress as exc:
+            except BlockedAddress as exc:
                 raise FetchError(FetchReason.BLOCKED_ADDRESS, str(exc), False) from None
-            except _ResolutionFailed as exc:
+            except ResolutionFailed as exc:
                 raise FetchError(FetchReason.CONNECTION, str(exc), True) from None
             except httpx.TimeoutException as exc:
                 kind = "connecting" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "reading"
@@ -411,110 +382,6 @@ class ImageFetcher:
 
     def _allowed_type(self, media_type: str) -> bool:
         return bool(media_type) and any(media_type.startswith(prefix) for prefix in self.allowed_content_types)
-
-
-# ---------------------------------------------------------------------- connection layer
-
-
-class _BlockedAddress(Exception):
-    pass
-
-
-class _ResolutionFailed(Exception):
-    pass
-
-
-def _system_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class _GuardedNetworkBackend(httpcore.NetworkBackend):
-    """httpcore's socket backend, except that a host name is resolved here, every address is checked, and the
-    socket connects only to checked addresses. Raising here aborts the request before any byte is sent."""
-
-    def __init__(
-        self,
-        *,
-        resolver: Resolver,
-        allow_private: bool,
-        allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-    ) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._resolver = resolver
-        self._allow_private = allow_private
-        self._allowed_networks = tuple(allowed_networks)
-
-    def _permitted(self, ip: IPAddress) -> bool:
-        return self._allow_private or is_public_address(ip) or any(ip in net for net in self._allowed_networks)
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        name = host.strip("[]")
-        try:
-            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in self._resolver(name, port)]
-        except (OSError, UnicodeError) as exc:
-            raise _ResolutionFailed(f"cannot resolve {name}: {exc}") from None
-        if not addresses:
-            raise _ResolutionFailed(f"{name} resolves to no address")
-        refused = [str(ip) for ip in addresses if not self._permitted(ip)]
-        if refused:
-            raise _BlockedAddress(
-                f"{name} resolves to a non-public address ({', '.join(refused)}); refused. "
-                "Set allow_private_networks or allowed_networks for trusted internal hosts."
-            )
-        last: Exception | None = None
-        for ip in addresses:
-            try:
-                return self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        raise _BlockedAddress("unix sockets are not allowed")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-class _GuardedTransport(httpx.HTTPTransport):
-    """httpx's transport with its connection pool rebuilt on the guarded network backend (httpx has no public
-    parameter for the backend; `_pool` is what its `handle_request` uses)."""
-
-    def __init__(self, backend: httpcore.NetworkBackend, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
-            raise RuntimeError("this httpx version has no HTTPTransport._pool; the SSRF guard cannot be installed")
-        self._pool.close()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=backend,
-        )
-
-
-class _RejectAllCookies(http.cookiejar.DefaultCookiePolicy):
-    """Keep no cookie and send none: one image host must not see cookies set by another."""
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
 
 
 # ---------------------------------------------------------------------- helpers

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from connectors.retry import RetryPolicy
 from connectors.source import DeadLetterSink, EventSource, Partition
 from daemon.config import FetchSettings, Settings, redact_url
 from daemon.metrics import ServiceMetrics
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from connectors.images import ImageFetcher
 
 log = logging.getLogger("shelfsight.service")
+
+# the broker may still be starting (compose, a rolling restart): wait for it rather than crash-loop
+KAFKA_START_RETRIES = RetryPolicy(initial_s=1.0, max_s=15.0, give_up_after_s=300.0)
 
 
 class StartupError(RuntimeError):
@@ -175,9 +179,8 @@ def _build_source(
     settings: Settings, revoke_hook: list[Callable[[set[Partition]], None]], closers: list[Callable[[], Any]]
 ) -> tuple[EventSource, DeadLetterSink, Callable[[], bool] | None, str]:
     if settings.source == "kafka":
-        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-        from connectors.kafka import DeadLetterPublisher, KafkaEventSource, TransientKafkaError
+        from connectors.kafka import KafkaEventSource, TransientKafkaError
+        from connectors.kafka_producers import DeadLetterPublisher
 
         k = settings.kafka
 
@@ -198,16 +201,11 @@ def _build_source(
                 on_revoked=on_revoked,
             )
 
-        # the broker may still be starting (compose, a rolling restart): wait for it rather than crash-loop
-        source = Retrying(
-            retry=retry_if_exception_type(TransientKafkaError),
-            wait=wait_exponential(multiplier=1, max=15),
-            stop=stop_after_delay(300),
-            before_sleep=lambda state: log.warning(
-                "Kafka unreachable, retrying: %s", state.outcome.exception() if state.outcome else None
-            ),
-            reraise=True,
-        )(connect)
+        source = KAFKA_START_RETRIES.call(
+            connect,
+            retry_on=(TransientKafkaError,),
+            on_retry=lambda exc, delay_s: log.warning("Kafka unreachable, retrying in %.0fs: %s", delay_s, exc),
+        )
         publisher = DeadLetterPublisher(bootstrap_servers=k.bootstrap_servers, topic=k.dead_letter_topic)
         closers.append(publisher.close)
         closers.append(source.close)

@@ -7,7 +7,6 @@ What it must not do: decide what is routed (the enrichment daemon did), or read 
 from __future__ import annotations
 
 import logging
-import random
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from connectors.db import ClaimOwner, OutboxItem, ReviewStore
 from connectors.labelstudio import LabelStudioError, LabelStudioUnavailable
+from connectors.retry import RetryPolicy
 from daemon.metrics import ReviewMetrics
 from daemon.review.project import ReviewProject
 from learner.review.tasks import IMAGE_NAME
@@ -120,17 +120,12 @@ class OutboxSender:
         self.tasks = tasks
         self.metrics = metrics
         self.batch = batch
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
+        # the backoff of a row Label Studio could not take: ±10% jitter, so rows that failed together spread out
+        self.retries = RetryPolicy(initial_s=retry_initial_s, max_s=retry_max_s, jitter=0.1)
         self.max_attempts_rejected = max_attempts_rejected
         self.clock = clock
         self.owner = owner  # claims carry it: a restart or a stopped heartbeat hands them over early
         self.claim_stale_s = claim_stale_s
-
-    def backoff(self, attempts: int) -> float:
-        """Seconds before attempt `attempts + 1`: exponential from `retry_initial_s`, capped, with 10% jitter."""
-        delay = min(self.retry_initial_s * 2.0 ** max(attempts - 1, 0), self.retry_max_s)
-        return float(delay * random.uniform(0.9, 1.1))
 
     def send_once(self) -> SendReport:
         """One batch. Never raises for Label Studio trouble (it is reported); DatabaseUnavailable propagates."""
@@ -197,7 +192,7 @@ class OutboxSender:
         self.project.follow_champion()
 
     def _retry_later(self, item: OutboxItem, error: str, report: SendReport, *, kind: str) -> None:
-        delay = self.backoff(item.attempts + 1)
+        delay = self.retries.delay(item.attempts + 1)  # stored as the row's next attempt: no thread waits for it
         self.store.mark_retry(item.id, error, self.clock() + timedelta(seconds=delay), now=self.clock())
         self.metrics.send_errors.labels(kind).inc()
         report.retried += 1

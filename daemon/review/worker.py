@@ -12,6 +12,7 @@ or the webhook secret.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 from connectors.db import ClaimOwner, DatabaseUnavailable, ProductStore, ReviewStore
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
+from connectors.retry import RetryAborted, RetryPolicy
 from daemon.config import ReviewConfigError, ReviewSettings, Settings
 from daemon.metrics import ReviewMetrics
 from daemon.reload import ModelSource
@@ -35,6 +37,10 @@ from daemon.review.webhook import WebhookReceiver
 from learner.model.taxonomy import Taxonomy
 
 log = logging.getLogger("shelfsight.review")
+
+# a webhook delivery the database or Label Studio could not take yet: two more tries, 1 s and 2 s later (the poller
+# picks up whatever is still missing)
+WEBHOOK_RETRIES = RetryPolicy(initial_s=1.0, max_s=2.0, attempts=3)
 
 
 @dataclass
@@ -282,17 +288,21 @@ class ReviewWorker:
                 payload = self.webhook.queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            for attempt in range(3):
-                try:
-                    self.handle_webhook(payload)
-                    break
-                except (DatabaseUnavailable, LabelStudioUnavailable) as exc:
-                    log.warning("webhook delivery not applied yet (attempt %d): %s", attempt + 1, exc)
-                    if self.stop_event.wait(1.0 * (attempt + 1)):
-                        return
-                except Exception:
-                    log.exception("webhook delivery could not be applied; polling will retry it")
-                    break
+            try:
+                WEBHOOK_RETRIES.call(
+                    functools.partial(self.handle_webhook, payload),
+                    retry_on=(DatabaseUnavailable, LabelStudioUnavailable),
+                    abort=self.stop_event,
+                    on_failure=lambda exc: log.warning("webhook delivery not applied yet: %s", exc),
+                )
+            except RetryAborted:
+                return
+            except (DatabaseUnavailable, LabelStudioUnavailable):
+                log.warning(
+                    "webhook delivery not applied after %d tries; the poller will pick it up", WEBHOOK_RETRIES.attempts
+                )
+            except Exception:
+                log.exception("webhook delivery could not be applied; polling will retry it")
 
     def handle_webhook(self, payload: dict[str, Any]) -> None:
         action = payload.get("action")

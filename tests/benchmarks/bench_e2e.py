@@ -144,7 +144,7 @@ def _daemon_run(
     from kafka_server import KafkaBroker
     from postgres_server import PostgresServer
 
-    from connectors.kafka import EventPublisher, ensure_topics
+    from connectors.kafka_producers import EventPublisher, ensure_topics
     from tests.daemon.harness import (
         DaemonProcess,
         Db,

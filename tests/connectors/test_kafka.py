@@ -16,14 +16,8 @@ import pytest
 from kafka_server import KafkaBroker, free_port
 
 from connectors.events import parse_event
-from connectors.kafka import (
-    ERROR_HEADER_PREFIX,
-    DeadLetterPublisher,
-    EventPublisher,
-    KafkaEventSource,
-    TransientKafkaError,
-    ensure_topics,
-)
+from connectors.kafka import KafkaEventSource, TransientKafkaError
+from connectors.kafka_producers import ERROR_HEADER_PREFIX, DeadLetterPublisher, EventPublisher, ensure_topics
 from connectors.source import OffsetTracker, Partition, SourceRecord, TransientSourceError
 
 FAST_GROUP = {

@@ -18,11 +18,11 @@ class RecordingSource(LocalDirectorySource):
         self.calls: list[tuple[str, int]] = []
 
     def pause(self, partitions=None):  # type: ignore[no-untyped-def]
-        self.calls.append(("pause", len(self.enricher_ref[0]._jobs)))
+        self.calls.append(("pause", self.enricher_ref[0].consumer.in_flight))
         super().pause(partitions)
 
     def resume(self, partitions=None):  # type: ignore[no-untyped-def]
-        self.calls.append(("resume", len(self.enricher_ref[0]._jobs)))
+        self.calls.append(("resume", self.enricher_ref[0].consumer.in_flight))
         super().resume(partitions)
 
 

@@ -56,9 +56,9 @@ def test_downloads_overlap_beyond_the_decode_workers_and_decoding_stays_within_t
         url = http_server.url("/slow-headers?delay=0.5")
         jobs = [EventJob(record=record(i, url), consumed_at=time.monotonic()) for i in range(16)]
         for job in jobs:
-            pipeline._pool.submit(pipeline._prepare_event, job)
-        queued = [pipeline._infer_q.get(timeout=30) for _ in jobs]
-        pipeline._pool.shutdown(wait=True)
+            pipeline.preparer.submit(job)
+        queued = [pipeline.lanes.infer.get(timeout=30) for _ in jobs]
+        pipeline.preparer.shutdown()
 
     assert sorted(item.job.record.offset for item in queued if item is not None) == list(range(16))
     assert http_server.max_in_flight("/slow-headers") >= 6, "downloads did not overlap beyond the decode workers"

@@ -42,7 +42,7 @@ def test_the_fetch_stage_times_each_attempt_but_not_the_backoff_between_them() -
         metrics=metrics,
         options=PipelineOptions(fetch_attempts=3, retry_initial_s=0.3),
     )
-    data, _digest = enricher._fetch("https://images.example/p1.jpg")
+    data, _digest = enricher.preparer.fetch("https://images.example/p1.jpg")
 
     assert data == b"image"
     assert sample(metrics, "shelfsight_stage_duration_seconds_count", stage="fetch") == 2

@@ -22,7 +22,7 @@ import pytest
 from kafka_server import KafkaBroker, KafkaUnavailable  # deploy/dev, on sys.path via tests/conftest.py
 
 if TYPE_CHECKING:  # imported in the fixtures, after pytest_configure installed the warning filters
-    from connectors.kafka import EventPublisher
+    from connectors.kafka_producers import EventPublisher
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,7 +54,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 def kafka_topic(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> Callable[..., str]:
     test_name = re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name)[:60].strip("-")
 
-    from connectors.kafka import ensure_topics
+    from connectors.kafka_producers import ensure_topics
 
     def make(partitions: int = 3, *, name: str | None = None) -> str:
         topic = name or f"{test_name}-{uuid.uuid4().hex[:8]}"
@@ -66,7 +66,7 @@ def kafka_topic(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> Ca
 
 @pytest.fixture
 def kafka_publisher(kafka_broker: KafkaBroker) -> Iterator[Callable[[str], EventPublisher]]:
-    from connectors.kafka import EventPublisher
+    from connectors.kafka_producers import EventPublisher
 
     publishers: list[EventPublisher] = []
 

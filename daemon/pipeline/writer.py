@@ -1,0 +1,131 @@
+"""The pipeline's writer thread (`ResultWriter`): finished events in, database rows and dead letters out, then the
+events reported done to the consumer (which commits their offsets).
+
+For a group of finished events it builds each event's result (its images merged, `daemon.pipeline.merge`) and asks
+the review router whether a person should look at it, writes all results in one transaction of a few set-based
+statements, and dead-letters the permanent failures (waiting for the broker's acknowledgement). The database or the
+broker being down is waited for with `connectors.retry`'s backoff, never dead-lettered: nothing is reported done
+before it is durable.
+
+What it must not do: touch the source (offsets are the consumer's), fetch or infer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from connectors.db import DatabaseUnavailable, ProductStore
+from connectors.records import ProductResult
+from connectors.retry import RetryAborted
+from connectors.source import DeadLetterSink, TransientSourceError
+from daemon.metrics import PipelineMetrics
+from daemon.pipeline.merge import image_tags, product_result
+from daemon.pipeline.work import (
+    EventJob,
+    Finished,
+    Lanes,
+    PermanentFailure,
+    PipelineOptions,
+    ReviewRouter,
+    StopSignals,
+    next_batch,
+)
+from learner.inference.engine import TaggingEngine
+
+T = TypeVar("T")
+
+log = logging.getLogger("shelfsight.pipeline")
+
+GROUP_SIZE = 256  # finished events written in one transaction at most
+
+
+class ResultWriter:
+    """The writer thread's loop (see the module docstring); ends on the stop sentinel or a hard stop."""
+
+    def __init__(
+        self,
+        store: ProductStore,
+        dead_letters: DeadLetterSink,
+        current_engine: Callable[[], TaggingEngine],
+        lanes: Lanes,
+        signals: StopSignals,
+        options: PipelineOptions,
+        observe: PipelineMetrics,
+        *,
+        source_name: str,
+        review_router: ReviewRouter | None = None,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.current_engine = current_engine
+        self.lanes = lanes
+        self.signals = signals
+        self.observe = observe
+        self.source_name = source_name
+        self.review_router = review_router
+        self.outage_retries = options.retry_policy(attempts=None)
+
+    def run(self) -> None:
+        while (group := next_batch(self.lanes.write, GROUP_SIZE)) is not None:
+            try:
+                self.write(group)
+            except RetryAborted:
+                return  # stopping hard while the database or the broker is away: the group stays uncommitted
+
+    def write(self, group: list[Finished]) -> None:
+        for f in group:
+            if f.failure is None and f.result is None:
+                try:
+                    f.result = self.result_of(f.job)
+                except Exception as exc:  # a bug in merging or routing: this event only, dead-lettered
+                    log.exception("unexpected error building the result of offset %s", f.job.record.offset)
+                    f.failure = PermanentFailure("internal_error", repr(exc))
+        results = [f.result for f in group if f.failure is None and f.result is not None]
+        if results:
+            with self.observe.stage("write", on_error=False):
+                stats = self.until_available("database", lambda: self.store.write_results(results))
+            self.observe.written(stats.written, stats.duplicates)
+        for f in group:
+            if f.failure is not None:
+                self.dead_letter(f.job, f.failure)
+        now = time.monotonic()
+        for f in group:
+            self.observe.finished(f.job.consumed_at, now)
+            self.lanes.done.put(f.job)
+
+    def result_of(self, job: EventJob) -> ProductResult:
+        """The event's merged result, with the review payload when the router sends it to review."""
+        engine = job.engine or self.current_engine()
+        result = product_result(job, engine.bundle.taxonomy, self.source_name)
+        if self.review_router is not None:
+            review = self.review_router(result, image_tags(job))
+            if review is not None:
+                result = dataclasses.replace(result, review=review)
+        return result
+
+    def dead_letter(self, job: EventJob, failure: PermanentFailure) -> None:
+        record = job.record
+        self.until_available(
+            "dead_letter", lambda: self.dead_letters(record, failure.reason, str(failure), failure.attempts)
+        )
+        self.observe.dead_lettered(failure.reason)
+        log.info("dead-lettered offset %s: %s: %s", record.offset, failure.reason, failure)
+
+    def until_available(self, operation: str, fn: Callable[[], T]) -> T:
+        """Transient infrastructure failures (database or broker down) are retried, never dead-lettered."""
+
+        def on_retry(exc: BaseException, delay_s: float) -> None:
+            self.observe.retried(operation)
+            self.observe.transient_failure(f"{operation}_unavailable")
+            log.warning("%s unavailable, retrying in %.1fs: %s", operation, delay_s, exc)
+
+        return self.outage_retries.call(
+            fn,
+            retry_on=(DatabaseUnavailable, TransientSourceError),
+            abort=self.signals.abort,
+            on_retry=on_retry,
+        )
