@@ -6,13 +6,18 @@ chosen value and `correct` whether it was right:
 - `coverage_at(confidence, correct, threshold)`: the share of values auto-filled (confidence >= threshold) and
   the precision of those (1 - how often a filled value is wrong);
 - `precision_coverage_curve`: the same for every threshold (what the PNG of the evaluation report draws);
-- `choose_autofill_threshold`: the lowest threshold whose accepted values reach a target precision.
+- `choose_autofill_threshold`: the lowest threshold whose accepted values reach a target precision, whose lowest
+  band of accepted values (the last `band_width` of coverage) is itself right often enough, and which is never below
+  a confidence floor.
 
 Pure numpy and the standard library; nothing here runs a model or reads a file.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
@@ -22,6 +27,10 @@ import numpy as np
 DEFAULT_TARGET_PRECISION = 0.97
 DEFAULT_CONFIDENCE_LEVEL = 0.5
 DEFAULT_MIN_ACCEPTED = 50
+DEFAULT_BAND_FLOOR = 0.90  # the lowest band of auto-filled values must be right at least this often
+DEFAULT_BAND_WIDTH = 0.10  # that band: the last 10% of coverage (10% of the fitting set's values) above the threshold
+DEFAULT_CONFIDENCE_FLOOR = 0.5  # no value whose own calibrated confidence is below this is ever auto-filled
+MIN_BAND = 20  # a band is never judged on fewer values than this (fewer accepted: the band is all of them)
 NEVER = 2.0  # an auto-fill threshold no confidence reaches: nothing of the group is auto-filled
 
 
@@ -57,6 +66,10 @@ class ThresholdChoice:
     accepted: int
     precision: float | None
     precision_lower_bound: float | None
+    band_floor: float = 0.0
+    confidence_floor: float = 0.0
+    band_size: int = 0  # values in the lowest band of the accepted ones
+    band_precision: float | None = None  # their precision: what the least confident auto-filled values are worth
 
     @property
     def reached(self) -> bool:
@@ -86,13 +99,26 @@ def choose_autofill_threshold(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
     min_accepted: int = DEFAULT_MIN_ACCEPTED,
+    *,
+    band_floor: float = DEFAULT_BAND_FLOOR,
+    confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
+    band_width: float = DEFAULT_BAND_WIDTH,
 ) -> ThresholdChoice:
-    """The lowest confidence threshold at which the auto-filled values of the fitting set reach the target.
+    """The lowest confidence threshold at which the auto-filled values of the fitting set keep the promise.
 
     Candidate thresholds are the distinct confidences of the fitting set, scanned from high to low; at each the
-    accepted values are those at or above it. A threshold qualifies when at least `min_accepted` values are
-    accepted and the precision of the accepted values reaches the target; with `confidence_level` above 0.5 it is
-    the *lower confidence bound* of that precision (one-sided Wilson score interval) that must reach it.
+    accepted values are those at or above it. A threshold qualifies when
+    - at least `min_accepted` values are accepted and the precision of the accepted values reaches the target; with
+      `confidence_level` above 0.5 it is the *lower confidence bound* of that precision (one-sided Wilson score
+      interval) that must reach it;
+    - the lowest band of the accepted values, the least confident `band_width` of the fitting set's values (at least
+      `MIN_BAND`, at most all accepted), is right at least `band_floor` of the time. The cumulative precision alone
+      lets a group whose top is nearly always right (subCategory on catalog photos) auto-fill values at 0.15
+      confidence, values the model itself says are probably wrong: the band check stops the threshold where the
+      marginal values stop being good, not where the average of everything above still is;
+    - it is at least `confidence_floor`: a value whose own calibrated confidence is below it is never auto-filled,
+      however good the fitting set says such values were (a calibrated 0.3 is a 70% chance of an error on photos
+      like the fitting set's, and worse on photos unlike them).
 
     The default is the precision itself (level 0.5) with at least 50 values accepted: the catalog asks for values
     that are right about 97% of the time, and that is what the held-out precision then is on average. A cross-fit
@@ -113,13 +139,22 @@ def choose_autofill_threshold(
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(correct, dtype=bool)
     n = len(conf)
+    floors = {"band_floor": band_floor, "confidence_floor": confidence_floor}
+    never = ThresholdChoice(NEVER, target_precision, confidence_level, min_accepted, n, 0, None, None, **floors)
     if n == 0:
-        return ThresholdChoice(NEVER, target_precision, confidence_level, min_accepted, 0, 0, None, None)
+        return never
     scores, accepted, k = _cuts(conf, right)
     bound = wilson_lower_bound(k, accepted, confidence_level)
-    ok = np.flatnonzero((bound >= target_precision) & (accepted >= min_accepted))
+    band_size, band_right = _lowest_bands(right[np.argsort(-conf, kind="stable")], accepted, n, band_width)
+    band_precision = band_right / band_size
+    ok = np.flatnonzero(
+        (bound >= target_precision)
+        & (accepted >= min_accepted)
+        & (band_precision >= band_floor)
+        & (scores >= confidence_floor)
+    )
     if len(ok) == 0:
-        return ThresholdChoice(NEVER, target_precision, confidence_level, min_accepted, n, 0, None, None)
+        return never
     i = int(ok[-1])
     return ThresholdChoice(
         threshold=float(scores[i]),
@@ -130,7 +165,35 @@ def choose_autofill_threshold(
         accepted=int(accepted[i]),
         precision=float(k[i] / accepted[i]),
         precision_lower_bound=float(bound[i]),
+        **floors,
+        band_size=int(band_size[i]),
+        band_precision=float(band_precision[i]),
     )
+
+
+def _lowest_bands(
+    right_by_rank: np.ndarray, accepted: np.ndarray, n: int, band_width: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """At each cut (`accepted` values, most confident first): the size of its lowest band and how many of the band
+    are right. The band is the last `band_width * n` accepted values (at least MIN_BAND, at most all of them)."""
+    right_before = np.r_[0, np.cumsum(right_by_rank)]  # right_before[j]: right among the j most confident
+    size = np.minimum(accepted, max(MIN_BAND, math.ceil(band_width * n)))
+    return size, right_before[accepted] - right_before[accepted - size]
+
+
+def band_precision(
+    confidence: np.ndarray, correct: np.ndarray, edges: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+) -> list[dict[str, Any]]:
+    """Precision of the chosen values by confidence band (`edges`, the last band closed): what a value of a given
+    calibrated confidence is worth. The model card's "precision by confidence band" plot reads this."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    out = []
+    for j, (lo, hi) in enumerate(itertools.pairwise(edges)):
+        inside = (conf >= lo) & ((conf < hi) if j < len(edges) - 2 else (conf <= hi))
+        count = int(inside.sum())
+        out.append({"low": lo, "high": hi, "n": count, "precision": float(right[inside].mean()) if count else None})
+    return out
 
 
 def coverage_at(confidence: np.ndarray, correct: np.ndarray, threshold: float | None) -> dict[str, Any]:

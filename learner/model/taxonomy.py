@@ -46,13 +46,17 @@ class GroupSpec(BaseModel):
     values: list[str] = Field(min_length=1)
     # precision auto-filled values of this group must reach (see learner.evaluation.selective); None: the default
     target_precision: float | None = None
+    # the least confident auto-filled values (the last 10% of coverage) must be right at least this often
+    band_floor: float | None = None
+    # no value of this group whose calibrated confidence is below this is auto-filled, whatever the threshold
+    confidence_floor: float | None = None
 
-    @field_validator("target_precision")
+    @field_validator("target_precision", "band_floor", "confidence_floor")
     @classmethod
     def _precision_is_a_share(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 < v <= 1.0:
             hint = f" (write {v / 100:g} for {v:g}%)" if 1.0 < v <= 100.0 else ""
-            raise ValueError(f"target_precision is a share in (0, 1], e.g. 0.95, not {v:g}{hint}")
+            raise ValueError(f"precisions and floors are shares in (0, 1], e.g. 0.95, not {v:g}{hint}")
         return v
 
     @field_validator("values")
@@ -71,8 +75,11 @@ class GroupSpec(BaseModel):
     def _single_needs_two_values(self) -> GroupSpec:
         if self.kind == "single" and len(self.values) < 2:
             raise ValueError("a single-choice group needs at least two values")
-        if self.target_precision is not None and (self.kind != "single" or self.source != "classifier"):
-            raise ValueError("target_precision applies to single-choice classifier groups only")
+        auto_fill = {"target_precision": self.target_precision, "band_floor": self.band_floor}
+        auto_fill["confidence_floor"] = self.confidence_floor
+        named = [k for k, v in auto_fill.items() if v is not None]
+        if named and (self.kind != "single" or self.source != "classifier"):
+            raise ValueError(f"{', '.join(named)} applies to single-choice classifier groups only")
         return self
 
 
@@ -111,6 +118,8 @@ class AttributeGroup:
     label_column: str
     colour: bool = False
     target_precision: float | None = None  # None: the auto-fill default (learner.evaluation.selective)
+    band_floor: float | None = None  # None: DEFAULT_BAND_FLOOR (learner.evaluation.selective)
+    confidence_floor: float | None = None  # None: DEFAULT_CONFIDENCE_FLOOR (learner.evaluation.selective)
 
     @property
     def multi_label(self) -> bool:
@@ -167,7 +176,15 @@ class Taxonomy:
                     "label_column": g.label_column if g.source == "classifier" else None,
                     "colour": g.colour,
                     "values": list(g.values),
-                    **({"target_precision": g.target_precision} if g.target_precision is not None else {}),
+                    **{
+                        k: v
+                        for k, v in (
+                            ("target_precision", g.target_precision),
+                            ("band_floor", g.band_floor),
+                            ("confidence_floor", g.confidence_floor),
+                        )
+                        if v is not None
+                    },
                 }
                 for g in self.groups
             },
@@ -205,6 +222,8 @@ class Taxonomy:
                 label_column=g.label_column or name,
                 colour=g.colour,
                 target_precision=g.target_precision,
+                band_floor=g.band_floor,
+                confidence_floor=g.confidence_floor,
             )
             for name, g in spec.groups.items()
         )

@@ -67,7 +67,9 @@ def constructed_scores() -> tuple[np.ndarray, np.ndarray]:
 def test_threshold_search_reaches_the_asked_precision_on_a_constructed_score_set() -> None:
     confidence, correct = constructed_scores()
 
-    choice = choose_autofill_threshold(confidence, correct, target_precision=0.98, confidence_level=0.5)
+    choice = choose_autofill_threshold(
+        confidence, correct, target_precision=0.98, confidence_level=0.5, band_floor=0.0, confidence_floor=0.0
+    )
 
     accepted = confidence >= choice.threshold
     assert correct[accepted].mean() >= 0.98
@@ -82,8 +84,8 @@ def test_threshold_search_reaches_the_asked_precision_on_a_constructed_score_set
 def test_the_lower_bound_makes_the_threshold_more_cautious_and_is_itself_above_the_target() -> None:
     confidence, correct = constructed_scores()
 
-    plain = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.5)
-    bounded = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.95)
+    plain = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.5, confidence_floor=0.0)
+    bounded = choose_autofill_threshold(confidence, correct, 0.97, confidence_level=0.95, confidence_floor=0.0)
 
     assert bounded.threshold >= plain.threshold and bounded.accepted <= plain.accepted
     assert bounded.precision_lower_bound is not None and bounded.precision_lower_bound >= 0.97
@@ -150,3 +152,35 @@ def test_calibration_uses_each_groups_target_and_stores_everything_in_the_bundle
     assert calibration.thresholds["size"].threshold > calibration.thresholds["colour"].threshold
     report = calibration.report()
     assert report["groups"]["colour"]["ece_after"] < report["groups"]["colour"]["ece_before"]
+
+
+def test_the_least_confident_band_must_itself_be_right_often_enough_not_only_the_average_above_it() -> None:
+    # 900 values nearly always right at the top, then 100 at low confidence that are right only 70% of the time:
+    # the cumulative precision over all 1,000 is still 0.97, but the last tenth of coverage is a coin toss
+    confidence = np.r_[np.linspace(0.99, 0.6, 900), np.linspace(0.59, 0.1, 100)]
+    correct = np.ones(1000, dtype=bool)
+    correct[900::10] = False
+    correct[901::10] = False
+    correct[902::10] = False  # 70% right in the last hundred
+    assert correct.mean() >= 0.97
+
+    average_only = choose_autofill_threshold(confidence, correct, 0.97, band_floor=0.0, confidence_floor=0.0)
+    banded = choose_autofill_threshold(confidence, correct, 0.97, band_floor=0.9, confidence_floor=0.0)
+
+    assert average_only.accepted == 1000
+    assert banded.reached and banded.threshold > average_only.threshold
+    assert banded.band_precision is not None and banded.band_precision >= 0.9
+    assert banded.band_size == 100  # the last 10% of the fitting set's values
+    lowest = np.sort(confidence[confidence >= banded.threshold])[:100]
+    assert correct[np.isin(confidence, lowest)].mean() >= 0.9
+
+
+def test_no_value_below_the_confidence_floor_is_auto_filled_however_good_the_fitting_set_was() -> None:
+    confidence = np.linspace(0.99, 0.05, 500)
+    correct = np.ones(500, dtype=bool)  # every value right, even the least confident
+
+    choice = choose_autofill_threshold(confidence, correct, 0.97, confidence_floor=0.5)
+
+    assert choice.threshold >= 0.5
+    assert choice.confidence_floor == 0.5
+    assert choose_autofill_threshold(confidence, correct, 0.97, confidence_floor=0.0).threshold < 0.5
