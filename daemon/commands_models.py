@@ -250,13 +250,13 @@ def calibrate_command(
     Multi-label groups get per-value thresholds maximising F-beta on the split (the daemon emits a value when its
     probability reaches its threshold).
     """
+    from learner.datasets.labelled import SPLITS, DataError, load_labelled_set
     from learner.evaluation.calibration import fit_calibration
     from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
     from learner.model.bundle import BundleError, load_bundle
     from learner.model.hierarchy import derive_hierarchy
     from learner.model.manifest import file_sha256
     from learner.model.taxonomy import TaxonomyError
-    from learner.training.data import SPLITS, DataError, load_labelled_set
 
     if split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")

@@ -20,7 +20,7 @@ from daemon.cli_support import fail
 from learner.training.recipe import SCHEDULES, TrainConfig, parse_sizes
 
 if TYPE_CHECKING:
-    from learner.training.data import LabelledSet
+    from learner.datasets.labelled import LabelledSet
 
 _DEFAULTS = TrainConfig()
 
@@ -103,10 +103,10 @@ def train_command(
     lr_steps: int = typer.Option(100, help="--find-lr: steps of the sweep (it stops earlier when the loss diverges)."),
 ) -> None:
     """Fine-tune an attribute classifier and write a model bundle (selection on the validation split)."""
+    from learner.datasets.labelled import DataError, SplitRule, load_labelled_set
     from learner.evaluation.report import build_report, write_report
     from learner.model.backbones import PretrainedWeightsUnavailable
     from learner.model.taxonomy import TaxonomyError, load_taxonomy
-    from learner.training.data import DataError, SplitRule, load_labelled_set
     from learner.training.train import train
 
     started = time.time()
@@ -205,10 +205,10 @@ def evaluate_command(
     """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration,
     auto-fill coverage and precision; multi-label F-beta at the bundle's per-value thresholds and at 0.5; labels
     the taxonomy does not know are listed and counted as errors."""
+    from learner.datasets.labelled import SPLITS, DataError, load_labelled_set
     from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
     from learner.evaluation.report import build_report, label_audit_lines, write_report
     from learner.model.bundle import BundleError, load_bundle
-    from learner.training.data import SPLITS, DataError, load_labelled_set
 
     if split is not None and split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import IGNORE_INDEX, IMAGE_COLUMNS, MULTI_VALUE_SEPARATOR, LabelledSet, Sample, SplitRule
 from learner.evaluation.selective import coverage_at, precision_coverage_curve
 from learner.inference.decoding import ValueDecoder
 from learner.inference.engine import pick_device
@@ -45,8 +47,6 @@ from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import AttributeGroup
-from learner.training.data import IGNORE_INDEX, IMAGE_COLUMNS, MULTI_VALUE_SEPARATOR, LabelledSet, Sample, SplitRule
-from learner.training.dataset import ImageDataset
 
 ECE_BINS = 15
 DEFAULT_THRESHOLD = 0.5

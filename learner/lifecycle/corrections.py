@@ -2,7 +2,7 @@
 validation and holdout (`assemble_training_data`), and the objects annotators boxed (`holdout_boxes`,
 `training_boxes`).
 
-- the original labelled set (a `labels.csv` directory, see learner/training/data.py) plus every human correction read
+- the original labelled set (a `labels.csv` directory, learner/datasets/labelled.py) plus every human correction read
   from the product database (`source = 'human'` rows only, `RetrainingStore`: the model's own unreviewed values
   never become labels). A correction's product and image become one sample whose corrected groups carry the
   annotator's value and whose other groups are *missing* (masked out of the loss), unless the original set has the
@@ -14,7 +14,7 @@ validation and holdout (`assemble_training_data`), and the objects annotators bo
   (after deduplication), never above the ceiling the registry recorded (`holdout_ceiling`), gives the run's
   `EffectiveHoldout`; the same object decides the samples, the boxes and what the run records, so what is trainable
   and what is held out can never disagree. The rest is split into train and validation (early stopping,
-  thresholds) by product id with `learner.training.data.SplitRule` (salt `VAL_SALT`).
+  thresholds) by product id with `learner.datasets.labelled.SplitRule` (salt `VAL_SALT`).
 - replay: corrections the champion was not trained on (newer than those in its lineage) are all trained on; the
   older data (original set and corrections the champion already learned from) is replayed: a deterministic
   sample of `replay_ratio` times as many items, at least `replay_min_samples` (all of it when it is smaller),
@@ -42,10 +42,10 @@ from typing import Any, Protocol
 
 from connectors.db import HumanCorrection
 from connectors.images import FetchError, ImageFetcher
+from learner.datasets.labelled import Label, Sample, SplitRule, load_labelled_set
 from learner.lifecycle.holdout import Boxes, EffectiveHoldout, HoldoutRule
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import AttributeGroup, Taxonomy
-from learner.training.data import Label, Sample, SplitRule, load_labelled_set
 from learner.training.recipe import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -51,14 +51,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import Sample
 from learner.evaluation.detector_eval import evaluate_detector
 from learner.evaluation.evaluate import compute_metrics, headline, predict
 from learner.evaluation.gate import ProductScores, scores_from_rows
 from learner.inference.engine import pick_device
 from learner.lifecycle.errors import RetrainError
 from learner.model.bundle import ModelBundle
-from learner.training.data import Sample
-from learner.training.dataset import ImageDataset
 from learner.training.engine import amp_settings
 
 HOLDOUT_FILE = "holdout.json"

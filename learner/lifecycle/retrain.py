@@ -35,6 +35,7 @@ from typing import Any
 
 from connectors.db import DatabaseLock, RetrainingStore
 from connectors.images import ImageFetcher
+from learner.datasets.labelled import DataError
 from learner.evaluation.gate import GateConfig, GateDecision, decide
 from learner.lifecycle.corrections import TrainingData, assemble_training_data
 from learner.lifecycle.errors import RetrainError
@@ -49,7 +50,6 @@ from learner.lifecycle.holdout import (
 from learner.lifecycle.registry import CHAMPION, ModelRegistry, RegistryError, read_alias_state
 from learner.model.bundle import BundleError, ModelBundle, load_bundle
 from learner.training import launch
-from learner.training.data import DataError
 from learner.training.detector import DetectorRecipe, DetectorTrainingError, fine_tune_detector
 from learner.training.engine import TrainingError
 from learner.training.finetune import default_recipe, fine_tune

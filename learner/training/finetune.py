@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import Sample
 from learner.evaluation.evaluate import bundle_metrics, headline
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
-from learner.training.data import Sample
-from learner.training.dataset import ImageDataset
 from learner.training.engine import (
     PRIMARY_METRIC,
     EarlyStopping,

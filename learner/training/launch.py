@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learner.datasets.labelled import Sample
 from learner.model.bundle import load_bundle
-from learner.training.data import Sample
 from learner.training.distributed import barrier, cleanup, init_from_env
 from learner.training.finetune import fine_tune
 from learner.training.recipe import TrainConfig

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from learner.datasets.labelled import IGNORE_INDEX, Sample, class_counts
 from learner.model.taxonomy import AttributeGroup, Taxonomy
-from learner.training.data import IGNORE_INDEX, Sample, class_counts
 
 
 def positive_weights(samples: list[Sample], group: AttributeGroup, cap: float) -> torch.Tensor:

@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import DataError, LabelledSet
 from learner.inference.engine import pick_device
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
-from learner.training.data import DataError, LabelledSet
-from learner.training.dataset import ImageDataset
 from learner.training.engine import configure_threads, make_optimizer, seed_everything
 from learner.training.loss import AttributeLoss
 from learner.training.recipe import TrainConfig

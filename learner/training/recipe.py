@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from learner.training.data import Augmentation, SplitRule
+from learner.datasets.augmentation import Augmentation
+from learner.datasets.labelled import SplitRule
 
 SCHEDULES = ("cosine", "restarts")  # the learning-rate schedules after warm-up (learner.training.engine.lr_factor)
 

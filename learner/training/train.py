@@ -9,7 +9,8 @@ learning rates (heads get `lr`, each earlier stage `backbone_lr_decay` times les
 cosine decay; optional progressive resizing (`TrainConfig.sizes`: early epochs on downscaled batches, the last phase
 and validation at the input size); per group cross-entropy with label smoothing and tempered class weights (inverse
 frequency ** `class_weight_power`), BCE for multi-label groups; samples whose label is missing are masked out of
-that group's loss; attribute-safe augmentation (no hue/saturation jitter, see `learner.training.data.Augmentation`);
+that group's loss; attribute-safe augmentation (no hue/saturation jitter, see
+`learner.datasets.augmentation.Augmentation`);
 an exponential moving average of the weights (EMA) is what gets evaluated and saved; early stopping on the
 validation split; a non-finite training loss stops training with a `TrainingError`.
 
@@ -35,14 +36,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import DataError, LabelledSet
 from learner.evaluation.evaluate import bundle_metrics, headline, predict
 from learner.inference.engine import pick_device
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import Taxonomy
-from learner.training.data import DataError, LabelledSet
-from learner.training.dataset import ImageDataset
 from learner.training.engine import (
     PRIMARY_METRIC,
     EarlyStopping,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from learner.datasets.labelled import load_labelled_set
 from learner.evaluation.calibration import fit_temperature
 from learner.evaluation.evaluate import predict_bundle, split_rule_of
 from learner.evaluation.selective import choose_autofill_threshold, coverage_at
 from learner.inference.decoding import ValueDecoder
 from learner.model.bundle import load_bundle
-from learner.training.data import load_labelled_set
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-products"
 WIDTHS = (14, 6, 5, 10, 11, 8, 7, 14)

@@ -139,7 +139,7 @@ def stream_order(pool: list[str], routing_seed: int) -> list[str]:
 
 
 def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]], images: Path) -> Path:
-    """A labels.csv with these rows and an images/ link to the shared photos (learner/training/data.py's layout)."""
+    """A labels.csv with these rows and an images/ link to the shared photos (learner/datasets/labelled.py's layout)."""
     path.mkdir(parents=True, exist_ok=True)
     with (path / "labels.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -150,8 +150,8 @@ def write_labelled_dir(path: Path, columns: list[str], rows: list[dict[str, str]
 
 
 def train_seed(seed_dir: Path, out: Path, epochs: int, freeze_stages: int) -> Path:
+    from learner.datasets.labelled import SplitRule, load_labelled_set
     from learner.model.taxonomy import load_taxonomy
-    from learner.training.data import SplitRule, load_labelled_set
     from learner.training.recipe import TrainConfig
     from learner.training.train import train
 

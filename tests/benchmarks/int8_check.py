@@ -36,10 +36,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "int8-check")
     args = parser.parse_args()
 
+    from learner.datasets.labelled import SplitRule, load_labelled_set
     from learner.inference.backends import load_engine
     from learner.inference.engine import TaggingEngine
     from learner.inference.onnx_model import OnnxClassifier
-    from learner.training.data import SplitRule, load_labelled_set
     from tests.benchmarks.bench_engine import quantize_int8
 
     work = Path(tempfile.mkdtemp(prefix="shelfsight-int8-"))

@@ -113,8 +113,8 @@ def run_points(
     """Train the recipe on each nested fraction of the train split; validation top-1 per group for each."""
     if not data_dir.exists():
         raise SystemExit(f"no labelled set at {data_dir} (../shared/data/fashion-products beside the project)")
+    from learner.datasets.labelled import load_labelled_set
     from learner.model.taxonomy import load_taxonomy
-    from learner.training.data import load_labelled_set
     from learner.training.recipe import TrainConfig, parse_sizes
     from learner.training.train import train
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from learner.datasets.labelled import SplitRule, load_labelled_set
 from learner.inference.colour import BASIC_PALETTE, dominant_colour, palette_for, studio_foreground
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import SplitRule, load_labelled_set
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-products"
 

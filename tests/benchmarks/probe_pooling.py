@@ -34,11 +34,11 @@ VARIANTS = ("last", "last+taps", "last+taps(fg)")
 
 def extract(data_dir: Path, backbone: str, taps: tuple[int, ...]) -> dict[str, dict[str, object]]:
     """Per split: pooled last-stage features and plain / foreground-pooled tap features, for image and mirror."""
+    from learner.datasets.images import ImageDataset
+    from learner.datasets.labelled import SplitRule, load_labelled_set
     from learner.inference.imaging import normalize
     from learner.model.classifier import AttributeClassifier, foreground_mask, masked_average
     from learner.model.taxonomy import load_taxonomy
-    from learner.training.data import SplitRule, load_labelled_set
-    from learner.training.dataset import ImageDataset
 
     taxonomy = load_taxonomy("fashion-products")
     data = load_labelled_set(data_dir, taxonomy)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from learner.training.data import Sample, SplitRule
+from learner.datasets.labelled import Sample, SplitRule
 from tests.benchmarks.learning_curve import fit_power_law, images_needed, nested_subset
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from learner.datasets.labelled import IGNORE_INDEX
 from learner.evaluation.evaluate import (
     GroupPredictions,
     best_f1_threshold,
@@ -18,7 +19,6 @@ from learner.evaluation.evaluate import (
 )
 from learner.evaluation.report import build_report, write_report
 from learner.model.taxonomy import AttributeGroup
-from learner.training.data import IGNORE_INDEX
 
 VALUES = ["a", "b", "c", "d"]
 # argmax per row: a a b b d c (the last row has no label and must be ignored)

@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from learner.datasets.labelled import IGNORE_INDEX, load_labelled_set
 from learner.evaluation.evaluate import GroupPredictions, audit_labels, compute_metrics, single_label_metrics
 from learner.evaluation.report import build_report, write_report
 from learner.inference.decoding import ValueDecoder
 from learner.model.bundle import read_manifest
 from learner.model.taxonomy import AttributeGroup, load_taxonomy, parse_taxonomy
-from learner.training.data import IGNORE_INDEX, load_labelled_set
 
 runner = CliRunner()
 CC0 = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "clothing-cc0"

@@ -23,6 +23,7 @@ import torch
 from connectors.db import ProductStore, RetrainingStore
 from connectors.images import ImageFetcher
 from connectors.records import AttributeValue, ProductResult
+from learner.datasets.labelled import load_labelled_set
 from learner.evaluation.gate import GateConfig
 from learner.lifecycle.corrections import assemble_training_data
 from learner.lifecycle.errors import RetrainError
@@ -32,7 +33,6 @@ from learner.lifecycle.retrain import RetrainConfig, run_retraining
 from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import load_labelled_set
 from learner.training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]

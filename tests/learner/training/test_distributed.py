@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from learner.datasets.labelled import Sample, load_labelled_set
 from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import Sample, load_labelled_set
 from learner.training.finetune import fine_tune
 from learner.training.launch import TrainingPlan, sample_to_dict, torchrun_command
 from learner.training.recipe import TrainConfig

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from learner.datasets.labelled import Sample
 from learner.model.taxonomy import parse_taxonomy
-from learner.training.data import Sample
 from learner.training.loss import AttributeLoss, positive_weights
 from learner.training.recipe import TrainConfig
 

@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import load_labelled_set
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import load_labelled_set
-from learner.training.dataset import ImageDataset
 from learner.training.engine import prepare_model
 from learner.training.loss import AttributeLoss
 from learner.training.lr_finder import lr_range_test, suggest_lr

@@ -18,13 +18,13 @@ import torch
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from learner.datasets.images import ImageDataset
+from learner.datasets.labelled import SplitRule, load_labelled_set
 from learner.inference.decoding import apply_temperature
 from learner.inference.engine import TaggingEngine
 from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
 from learner.model.taxonomy import load_taxonomy
-from learner.training.data import SplitRule, load_labelled_set
-from learner.training.dataset import ImageDataset
 from learner.training.engine import TrainingError, make_scheduler
 from learner.training.recipe import TrainConfig
 from learner.training.train import TrainResult, train

@@ -1,4 +1,5 @@
-"""Labelled image sets for training and evaluation: loading, the product-id split, the Dataset.
+"""Labelled image sets: reading a `labels.csv`, missing labels, and the product-id split. Torch-free, so the command
+line can read a set (and show the recipe's defaults) without loading torch.
 
 - `load_labelled_set` reads a `labels.csv` (or a directory holding `labels.csv` and `images/`) and turns
   each row into a `Sample`: its image file, its split key and one label per classifier group of the
@@ -7,28 +8,22 @@
 - `SplitRule` assigns train/val/test from a hash of the product id (or of a grouping column), never from
   file order: the split is the same on every machine, stable when rows are added or reordered, and one
   product never lands in two splits.
-- `ImageDataset` prepares images exactly as the tagging engine does at inference (`decode_image` with the
-  same draft size, then `letterbox`), so training and serving see the same pixels, then applies the
-  train-time augmentation (`Augmentation`) on the uint8 tensor.
 
-Nothing here knows about models or optimisers.
+Training and evaluation both read sets through this module. Must not: know about models or optimisers, or decode
+images (learner/datasets/images.py does).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from learner.model.taxonomy import AttributeGroup, Taxonomy
-
-if TYPE_CHECKING:
-    import torch
 
 IMAGE_COLUMNS = ("image", "id")
 IMAGE_SUFFIXES = ("", ".jpg", ".jpeg", ".png", ".webp")
@@ -267,53 +262,3 @@ def class_counts(samples: Sequence[Sample], group: AttributeGroup) -> list[int]:
         for i in label if isinstance(label, tuple) else (label,):
             counts[i] += 1
     return counts
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Train-time augmentation that keeps every catalog attribute true.
-
-    Horizontal flip, a small random scale/translate (the product stays whole: the canvas is filled with
-    the letterbox colour), and slight brightness/contrast. There is deliberately no hue or saturation
-    jitter: colour is a label (`colour: true` groups), and `for_taxonomy` refuses to add colour jitter
-    then.
-    """
-
-    hflip: float = 0.5
-    scale: tuple[float, float] = (0.9, 1.1)
-    translate: float = 0.06  # fraction of the side
-    brightness: float = 0.1  # multiplicative factor in [1 - b, 1 + b]
-    contrast: float = 0.1
-    pad_value: int = 255
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __call__(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        import torch
-        import torchvision.transforms.v2.functional as F
-
-        if self.hflip and rng.random() < self.hflip:
-            x = x.flip(-1)
-        s = rng.uniform(*self.scale) if self.scale != (1.0, 1.0) else 1.0
-        size = x.shape[-1]
-        tx = round(rng.uniform(-self.translate, self.translate) * size) if self.translate else 0
-        ty = round(rng.uniform(-self.translate, self.translate) * size) if self.translate else 0
-        if s != 1.0 or tx or ty:
-            x = F.affine(
-                x,
-                angle=0.0,
-                translate=[tx, ty],
-                scale=s,
-                shear=[0.0, 0.0],
-                interpolation=F.InterpolationMode.BILINEAR,
-                fill=[float(self.pad_value)] * 3,
-            )
-        if self.brightness or self.contrast:
-            b = rng.uniform(1 - self.brightness, 1 + self.brightness) if self.brightness else 1.0
-            c = rng.uniform(1 - self.contrast, 1 + self.contrast) if self.contrast else 1.0
-            xf = x.float()
-            mean = xf.mean()
-            xf = (xf - mean) * c + mean * b
-            x = xf.round_().clamp_(0, 255).to(torch.uint8)
-        return x

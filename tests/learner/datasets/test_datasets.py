@@ -11,14 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from learner.datasets.augmentation import Augmentation
+from learner.datasets.images import ImageDataset, prepare_image
+from learner.datasets.labelled import IGNORE_INDEX, DataError, SplitRule, load_labelled_set
 from learner.inference.engine import TaggingEngine
 from learner.model.backbones import Preprocessing
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import parse_taxonomy
-from learner.training.data import IGNORE_INDEX, Augmentation, DataError, SplitRule, load_labelled_set
-from learner.training.dataset import ImageDataset, prepare_image
 from learner.training.loss import AttributeLoss
 
 TAXONOMY = parse_taxonomy(
@@ -233,9 +234,9 @@ def test_file_sha256_is_the_digest_of_the_whole_file_when_it_spans_many_blocks(t
 
 
 def test_single_choice_target_rejects_a_multi_value_label() -> None:
-    from learner.training.dataset import _class_index
+    from learner.datasets.images import class_index
 
-    assert _class_index(None) == IGNORE_INDEX
-    assert _class_index(3) == 3
+    assert class_index(None) == IGNORE_INDEX
+    assert class_index(3) == 3
     with pytest.raises(TypeError):
-        _class_index((1, 2))
+        class_index((1, 2))

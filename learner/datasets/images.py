@@ -1,8 +1,8 @@
-"""The training data as tensors: per-group targets, images decoded and letterboxed exactly as the engine does,
-train-time augmentation applied, in a torch `Dataset` (`ImageDataset`).
+"""Labelled samples as tensors: per-group targets, images decoded and letterboxed exactly as the engine does,
+train-time augmentation applied, in a torch `Dataset` (`ImageDataset`) that training and evaluation both read.
 
-Reading and splitting a labelled set is `learner.training.data` (torch-free, so the command line can show the
-recipe's defaults without loading torch); this module is what needs torch. Must not read CSV files or decide splits.
+Reading and splitting a labelled set is learner/datasets/labelled.py (torch-free); this module is what needs torch.
+Must not: read CSV files, decide splits, or know about models and optimisers.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from learner.datasets.augmentation import Augmentation
+from learner.datasets.labelled import IGNORE_INDEX, Label, Sample
 from learner.inference.imaging import decode_image, letterbox, pil_to_uint8_tensor
 from learner.model.preprocessing import Preprocessing
 from learner.model.taxonomy import Taxonomy
-from learner.training.data import IGNORE_INDEX, Augmentation, Label, Sample
 
 # images are decoded once and kept in memory when they fit under this budget (bytes of uint8 pixels)
 DEFAULT_CACHE_BYTES = 3 * 1024**3
@@ -41,14 +42,14 @@ def encode_targets(samples: Sequence[Sample], taxonomy: Taxonomy) -> dict[str, t
                     t[i, list(label)] = 1.0
         else:
             t = torch.tensor(
-                [_class_index(s.labels.get(g.name)) for s in samples],
+                [class_index(s.labels.get(g.name)) for s in samples],
                 dtype=torch.int64,
             )
         out[g.name] = t
     return out
 
 
-def _class_index(label: Label) -> int:
+def class_index(label: Label) -> int:
     """A single-choice sample's target: its class index, or IGNORE_INDEX when it has no usable label."""
     if label is None:
         return IGNORE_INDEX
