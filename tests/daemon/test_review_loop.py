@@ -6,167 +6,42 @@ Nothing is mocked; each test has its own Label Studio project and its own databa
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from labelstudio_server import LabelStudioServer
-from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
-from typer.testing import CliRunner
 
-from connectors.db import ProductStore, ReviewStore
-from daemon.config import Settings
 from daemon.review.project import SECRET_HEADER
 from daemon.review.sender import TASK_KEY
 from daemon.review.worker import ReviewWorker, ReviewWorkerOptions, build_review_worker
 from daemon.service import run_service
+from tests.daemon.review_steps import (
+    MODEL_VERSION,
+    SECRET,
+    CapturedWebhooks,
+    all_sent,
+    attribute,
+    enrich,
+    garment_answer,
+    metric,
+    other_garment,
+    review_settings,
+    snapshot,
+    wait_for,
+)
 
 # generous: the first test of a session on a fresh machine also installs and initialises Label Studio (minutes)
 pytestmark = pytest.mark.timeout(1200)
-
-SECRET = "webhook-test-secret"
-CC0_DIR = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "clothing-cc0"
-MODEL_VERSION = "cc0-untrained-test"  # tests/plugins/models.py
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def any_database(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
-
-
-def review_settings(
-    tmp_path: Path, bundle: Path, database_url: str, label_studio: LabelStudioServer, **review: Any
-) -> Settings:
-    return Settings(
-        source="local",
-        model_path=bundle,
-        database_url=database_url,
-        device="cpu",
-        http_port=0,
-        local={"events_dir": tmp_path / "events", "exit_when_idle": True},  # type: ignore[arg-type]
-        fetch={"file_root": CC0_DIR / "images", "attempts": 1},  # type: ignore[arg-type]
-        review={  # type: ignore[arg-type]
-            "enabled": True,
-            "audit_rate": 0.0,
-            "label_studio_url": label_studio.url,
-            "label_studio_token": label_studio.token,
-            "project_title": f"review-test-{uuid.uuid4().hex[:8]}",
-            "webhook_secret": SECRET,
-            "local_files_root": CC0_DIR,
-            "retry_initial_s": 0.2,
-            "retry_max_s": 1.0,
-            **review,
-        },
-    )
-
-
-def enrich(settings: Settings, images: list[Path]) -> list[str]:
-    """Publish one new-product event per image and run the enrichment daemon until it has processed them."""
-    events = settings.local.events_dir
-    events.mkdir(parents=True, exist_ok=True)
-    ids = []
-    for i, image in enumerate(images):
-        product_id = f"SKU-{uuid.uuid4().hex[:6]}-{i}"
-        event = {"schema_version": 1, "product_id": product_id, "image_urls": [image.as_uri()], "title": f"Item {i}"}
-        (events / f"{product_id}.json").write_text(json.dumps(event))
-        ids.append(product_id)
-    run_service(settings)
-    return ids
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def attribute(database_url: str, product_id: str, name: str) -> tuple[Any, ...] | None:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT value, source, annotator, model_version, updated_at FROM product_attributes "
-                    "WHERE product_id = :p AND attribute = :a"
-                ),
-                {"p": product_id, "a": name},
-            ).first()
-    finally:
-        engine.dispose()
-    return tuple(row) if row is not None else None
-
-
-def snapshot(database_url: str) -> list[list[tuple[Any, ...]]]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return [
-                [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
-                for table in ("product_attributes", "review_annotations", "review_outbox", "products")
-            ]
-    finally:
-        engine.dispose()
-
-
-def all_sent(worker: ReviewWorker, n: int) -> bool:
-    items = worker.store.outbox_items()
-    return len(items) == n and all(i.status == "sent" for i in items)
-
-
-def other_garment(model_value: str) -> str:
-    return "Dress" if model_value != "Dress" else "Skirt"
-
-
-def garment_answer(value: str) -> list[dict[str, Any]]:
-    return [{"from_name": "garment", "to_name": "image", "type": "choices", "value": {"choices": [value]}}]
-
-
-def metric(worker: ReviewWorker, name: str, **labels: str) -> float:
-    assert worker.webhook is not None
-    body = httpx.get(f"http://127.0.0.1:{worker.webhook.port}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
-class CapturedWebhooks:
-    """A second webhook receiver registered in Label Studio: records the real deliveries, to replay them."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        captured = self.deliveries
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                captured.append((dict(self.headers), body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/capture"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -455,116 +330,6 @@ def test_edits_deletions_skips_several_annotators_and_unknown_labels_have_clear_
         assert row["outcome"] == "unknown_label" and row["value"] == "Kimono"
     finally:
         worker.store.store.close()
-
-
-def test_review_status_and_sync_commands(
-    tmp_path: Path,
-    untrained_bundle_path: Path,
-    label_studio: LabelStudioServer,
-    sqlite_url: str,
-    cc0_images: list[Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from daemon.cli import app
-
-    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
-    enrich(settings, cc0_images[13:15])
-    for name, value in {
-        "SHELFSIGHT_DATABASE_URL": sqlite_url,
-        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
-        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
-        "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio.url,
-        "SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN": label_studio.token,
-        "SHELFSIGHT_REVIEW__PROJECT_TITLE": settings.review.project_title,
-        "SHELFSIGHT_REVIEW__LOCAL_FILES_ROOT": str(CC0_DIR),
-        "SHELFSIGHT_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(name, value)
-    runner = CliRunner()
-
-    def status() -> dict[str, Any]:
-        result = runner.invoke(app, ["review", "status", "--json"])
-        assert result.exit_code == 0, result.output
-        return dict(json.loads(result.output))
-
-    assert status()["queue_depth"] == 2
-    synced = runner.invoke(app, ["review", "sync"])
-    assert synced.exit_code == 0 and "sent 2 tasks" in synced.output, synced.output
-    assert (status()["queue_depth"], status()["sent"], status()["waiting_for_annotators"]) == (0, 2, 2)
-
-    store = ProductStore(sqlite_url)
-    item = ReviewStore(store).outbox_items()[0]
-    store.close()
-    model_value = str(item.payload["model_values"]["garment"]["value"])
-    worker = build_review_worker(settings, worker_options=ReviewWorkerOptions(webhook_port=None))
-    worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(model_value))  # the model was right
-    worker.store.store.close()
-    assert runner.invoke(app, ["review", "sync"]).exit_code == 0
-    report = status()
-    assert report["completed"] == 1 and report["waiting_for_annotators"] == 1
-    assert report["agreement"]["garment"] == {"model_right": 1, "reviewed": 1, "ratio": 1.0}
-    human = runner.invoke(app, ["review", "status"])
-    assert "model-human agreement" in human.output and "garment" in human.output
-
-    label_studio.stop()
-    try:
-        down = runner.invoke(app, ["review", "sync"])
-        assert down.exit_code == 1 and "unavailable" in down.output
-    finally:
-        label_studio.start()
-
-
-def test_the_review_worker_command_runs_until_sigterm(
-    tmp_path: Path,
-    untrained_bundle_path: Path,
-    label_studio: LabelStudioServer,
-    sqlite_url: str,
-    cc0_images: list[Path],
-) -> None:
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
-    enrich(settings, cc0_images[15:16])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "SHELFSIGHT_DATABASE_URL": sqlite_url,
-        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
-        "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
-        "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio.url,
-        "SHELFSIGHT_REVIEW__LABEL_STUDIO_TOKEN": label_studio.token,
-        "SHELFSIGHT_REVIEW__PROJECT_TITLE": settings.review.project_title,
-        "SHELFSIGHT_REVIEW__LOCAL_FILES_ROOT": str(CC0_DIR),
-        "SHELFSIGHT_REVIEW__WEBHOOK_SECRET": SECRET,
-        "SHELFSIGHT_REVIEW__WEBHOOK_PORT": str(port),
-        "SHELFSIGHT_REVIEW__SEND_INTERVAL_S": "0.5",
-    }
-    log_path = tmp_path / "review.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "review", "run"], env=env, stdout=log, stderr=log)
-    try:
-
-        def sent() -> bool:
-            try:
-                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except httpx.HTTPError:
-                return False
-            return "shelfsight_review_tasks_sent_total 1.0" in body
-
-        wait_for(sent, 60, "the worker to send the routed product")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text_log = log_path.read_text()
-    assert label_studio.token not in text_log and SECRET not in text_log  # secrets never logged
 
 
 def test_the_projects_model_version_follows_the_champion(

@@ -22,16 +22,10 @@ from devprocess import free_port  # deploy/dev, on sys.path via tests/conftest.p
 from labelstudio_server import LabelStudioServer
 
 from daemon.review.worker import ReviewWorker
-from tests.benchmarks.soak_review import (
-    SoakConfig,
-    WorkerProcess,
-    outbox_counts,
-    route_products,
-    run_soak,
-    taxonomy_of,
-    worker_env,
-)
-from tests.daemon.test_review_loop import (
+from tests.benchmarks.soak_actors import WorkerProcess, route_products, taxonomy_of, worker_env
+from tests.benchmarks.soak_checks import outbox_counts
+from tests.benchmarks.soak_review import SoakConfig, run_soak
+from tests.daemon.review_steps import (
     attribute,
     garment_answer,
     other_garment,
@@ -196,7 +190,7 @@ def test_a_worker_sigkilled_mid_send_is_restarted_and_resumes_sending_within_10_
 
 
 def _claims(database_url: str) -> list[Any]:
-    from tests.benchmarks.soak_review import database_rows
+    from tests.benchmarks.soak_checks import database_rows
 
     rows = database_rows(database_url, "SELECT claimed_by FROM review_outbox WHERE claimed_by IS NOT NULL")
     return [r[0] for r in rows]
