@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from learner.model.taxonomy import DEFAULT_BAND_FLOOR, DEFAULT_CONFIDENCE_FLOOR
+
 DEFAULT_TARGET_PRECISION = 0.97
 DEFAULT_CONFIDENCE_LEVEL = 0.5
 DEFAULT_MIN_ACCEPTED = 50
-DEFAULT_BAND_FLOOR = 0.90  # the lowest band of auto-filled values must be right at least this often
-DEFAULT_BAND_WIDTH = 0.10  # that band: the last 10% of coverage (10% of the fitting set's values) above the threshold
-DEFAULT_CONFIDENCE_FLOOR = 0.5  # no value whose own calibrated confidence is below this is ever auto-filled
+DEFAULT_BAND_WIDTH = 0.10  # the lowest band: the last 10% of coverage (10% of the fitting set's values) above a cut
 MIN_BAND = 20  # a band is never judged on fewer values than this (fewer accepted: the band is all of them)
 NEVER = 2.0  # an auto-fill threshold no confidence reaches: nothing of the group is auto-filled
 
@@ -139,8 +139,9 @@ def choose_autofill_threshold(
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(correct, dtype=bool)
     n = len(conf)
-    floors = {"band_floor": band_floor, "confidence_floor": confidence_floor}
-    never = ThresholdChoice(NEVER, target_precision, confidence_level, min_accepted, n, 0, None, None, **floors)
+    never = ThresholdChoice(
+        NEVER, target_precision, confidence_level, min_accepted, n, 0, None, None, band_floor, confidence_floor
+    )
     if n == 0:
         return never
     scores, accepted, k = _cuts(conf, right)
@@ -165,7 +166,8 @@ def choose_autofill_threshold(
         accepted=int(accepted[i]),
         precision=float(k[i] / accepted[i]),
         precision_lower_bound=float(bound[i]),
-        **floors,
+        band_floor=band_floor,
+        confidence_floor=confidence_floor,
         band_size=int(band_size[i]),
         band_precision=float(band_precision[i]),
     )

@@ -61,7 +61,8 @@ def load_engine(
     sha = file_sha256(bundle_path)
     onnx_path = ensure_onnx(bundle_path, sha, onnx_cache_dir)
     groups = [g.name for g in info.taxonomy.classifier_groups]
-    runner = OnnxClassifier(onnx_path, groups, device=device, threads=threads, expect_sha256=sha)
+    single = [g.name for g in info.taxonomy.classifier_groups if not g.multi_label]
+    runner = OnnxClassifier(onnx_path, groups, device=device, threads=threads, expect_sha256=sha, score_groups=single)
     detector = None
     if info.detector:  # the detector stays on torch
         from learner.inference.torch_runner import pick_device

@@ -7,8 +7,11 @@
    path maximising the sum of the levels' log-probabilities over every path the hierarchy allows;
    other groups take their most probable value;
 3. each chosen value is auto-filled when its (calibrated) probability reaches the group's auto-fill
-   threshold; a group without a threshold is always auto-filled (the behaviour of bundles made before
-   selective prediction).
+   threshold and the group's confidence floor (the taxonomy's `confidence_floor`, default 0.5: a value the model
+   itself gives less than even odds is never written as the model's); a group without a threshold is auto-filled
+   above the floor (the behaviour of bundles made before selective prediction, less the floor);
+4. when the bundle has a shift guard and the runner returned the shift score (`SCORE_KEY`), an image scoring above
+   the guard's cut-off is unfamiliar: none of its values is auto-filled (`Decisions.unfamiliar`).
 
 This is the one place the auto-fill decision is made: the mark travels as `ImageTags.auto_filled` and
 `AttributeValue.auto_filled`, and the review policy (learner/review/policy.py) reads it instead of comparing
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from learner.model.hierarchy import Hierarchy
+from learner.model.shift_guard import SCORE_KEY, ShiftGuard
 from learner.model.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -77,13 +81,17 @@ def decode_paths(level_probs: Sequence[np.ndarray], paths: np.ndarray) -> np.nda
 class Decisions:
     """Per single-choice group: calibrated probabilities (N, C), chosen value index (N,), its confidence (N,)
     and whether it is auto-filled (N,). `disagreed` (N,) marks rows whose raw per-group argmaxes formed a
-    path the hierarchy does not allow (None without a hierarchy)."""
+    path the hierarchy does not allow (None without a hierarchy). `shift_score` (N,) is the shift guard's score
+    (None when the runner gave none) and `unfamiliar` (N,) the rows above the guard's cut-off (None without a
+    guard), whose values are never auto-filled."""
 
     probs: dict[str, np.ndarray]
     chosen: dict[str, np.ndarray]
     confidence: dict[str, np.ndarray]
     auto_filled: dict[str, np.ndarray]
     disagreed: np.ndarray | None = None
+    shift_score: np.ndarray | None = None
+    unfamiliar: np.ndarray | None = None
 
     def ranked(self, group: str, row: int, values: Sequence[str], k: int) -> list[tuple[str, float]]:
         """The chosen value first, then the other values by probability: k (value, confidence) pairs in all."""
@@ -102,21 +110,25 @@ class ValueDecoder:
         temperatures: Mapping[str, float] | None = None,
         autofill_thresholds: Mapping[str, float] | None = None,
         hierarchy: Hierarchy | None = None,
+        shift_guard: ShiftGuard | None = None,
     ) -> None:
         self.taxonomy = taxonomy
         self.groups = tuple(g for g in taxonomy.classifier_groups if not g.multi_label)
         self.temperatures = dict(temperatures or {})
         self.autofill_thresholds = dict(autofill_thresholds or {})
+        self.confidence_floors = {g.name: g.auto_fill_confidence_floor for g in self.groups}
+        self.shift_guard = shift_guard
         self.hierarchy = hierarchy if hierarchy is not None else taxonomy.hierarchy
         self.paths = None if self.hierarchy is None else hierarchy_paths(self.hierarchy, taxonomy)
 
     @classmethod
     def for_bundle(cls, bundle: ModelBundle | BundleInfo) -> ValueDecoder:
-        """The decoder of a bundle: its taxonomy's hierarchy, its temperatures and auto-fill thresholds."""
-        return cls(bundle.taxonomy, bundle.temperatures, bundle.autofill_thresholds)
+        """The decoder of a bundle: its taxonomy's hierarchy, its temperatures, auto-fill thresholds and shift guard."""
+        return cls(bundle.taxonomy, bundle.temperatures, bundle.autofill_thresholds, shift_guard=bundle.shift_guard)
 
     def __call__(self, probs: Mapping[str, np.ndarray]) -> Decisions:
-        """`probs`: group -> (N, C) probabilities of (at least) every single-choice classifier group."""
+        """`probs`: group -> (N, C) probabilities of (at least) every single-choice classifier group, and the shift
+        score under `SCORE_KEY` when the runner computes it."""
         calibrated = {g.name: apply_temperature(probs[g.name], self.temperatures.get(g.name, 1.0)) for g in self.groups}
         chosen = {name: p.argmax(axis=1) for name, p in calibrated.items()}
         disagreed = None
@@ -129,9 +141,12 @@ class ValueDecoder:
                 chosen[name] = decoded[:, k]
         confidence = {name: calibrated[name][np.arange(len(c)), c] for name, c in chosen.items()}
         auto = {
-            name: conf >= self.autofill_thresholds[name]
-            if name in self.autofill_thresholds
-            else np.ones(len(conf), dtype=bool)
+            name: conf >= max(self.autofill_thresholds.get(name, 0.0), self.confidence_floors[name])
             for name, conf in confidence.items()
         }
-        return Decisions(calibrated, chosen, confidence, auto, disagreed)
+        score = probs.get(SCORE_KEY)
+        unfamiliar = None
+        if score is not None and self.shift_guard is not None:
+            unfamiliar = self.shift_guard.unfamiliar(score)
+            auto = {name: a & ~unfamiliar for name, a in auto.items()}
+        return Decisions(calibrated, chosen, confidence, auto, disagreed, score, unfamiliar)

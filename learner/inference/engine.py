@@ -88,6 +88,10 @@ class ImageTags:
     height: int
     model_version: str
     auto_filled: dict[str, bool] = field(default_factory=dict)  # group -> first value clears its threshold
+    # the shift guard's score (None: the runner gave none) and whether it is above the bundle's cut-off: an
+    # unfamiliar photo has none of its values auto-filled (learner.model.shift_guard)
+    shift_score: float | None = None
+    unfamiliar: bool = False
 
     def top(self, group: str) -> tuple[str, float] | None:
         values = self.attributes.get(group)
@@ -103,6 +107,8 @@ class ImageTags:
             "height": self.height,
             "model_version": self.model_version,
             "auto_filled": {g: self.is_auto_filled(g) for g in self.attributes},
+            "shift_score": None if self.shift_score is None else round(self.shift_score, 4),
+            "unfamiliar": self.unfamiliar,
         }
 
     def is_auto_filled(self, group: str) -> bool:
@@ -259,7 +265,11 @@ class TaggingEngine:
                     current = dict(attributes.get(group, []))
                     current[value] = max(current.get(value, 0.0), d["score"])
                     attributes[group] = sorted(current.items(), key=lambda vc: -vc[1])
-        return ImageTags(attributes, found, p.width, p.height, self.bundle.model_version, auto_filled)
+        score = None if decisions.shift_score is None else float(decisions.shift_score[i])
+        unfamiliar = bool(decisions.unfamiliar[i]) if decisions.unfamiliar is not None else False
+        return ImageTags(
+            attributes, found, p.width, p.height, self.bundle.model_version, auto_filled, score, unfamiliar
+        )
 
     def _mask_and_colour(self, p: PreparedImage, mask: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """The mask in original image pixels, and its dominant colour (on the detector's input pixels)."""

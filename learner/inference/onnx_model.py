@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.model.manifest import BundleError
+from learner.model.shift_guard import SCORE_KEY, free_energy
 
 log = logging.getLogger("shelfsight.onnx")
 
@@ -88,9 +89,11 @@ class OnnxClassifier:
         threads: int | None = None,
         expect_sha256: str | None = None,
         micro_batch: int | None = None,
+        score_groups: Sequence[str] = (),
     ) -> None:
         """`micro_batch`: images per run on CPU (None: `CPU_MICRO_BATCH_ONE_THREAD` for a single-threaded session,
-        else `CPU_MICRO_BATCH`); on CUDA a batch is always one run."""
+        else `CPU_MICRO_BATCH`); on CUDA a batch is always one run. `score_groups`: the single-choice groups whose
+        logits give the shift guard's score (`SCORE_KEY` in what `probabilities` returns); empty: no score."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -122,7 +125,8 @@ class OnnxClassifier:
         self.path = path
         self.groups = list(groups)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self._outputs = [f"prob.{g}" for g in self.groups]
+        self.score_groups = list(score_groups)
+        self._outputs = [f"prob.{g}" for g in self.groups] + [f"logits.{g}" for g in self.score_groups]
         self._input = self.session.get_inputs()[0].name
         if micro_batch is None:
             micro_batch = CPU_MICRO_BATCH_ONE_THREAD if threads == 1 else CPU_MICRO_BATCH
@@ -142,6 +146,13 @@ class OnnxClassifier:
             self.session.run(self._outputs, {self._input: np.stack(inputs[i : i + step])})
             for i in range(0, len(inputs), step)
         ]
-        return {
+        out = {
             g: np.concatenate([np.asarray(p[k], dtype=np.float32) for p in parts]) for k, g in enumerate(self.groups)
         }
+        if self.score_groups:
+            first = len(self.groups)
+            logits = {
+                g: np.concatenate([np.asarray(p[first + k]) for p in parts]) for k, g in enumerate(self.score_groups)
+            }
+            out[SCORE_KEY] = free_energy(logits, self.score_groups)
+        return out

@@ -15,6 +15,7 @@ import torch
 
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
+from learner.model.shift_guard import SCORE_KEY, free_energy
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -65,4 +66,8 @@ class TorchClassifier:
             x = x.contiguous()
         with self.autocast():
             logits = self.model(x)
-        return {k: v.float().cpu().numpy() for k, v in self.model.probabilities(logits).items()}
+        out = {k: v.float().cpu().numpy() for k, v in self.model.probabilities(logits).items()}
+        single = [g.name for g in self.model.taxonomy.classifier_groups if not g.multi_label]
+        if single:
+            out[SCORE_KEY] = free_energy({g: logits[g].float().cpu().numpy() for g in single}, single)
+        return out

@@ -31,6 +31,7 @@ from learner.model.detector import DetectorSpec, build_detector
 
 # the torch-free half (manifest reading) lives in manifest.py; re-exported so callers keep importing it from here
 from learner.model.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, BundleError, manifest_taxonomy, read_manifest
+from learner.model.shift_guard import ShiftGuard
 from learner.model.taxonomy import Taxonomy
 
 __all__ = [
@@ -65,6 +66,8 @@ class ModelBundle:
     temperatures: dict[str, float] = field(default_factory=dict)
     autofill_thresholds: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # the shift guard (learner.model.shift_guard): above its cut-off an image's values are never auto-filled
+    shift_guard: ShiftGuard | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -108,6 +111,7 @@ class ModelBundle:
             **({"temperatures": self.temperatures} if self.temperatures else {}),
             **({"autofill_thresholds": self.autofill_thresholds} if self.autofill_thresholds else {}),
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"shift_guard": self.shift_guard.to_dict()} if self.shift_guard is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -174,6 +178,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         temperatures={str(k): float(v) for k, v in (manifest.get("temperatures") or {}).items()},
         autofill_thresholds={str(k): float(v) for k, v in (manifest.get("autofill_thresholds") or {}).items()},
         calibration=dict(manifest.get("calibration") or {}),
+        shift_guard=ShiftGuard.from_dict(manifest.get("shift_guard")),
     )
     _check_selective(bundle, path)
     if str(map_location) != "cpu":

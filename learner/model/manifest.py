@@ -19,6 +19,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from learner.model.preprocessing import Preprocessing
+from learner.model.shift_guard import ShiftGuard
 from learner.model.taxonomy import Taxonomy, TaxonomyError
 
 FORMAT = "shelfsight-bundle"
@@ -84,6 +85,7 @@ class BundleInfo:
     detector: dict[str, Any] | None = None  # the detector spec as the manifest holds it
     created_at: float = 0.0
     tensor_sha256: str = ""
+    shift_guard: ShiftGuard | None = None  # None: a bundle made before the guard (nothing withheld)
 
     def threshold(self, group: str, value: str, default: float = 0.5) -> float:
         return self.thresholds.get(group, {}).get(value, default)
@@ -105,6 +107,7 @@ class BundleInfo:
                 detector=manifest.get("detector") or None,
                 created_at=float(manifest.get("created_at", 0.0)),
                 tensor_sha256=str(manifest.get("tensor_sha256", "")),
+                shift_guard=ShiftGuard.from_dict(manifest.get("shift_guard")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: manifest lacks or mangles {exc}") from None

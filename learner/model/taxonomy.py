@@ -26,6 +26,11 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 BUILTIN_TAXONOMIES = ("fashion-products",)
 
 
+# auto-fill floors of a single-choice group whose taxonomy entry names none (see learner.evaluation.selective)
+DEFAULT_BAND_FLOOR = 0.90  # the least confident tenth of the auto-filled values must be right this often
+DEFAULT_CONFIDENCE_FLOOR = 0.5  # no value whose calibrated confidence is below this is ever auto-filled
+
+
 class TaxonomyError(ValueError):
     """A taxonomy file is invalid. `problems` lists (location, message) pairs, one per mistake."""
 
@@ -118,8 +123,16 @@ class AttributeGroup:
     label_column: str
     colour: bool = False
     target_precision: float | None = None  # None: the auto-fill default (learner.evaluation.selective)
-    band_floor: float | None = None  # None: DEFAULT_BAND_FLOOR (learner.evaluation.selective)
-    confidence_floor: float | None = None  # None: DEFAULT_CONFIDENCE_FLOOR (learner.evaluation.selective)
+    band_floor: float | None = None  # None: DEFAULT_BAND_FLOOR
+    confidence_floor: float | None = None  # None: DEFAULT_CONFIDENCE_FLOOR
+
+    @property
+    def auto_fill_band_floor(self) -> float:
+        return self.band_floor if self.band_floor is not None else DEFAULT_BAND_FLOOR
+
+    @property
+    def auto_fill_confidence_floor(self) -> float:
+        return self.confidence_floor if self.confidence_floor is not None else DEFAULT_CONFIDENCE_FLOOR
 
     @property
     def multi_label(self) -> bool:
