@@ -32,6 +32,7 @@ from learner.review.policy import (
     RandomSample,
     ReviewPolicy,
     RoutingStrategy,
+    UnfamiliarPhoto,
 )
 from learner.review.routing import ReviewRouting
 
@@ -111,7 +112,7 @@ def build_review_router(
     strategies: list[RoutingStrategy] = (
         [RandomSample(r.audit_rate, r.audit_seed)]
         if r.routing == "random"
-        else [BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
+        else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
     )
 
     def count(decision: Decision) -> None:

@@ -44,7 +44,9 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
     Single-choice groups take the image whose best value is most confident (with that image's
     alternatives); multi-label groups take the union of values (stored as a list), each at its
     highest confidence, with the box (and mask) of the strongest detection when the values come from the detector.
-    A single-choice value below its group's auto-fill threshold is stored as a suggestion (auto_filled False).
+    A single-choice value below its group's auto-fill threshold, or from an unfamiliar photo (the shift guard), is
+    stored as a suggestion (auto_filled False); so is a multi-label value when any photo that gave its group values
+    was unfamiliar.
     """
     out: list[AttributeValue] = []
     for g in taxonomy.groups:
@@ -66,6 +68,8 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
                     alternatives=[Alternative(v, round(best[v], 4)) for v in values],
                     box=list(strongest_detection.box) if strongest_detection is not None else None,
                     mask=strongest_detection.mask if strongest_detection is not None else None,
+                    # a value seen on a photo the shift guard found unfamiliar is only a suggestion
+                    auto_filled=not any(t.unfamiliar for t in tags if t.attributes.get(g.name)),
                 )
             )
         else:

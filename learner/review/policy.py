@@ -1,6 +1,7 @@
 """The routing policy: which products go to annotators, and in which order.
 
-`ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in order (`BelowThreshold`: a value kept as a suggestion or
+`ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in order (`UnfamiliarPhoto`: a photo the shift guard found
+unlike the training photos, reason `unfamiliar_photo`; `BelowThreshold`: a value kept as a suggestion or
 under its threshold, see "Low values" below; `AuditSample`: a seeded random
 sample of the products the model would have accepted, so the accuracy of unreviewed output stays measured;
 `RandomSample`: a seeded random sample of every product, ranked in random order, the baseline that shows what
@@ -33,6 +34,7 @@ from datetime import datetime
 from typing import Protocol
 
 from connectors.records import AttributeValue
+from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
 from learner.review.caps import ReviewCaps
 from learner.review.uncertainty import UncertaintyMeasure, uncertainty_measure
@@ -64,6 +66,7 @@ class Assessment:
     low_values: tuple[LowValue, ...]
     uncertainty: float  # the most uncertain reviewed group's score, in [0, 1]
     group_uncertainty: Mapping[str, float]
+    unfamiliar: bool = False  # a photo of the product is above the shift guard's cut-off (learner.model.shift_guard)
 
     @property
     def low_groups(self) -> tuple[str, ...]:
@@ -91,6 +94,17 @@ class RoutingStrategy(Protocol):
     name: str
 
     def select(self, assessment: Assessment) -> bool: ...
+
+
+class UnfamiliarPhoto:
+    """Route when a photo of the product is unlike the training photos (the shift guard withheld its values): the
+    model cannot keep its promise there, and a person should both fill the values and see what kind of photo
+    arrived (a user's snapshot, a street scene sent by mistake)."""
+
+    name = UNFAMILIAR_PHOTO
+
+    def select(self, assessment: Assessment) -> bool:
+        return assessment.unfamiliar
 
 
 class BelowThreshold:
@@ -173,7 +187,9 @@ class ReviewPolicy:
         self.uncertainty_name = uncertainty if isinstance(uncertainty, str) else getattr(uncertainty, "__name__", "")
         self.measure = uncertainty_measure(uncertainty)
         self.strategies: list[RoutingStrategy] = (
-            list(strategies) if strategies is not None else [BelowThreshold(), AuditSample(audit_rate, audit_seed)]
+            list(strategies)
+            if strategies is not None
+            else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(audit_rate, audit_seed)]
         )
         self.caps = caps or ReviewCaps()
         self._lock = threading.Lock()  # the daemon calls the router from its inference thread; tests from many
@@ -200,8 +216,9 @@ class ReviewPolicy:
             and not self.taxonomy.group(group).multi_label
         )
 
-    def assess(self, attributes: Sequence[AttributeValue]) -> Assessment:
-        """Values kept as suggestions or under their threshold, and the uncertainty of every reviewed group (pure)."""
+    def assess(self, attributes: Sequence[AttributeValue], unfamiliar: bool = False) -> Assessment:
+        """Values kept as suggestions or under their threshold, and the uncertainty of every reviewed group (pure).
+        `unfamiliar`: a photo of the product was above the shift guard's cut-off."""
         low: list[LowValue] = []
         scores: dict[str, float] = {}
         by_group = {a.attribute: a for a in attributes}
@@ -223,10 +240,10 @@ class ReviewPolicy:
                     if confidence < limit:
                         low.append(LowValue(group.name, value, confidence, limit))
             scores[group.name] = self.measure([c for _, c in candidates], group.multi_label, len(group.values))
-        return Assessment(tuple(low), max(scores.values(), default=0.0), scores)
+        return Assessment(tuple(low), max(scores.values(), default=0.0), scores, unfamiliar)
 
-    def decide(self, attributes: Sequence[AttributeValue], now: datetime) -> Decision:
-        assessment = self.assess(attributes)
+    def decide(self, attributes: Sequence[AttributeValue], now: datetime, unfamiliar: bool = False) -> Decision:
+        assessment = self.assess(attributes, unfamiliar)
         with self._lock:
             for strategy in self.strategies:
                 if not strategy.select(assessment):

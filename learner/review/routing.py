@@ -47,7 +47,7 @@ class ReviewRouting:
         self._taxonomy = self.policy.taxonomy
 
     def __call__(self, result: ProductResult, tags: list[ImageTags]) -> OutboxPayload | None:
-        decision = self.policy.decide(result.attributes, self.clock())
+        decision = self.policy.decide(result.attributes, self.clock(), unfamiliar=any(t.unfamiliar for t in tags))
         if self.on_decision is not None:
             self.on_decision(decision)
         if not decision.routed:

@@ -170,3 +170,58 @@ def test_engine_marks_values_below_their_threshold_as_suggestions(calibrated_bun
 def test_hierarchy_round_trips_through_a_dict() -> None:
     h = Hierarchy(("a", "b"), {"x": ("y",)})
     assert Hierarchy.from_dict(h.to_dict()) == h
+
+
+def test_no_value_under_its_groups_confidence_floor_is_auto_filled_whatever_the_threshold(taxonomy) -> None:
+    probs = {g.name: np.full((1, len(g.values)), 0.4 / (len(g.values) - 1)) for g in taxonomy.classifier_groups}
+    for p in probs.values():
+        p[0, 0] = 0.6
+    probs["colour"][0] = [0.45, 0.55]  # its best value, White, at 0.55
+
+    d = ValueDecoder(taxonomy, {}, {"master": 0.1, "sub": 0.1, "article": 0.1, "colour": 0.1})(probs)
+    assert d.auto_filled["master"][0] and d.auto_filled["colour"][0]  # 0.6 and 0.55: above the default floor
+
+    floored = "values: [Black, White]\n    confidence_floor: 0.6"
+    strict = parse_taxonomy(TAXONOMY.replace("values: [Black, White]", floored))
+    d = ValueDecoder(strict, {}, {"master": 0.1, "sub": 0.1, "article": 0.1, "colour": 0.1})(probs)
+    assert not d.auto_filled["colour"][0]  # 0.55 < the group's floor of 0.6, though far above its threshold
+    low = dict(probs)
+    low["master"] = np.array([[0.45, 0.35, 0.2]])
+    assert not ValueDecoder(taxonomy, {}, {"master": 0.1})(low).auto_filled["master"][0]  # 0.45 < 0.5
+
+
+def test_an_image_above_the_guards_cut_off_has_none_of_its_values_auto_filled(taxonomy) -> None:
+    from learner.model.shift_guard import SCORE_KEY, ShiftGuard
+
+    probs = {g.name: np.full((2, len(g.values)), 0.001) for g in taxonomy.classifier_groups}
+    for p in probs.values():
+        p[:, 0] = 1 - 0.001 * (p.shape[1] - 1)
+    guard = ShiftGuard(-10.0, tuple(range(11)), 0.02, 0.02, tuple(g.name for g in taxonomy.classifier_groups))
+
+    d = ValueDecoder(taxonomy, shift_guard=guard)({**probs, SCORE_KEY: np.array([-12.0, -8.0])})
+
+    assert list(d.unfamiliar) == [False, True]
+    assert all(d.auto_filled[name][0] for name in d.auto_filled)
+    assert not any(d.auto_filled[name][1] for name in d.auto_filled)
+    assert ValueDecoder(taxonomy)({**probs, SCORE_KEY: np.array([-12.0, -8.0])}).unfamiliar is None  # no guard
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_both_backends_score_a_photo_alike_and_the_guard_withholds_it(
+    calibrated_bundle_path, cc0_images, backend, tmp_path
+):
+    from learner.model.shift_guard import ShiftGuard
+
+    bundle = load_bundle(calibrated_bundle_path)
+    reference = TaggingEngine(bundle, device="cpu").tag_bytes([cc0_images[1].read_bytes()])[0]
+    assert reference.shift_score is not None and not reference.unfamiliar  # no guard: scored, nothing withheld
+    assert reference.is_auto_filled("kids")
+    bundle.shift_guard = ShiftGuard(reference.shift_score - 0.01, tuple(range(11)), 0.02, 0.02, ("garment", "kids"))
+    guarded = bundle.save(tmp_path / "guarded.safetensors")
+
+    engine = load_engine(guarded, backend, device="cpu", onnx_cache_dir=tmp_path)
+    (tags,) = engine.tag_bytes([cc0_images[1].read_bytes()])
+
+    assert tags.shift_score == pytest.approx(reference.shift_score, abs=1e-3)
+    assert tags.unfamiliar and not tags.is_auto_filled("kids")
+    assert tags.to_dict()["unfamiliar"] is True

@@ -34,3 +34,26 @@ def test_the_router_builds_the_outbox_payload_for_routed_products_only(taxonomy:
     json.dumps(payload)  # stored as JSON in the outbox
     assert router(ProductResult(**{**result.__dict__, "attributes": confident()}), [tags_with_tie()]) is None
     assert [d.routed for d in decisions] == [True, False]
+
+
+def test_a_product_with_a_photo_the_guard_found_unfamiliar_is_routed_as_unfamiliar_photo(taxonomy: Taxonomy) -> None:
+    router = ReviewRouting(policy(taxonomy, autofill_thresholds={"garment": 0.9, "kids": 0.9}), clock=lambda: T0)
+    result = ProductResult(
+        product_id="SKU-2",
+        title=None,
+        category_hint=None,
+        event_id=None,
+        image_url="file:///images/street.jpg",
+        image_digest="d2",
+        model_version="m1",
+        attributes=confident(suggested={"garment", "kids"}),
+        source="test",
+    )
+    familiar, odd = tags_with_tie(), tags_with_tie()
+    odd.unfamiliar, odd.shift_score = True, -3.0
+
+    payload = router(result, [familiar, odd])
+
+    assert payload is not None and payload["reason"] == "unfamiliar_photo"
+    routed = router(result, [familiar])
+    assert routed is not None and routed["reason"] == "low_confidence"  # the same values, a familiar photo
