@@ -68,6 +68,9 @@ class AttributeValue:
     alternatives: list[Alternative] = field(default_factory=list)
     box: list[float] | None = None
     auto_filled: bool = True
+    # what, beyond its group's threshold, keeps the value a suggestion (None: nothing else): "unfamiliar_photo" (the
+    # shift guard found the photo it came from unlike the training photos; no value of it is auto-filled)
+    withheld_by: str | None = None
     mask: dict[str, Any] | None = None
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from daemon.cli_support import STARTER_BUNDLE, configure_logging, fail, load_settings, shown_path
+from learner.model.shift_guard import UNFAMILIAR_PHOTO
 
 if TYPE_CHECKING:
     from connectors.db.report_view import CatalogSnapshot, ReportedProduct
@@ -173,6 +174,8 @@ def _print_products(snapshot: CatalogSnapshot, photos: dict[str, tuple[Path, str
         label = photos.get(p.product_id, (None, ""))[1]
         head = f"  {p.title or ''} ({p.product_id}, {photos[p.product_id][0].name if p.product_id in photos else ''})"
         head += f"  [CC0 set's label: {label}]" if label else ""
+        odd = any(a.withheld_by == UNFAMILIAR_PHOTO for a in p.attributes.values() if a.source != "human")
+        head += "  UNFAMILIAR PHOTO: nothing auto-filled" if odd else ""
         typer.echo(head + ("  -> review" if item.routed_for_review else ""))
         cells = []
         for group in groups:

@@ -128,10 +128,16 @@ def _format_text(name: str, tags: ImageTags) -> str:
     from learner.model.masks import area
 
     lines = [f"{name}  ({tags.width}x{tags.height}, model {tags.model_version})"]
+    if tags.unfamiliar:
+        lines.append(
+            f"  unfamiliar photo (shift score {tags.shift_score:.1f}, above the model's cut-off): unlike the photos the"
+            " model was trained on, so nothing is auto-filled; every value below is a suggestion"
+        )
     width = max((len(g) for g in tags.attributes), default=0)
     for group, values in tags.attributes.items():
         shown = ", ".join(f"{v} {c:.2f}" for v, c in values) or "-"
-        mark = "" if tags.is_auto_filled(group) or not values else "  (suggestion: below the auto-fill threshold)"
+        why = "unfamiliar photo" if tags.unfamiliar else "below the auto-fill threshold"
+        mark = "" if tags.is_auto_filled(group) or not values else f"  (suggestion: {why})"
         lines.append(f"  {group:<{width}}  {shown}{mark}")
     for d in tags.detections:
         box = ", ".join(f"{v:.0f}" for v in d.box)
@@ -151,6 +157,8 @@ def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:
         img = img.resize((round(img.width * scale), round(img.height * scale)))
     font = ImageFont.load_default(size=14)
     lines: list[tuple[str, tuple[int, int, int]]] = [(f"model {tags.model_version}", (90, 90, 90))]
+    if tags.unfamiliar:
+        lines.append(("unfamiliar photo: nothing auto-filled", (200, 40, 40)))
     for group, values in tags.attributes.items():
         if values:
             v, c = values[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from connectors.db.report_view import CatalogSnapshot, ReportedProduct
 from connectors.db.types import StoredAttribute
+from learner.model.shift_guard import UNFAMILIAR_PHOTO
 
 THUMBNAIL_PX = 200
 MAX_PIXELS = 40_000_000  # a decompression bomb is shown as "image not shown", not decoded
@@ -115,6 +116,11 @@ def _card(item: ReportedProduct, file_root: Path | None) -> str:
             f'</td><td class="mark" title="{html.escape(who or "")}">{_MARKS[kind]}</td></tr>'
         )
     routed = '<span class="routed">waiting for review</span>' if item.routed_for_review else ""
+    if any(a.withheld_by == UNFAMILIAR_PHOTO for a in p.attributes.values() if a.source != "human"):
+        routed += (
+            ' <span class="unfamiliar" title="the photo is unlike the photos the model was trained on: nothing of it'
+            ' is auto-filled">unfamiliar photo</span>'
+        )
     versions = sorted({a.model_version for a in p.attributes.values() if a.model_version})
     return (
         f'<article class="product-card" data-product-id="{html.escape(p.product_id)}">'
@@ -174,6 +180,7 @@ col.g{width:31%}col.v{width:30%}col.c{width:23%}col.m{width:16%}
 th{text-align:left;font-weight:500;color:#555;padding:1px 4px 1px 0;overflow:hidden;text-overflow:ellipsis}
 td{padding:1px 4px}
 td.value{font-weight:600}
+.unfamiliar{color:#b02020;font-weight:600}
 tr.suggestion td.value{color:#9a6a00;font-style:italic}
 tr.human td.value{color:#1b6e2a}
 td.mark{font-size:10px;color:#777;white-space:nowrap}

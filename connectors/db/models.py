@@ -97,6 +97,7 @@ class ProductAttribute(Base):
     value: Mapped[str] = mapped_column(Text, nullable=False)
     value_is_list: Mapped[bool] = mapped_column(nullable=False, server_default=false())
     auto_filled: Mapped[bool] = mapped_column(nullable=False, server_default=true())
+    withheld_by: Mapped[str | None] = mapped_column(Text)
     confidence: Mapped[float] = mapped_column(Float, nullable=False)
     alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
     source: Mapped[str] = mapped_column(String(8), nullable=False)

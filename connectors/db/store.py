@@ -248,4 +248,5 @@ def stored_attribute(row: RowMapping) -> StoredAttribute:
         annotator=row["annotator"],
         updated_at=as_utc(row["updated_at"]),
         auto_filled=bool(row["auto_filled"]),
+        withheld_by=row["withheld_by"],
     )

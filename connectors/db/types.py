@@ -41,6 +41,7 @@ class StoredAttribute:
     annotator: str | None
     updated_at: datetime
     auto_filled: bool = True  # False: a model suggestion, not (yet) the product's value
+    withheld_by: str | None = None  # what, beyond its threshold, keeps the value a suggestion (unfamiliar_photo)
     mask: dict[str, Any] | None = None  # COCO RLE of a detector value's instance (original image pixels)
 
 

@@ -11,6 +11,7 @@ import hashlib
 from connectors.records import Alternative, AttributeValue, ProductResult
 from daemon.pipeline.work import EventJob
 from learner.inference.engine import ImageTags
+from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
 
 
@@ -58,6 +59,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
             if not best:
                 continue
             values = sorted(best, key=lambda v: -best[v])
+            unfamiliar = any(t.unfamiliar for t in tags if t.attributes.get(g.name))
             boxes = [d for t in tags for d in t.detections if d.attributes.get(g.name) in best]
             strongest_detection = max(boxes, key=lambda d: d.score) if boxes else None
             out.append(
@@ -69,7 +71,8 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
                     box=list(strongest_detection.box) if strongest_detection is not None else None,
                     mask=strongest_detection.mask if strongest_detection is not None else None,
                     # a value seen on a photo the shift guard found unfamiliar is only a suggestion
-                    auto_filled=not any(t.unfamiliar for t in tags if t.attributes.get(g.name)),
+                    auto_filled=not unfamiliar,
+                    withheld_by=UNFAMILIAR_PHOTO if unfamiliar else None,
                 )
             )
         else:
@@ -85,6 +88,7 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
                     confidence=chosen[0][1],
                     alternatives=[Alternative(v, round(c, 4)) for v, c in chosen],
                     auto_filled=strongest.is_auto_filled(g.name),
+                    withheld_by=UNFAMILIAR_PHOTO if strongest.unfamiliar else None,
                 )
             )
     return out
