@@ -51,7 +51,9 @@ def test_promote_and_rollback_are_followed_without_restart_or_loss(tmp_path, unt
     def feed() -> None:
         for i in range(n):
             event = {"schema_version": 1, "product_id": f"p{i:03d}", "image_urls": [cc0_images[i % 50].as_uri()]}
-            (events / f"{i:03d}.json").write_text(json.dumps(event))
+            partial = events / f"{i:03d}.json.partial"  # written, then renamed: the source never reads half a file
+            partial.write_text(json.dumps(event))
+            partial.replace(events / f"{i:03d}.json")
             if stop.wait(0.08):
                 return
 
