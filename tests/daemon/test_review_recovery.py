@@ -136,7 +136,7 @@ def holding_proxy(label_studio: LabelStudioServer) -> Iterator[HoldingProxy]:
     proxy.close()
 
 
-def test_a_worker_sigkilled_mid_send_is_restarted_and_resumes_sending_within_10_seconds(
+def test_a_worker_sigkilled_mid_send_is_restarted_and_resumes_sending_without_waiting_for_its_claims_to_go_stale(
     tmp_path: Path,
     untrained_bundle_path: Path,
     label_studio: LabelStudioServer,
@@ -173,9 +173,12 @@ def test_a_worker_sigkilled_mid_send_is_restarted_and_resumes_sending_within_10_
 
         restarted = time.monotonic()
         second = WorkerProcess(env, tmp_path / "worker.log").start()
-        wait_for(lambda: outbox_counts(sqlite_url).get("sent") == 4, 30, "the restarted worker to send")
+        # the dead worker's claims go stale only after CLAIM_STALE_S (60 s): a restart that sends well before that
+        # took them over at once. The deadline is generous because the restart itself (a Python process importing
+        # the Label Studio SDK) took 10-17 s on a loaded two-core machine, against about 3 s on a quiet one.
+        wait_for(lambda: outbox_counts(sqlite_url).get("sent") == 4, 50, "the restarted worker to send")
         elapsed = time.monotonic() - restarted
-        assert elapsed < 10, f"sending resumed {elapsed:.1f}s after the restart\n{second.log_tail()}"
+        assert elapsed < 45, f"sending resumed {elapsed:.1f}s after the restart\n{second.log_tail()}"
         assert "took over" in second.log_tail(200)
     finally:
         first.kill()
