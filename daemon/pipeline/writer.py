@@ -101,6 +101,7 @@ class ResultWriter:
         """The event's merged result, with the review payload when the router sends it to review."""
         engine = job.engine or self.current_engine()
         result = product_result(job, engine.bundle.taxonomy, self.source_name)
+        self.observe.photos_tagged(image_tags(job), engine.bundle.shift_guard)
         if self.review_router is not None:
             review = self.review_router(result, image_tags(job))
             if review is not None:

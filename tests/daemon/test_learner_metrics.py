@@ -1,4 +1,4 @@
-"""`LearnerMetrics` (daemon/metrics.py): a run's outcome becomes run counts, duration, holdout figures per version
+"""`LearnerMetrics` (daemon/metrics/): a run's outcome becomes run counts, duration, holdout figures per version
 and the gate's interval."""
 
 from __future__ import annotations
