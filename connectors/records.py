@@ -10,8 +10,8 @@ Values of multi-label groups are lists of labels; the store keeps them as a JSON
 The payload is a `TypedDict`, not a class: it is JSON as stored (no conversion on write, the stored format is
 unchanged), and the type checker still knows every key. `payload_from_json` is the one way to read a stored payload:
 it fills the keys an older or partial row lacks with their defaults (a row written before a key existed, or by a
-writer that sets only `reason`, `priority` and `model_values`), so readers can index every key. Keys it does not
-know are kept.
+writer that sets only `reason`, `priority` and `model_values`), so readers can index every key (but a model value's
+`auto_filled` and `withheld_by`, which an old row cannot know: see `ModelValue`). Keys it does not know are kept.
 
 What it must not do: import anything (no SQLAlchemy, no `learner/`, no `daemon/`), do I/O, or know what the
 Label Studio regions in `prediction.result` mean (they are opaque JSON here).
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "DEFAULT_REASON",
+    "SUSPENDED",
     "Alternative",
     "AttributeSource",
     "AttributeValue",
@@ -41,6 +42,9 @@ __all__ = [
 AttributeSource = Literal["model", "human"]  # who set a stored attribute's value
 
 DEFAULT_REASON = "review"  # the reason of an outbox row whose payload names none
+# `withheld_by` of a value its group's threshold would have auto-filled, kept as a suggestion because the group's
+# auto-fill is suspended for the serving model version (table autofill_suspensions)
+SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class AttributeValue:
     box: list[float] | None = None
     auto_filled: bool = True
     # what, beyond its group's threshold, keeps the value a suggestion (None: nothing else): "unfamiliar_photo" (the
-    # shift guard found the photo it came from unlike the training photos; no value of it is auto-filled)
+    # shift guard found the photo it came from unlike the training photos; no value of it is auto-filled) or
+    # SUSPENDED (the group's auto-fill is suspended for this model version: its audited precision fell below target)
     withheld_by: str | None = None
     mask: dict[str, Any] | None = None
 
@@ -102,12 +107,17 @@ class Prediction(TypedDict):
 
 
 class ModelValue(TypedDict):
-    """What the model said for one group: a label or labels, the confidence, a box [x1, y1, x2, y2] in pixels.
-    Judges whether the annotator agreed, and comes back when a correction is withdrawn."""
+    """What the model said for one group: a label or labels, the confidence, a box [x1, y1, x2, y2] in pixels, and
+    whether it was auto-filled (`AttributeValue.auto_filled`) and what withheld it (`AttributeValue.withheld_by`).
+    Judges whether the annotator agreed, comes back when a correction is withdrawn, and says which answers measure
+    the precision of auto-filled values (learner/evaluation/audit.py). The last two keys are the only ones a stored
+    payload may lack (written before they existed, they are not made up when read): use `.get`."""
 
     value: str | list[str] | None
     confidence: float
     box: list[float] | None
+    auto_filled: NotRequired[bool]
+    withheld_by: NotRequired[str | None]
 
 
 class OutboxPayload(TypedDict):
@@ -199,4 +209,12 @@ def _prediction(raw: Mapping[str, Any]) -> Prediction:
 
 
 def _model_value(raw: Mapping[str, Any]) -> ModelValue:
-    return {"value": raw.get("value"), "confidence": float(raw.get("confidence") or 0.0), "box": raw.get("box")}
+    model: ModelValue = {
+        "value": raw.get("value"),
+        "confidence": float(raw.get("confidence") or 0.0),
+        "box": raw.get("box"),
+    }
+    if raw.get("auto_filled") is not None:  # absent from payloads written before it existed: not made up
+        model["auto_filled"] = bool(raw["auto_filled"])
+        model["withheld_by"] = None if raw.get("withheld_by") is None else str(raw["withheld_by"])
+    return model

@@ -1,9 +1,10 @@
 """The product database: schema (models, migrations), the one way in (`Database`: engine, transactions,
 `DatabaseUnavailable`, the `now`/`as_utc` time helpers, in `connection.py`) and the stores built on it
-(`ProductStore`, `ReviewStore`, `RetrainingStore`, `DatabaseLock`). The records written and read (`ProductResult`,
-`OutboxPayload`, ...) are not here: they are shared with `learner/` and live in `connectors/records.py`. Importing
-this package does not connect to anything."""
+(`ProductStore`, `ReviewStore`, `RetrainingStore`, `AuditStore`, `DatabaseLock`). The records written and read
+(`ProductResult`, `OutboxPayload`, ...) are not here: they are shared with `learner/` and live in
+`connectors/records.py`. Importing this package does not connect to anything."""
 
+from connectors.db.audit_store import AuditedAnswers, AuditStore, AutofillConfidenceRow, Suspension
 from connectors.db.connection import Database, DatabaseUnavailable, as_utc, now
 from connectors.db.locks import DatabaseLock, LockLost
 from connectors.db.retraining_store import HumanCorrection, RetrainingRun, RetrainingStore
@@ -22,6 +23,9 @@ from connectors.db.types import ProcessingLogStats, ProductView, StoredAttribute
 __all__ = [
     "AnnotationRecord",
     "AnnotationValue",
+    "AuditStore",
+    "AuditedAnswers",
+    "AutofillConfidenceRow",
     "ClaimOwner",
     "Database",
     "DatabaseLock",
@@ -38,6 +42,7 @@ __all__ = [
     "ReviewStats",
     "ReviewStore",
     "StoredAttribute",
+    "Suspension",
     "WriteStats",
     "as_utc",
     "now",

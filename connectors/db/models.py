@@ -41,6 +41,7 @@ from sqlalchemy import (
     Unicode,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -243,6 +244,10 @@ class ReviewAnnotation(Base):
     `box` is JSON [{"label": str, "box": [x1, y1, x2, y2]}, ...] in pixels of the original image, or null.
     `model_value` is what the model had predicted, as JSON text ('"Shirt"', '["person"]'), and `model_was_right`
     whether the annotator agreed with it (null when the model had no value or the outcome is not 'applied').
+    `model_fill` says what the model had done with that value (from the outbox payload, migration 0007): 'auto'
+    (auto-filled), 'suspended' (its threshold would have auto-filled it, but the group's auto-fill was suspended),
+    'suggestion' (kept as a suggestion for any other reason), null (no model value, or a payload written before
+    the payload said). Answers on 'auto' and 'suspended' values measure the audited precision of auto-filled values.
     """
 
     __tablename__ = "review_annotations"
@@ -268,6 +273,7 @@ class ReviewAnnotation(Base):
     lead_time_s: Mapped[float | None] = mapped_column(Float)
     model_value: Mapped[str | None] = mapped_column(Text)
     model_was_right: Mapped[bool | None] = mapped_column()
+    model_fill: Mapped[str | None] = mapped_column(String(12))
     state: Mapped[str] = mapped_column(String(12), nullable=False, server_default="active")
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)
     revision: Mapped[str] = mapped_column(Text, nullable=False)
@@ -308,6 +314,40 @@ class ReviewTaskSync(Base):
     synced_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
 
 
+# ---------------------------------------------------------------------- auto-fill suspensions (migration 0007)
+
+
+class AutofillSuspension(Base):
+    """A group's auto-fill suspended for one model version, because the audited precision of its auto-filled values
+    was significantly below target (the Wilson interval's upper bound under it). While `resumed_at` is null, every
+    enrichment daemon serving `model_version` stores the group's values as suggestions (withheld_by 'suspended');
+    `resumed_at`/`resumed_by` say who ended it (an operator's `shelfsight models resume`, or the promotion of another
+    champion). `figures`: what the decision saw (audited answers, right, precision, interval, target). At most one
+    open suspension per (attribute, model_version): a partial unique index."""
+
+    __tablename__ = "autofill_suspensions"
+    __table_args__ = (
+        Index(
+            "ix_autofill_suspensions_open",
+            "attribute",
+            "model_version",
+            unique=True,
+            postgresql_where=text("resumed_at IS NULL"),
+            sqlite_where=text("resumed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    attribute: Mapped[str] = mapped_column(Text, nullable=False)
+    model_version: Mapped[str] = mapped_column(Text, nullable=False)
+    suspended_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    suspended_by: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    figures: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    resumed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    resumed_by: Mapped[str | None] = mapped_column(Text)
+
+
 # The tables as SQLAlchemy Core `Table`s, for the store modules' queries (defined once, here).
 PRODUCTS = cast(Table, Product.__table__)
 ATTRIBUTES = cast(Table, ProductAttribute.__table__)
@@ -319,3 +359,4 @@ REVIEW_ANNOTATIONS = cast(Table, ReviewAnnotation.__table__)
 REVIEW_SYNC_STATE = cast(Table, ReviewSyncState.__table__)
 REVIEW_WORKERS = cast(Table, ReviewWorker.__table__)
 REVIEW_TASK_SYNC = cast(Table, ReviewTaskSync.__table__)
+AUTOFILL_SUSPENSIONS = cast(Table, AutofillSuspension.__table__)

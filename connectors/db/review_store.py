@@ -61,6 +61,8 @@ class AnnotationValue:
     boxes: list[dict[str, Any]] | None = None
     model_value: str | list[str] | None = None
     model_was_right: bool | None = None
+    # what the model had done with its value: 'auto', 'suspended', 'suggestion' (review_annotations.model_fill)
+    model_fill: str | None = None
 
 
 @dataclass(frozen=True)
@@ -448,6 +450,7 @@ def _annotation_row(record: AnnotationRecord, value: AnnotationValue, now: datet
         "lead_time_s": record.lead_time_s,
         "model_value": model,
         "model_was_right": value.model_was_right,
+        "model_fill": value.model_fill,
         "state": "active",
         "outcome": value.outcome,
         "revision": record.revision,

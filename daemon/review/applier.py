@@ -15,6 +15,7 @@ from typing import Any
 from connectors.db import AnnotationRecord, AnnotationValue, OutboxItem, ReviewStore
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable, parse_timestamp
 from daemon.metrics import ReviewMetrics
+from learner.evaluation.audit import model_fill
 from learner.model.taxonomy import Taxonomy
 from learner.review.tasks import ParsedValue, annotation_revision, parse_annotation
 
@@ -64,7 +65,15 @@ class AnnotationApplier:
             updated_at=parse_timestamp(annotation.get("updated_at")) or created,
             revision=annotation_revision(result, cancelled),
             values=[
-                AnnotationValue(p.attribute, p.outcome, p.value, p.boxes, p.model_value, p.model_was_right)
+                AnnotationValue(
+                    p.attribute,
+                    p.outcome,
+                    p.value,
+                    p.boxes,
+                    p.model_value,
+                    p.model_was_right,
+                    model_fill(model.get(p.attribute)),  # which answers audit auto-filled values
+                )
                 for p in parsed
             ],
             outbox_id=outbox.id if outbox else None,

@@ -19,11 +19,18 @@ from learner.review.tasks import prediction_result
 
 
 def model_values(taxonomy: Taxonomy, attributes: Sequence[AttributeValue]) -> dict[str, ModelValue]:
-    """What the model said per group, as stored in the outbox payload: value, confidence and box. Used to judge
-    whether the annotator agreed, and to restore the model's value when a correction is withdrawn."""
+    """What the model said per group, as stored in the outbox payload: value, confidence, box, whether it was
+    auto-filled and what withheld it. Used to judge whether the annotator agreed, to restore the model's value when a
+    correction is withdrawn, and to tell the answers that audit auto-filled values (learner/evaluation/audit.py)."""
     known = {g.name for g in taxonomy.groups}
     return {
-        a.attribute: {"value": a.value, "confidence": float(a.confidence), "box": a.box}
+        a.attribute: {
+            "value": a.value,
+            "confidence": float(a.confidence),
+            "box": a.box,
+            "auto_filled": a.auto_filled,
+            "withheld_by": a.withheld_by,
+        }
         for a in attributes
         if a.attribute in known
     }
