@@ -17,14 +17,15 @@ What is checked, per expression:
   `absent(x)` checks `x`.
 
 The scraped targets, each a real process started as an operator would (environment variables):
-- job "shelfsight": `shelfsight run` (Kafka source, SQLite, an untrained model of the production architecture,
-  review routing on) fed with a steady stream of good and bad events from the real broker;
+- job "shelfsight": `shelfsight run` (Kafka source, SQLite, an untrained model of the production architecture with
+  a shift guard, review routing on) fed with a steady stream of good and bad events from the real broker;
 - job "shelfsight-review": `shelfsight review run` on the daemon's database, sending the routed products to a real
   Label Studio, where the fixture annotates two tasks through the SDK (the answers come back by webhook);
 - job "shelfsight-learner": `shelfsight learn` (the scheduled service) that runs one real retraining, ending in a
   promotion decision, before Prometheus starts.
-Metrics that only exist after an event (a dead letter, a capped product, an annotation, a promotion decision)
-exist because the fixtures make the event happen.
+Metrics that only exist after an event (a dead letter, a capped product, an annotation, a promotion decision, a
+drift figure: 50 photos scored by a model with a shift guard, a product routed for an unfamiliar photo) exist
+because the fixtures make the event happen.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,13 +120,43 @@ def learner_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
         stop_service(learner)
 
 
+FED_IMAGES = [0, 1, 2, 3, 5, 6, 7, 8]  # the indexes into cc0_images of the photos `daemon_service` feeds
+
+
+@pytest.fixture(scope="module")
+def guarded_bundle_path(
+    untrained_bundle_path: Path, cc0_images: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The untrained bundle with a shift guard, so that the daemon exports the guard's drift figure and unfamiliar
+    share and routes products for an unfamiliar photo. The guard is set, not fitted (untrained heads auto-fill
+    nothing to fit a cut-off on): its reference is the deciles of the fed photos' own scores, its cut-off their 30th
+    percentile, so most fed photos are unfamiliar and some are not."""
+    from learner.inference.engine import TaggingEngine
+    from learner.model.bundle import load_bundle
+    from learner.model.shift_guard import PSI_BINS, ShiftGuard
+
+    bundle = load_bundle(untrained_bundle_path)
+    tags = TaggingEngine(bundle, device="cpu").tag_bytes([cc0_images[i].read_bytes() for i in FED_IMAGES])
+    scores = np.array([t.shift_score for t in tags], dtype=np.float64)
+    bundle.shift_guard = ShiftGuard(
+        cutoff=float(np.quantile(scores, 0.3)),
+        reference=tuple(float(v) for v in np.quantile(scores, np.linspace(0, 1, PSI_BINS + 1))),
+        max_withheld=0.02,
+        withheld_share=0.02,
+        groups=tuple(g.name for g in bundle.taxonomy.classifier_groups if not g.multi_label),
+        fitted_on={"note": "set by test_promql_against_daemon, not fitted"},
+    )
+    return bundle.save(tmp_path_factory.mktemp("bundles") / "guarded.safetensors")
+
+
 @pytest.fixture(scope="module")
 def daemon_service(
-    kafka_broker: Any, untrained_bundle_path: Path, cc0_images: list[Path], tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: Any, guarded_bundle_path: Path, cc0_images: list[Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     """A real `shelfsight run` consuming a steady stream of events from the real broker, some of them bad (a file
     that is not an image), so processing, failures and dead letters all have series. Review routing is on, with a
-    cap of 4 products an hour: the first ones go to the outbox (for `review_service`), the rest are capped."""
+    cap of 4 products an hour: the first ones go to the outbox (for `review_service`), the rest are capped. The
+    model's shift guard finds most photos unfamiliar: some products are routed, and others capped, for that."""
     from connectors.kafka_producers import EventPublisher, ensure_topics
 
     work = tmp_path_factory.mktemp("promql-daemon")
@@ -135,7 +167,7 @@ def daemon_service(
         bootstrap=kafka_broker.bootstrap,
         topic=topic,
         database_url=f"sqlite:///{work / 'db.sqlite'}",
-        model_path=untrained_bundle_path,
+        model_path=guarded_bundle_path,
         file_root=CC0_DIR,
         group_id="promql",
         extra={
@@ -153,7 +185,7 @@ def daemon_service(
         i = 0
         deadline = time.monotonic() + 400
         while not stop.wait(0.25) and time.monotonic() < deadline:
-            image = not_an_image if i % 5 == 4 else cc0_images[i % 10]
+            image = not_an_image if i % 5 == 4 else cc0_images[i % 10]  # the photos of FED_IMAGES
             publisher.publish(product_event(f"promql-{i}", image))
             publisher.flush()
             i += 1
@@ -161,24 +193,25 @@ def daemon_service(
 
     feeder = threading.Thread(target=feed, name="promql-feeder", daemon=True)
     feeder.start()
+
+    def busy() -> bool:
+        samples = daemon.metrics()
+        unfamiliar = {key.split("{")[0] for key in samples if 'reason="unfamiliar_photo"' in key}
+        return {
+            "shelfsight_consumer_lag_messages",
+            "shelfsight_dead_letters_total",
+            "shelfsight_events_consumed_total",
+            "shelfsight_photo_shift_psi",
+            "shelfsight_photo_unfamiliar_share",
+        } <= {key.split("{")[0] for key in samples} and {
+            "shelfsight_review_routed_total",
+            "shelfsight_review_capped_total",
+        } <= unfamiliar
+
     try:
         # hand the daemon over once it is busy: partitions assigned (lag reported), events tagged, dead-lettered,
-        # routed to review and capped
-        wait_until(
-            lambda: (
-                {
-                    "shelfsight_consumer_lag_messages",
-                    "shelfsight_dead_letters_total",
-                    "shelfsight_events_consumed_total",
-                    "shelfsight_review_routed_total",
-                    "shelfsight_review_capped_total",
-                }
-                <= {key.split("{")[0] for key in daemon.metrics()}
-            ),
-            90,
-            "the daemon to consume, tag, dead-letter and route events",
-            daemon.log_tail,
-        )
+        # a drift figure computed (50 photos), products routed to review and capped for an unfamiliar photo
+        wait_until(busy, 120, "the daemon to consume, tag, dead-letter, score and route events", daemon.log_tail)
         yield daemon
     finally:
         stop.set()
@@ -194,7 +227,7 @@ def _garment_answer(value: str) -> list[dict[str, Any]]:
 def review_service(
     daemon_service: DaemonProcess,
     label_studio_server: Any,
-    untrained_bundle_path: Path,
+    guarded_bundle_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceProcess]:
     """A real `shelfsight review run` on the daemon's database: it sends the routed products to the real Label
@@ -208,7 +241,7 @@ def review_service(
     database_url = daemon_service.env["SHELFSIGHT_DATABASE_URL"]
     env = {
         "SHELFSIGHT_DATABASE_URL": database_url,
-        "SHELFSIGHT_MODEL_PATH": str(untrained_bundle_path),
+        "SHELFSIGHT_MODEL_PATH": str(guarded_bundle_path),
         "SHELFSIGHT_FETCH__FILE_ROOT": str(CC0_DIR / "images"),
         "SHELFSIGHT_LOG_LEVEL": "WARNING",
         "SHELFSIGHT_REVIEW__LABEL_STUDIO_URL": label_studio_server.url,
