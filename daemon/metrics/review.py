@@ -1,5 +1,5 @@
-"""Metrics of the review loop: routing decisions (made by the daemon) and the review worker's outbox, Label Studio,
-annotations and model-human agreement."""
+"""Metrics of the review loop: routing decisions and auto-fill suspensions (applied by the daemon), and the review
+worker's outbox, Label Studio, annotations, model-human agreement and the audited precision of auto-filled values."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class ReviewRoutingMetrics:
         r = self.registry
         self.routed = Counter(
             "shelfsight_review_routed_total",
-            "Products routed to human review, by reason (low_confidence, audit, random).",
+            "Products routed to human review, by reason (unfamiliar_photo, low_confidence, audit, random).",
             ["reason"],
             registry=r,
         )
@@ -27,6 +27,35 @@ class ReviewRoutingMetrics:
             ["reason"],
             registry=r,
         )
+
+
+class AutofillSuspensionMetrics:
+    """What an enrichment daemon (`shelfsight run`) does with the auto-fill suspensions it reads
+    (daemon/suspensions.py): pass it the daemon's registry (`ServiceMetrics.registry`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.suspended = Gauge(
+            "shelfsight_autofill_suspended_groups",
+            "Attribute groups whose auto-fill this replica holds back, as of its last read of the suspensions (any "
+            "model version).",
+            registry=r,
+        )
+        self.withheld = Counter(
+            "shelfsight_autofill_suspended_values_total",
+            "Model values stored as suggestions because their group's auto-fill is suspended, by group.",
+            ["group"],
+            registry=r,
+        )
+        self.polls = Counter(
+            "shelfsight_autofill_suspension_polls_total",
+            "Reads of the auto-fill suspensions, by outcome (ok, database_unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "database_unavailable"):
+            self.polls.labels(outcome)
 
 
 class ReviewMetrics:
@@ -121,6 +150,66 @@ class ReviewMetrics:
             "Outbox claims of this worker's earlier incarnation (a killed process) released at start.",
             registry=r,
         )
+        # -- audited precision of auto-filled values and suspensions (daemon/review/audit.py) ------------------
+        per_version = ["group", "model_version"]
+        self.audited_precision = Gauge(
+            "shelfsight_autofill_audited_precision",
+            "Share of people's answers on auto-filled values that agreed with the model, per group and model version "
+            "(since the last resume; absent before the first answer).",
+            per_version,
+            registry=r,
+        )
+        self.audited_precision_lower = Gauge(
+            "shelfsight_autofill_audited_precision_lower",
+            "Lower bound of the audited precision's two-sided Wilson interval (review.audit_level; 0 without answers).",
+            per_version,
+            registry=r,
+        )
+        self.audited_precision_upper = Gauge(
+            "shelfsight_autofill_audited_precision_upper",
+            "Upper bound of the audited precision's two-sided Wilson interval (1 without answers); below the target: "
+            "significantly below it.",
+            per_version,
+            registry=r,
+        )
+        self.audited_values = Gauge(
+            "shelfsight_autofill_audited_values",
+            "People's answers on auto-filled values the audited precision is measured on, per group and model version.",
+            per_version,
+            registry=r,
+        )
+        self.label_free_precision = Gauge(
+            "shelfsight_autofill_label_free_precision",
+            "Mean calibrated confidence of the stored auto-filled values: the precision the model expects of them.",
+            per_version,
+            registry=r,
+        )
+        self.target_precision = Gauge(
+            "shelfsight_autofill_target_precision",
+            "The precision a group's auto-filled values promise (the target its thresholds were fitted for).",
+            per_version,
+            registry=r,
+        )
+        self.autofill_suspended = Gauge(
+            "shelfsight_autofill_suspended",
+            "1 while a group's auto-fill is suspended for a model version (autofill_suspensions), else 0.",
+            per_version,
+            registry=r,
+        )
+        self.suspensions = Counter(
+            "shelfsight_autofill_suspensions_total",
+            "Suspensions of a group's auto-fill this worker opened (audited precision significantly below target).",
+            ["group"],
+            registry=r,
+        )
+        self.audits = Counter(
+            "shelfsight_autofill_audits_total",
+            "Measurements of the audited precision, by outcome (ok, database_unavailable, error).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "database_unavailable", "error"):
+            self.audits.labels(outcome)
         for kind in ("recorded", "withdrawn"):
             self.reconcile_recovered.labels(kind)
         for outcome in ("ok", "unavailable", "database_unavailable", "error"):
