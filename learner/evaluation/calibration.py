@@ -9,7 +9,7 @@
    `learner.evaluation.selective.choose_autofill_threshold` at the group's target precision (the taxonomy's
    `target_precision`, else the default given here).
 3. for every multi-label classifier group with labels, per-value decision thresholds maximising F-beta
-   (`beta`, default 1: F1) on these predictions (`learner.evaluation.evaluate.fbeta_thresholds`).
+   (`beta`, default 1: F1) on these predictions (`learner.evaluation.thresholds.fbeta_thresholds`).
 `Calibration.apply(bundle)` stores the result in the bundle (temperatures, auto-fill thresholds and a report);
 the multi-label thresholds replace that group's per-value `thresholds` (training's best-F1 points, which is the
 same search at beta 1), which the engine, the review policy and evaluation already read. A value without a positive
@@ -36,7 +36,6 @@ from learner.evaluation.evaluate import (
     ECE_BINS,
     GroupPredictions,
     expected_calibration_error,
-    fbeta_thresholds,
     multi_label_metrics,
 )
 from learner.evaluation.selective import (
@@ -46,6 +45,7 @@ from learner.evaluation.selective import (
     ThresholdChoice,
     choose_autofill_threshold,
 )
+from learner.evaluation.thresholds import fbeta_thresholds
 from learner.inference.decoding import ValueDecoder
 from learner.model.bundle import ModelBundle
 from learner.model.taxonomy import Taxonomy

@@ -45,7 +45,7 @@ from learner.evaluation.bootstrap import (
 )
 
 # key of compute_metrics()["summary"] the gate compares; training's early stopping and model selection use it too
-# (learner.training.engine imports it from here)
+# (learner.training.fit, train and finetune import it from here)
 PRIMARY_METRIC = "mean_top1"
 # why a challenger was not promoted (`GateDecision.vetoes`, the learner's vetoes metric label)
 VETO_REASONS = (

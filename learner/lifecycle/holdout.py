@@ -59,7 +59,7 @@ from learner.evaluation.gate import ProductScores, scores_from_rows
 from learner.inference.engine import pick_device
 from learner.lifecycle.errors import RetrainError
 from learner.model.bundle import ModelBundle
-from learner.training.engine import amp_settings
+from learner.training.runtime import amp_settings
 
 HOLDOUT_FILE = "holdout.json"
 HOLDOUT_FORMAT = 2  # 2: thresholds recorded per run; files without "format" predate them (ceiling = fraction)

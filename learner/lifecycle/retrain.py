@@ -51,7 +51,7 @@ from learner.lifecycle.registry import CHAMPION, ModelRegistry, RegistryError, r
 from learner.model.bundle import BundleError, ModelBundle, load_bundle
 from learner.training import launch
 from learner.training.detector import DetectorRecipe, DetectorTrainingError, fine_tune_detector
-from learner.training.engine import TrainingError
+from learner.training.errors import TrainingError
 from learner.training.finetune import default_recipe, fine_tune
 from learner.training.recipe import TrainConfig
 

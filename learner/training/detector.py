@@ -3,7 +3,7 @@
 Input: a torchvision detector (learner/model/detector.py), its `DetectorSpec`, and training boxes: per image file, the
 objects annotators boxed as (detector class, [x1, y1, x2, y2]) in pixels of the original (EXIF-rotated) image, from
 corrections of products outside the holdout (`learner.lifecycle.corrections.training_boxes`), or read from a COCO
-instances file (`learner.training.coco`). An object may carry a third item, its mask (COCO RLE over the original
+instances file (`learner.datasets.coco`). An object may carry a third item, its mask (COCO RLE over the original
 image, `learner.model.masks`): a mask detector (Mask R-CNN) trains only on objects that have one (the others are
 skipped and counted), a box detector ignores masks. Output: a fine-tuned copy (the champion's module is not
 touched) whose spec says its weights live in the bundle.
@@ -23,8 +23,11 @@ The recipe (`DetectorRecipe`, every field stored in the challenger's lineage):
 - batch-norm statistics are frozen everywhere by default (`freeze_batch_norm`): detection batches are a few images,
   too few to estimate them, and torchvision's pretrained detectors use frozen batch norm for the same reason.
 - AdamW (no weight decay on biases and normalisation weights), linear warm-up then cosine per step
-  (`learner.training.engine.make_scheduler`), gradient norm clipped, AMP on CUDA only (bf16, or fp16 with a grad
+  (`learner.training.optim.make_scheduler`), gradient norm clipped, AMP on CUDA only (bf16, or fp16 with a grad
   scaler), a fixed number of epochs, deterministic for a seed on CPU (order and flips come from seeded generators).
+  The epochs run in the classifier's epoch loop (`learner.training.engine.train_one_epoch`, one
+  `learner.training.optim.Optimization.step` per batch); only the batches and their loss are the detector's, and an
+  epoch stops at the first non-finite loss.
 - no replay and no early stopping: the champion's detector has no stored training set to replay (a COCO detector's
   data is not here) and the boxes are the only detection labels ShelfSight has. Forgetting is held back by the
   frozen blocks, the low learning rate and few epochs, and caught by the promotion gate: the challenger's holdout
@@ -38,26 +41,26 @@ What it must not do: read configuration (the caller passes a `DetectorRecipe`), 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from learner.inference.engine import DETECTOR_MAX_SIDE, pick_device
 from learner.inference.imaging import ImageDecodeError, decode_image, pil_to_uint8_tensor
 from learner.model.detector import DetectorSpec, build_detector
-from learner.training.engine import amp_settings, configure_threads, make_scheduler, seed_everything
+from learner.training.engine import train_one_epoch
+from learner.training.optim import Optimization, make_scheduler
+from learner.training.runtime import amp_settings, autocast, configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -334,65 +337,27 @@ def fine_tune_detector(
         min_lr_ratio=recipe.min_lr_ratio,
     )
     amp_dtype, scaler = amp_settings(device, recipe.amp)
+    optimization = Optimization(optimizer, scheduler, amp_dtype, scaler, grad_clip=recipe.grad_clip)
+    batch_loss = _DetectorBatchLoss(model, spec.arch, recipe.loss_weights, device, amp_dtype)
     generator = torch.Generator().manual_seed(recipe.seed)
     history: list[dict[str, Any]] = []
     failure: str | None = None
     for epoch in range(1, recipe.epochs + 1):
         _train_mode(model, frozen, recipe.freeze_batch_norm)
-        order = torch.randperm(len(data.examples), generator=generator).tolist()
-        flips = (torch.rand(len(order), generator=generator) < recipe.hflip).tolist()
-        total, seen = 0.0, 0
-        batches = range(0, len(order), recipe.batch_size)
-        bar = tqdm(batches, desc=f"detector epoch {epoch}", unit="batch", leave=False, disable=not recipe.progress)
-        for start in bar:
-            images, targets = [], []
-            for i, flip in zip(order[start : start + recipe.batch_size], flips[start:], strict=False):
-                ex = data.examples[i]
-                image, boxes_i = hflip_example(ex.image, ex.boxes) if flip else (ex.image, ex.boxes)
-                images.append(image.to(device).float() / 255.0)
-                target = {"boxes": boxes_i.to(device), "labels": ex.labels.to(device)}
-                if ex.masks is not None:
-                    target["masks"] = (ex.masks.flip(-1) if flip else ex.masks).to(device)
-                targets.append(target)
-            autocast = (
-                torch.autocast(device_type=device.type, dtype=amp_dtype)
-                if amp_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with autocast:
-                losses = model(images, targets)
-            missing = sorted(set(recipe.loss_weights) - set(losses))
-            if missing:
-                raise DetectorTrainingError(
-                    f"loss_weights name {missing}, which {spec.arch} does not report (it reports {sorted(losses)})"
-                )
-            loss = sum(recipe.loss_weights.get(k, 1.0) * v.float() for k, v in losses.items())
-            assert isinstance(loss, torch.Tensor)
-            if not torch.isfinite(loss):
-                failure = f"detector training loss is not finite ({float(loss)}) in epoch {epoch}"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(images)
-            seen += len(images)
-            bar.set_postfix(loss=f"{total / seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        bar.close()
-        if failure is not None:
+        stats = train_one_epoch(
+            model,
+            _EpochBatches(data.examples, recipe.batch_size, recipe.hflip, generator),
+            batch_loss,
+            optimization,
+            desc=f"detector epoch {epoch}",
+            progress=recipe.progress,
+            stop_when_not_finite=True,
+        )
+        if stats.not_finite is not None:
+            failure = f"detector training loss is not finite ({stats.not_finite}) in epoch {epoch}"
             break
-        history.append({"epoch": epoch, "loss": round(total / max(1, seen), 5)})
-        log.info("detector epoch %d/%d loss %.4f", epoch, recipe.epochs, total / max(1, seen))
+        history.append({"epoch": epoch, "loss": round(stats.loss, 5)})
+        log.info("detector epoch %d/%d loss %.4f", epoch, recipe.epochs, stats.loss)
     figures["history"] = history
     figures["elapsed_s"] = round(time.time() - started, 1)
     model.to("cpu").eval()
@@ -403,6 +368,71 @@ def fine_tune_detector(
     if failure is not None:
         return DetectorFineTune(None, bundle_spec, figures, failure)
     return DetectorFineTune(model, bundle_spec, figures)
+
+
+# one batch: the images (uint8 CxHxW, some mirrored) and their targets (boxes, labels, masks), on the CPU
+Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+
+class _EpochBatches:
+    """One epoch's batches, in an order and with flips drawn from `generator` when the epoch starts (seeded: the
+    same on every run); a flipped example is mirrored with its boxes and masks. Built lazily, batch by batch."""
+
+    def __init__(self, examples: Sequence[_Example], batch_size: int, hflip: float, generator: torch.Generator) -> None:
+        self.examples, self.batch_size = examples, batch_size
+        self.order = torch.randperm(len(examples), generator=generator).tolist()
+        self.flips = (torch.rand(len(self.order), generator=generator) < hflip).tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, len(self.order), self.batch_size):
+            images, targets = [], []
+            for i, flip in zip(self.order[start : start + self.batch_size], self.flips[start:], strict=False):
+                ex = self.examples[i]
+                image, boxes = hflip_example(ex.image, ex.boxes) if flip else (ex.image, ex.boxes)
+                images.append(image)
+                target = {"boxes": boxes, "labels": ex.labels}
+                if ex.masks is not None:
+                    target["masks"] = ex.masks.flip(-1) if flip else ex.masks
+                targets.append(target)
+            yield images, targets
+
+
+class _DetectorBatchLoss:
+    """How a detector batch becomes its loss: images scaled to [0, 1] on the device, the torchvision detector's
+    losses under autocast, summed with the recipe's `loss_weights` (1.0 unless given)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        arch: str,
+        loss_weights: Mapping[str, float],
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+    ) -> None:
+        self.model, self.arch, self.loss_weights, self.device, self.amp_dtype = (
+            model,
+            arch,
+            loss_weights,
+            device,
+            amp_dtype,
+        )
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        images = [image.to(self.device).float() / 255.0 for image in batch[0]]
+        targets = [{k: v.to(self.device) for k, v in target.items()} for target in batch[1]]
+        with autocast(self.device, self.amp_dtype):
+            losses = self.model(images, targets)
+        missing = sorted(set(self.loss_weights) - set(losses))
+        if missing:
+            raise DetectorTrainingError(
+                f"loss_weights name {missing}, which {self.arch} does not report (it reports {sorted(losses)})"
+            )
+        loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in losses.items())
+        assert isinstance(loss, torch.Tensor)
+        return loss, len(images)
 
 
 __all__ = [

@@ -9,7 +9,7 @@ step sees the same images and (with unweighted losses and frozen batch-norm) the
 with the whole batch: the sampler's shuffle depends on the seed and the epoch only, not on the world size.
 
 The worker torchrun starts is learner/training/launch.py; the epoch loop that uses these is
-learner/training/engine.py's.
+learner/training/fit.py (over learner/training/engine.py).
 
 Must not: train, read or write files, or touch the database or the registry.
 """
@@ -78,20 +78,12 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-class PreprocessingDDP(DistributedDataParallel):
-    """DDP that exposes the wrapped classifier's `preprocessing` (learner.training.engine.train_one_epoch reads it)."""
-
-    @property
-    def preprocessing(self) -> Any:
-        return self.module.preprocessing
-
-
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """The model itself for one process, else a DDP wrapper on this rank's device."""
     if not ctx.distributed:
         return model
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    return PreprocessingDDP(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """The classifier's training loss (`AttributeLoss`): one term per classifier group, missing labels masked out.
 
-Must not: hold optimiser or schedule logic (learner/training/engine.py) or know where samples came from.
+Must not: hold optimiser or schedule logic (learner/training/optim.py) or know where samples came from.
 """
 
 from __future__ import annotations

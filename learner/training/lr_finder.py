@@ -32,9 +32,10 @@ from learner.datasets.labelled import DataError, LabelledSet
 from learner.inference.engine import pick_device
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
-from learner.training.engine import configure_threads, make_optimizer, seed_everything
 from learner.training.loss import AttributeLoss
+from learner.training.optim import make_optimizer
 from learner.training.recipe import TrainConfig
+from learner.training.runtime import configure_threads, seed_everything
 
 DEFAULT_START_LR, DEFAULT_END_LR, DEFAULT_STEPS = 1e-6, 1.0, 100
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
@@ -152,7 +153,7 @@ def find_lr(
     steps: int = DEFAULT_STEPS,
 ) -> tuple[RangeTest, Path]:
     """The range test of `config`'s model on the train split of `data` (augmented as in training); writes `png`."""
-    from learner.training.train import build_classifier
+    from learner.training.run import build_classifier
 
     device = pick_device(config.device)
     configure_threads(device, config.threads)

@@ -7,14 +7,14 @@ Must not: train, build models or read configuration (daemon/ builds a `TrainConf
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from learner.datasets.augmentation import Augmentation
 from learner.datasets.labelled import SplitRule
 
-SCHEDULES = ("cosine", "restarts")  # the learning-rate schedules after warm-up (learner.training.engine.lr_factor)
+SCHEDULES = ("cosine", "restarts")  # the learning-rate schedules after warm-up (learner.training.optim.lr_factor)
 
 
 @dataclass
@@ -91,6 +91,13 @@ class TrainConfig:
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         return cls(**d, progress=False)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], **given: Any) -> TrainConfig:
+        """A recipe from options named like its fields (e.g. the command line's: the others are left out), `given`
+        taking precedence; fields named in neither keep their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in options.items() if k in names}, **given})
 
     def epoch_input_sizes(self, input_size: int) -> list[int]:
         """The training input side of each epoch (`epoch_input_sizes(sizes, epochs, input_size)`)."""

@@ -10,14 +10,13 @@ import pytest
 from learner.datasets.labelled import IGNORE_INDEX
 from learner.evaluation.evaluate import (
     GroupPredictions,
-    best_f1_threshold,
-    choose_thresholds,
     compute_metrics,
     expected_calibration_error,
     multi_label_metrics,
     single_label_metrics,
 )
 from learner.evaluation.report import build_report, write_report
+from learner.evaluation.thresholds import best_f1_threshold, choose_thresholds
 from learner.model.taxonomy import AttributeGroup
 
 VALUES = ["a", "b", "c", "d"]

@@ -11,12 +11,11 @@ import pytest
 from learner.evaluation.calibration import fit_calibration
 from learner.evaluation.evaluate import (
     GroupPredictions,
-    best_fbeta_threshold,
     fbeta_score,
-    fbeta_thresholds,
     multi_label_metrics,
 )
 from learner.evaluation.report import render_text
+from learner.evaluation.thresholds import best_fbeta_threshold, fbeta_thresholds
 from learner.model.bundle import ModelBundle
 from learner.model.taxonomy import parse_taxonomy
 

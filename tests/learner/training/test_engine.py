@@ -1,16 +1,14 @@
-"""The epoch loop's pure parts: downscaling a batch for progressive resizing, early stopping's patience, the
-learning-rate schedules (one cosine, cosine cycles with warm restarts)."""
+"""The epoch loop: one optimiser step per batch, stopping at the first non-finite loss when asked (the detector's),
+and downscaling a batch for progressive resizing."""
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from learner.training.engine import EarlyStopping, TrainingError, downscale, lr_factor, make_scheduler
+from learner.training.engine import downscale, train_one_epoch
+from learner.training.optim import Optimization, make_scheduler
 
 
 def test_downscale_resizes_a_normalised_batch_antialiased_and_channels_last() -> None:
@@ -32,69 +30,39 @@ def test_downscale_leaves_a_batch_at_the_asked_size_untouched() -> None:
     assert downscale(x, 32) is x
 
 
-def test_patience_counts_from_the_last_phase_when_earlier_epochs_were_smaller() -> None:
-    stopping = EarlyStopping(patience=2, ties_to_later=True, count_from=4)  # epochs 5.. are the last phase
-    scores = {1: 0.5, 2: 0.4, 3: 0.4, 4: 0.4, 5: 0.4, 6: 0.4}
-
-    stops = [stopping.update(epoch, score, None) for epoch, score in scores.items()]
-
-    # without count_from it would stop at epoch 3; here after two non-improving epochs of the last phase
-    assert stops == [False, False, False, False, False, True]
-    assert stopping.best_epoch == 1
+def _one_weight() -> tuple[torch.nn.Linear, Optimization]:
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, Optimization(optimizer, make_scheduler(optimizer, 1, 10, 1.0), None, None)
 
 
-def test_restarts_warm_up_then_run_cosine_cycles_that_restart_at_the_peak() -> None:
-    factors = [lr_factor(s, warmup_steps=2, total_steps=30, min_lr_ratio=0.1, cycle_steps=4) for s in range(14)]
+def test_one_epoch_steps_once_per_batch_and_averages_the_loss_over_images() -> None:
+    model, optimization = _one_weight()
+    batches = [torch.ones(2, 1), torch.ones(3, 1)]
 
-    assert factors[:2] == pytest.approx([0.5, 1.0])  # warm-up kept
-    cycles = [factors[2:6], factors[6:10], factors[10:14]]
-    for cycle in cycles:
-        assert cycle == pytest.approx(cycles[0])
-        assert cycle[0] == pytest.approx(1.0) and cycle[2] == pytest.approx(0.1 + 0.9 * 0.5)
-        assert all(a > b for a, b in itertools.pairwise(cycle)) and cycle[-1] > 0.1
+    stats = train_one_epoch(
+        model, batches, lambda x: (model(x).sum() * 0 + len(x), len(x)), optimization, desc="test", progress=False
+    )
 
-
-def test_restart_cycles_grow_by_the_multiplier() -> None:
-    factors = [lr_factor(s, 1, 100, 0.0, cycle_steps=3, cycle_mult=2.0) for s in range(1 + 3 + 6 + 12 + 1)]
-
-    restarts = [s for s, f in enumerate(factors) if f == pytest.approx(1.0)]
-    assert restarts == [0, 1, 4, 10, 22]  # end of warm-up, then cycles of 3, 6 and 12 steps
-    assert factors[10 - 1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))  # last step of the 6-step cycle
+    assert stats.images == 5 and stats.not_finite is None
+    assert stats.loss == pytest.approx((2 * 2 + 3 * 3) / 5)
+    assert optimization.scheduler.last_epoch == 2  # one schedule step per batch
 
 
-def test_one_cosine_without_cycles_decays_over_all_steps_after_warm_up() -> None:
-    factors = [lr_factor(s, 2, 12, 0.1) for s in range(12)]
+def test_an_epoch_asked_to_stop_at_a_non_finite_loss_stops_there_without_stepping() -> None:
+    model, optimization = _one_weight()
+    before = model.weight.detach().clone()
+    losses = iter([float("nan"), 1.0])
 
-    assert factors[2] == pytest.approx(1.0) and factors[7] == pytest.approx(0.55)
-    assert all(a > b for a, b in itertools.pairwise(factors[2:]))
+    stats = train_one_epoch(
+        model,
+        [torch.ones(1, 1), torch.ones(1, 1)],
+        lambda x: (model(x).sum() * 0 + next(losses), 1),
+        optimization,
+        desc="test",
+        progress=False,
+        stop_when_not_finite=True,
+    )
 
-
-def test_a_shrinking_restart_cycle_is_refused() -> None:
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    with pytest.raises(TrainingError, match="cycle multiplier must be at least 1"):
-        make_scheduler(opt, 1, 10, 0.1, cycle_steps=3, cycle_mult=0.5)
-
-
-def test_the_recipe_schedules_restarts_per_step_from_restart_epochs() -> None:
-    from learner.training.engine import Optimization
-    from learner.training.recipe import TrainConfig
-
-    class Tiny(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(2, 2))
-
-        def parameter_groups(self, lr: float, decay: float) -> list[dict[str, object]]:
-            return [{"params": [self.w], "lr": lr, "name": "heads"}]
-
-    config = TrainConfig(epochs=6, lr=1.0, warmup_epochs=1, schedule="restarts", restart_epochs=2, ema_decay=0)
-    opt = Optimization.build(Tiny(), config, steps_per_epoch=5, device=torch.device("cpu"))  # type: ignore[arg-type]
-    lrs = []
-    for _ in range(30):
-        lrs.append(opt.optimizer.param_groups[0]["lr"])
-        opt.optimizer.step()
-        opt.scheduler.step()
-
-    assert [s for s, lr in enumerate(lrs) if lr == pytest.approx(1.0)] == [4, 5, 15, 25]
-    with pytest.raises(TrainingError, match="schedule must be one of cosine, restarts"):
-        Optimization.build(Tiny(), TrainConfig(schedule="linear"), 5, torch.device("cpu"))  # type: ignore[arg-type]
+    assert stats.not_finite is not None and stats.images == 0
+    assert torch.equal(model.weight, before) and optimization.scheduler.last_epoch == 0

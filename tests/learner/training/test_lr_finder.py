@@ -14,12 +14,11 @@ from daemon.cli import app
 from learner.datasets.images import ImageDataset
 from learner.datasets.labelled import load_labelled_set
 from learner.model.taxonomy import load_taxonomy
-from learner.training.engine import prepare_model
 from learner.training.loss import AttributeLoss
 from learner.training.lr_finder import lr_range_test, suggest_lr
 from learner.training.recipe import TrainConfig
-from learner.training.train import build_classifier
-from tests.learner.training.test_train import CC0_TAXONOMY, _config, tiny_set  # noqa: F401  (fixture)
+from learner.training.run import build_classifier, prepare_model
+from tests.learner.training.tiny_cc0 import CC0_TAXONOMY, tiny_recipe
 
 
 def test_suggestion_is_where_the_smoothed_loss_falls_fastest_before_its_minimum() -> None:
@@ -32,10 +31,10 @@ def test_suggestion_is_where_the_smoothed_loss_falls_fastest_before_its_minimum(
     assert suggest_lr(lrs, list(np.linspace(1, 2, 61))) is None  # never falls
 
 
-def test_range_test_leaves_the_models_weights_untouched(tiny_set: Path) -> None:  # noqa: F811
+def test_range_test_leaves_the_models_weights_untouched(tiny_set: Path) -> None:
     taxonomy = load_taxonomy(CC0_TAXONOMY)
     labelled = load_labelled_set(tiny_set, taxonomy)
-    config = _config(input_size=64, batch_size=4)
+    config = tiny_recipe(input_size=64, batch_size=4)
     model = prepare_model(build_classifier(config, taxonomy, torch.device("cpu")), 3, torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = torch.utils.data.DataLoader(ImageDataset(labelled.samples, taxonomy, model.preprocessing), batch_size=4)
@@ -48,7 +47,7 @@ def test_range_test_leaves_the_models_weights_untouched(tiny_set: Path) -> None:
 
 
 def test_find_lr_command_writes_the_chart_prints_a_suggestion_in_the_sweep_and_no_bundle(
-    tiny_set: Path,  # noqa: F811
+    tiny_set: Path,
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "b.safetensors"

@@ -11,7 +11,6 @@ import itertools
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,65 +18,23 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from learner.datasets.images import ImageDataset
-from learner.datasets.labelled import SplitRule, load_labelled_set
+from learner.datasets.labelled import load_labelled_set
 from learner.inference.decoding import apply_temperature
 from learner.inference.engine import TaggingEngine
 from learner.inference.imaging import normalize
 from learner.model.bundle import load_bundle, read_manifest
 from learner.model.taxonomy import load_taxonomy
-from learner.training.engine import TrainingError, make_scheduler
-from learner.training.recipe import TrainConfig
+from learner.training.errors import TrainingError
+from learner.training.optim import make_scheduler
 from learner.training.train import TrainResult, train
-
-ROOT = Path(__file__).resolve().parents[3]
-CC0 = ROOT / "deploy" / "demo" / "clothing-cc0"
-CC0_TAXONOMY = ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"
-CLASSES = ("Shoes", "Hat", "Pants")
-PER_CLASS = 5
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 garment classes x 5 CC0 photos, copied with their labels.csv rows."""
-    root = tmp_path_factory.mktemp("cc0-tiny")
-    (root / "images").mkdir()
-    with (CC0 / "labels.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
-    chosen = []
-    for cls in CLASSES:
-        chosen += [r for r in rows if r["label"] == cls][:PER_CLASS]
-    for r in chosen:
-        shutil.copy(CC0 / "images" / f"{r['image']}.jpg", root / "images" / f"{r['image']}.jpg")
-    with (root / "labels.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(chosen)
-    return root
-
-
-def _config(**overrides: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "input_size": 128,
-        "epochs": 8,
-        "batch_size": 8,
-        "lr": 3e-3,
-        "warmup_epochs": 0.5,
-        "ema_decay": 0.0,
-        "patience": 0,
-        "split": SplitRule(salt="tiny", train=0.6, val=0.25),  # 10 / 3 / 2 images
-        "progress": False,
-        "device": "cpu",
-    }
-    return TrainConfig(**{**base, **overrides})
+from tests.learner.training.tiny_cc0 import CC0, CC0_TAXONOMY, CLASSES, PER_CLASS, tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_set: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     taxonomy = load_taxonomy(CC0_TAXONOMY)
     labelled = load_labelled_set(tiny_set, taxonomy)
-    return train(_config(), labelled, tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
+    return train(tiny_recipe(), labelled, tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 def test_short_fine_tune_learns_the_garments_well_above_chance(trained: TrainResult, tiny_set: Path) -> None:
@@ -150,7 +107,7 @@ def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: P
 
     taxonomy = load_taxonomy(CC0_TAXONOMY)
     result = train(
-        _config(epochs=1, freeze_stages=4), load_labelled_set(tiny_set, taxonomy), tmp_path / "b.safetensors"
+        tiny_recipe(epochs=1, freeze_stages=4), load_labelled_set(tiny_set, taxonomy), tmp_path / "b.safetensors"
     )
     fresh = AttributeClassifier(taxonomy, "tf_efficientnet_lite0", pretrained=True)
     trained_stages = result.bundle.classifier._stages
@@ -163,7 +120,7 @@ def test_frozen_stages_keep_their_pretrained_weights(tiny_set: Path, tmp_path: P
 
 def test_progressive_resizing_trains_early_epochs_smaller_and_records_the_plan(tiny_set: Path, tmp_path: Path) -> None:
     taxonomy = load_taxonomy(CC0_TAXONOMY)
-    config = _config(epochs=4, sizes=(64, 128), patience=1)  # patience 1 must not stop inside the 64 px phase
+    config = tiny_recipe(epochs=4, sizes=(64, 128), patience=1)  # patience 1 must not stop inside the 64 px phase
 
     result = train(config, load_labelled_set(tiny_set, taxonomy), tmp_path / "b.safetensors")
 
@@ -180,7 +137,7 @@ def test_training_stops_with_a_clear_error_and_no_bundle_when_the_loss_is_not_fi
 ) -> None:
     taxonomy = load_taxonomy(CC0_TAXONOMY)
     out = tmp_path / "b.safetensors"
-    config = _config(epochs=2, batch_size=4, input_size=64, lr=float("inf"))  # the first step ruins every weight
+    config = tiny_recipe(epochs=2, batch_size=4, input_size=64, lr=float("inf"))  # the first step ruins every weight
 
     with pytest.raises(TrainingError, match=r"training loss is not finite .* lower the learning rate"):
         train(config, load_labelled_set(tiny_set, taxonomy), out)
@@ -285,7 +242,7 @@ def test_a_bundle_trained_with_the_shipped_fashion_taxonomy_tags_only_consistent
             shutil.copy(tiny_set / "images" / f"{r['image']}.jpg", data / "images" / f"{r['image']}.jpg")
             writer.writerow([r["image"], "Unisex", *triples[r["label"]].split(",")])
 
-    result = train(_config(epochs=1, input_size=64), load_labelled_set(data, taxonomy), tmp_path / "f.safetensors")
+    result = train(tiny_recipe(epochs=1, input_size=64), load_labelled_set(data, taxonomy), tmp_path / "f.safetensors")
     bundle = load_bundle(result.bundle_path)
     tags = TaggingEngine(bundle, device="cpu").tag_bytes([p.read_bytes() for p in (data / "images").iterdir()])
 
