@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from daemon.cli_support import CONFIG_OPTION, configure_logging, fail, load_settings
+from daemon.config import fields_for
 
 if TYPE_CHECKING:
     from daemon.config import LearnerSettings, Settings
@@ -54,8 +55,8 @@ def learn_command(
 
 
 def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
-    """`LearnerSettings` -> `learner.lifecycle.retrain.RetrainConfig` (the recipes' other fields: TrainConfig's and
-    DetectorRecipe's defaults)."""
+    """`LearnerSettings` -> `learner.lifecycle.retrain.RetrainConfig`: each setting reaches the field of its name
+    (`LearnerSettings.as_fields`); the recipes' other fields keep TrainConfig's and DetectorRecipe's defaults."""
     import dataclasses
 
     from learner.evaluation.gate import GateConfig
@@ -63,54 +64,17 @@ def retrain_config(learner: LearnerSettings, device: str) -> RetrainConfig:
     from learner.lifecycle.retrain import RetrainConfig
     from learner.training.detector import DetectorRecipe
     from learner.training.finetune import default_recipe
+    from learner.training.recipe import TrainConfig
 
-    recipe = dataclasses.replace(
-        default_recipe(),
-        epochs=learner.epochs,
-        batch_size=learner.batch_size,
-        lr=learner.lr,
-        backbone_lr_decay=learner.backbone_lr_decay,
-        freeze_stages=learner.freeze_stages,
-        patience=learner.patience,
-        pos_weight_cap=learner.pos_weight_cap,
-        amp=learner.amp,
-        threads=learner.threads,
-        device=device,
-    )
+    values = learner.as_fields()
+    runtime = {"amp": learner.amp, "threads": learner.threads, "device": device}
+    detector = {**learner.as_fields("detector_"), **runtime}
     return RetrainConfig(
-        registry=learner.registry_dir,
-        work_dir=learner.work_dir,
-        base_data=learner.base_data,
-        base_group_column=learner.base_group_column,
-        holdout=HoldoutRule(
-            salt=learner.holdout_salt,
-            fraction=learner.holdout_fraction,
-            min_products=learner.holdout_min_products,
-            max_products=learner.holdout_max_products,
-        ),
-        val_fraction=learner.val_fraction,
-        min_corrections=learner.min_corrected_products,
-        replay_ratio=learner.replay_ratio,
-        replay_min_samples=learner.replay_min_samples,
-        recipe=recipe,
-        detector=DetectorRecipe(
-            epochs=learner.detector_epochs,
-            batch_size=learner.detector_batch_size,
-            lr=learner.detector_lr,
-            trainable_blocks=learner.detector_trainable_blocks,
-            amp=learner.amp,
-            threads=learner.threads,
-            device=device,
-            progress=False,
-        ),
-        gate=GateConfig(
-            bootstrap_samples=learner.bootstrap_samples,
-            confidence=learner.confidence,
-            max_group_regression=learner.gate_margin,
-            max_detection_regression=learner.gate_detection_margin,
-            min_class_support=learner.gate_min_class_support,
-        ),
-        nproc_per_node=learner.nproc_per_node,
+        **fields_for(RetrainConfig, values),
+        holdout=HoldoutRule(**fields_for(HoldoutRule, learner.as_fields("holdout_"))),
+        recipe=dataclasses.replace(default_recipe(), **fields_for(TrainConfig, {**values, **runtime})),
+        detector=DetectorRecipe(**fields_for(DetectorRecipe, detector), progress=False),
+        gate=GateConfig(**fields_for(GateConfig, values)),
     )
 
 
@@ -161,14 +125,7 @@ def serve(settings: Settings) -> int:
     service = LearnerService(
         store,
         command,
-        ScheduleConfig(
-            interval_hours=learner.interval_hours,
-            cron=learner.cron,
-            check_interval_s=learner.check_interval_s,
-            min_corrections=learner.min_corrected_products,
-            misfire_grace_s=learner.misfire_grace_s,
-            standby_poll_s=learner.standby_poll_s,
-        ),
+        ScheduleConfig(**fields_for(ScheduleConfig, learner.as_fields())),
         on_outcome=on_outcome,
         on_leader=lambda leader: _on_leader(metrics, learner.registry_dir, leader),
     )

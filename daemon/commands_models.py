@@ -10,6 +10,7 @@ Expected failures print one `error: ...` line and exit with status 1.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,55 +163,64 @@ def gate_report_command(
     if not decisions:
         typer.echo("no gate decisions recorded")
         return
-
-    def interval(low: Any, high: Any) -> str:
-        return "not tested" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
-
     for d in shown:
-        config = d.get("config") or {}
-        pct = round(float(config.get("confidence", 0.95)) * 100)
-        vetoes = vetoes_of(d)
-        head = f"{d.get('decided_at', '?')}  run {d.get('run_id', '-')}  {d.get('version', '?')}"
-        head += f"  {d.get('outcome', '?')}"
-        typer.echo(head + (f"  (vetoes: {', '.join(vetoes)})" if vetoes else ""))
-        boot = d.get("bootstrap")
-        if boot:
-            typer.echo(
-                f"  win: mean_top1 {boot['challenger']:.4f} vs {boot['champion']:.4f}, {boot['difference']:+.4f}, "
-                f"{pct}% CI {interval(boot['low'], boot['high'])} over {boot['products']} products "
-                f"({boot['samples']} paired resamples)"
-            )
-        tests = d.get("group_tests")
-        margin = float(config.get("max_group_regression", 0.02))
-        if tests:
-            typer.echo(
-                f"  groups: veto when the upper bound < -{margin:.4f}; macro-F1 over classes with >= "
-                f"{config.get('min_class_support', '?')} holdout images"
-            )
-            for t in tests:
-                diff = "" if t.get("difference") is None else f"{t['difference']:+.4f}"
-                support = f"{t.get('images', 0)} images, {t.get('products', 0)} products"
-                if t.get("figure") == "macro_f1" and t.get("classes") is not None:
-                    support = f"{t['classes']} classes ({t.get('excluded_classes', 0)} below support), " + support
-                high = t.get("high")
-                flag = "  VETO" if high is not None and high < -margin - 1e-12 else ""
-                note = f"  ({t['note']})" if t.get("note") else ""
-                name = f"{t.get('group')}/{t.get('figure')}"
-                typer.echo(f"    {name:<32} {diff:>8}  {interval(t.get('low'), high):<20} {support}{flag}{note}")
-        elif d.get("group_deltas"):  # recorded before the group veto was a bootstrap: point estimates only
-            typer.echo(f"  groups (point estimates, margin {margin:.4f}):")
-            for group, figures in d["group_deltas"].items():
-                for figure, diff in figures.items():
-                    typer.echo(f"    {group + '/' + figure:<32} {diff:+.4f}")
-        detection = d.get("detection")
-        if detection:
-            typer.echo(
-                f"  detection: mAP@[.5:.95] {detection['challenger']:.4f} vs {detection['champion']:.4f}, "
-                f"{detection['difference']:+.4f} (point estimate)"
-            )
-        for reason in d.get("reasons") or []:
-            typer.echo(f"  - {reason}")
+        for line in _decision_lines(d):
+            typer.echo(line)
     typer.echo(f"consecutive significant winners vetoed: {streak}")
+
+
+def _interval(low: Any, high: Any) -> str:
+    return "not tested" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _decision_lines(d: dict[str, Any]) -> Iterator[str]:
+    """The lines `gate-report` prints for one recorded decision: the outcome, the win interval, each group's
+    interval and support, detection mAP and the reasons."""
+    from learner.evaluation.gate import vetoes_of
+
+    config = d.get("config") or {}
+    pct = round(float(config.get("confidence", 0.95)) * 100)
+    vetoes = vetoes_of(d)
+    head = f"{d.get('decided_at', '?')}  run {d.get('run_id', '-')}  {d.get('version', '?')}"
+    head += f"  {d.get('outcome', '?')}"
+    yield head + (f"  (vetoes: {', '.join(vetoes)})" if vetoes else "")
+    boot = d.get("bootstrap")
+    if boot:
+        yield (
+            f"  win: mean_top1 {boot['challenger']:.4f} vs {boot['champion']:.4f}, {boot['difference']:+.4f}, "
+            f"{pct}% CI {_interval(boot['low'], boot['high'])} over {boot['products']} products "
+            f"({boot['samples']} paired resamples)"
+        )
+    tests = d.get("group_tests")
+    margin = float(config.get("max_group_regression", 0.02))
+    if tests:
+        yield (
+            f"  groups: veto when the upper bound < -{margin:.4f}; macro-F1 over classes with >= "
+            f"{config.get('min_class_support', '?')} holdout images"
+        )
+        for t in tests:
+            diff = "" if t.get("difference") is None else f"{t['difference']:+.4f}"
+            support = f"{t.get('images', 0)} images, {t.get('products', 0)} products"
+            if t.get("figure") == "macro_f1" and t.get("classes") is not None:
+                support = f"{t['classes']} classes ({t.get('excluded_classes', 0)} below support), " + support
+            high = t.get("high")
+            flag = "  VETO" if high is not None and high < -margin - 1e-12 else ""
+            note = f"  ({t['note']})" if t.get("note") else ""
+            name = f"{t.get('group')}/{t.get('figure')}"
+            yield f"    {name:<32} {diff:>8}  {_interval(t.get('low'), high):<20} {support}{flag}{note}"
+    elif d.get("group_deltas"):  # recorded before the group veto was a bootstrap: point estimates only
+        yield f"  groups (point estimates, margin {margin:.4f}):"
+        for group, figures in d["group_deltas"].items():
+            for figure, diff in figures.items():
+                yield f"    {group + '/' + figure:<32} {diff:+.4f}"
+    detection = d.get("detection")
+    if detection:
+        yield (
+            f"  detection: mAP@[.5:.95] {detection['challenger']:.4f} vs {detection['champion']:.4f}, "
+            f"{detection['difference']:+.4f} (point estimate)"
+        )
+    for reason in d.get("reasons") or []:
+        yield f"  - {reason}"
 
 
 def calibrate_command(
@@ -250,11 +260,9 @@ def calibrate_command(
     Multi-label groups get per-value thresholds maximising F-beta on the split (the daemon emits a value when its
     probability reaches its threshold).
     """
-    from learner.datasets.labelled import SPLITS, DataError, load_labelled_set
-    from learner.evaluation.calibration import fit_calibration
-    from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
-    from learner.model.bundle import BundleError, load_bundle
-    from learner.model.hierarchy import derive_hierarchy
+    from learner.datasets.labelled import SPLITS, DataError
+    from learner.evaluation.recalibrate import recalibrate
+    from learner.model.bundle import BundleError
     from learner.model.manifest import file_sha256
     from learner.model.taxonomy import TaxonomyError
 
@@ -264,41 +272,35 @@ def calibrate_command(
         raise fail("--target-precision must be in (0, 1], --confidence-level in [0.5, 1) and --min-accepted >= 1")
     if not beta > 0:
         raise fail(f"--beta must be > 0, not {beta}")
-    target = out or bundle_path
     try:
-        bundle = load_bundle(bundle_path)
-        group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
-        labelled = load_labelled_set(data, bundle.taxonomy, image_column=image_column, group_column=group_column)
-        if hierarchy:
-            derived = derive_hierarchy(labelled.source, bundle.taxonomy, [g.strip() for g in hierarchy.split(",")])
-            bundle.taxonomy = bundle.classifier.taxonomy = bundle.taxonomy.with_hierarchy(derived.hierarchy)
-            typer.echo(
-                f"hierarchy {' > '.join(derived.hierarchy.levels)}: {len(derived.hierarchy.implies)} leaf values from "
-                f"{derived.rows} rows; rows disagreeing with their leaf's usual path: {sum(derived.conflicts.values())}"
-                f"; leaf values never seen (free): {len(derived.unseen_leaves)}"
-            )
-        rule = split_rule_of(bundle)
-        training = training_set_relation(bundle, labelled)
-        if training is None and split != "all":
-            typer.echo(f"note: {labelled.source} is not the bundle's training set: fitting on its {split} split")
-        elif training is not None and split in ("train", "all"):
-            typer.echo(f"warning: fitting on the {split} split of the training data: thresholds will be optimistic")
-        predictions, n = predict_bundle(bundle, labelled, split, rule, batch_size, device)
-        fitted_on = {
-            "data": str(labelled.source),
-            "csv_sha256": file_sha256(labelled.source),
-            "split": split,
-            "images": n,
-        }
-        calibration = fit_calibration(
-            predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on, beta
+        done = recalibrate(
+            bundle_path,
+            data,
+            split,
+            out,
+            target_precision=target_precision,
+            confidence_level=confidence_level,
+            min_accepted=min_accepted,
+            beta=beta,
+            hierarchy_levels=[g.strip() for g in hierarchy.split(",")] if hierarchy else None,
+            group_column=group_by,
+            image_column=image_column,
+            batch_size=batch_size,
+            device=device,
         )
-        before = file_sha256(bundle_path)
-        calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
     except (BundleError, DataError, TaxonomyError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
 
-    typer.echo(f"calibrated on {n} images ({split} split of {labelled.source}):")
+    derived, calibration, target = done.hierarchy, done.calibration, done.target
+    if derived is not None:
+        typer.echo(
+            f"hierarchy {' > '.join(derived.hierarchy.levels)}: {len(derived.hierarchy.implies)} leaf values from "
+            f"{derived.rows} rows; rows disagreeing with their leaf's usual path: {sum(derived.conflicts.values())}"
+            f"; leaf values never seen (free): {len(derived.unseen_leaves)}"
+        )
+    if done.split_note is not None:
+        typer.echo(done.split_note)
+    typer.echo(f"calibrated on {done.images} images ({split} split of {done.source}):")
     for name, c in calibration.thresholds.items():
         e = calibration.ece[name]
         ece = "-" if e["before"] is None else f"{e['before']:.3f} -> {e['after']:.3f}"
@@ -325,9 +327,9 @@ def calibrate_command(
     if calibration.hierarchy_disagreement is not None:
         typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")
     typer.echo(
-        f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 {before[:12]}... -> "
-        f"{file_sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a registry record of this version still "
-        "names the old file SHA-256)"
+        f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 "
+        f"{done.sha256_before[:12]}... -> {file_sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a "
+        "registry record of this version still names the old file SHA-256)"
     )
 
 

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
     taxonomy: str = typer.Option(..., "--taxonomy", help="Taxonomy YAML file, or a built-in name (fashion-products)."),
     out: Path = typer.Option(..., "--out", help="Where to write the model bundle (.safetensors)."),
@@ -116,38 +117,12 @@ def train_command(
         group_weights = _parse_weights(group_loss_weight)
         if schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-        config = TrainConfig(
-            backbone=backbone,
-            input_size=input_size,
+        config = TrainConfig.from_options(  # the options named like TrainConfig's fields, and these
+            ctx.params,
             sizes=parse_sizes(sizes) if sizes is not None else (),
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            backbone_lr_decay=backbone_lr_decay,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            schedule=schedule,
-            restart_epochs=restart_epochs,
-            restart_mult=restart_mult,
-            freeze_stages=freeze_stages,
-            label_smoothing=label_smoothing,
-            class_weight_power=class_weight_power,
-            pos_weight_cap=pos_weight_cap,
-            dropout=dropout,
-            ema_decay=ema_decay,
-            brightness=brightness,
-            contrast=contrast,
-            colour_bins=colour_bins,
             tap_stages=tuple(tap_stage),
-            tap_pooling=tap_pooling,
             group_loss_weights=group_weights,
-            patience=patience,
-            seed=seed,
-            device=device,
-            threads=threads,
-            workers=workers,
             split=SplitRule(salt=split_salt, train=train_fraction, val=val_fraction),
-            progress=progress,
         )
         counts = labelled.summary(config.split)["split_counts"]
         typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
@@ -205,10 +180,10 @@ def evaluate_command(
     """Evaluate a bundle on a labelled set: per-group accuracy, macro-F1, per-class P/R/F1, calibration,
     auto-fill coverage and precision; multi-label F-beta at the bundle's per-value thresholds and at 0.5; labels
     the taxonomy does not know are listed and counted as errors."""
-    from learner.datasets.labelled import SPLITS, DataError, load_labelled_set
-    from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
+    from learner.datasets.labelled import SPLITS, DataError
+    from learner.evaluation.labelled_evaluation import evaluate_on_labelled_set
     from learner.evaluation.report import build_report, label_audit_lines, write_report
-    from learner.model.bundle import BundleError, load_bundle
+    from learner.model.bundle import BundleError
 
     if split is not None and split not in (*SPLITS, "all"):
         raise fail(f"--split must be one of {', '.join((*SPLITS, 'all'))}, not {split!r}")
@@ -217,45 +192,31 @@ def evaluate_command(
     if not beta > 0:
         raise fail(f"--beta must be > 0, not {beta}")
     try:
-        bundle = load_bundle(bundle_path)
-        group_column = group_by or bundle.lineage.get("data", {}).get("group_column")
-        labelled = load_labelled_set(data, bundle.taxonomy, image_column=image_column, group_column=group_column)
-        rule = split_rule_of(bundle)
-        training = training_set_relation(bundle, labelled)
-        notes = []
-        if split is None:
-            split = "test" if training else "all"
-            what = "its test split" if training else "all of it"
-            why = training or "it is not the bundle's training set"
-            notes.append(f"{labelled.source}: {why}: evaluating {what} (--split chooses another)")
-        elif training is None and split != "all":
-            notes.append(
-                f"{labelled.source} is not the bundle's training set: cut by its split rule ({split}) as asked"
-            )
-        for note in notes:
-            typer.echo(f"note: {note}")
-        metrics, n = evaluate_bundle(
-            bundle,
-            labelled,
+        done = evaluate_on_labelled_set(
+            bundle_path,
+            data,
             split,
-            rule,
+            group_column=group_by,
+            image_column=image_column,
             batch_size=batch_size,
             device=device,
             tta=None if tta == "none" else tta,
             beta=beta,
         )
-        audit = audit_labels(labelled, labelled.split(rule, split), image_column)
     except (BundleError, DataError, ValueError) as exc:
         raise fail(str(exc)) from None
+    for note in done.notes:
+        typer.echo(f"note: {note}")
+    metrics, n, split, audit = done.metrics, done.images, done.split, done.audit
     report = build_report(
         metrics,
-        model_version=bundle.model_version,
+        model_version=done.model_version,
         split=split,
-        data={**labelled.summary(), "evaluated": n, "tta": tta},
-        split_rule=rule.to_dict() if split != "all" else None,
+        data={**done.labelled.summary(), "evaluated": n, "tta": tta},
+        split_rule=done.rule.to_dict() if split != "all" else None,
         bundle_path=str(bundle_path),
         label_audit=audit,
-        notes=notes,
+        notes=done.notes,
     )
     paths = write_report(report, out)
     typer.echo(f"{split} ({n} images): {_one_line(metrics)}")
@@ -297,32 +258,16 @@ def evaluate_detector_command(
     """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
     score, and for a mask detector mask mAP and the mask IoU sweep, on the classes both the file and the detector
     have (detections and objects of other classes are left out and counted)."""
-    from learner.evaluation.detector_eval import evaluate_detector
-    from learner.model.bundle import BundleError, load_bundle
+    from learner.evaluation.detector_eval import evaluate_detector_on_coco
+    from learner.model.bundle import BundleError
     from learner.model.masks import MaskError
-    from learner.training.coco import coco_categories, coco_instances
 
     try:
-        renames = _parse_renames(rename)
-        bundle = load_bundle(bundle_path)
-        if bundle.detector_spec is None:
-            raise ValueError(f"{bundle_path} has no detector")
-        objects, skipped = coco_instances(coco, images, renames)
-        known = set(bundle.detector_spec.class_names[1:])
-        classes = [c for c in coco_categories(coco, renames) if c in known]
-        if not classes:
-            raise ValueError(
-                f"no category of {coco} is a class of the detector ({', '.join(sorted(known))}): map them with "
-                "--rename CATEGORY=CLASS"
-            )
-        if not objects:
-            raise ValueError(f"{coco} has no usable object on an image that exists ({dict(skipped) or 'none'})")
-        figures = evaluate_detector(bundle, objects, device, classes)
+        figures = evaluate_detector_on_coco(bundle_path, coco, images, _parse_renames(rename), device)
     except (BundleError, MaskError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
-    figures = {"bundle": str(bundle_path), "coco": str(coco), "classes": classes, **figures, "skipped": dict(skipped)}
     typer.echo(
-        f"{figures['images']} images, {figures['objects']} objects of {len(classes)} classes: box mAP "
+        f"{figures['images']} images, {figures['objects']} objects of {len(figures['classes'])} classes: box mAP "
         f"{figures['map']:.3f} (@.5 {figures['map_50']:.3f}, @.75 {figures['map_75']:.3f}), IoU sweep "
         f"{figures['iou_sweep']:.3f}"
     )

@@ -11,11 +11,13 @@ Secrets (database password, tokens) are `SecretStr` or redacted before they are 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -161,6 +163,16 @@ class LearnerSettings(BaseModel):
     holdout.py) for the rules these feed."""
 
     model_config = ConfigDict(extra="forbid")
+    # settings whose learner-side field has another name (setting -> field); every other setting reaches the field of
+    # its own name, and `detector_*` / `holdout_*` the detector recipe's / holdout rule's without the prefix
+    # (`as_fields`, daemon/commands_learn.py)
+    RENAMED: ClassVar[dict[str, str]] = {
+        "registry_dir": "registry",
+        "min_corrected_products": "min_corrections",
+        "gate_margin": "max_group_regression",
+        "gate_detection_margin": "max_detection_regression",
+        "gate_min_class_support": "min_class_support",
+    }
 
     registry_dir: Path = HOME / "registry"  # versions/, aliases.json (champion, previous), decisions/
     work_dir: Path = HOME / "learner"  # fetched correction images, per-run scratch
@@ -235,6 +247,14 @@ class LearnerSettings(BaseModel):
         data["min_corrected_products"] = old
         return data
 
+    def as_fields(self, prefix: str = "") -> dict[str, Any]:
+        """The settings under their learner-side names: with `prefix`, those starting with it, without it
+        (`as_fields("detector_")["lr"]` is `detector_lr`); without, every setting, renamed as `RENAMED` says."""
+        values = self.model_dump()
+        if prefix:
+            return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+        return {self.RENAMED.get(k, k): v for k, v in values.items()}
+
     @model_validator(mode="after")
     def _holdout_floor_below_cap(self) -> LearnerSettings:
         if self.holdout_max_products is not None and self.holdout_max_products < self.holdout_min_products:
@@ -290,6 +310,13 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"SHELFSIGHT_CONFIG names {toml}, which does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)))
         return tuple(sources)
+
+
+def fields_for(config: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The `values` named like fields of the dataclass `config` (the others left out), to build it from settings:
+    `RetrainConfig(**fields_for(RetrainConfig, learner.as_fields()))`."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 class ReviewConfigError(RuntimeError):

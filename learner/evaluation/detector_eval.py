@@ -3,14 +3,15 @@ detector's score threshold, boxes and masks in original image pixels) against ob
 
 `evaluate_detector(bundle, objects)`: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep score
 (learner/evaluation/detection.py); for a mask detector also mask mAP and the mask IoU sweep, on the images whose
-every object carries a mask. `objects` is what `learner.training.coco.coco_instances` reads from a COCO instances
+every object carries a mask. `objects` is what `learner.datasets.coco.coco_instances` reads from a COCO instances
 file, or what the retraining run collects from annotators' boxes (`learner.lifecycle.holdout`).
+`evaluate_detector_on_coco` does it for a bundle file and a COCO instances file (`shelfsight evaluate-detector`).
 
 `classes` restricts the judgement to a vocabulary: a file annotating only some categories (Fashionpedia: garments
 and their parts) cannot say whether a detection of another class (a COCO `person`) is right, so detections and
 objects outside `classes` are left out, and counted.
 
-Must not: read files other than the images, write anything, or decide promotion.
+Must not: read files other than the images, the bundle and the COCO file, write anything, or decide promotion.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from learner.datasets.coco import coco_categories, coco_instances
 from learner.evaluation.detection import detection_map, iou_sweep
 from learner.inference.engine import ImageTags, TaggingEngine
-from learner.model.bundle import ModelBundle
+from learner.model.bundle import ModelBundle, load_bundle
 
 # image -> [(class, [x1, y1, x2, y2])] or [(class, box, mask as COCO RLE or None)], as learner.training.detector
 Objects = Mapping[Path, Sequence[tuple[Any, ...]]]
@@ -59,6 +61,34 @@ def evaluate_detector(
     if classes is not None:
         figures["left_out"] = dict(left_out)
     return figures
+
+
+def evaluate_detector_on_coco(
+    bundle_path: Path,
+    coco: Path,
+    images: Path | None = None,
+    renames: Mapping[str, str] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """`evaluate_detector` of the bundle at `bundle_path` on the objects of a COCO instances file (`images`: the
+    folder of its file_names, default images/ beside it; `renames`: file category -> detector class), on the classes
+    both have. The figures also name the bundle, the file, the classes and what was skipped. ValueError when the
+    bundle has no detector, no category is a class of it, or no object is usable."""
+    bundle = load_bundle(bundle_path)
+    if bundle.detector_spec is None:
+        raise ValueError(f"{bundle_path} has no detector")
+    objects, skipped = coco_instances(coco, images, renames)
+    known = set(bundle.detector_spec.class_names[1:])
+    classes = [c for c in coco_categories(coco, renames) if c in known]
+    if not classes:
+        raise ValueError(
+            f"no category of {coco} is a class of the detector ({', '.join(sorted(known))}): map them with "
+            "--rename CATEGORY=CLASS"
+        )
+    if not objects:
+        raise ValueError(f"{coco} has no usable object on an image that exists ({dict(skipped) or 'none'})")
+    figures = evaluate_detector(bundle, objects, device, classes)
+    return {"bundle": str(bundle_path), "coco": str(coco), "classes": classes, **figures, "skipped": dict(skipped)}
 
 
 def detection_figures(

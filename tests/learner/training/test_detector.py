@@ -159,8 +159,8 @@ def test_objects_without_a_mask_are_skipped_for_a_mask_detector(tmp_path: Path) 
 
 
 def test_a_coco_instances_file_gives_boxes_and_masks_for_training() -> None:
+    from learner.datasets.coco import coco_instances
     from learner.model.masks import area
-    from learner.training.coco import coco_instances
 
     sample = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "fashionpedia-sample"
     if not (sample / "sample.json").is_file():

@@ -1,11 +1,12 @@
-"""COCO instances files as detector training data: `coco_instances` turns an annotation JSON (COCO's format, as
-Fashionpedia, Detectron2 and most labelling tools export it) into the per-image objects `fine_tune_detector`
-takes, each with its box and mask (polygons or RLE -> COCO RLE, `learner.model.masks`).
+"""COCO instances files as detection data: `coco_instances` turns an annotation JSON (COCO's format, as Fashionpedia,
+Detectron2 and most labelling tools export it) into the per-image objects the detector's fine-tuning
+(`learner.training.detector.fine_tune_detector`) and its evaluation (`learner.evaluation.detector_eval`) take, each
+with its box and mask (polygons or RLE -> COCO RLE, `learner.model.masks`).
 
 Class names are the file's category names, optionally renamed (`rename`) to the detector's classes. Crowd regions,
 objects whose segmentation is malformed and images that are missing are skipped and counted, never raised.
 
-Must not: train, read configuration, or write files.
+Must not: train, evaluate, read configuration, or write files.
 """
 
 from __future__ import annotations
