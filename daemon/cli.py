@@ -16,6 +16,7 @@ from daemon import (
     commands_demo,
     commands_learn,
     commands_models,
+    commands_precision,
     commands_report,
     commands_review,
     commands_run,
@@ -48,6 +49,7 @@ for family in (
     commands_review,  # review run | status | sync
     commands_learn,  # learn
     commands_models,  # models list | show | register | promote | rollback
+    commands_precision,  # models precision | resume (added to the `models` sub-app above)
 ):
     family.register(app)
 

@@ -105,6 +105,14 @@ class ReviewSettings(BaseModel):
     max_per_day: int | None = Field(default=5000, ge=0)
     # how often a daemon re-reads what every replica has routed (the outbox), so the caps hold for all of them
     caps_sync_s: float = Field(default=10.0, gt=0.0)
+    # -- audited precision of auto-filled values (review worker) and auto-fill suspensions (every daemon replica)
+    audit_interval_s: float = Field(default=60.0, gt=0.0)  # how often the worker measures it (and may suspend)
+    audit_level: float = Field(default=0.95, gt=0.5, lt=1.0)  # the two-sided Wilson interval's confidence
+    # suspend a group's auto-fill when its interval's upper bound is below target on at least this many answers
+    suspend_min_audited: int = Field(default=20, ge=1)
+    suspend_autofill: bool = True  # false: measure and alert only, never suspend
+    suspended_audit_rate: float = Field(default=0.2, ge=0.0, le=1.0)  # audit sample of a suspended group's products
+    suspension_poll_s: float = Field(default=5.0, gt=0.0)  # how often each daemon re-reads the suspensions
     # -- Label Studio
     label_studio_url: str = "http://127.0.0.1:8080"
     label_studio_token: SecretStr | None = None

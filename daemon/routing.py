@@ -112,7 +112,7 @@ def build_review_router(
     strategies: list[RoutingStrategy] = (
         [RandomSample(r.audit_rate, r.audit_seed)]
         if r.routing == "random"
-        else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed)]
+        else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed, r.suspended_audit_rate)]
     )
 
     def count(decision: Decision) -> None:

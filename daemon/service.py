@@ -26,7 +26,9 @@ from daemon.pipeline import Enricher, PipelineOptions
 from daemon.reload import ModelSource, ModelWatcher
 
 if TYPE_CHECKING:
+    from connectors.db import ProductStore
     from connectors.images import ImageFetcher
+    from daemon.suspensions import SuspensionWatch
 
 log = logging.getLogger("shelfsight.service")
 
@@ -121,6 +123,8 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         fetch_attempts=f.attempts,
         shutdown_timeout_s=settings.shutdown_timeout_s,
     )
+    suspensions = _suspension_watch(settings, store, metrics)
+    closers.append(suspensions.stop)
     review_router = None
     if settings.review.enabled:
         from daemon.config import ReviewConfigError
@@ -150,12 +154,26 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         options=options,
         source_name=source_name,
         review_router=review_router,
+        withhold=suspensions,
     )
     revoke_hook.append(enricher.on_partitions_revoked)
     watcher = None
     if settings.reload_interval_s > 0:
         watcher = ModelWatcher(model_source, build_engine, enricher.install_engine, metrics, settings.reload_interval_s)
     return Service(enricher=enricher, metrics=metrics, closers=closers, idle=idle, watcher=watcher)
+
+
+def _suspension_watch(settings: Settings, store: ProductStore, metrics: ServiceMetrics) -> SuspensionWatch:
+    """The auto-fill suspensions every replica follows (daemon/suspensions.py): read once now, then every poll."""
+    from connectors.db import AuditStore
+    from daemon.metrics import AutofillSuspensionMetrics
+    from daemon.suspensions import SuspensionWatch
+
+    watch = SuspensionWatch(
+        AuditStore(store), AutofillSuspensionMetrics(metrics.registry), settings.review.suspension_poll_s
+    )
+    watch.refresh()
+    return watch.start()
 
 
 def build_fetcher(f: FetchSettings) -> ImageFetcher:

@@ -10,7 +10,12 @@ Naming follows Prometheus conventions: `shelfsight_` prefix, base units (seconds
 """
 
 from daemon.metrics.learner import RUN_BUCKETS, RUN_OUTCOMES, LearnerMetrics
-from daemon.metrics.review import REVIEW_DELAY_BUCKETS, ReviewMetrics, ReviewRoutingMetrics
+from daemon.metrics.review import (
+    REVIEW_DELAY_BUCKETS,
+    AutofillSuspensionMetrics,
+    ReviewMetrics,
+    ReviewRoutingMetrics,
+)
 from daemon.metrics.service import (
     BATCH_BUCKETS,
     RETRY_OPERATIONS,
@@ -30,6 +35,7 @@ __all__ = [
     "RUN_OUTCOMES",
     "STAGES",
     "STAGE_BUCKETS",
+    "AutofillSuspensionMetrics",
     "LearnerMetrics",
     "PhotoShiftMonitor",
     "PipelineMetrics",

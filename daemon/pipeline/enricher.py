@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from connectors.db import ProductStore
 from connectors.images import ImageFetcher
+from connectors.records import ProductResult
 from connectors.source import DeadLetterSink, EventSource, Partition
 from daemon.metrics import PipelineMetrics, ServiceMetrics
 from daemon.pipeline.consumer import ConsumerLoop
@@ -25,7 +26,8 @@ from learner.inference.engine import TaggingEngine
 
 
 class Enricher:
-    """Events from `source` in, results in `store`, permanent failures to `dead_letters`, offsets committed."""
+    """Events from `source` in, results in `store`, permanent failures to `dead_letters`, offsets committed.
+    `withhold` (optional) is applied to every result before it is routed and written: the auto-fill suspensions."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class Enricher:
         options: PipelineOptions | None = None,
         source_name: str = "kafka",
         review_router: ReviewRouter | None = None,
+        withhold: Callable[[ProductResult], ProductResult] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -64,6 +67,7 @@ class Enricher:
             self.observe,
             source_name=source_name,
             review_router=review_router,
+            withhold=withhold,
         )
         self._threads: list[threading.Thread] = []
 

@@ -1,14 +1,17 @@
 """How a finished event becomes one `ProductResult`: the tags of its images merged into one value per attribute
-group (`merge_attributes`), one digest for its images, and where it came from.
+group (`merge_attributes`), one digest for its images, and where it came from; the values of groups whose auto-fill
+is suspended kept as suggestions (`withhold_suspended`).
 
 Pure functions: what it must not do is I/O, routing to review (the writer asks the router), or know about threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Collection, Sequence
 
-from connectors.records import Alternative, AttributeValue, ProductResult
+from connectors.records import SUSPENDED, Alternative, AttributeValue, ProductResult
 from daemon.pipeline.work import EventJob
 from learner.inference.engine import ImageTags
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
@@ -92,3 +95,15 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
                 )
             )
     return out
+
+
+def withhold_suspended(attributes: Sequence[AttributeValue], suspended: Collection[str]) -> list[AttributeValue]:
+    """The attributes with every auto-filled value of a `suspended` group (its auto-fill is suspended for the model
+    version that made them) turned into a suggestion, `withheld_by` SUSPENDED; values already suggestions keep their
+    reason (the audit counts a SUSPENDED value as one its threshold chose)."""
+    return [
+        dataclasses.replace(a, auto_filled=False, withheld_by=SUSPENDED)
+        if a.auto_filled and a.attribute in suspended
+        else a
+        for a in attributes
+    ]

@@ -58,6 +58,7 @@ class ResultWriter:
         *,
         source_name: str,
         review_router: ReviewRouter | None = None,
+        withhold: Callable[[ProductResult], ProductResult] | None = None,
     ) -> None:
         self.store = store
         self.dead_letters = dead_letters
@@ -67,6 +68,7 @@ class ResultWriter:
         self.observe = observe
         self.source_name = source_name
         self.review_router = review_router
+        self.withhold = withhold  # the auto-fill suspensions (daemon/suspensions.py), applied before routing
         self.outage_retries = options.retry_policy(attempts=None)
 
     def run(self) -> None:
@@ -98,9 +100,12 @@ class ResultWriter:
             self.lanes.done.put(f.job)
 
     def result_of(self, job: EventJob) -> ProductResult:
-        """The event's merged result, with the review payload when the router sends it to review."""
+        """The event's merged result (values of suspended groups withheld), with the review payload when the router
+        sends it to review."""
         engine = job.engine or self.current_engine()
         result = product_result(job, engine.bundle.taxonomy, self.source_name)
+        if self.withhold is not None:
+            result = self.withhold(result)
         self.observe.photos_tagged(image_tags(job), engine.bundle.shift_guard)
         if self.review_router is not None:
             review = self.review_router(result, image_tags(job))

@@ -20,6 +20,9 @@ answers back into the catalog. One process, small parts with one job each:
                  the webhook and the poller.
     project.py   `ReviewProject`: bootstraps Label Studio (project with the taxonomy's labelling configuration,
                  local files storage, webhook) and keeps the project's model version in step with the champion.
+    audit.py     `AutofillAudit`: every `audit_interval_s`, the audited precision of auto-filled values per group
+                 and model version (Wilson interval, target, label-free estimate) as gauges; a group significantly
+                 below target gets its auto-fill suspended (autofill_suspensions), which every daemon replica follows.
     worker.py    `ReviewWorker` runs the parts on their threads (and a heartbeat: outbox claims carry the worker's
                  identity and start time, so a restarted or silent worker's claims are taken over early);
                  `build_review_worker` wires them from settings.

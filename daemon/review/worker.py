@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.db import ClaimOwner, DatabaseUnavailable, ProductStore, ReviewStore
+from connectors.db import AuditStore, ClaimOwner, DatabaseUnavailable, ProductStore, ReviewStore
 from connectors.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
 from connectors.retry import RetryAborted, RetryPolicy
 from daemon.config import ReviewConfigError, ReviewSettings, Settings
 from daemon.metrics import ReviewMetrics
 from daemon.reload import ModelSource
 from daemon.review.applier import AnnotationApplier
+from daemon.review.audit import AutofillAudit, champion_reader
 from daemon.review.poller import CATCH_UP_TASKS, AnnotationPoller
 from daemon.review.project import ReviewProject
 from daemon.review.reconcile import FullReconcile
@@ -79,6 +80,7 @@ class ReviewWorker:
     webhook: WebhookReceiver | None = None
     reconciler: FullReconcile | None = None
     owner: ClaimOwner | None = None  # claims carry it once `start` registered it (one-pass `sync` claims without)
+    audit: AutofillAudit | None = None  # the audited precision of auto-filled values, measured on the stats refresh
     stop_event: threading.Event = field(default_factory=threading.Event)
     # set after a poll that read a catch-up's worth of tasks (or by `stop`): the reconcile runs now, not at its interval
     reconcile_soon: threading.Event = field(default_factory=threading.Event)
@@ -176,9 +178,13 @@ class ReviewWorker:
         except LabelStudioUnavailable as exc:
             report.unavailable = f"Label Studio is unavailable; the outbox keeps every routed product ({exc})"
         self.refresh_gauges()
+        if self.audit is not None:
+            self.audit.maybe_run(force=True)
         return report
 
     def refresh_gauges(self) -> None:
+        if self.audit is not None:
+            self.audit.maybe_run()  # when review.audit_interval_s has passed
         stats = self.store.stats()
         self.metrics.outbox_pending.set(stats.pending)
         self.metrics.backlog.set(stats.backlog)
@@ -454,4 +460,15 @@ def build_review_worker(
         webhook_secret=secret,
         reconciler=FullReconcile(review_store, project, applier, metrics),
         owner=ClaimOwner(r.worker_id, datetime.now(UTC)),
+        audit=AutofillAudit(
+            AuditStore(store),
+            review_store,
+            metrics,
+            champion_reader(champion),
+            worker_id=r.worker_id,
+            interval_s=r.audit_interval_s,
+            level=r.audit_level,
+            min_audited=r.suspend_min_audited,
+            suspend=r.suspend_autofill,
+        ),
     )

@@ -166,18 +166,20 @@ def audit_groups(
     targets: Mapping[str, float],
     suspended: Iterable[tuple[str, str]] = (),
     *,
+    baseline: Iterable[tuple[str, str]] = (),
     level: float = DEFAULT_INTERVAL_LEVEL,
     min_audited: int = DEFAULT_MIN_AUDITED,
     default_target: float = DEFAULT_TARGET_PRECISION,
 ) -> list[GroupAudit]:
-    """One `GroupAudit` per (group, model version) that has answers, stored auto-filled values or a suspension,
-    sorted by group then model version. `targets`: per group (a group not named gets `default_target`);
-    `suspended`: the (group, model version) pairs whose auto-fill is suspended now."""
+    """One `GroupAudit` per (group, model version) that has answers, stored auto-filled values or a suspension, or
+    is named in `baseline` (e.g. every group of the champion, measured before its first answer), sorted by group then
+    model version. `targets`: per group (a group not named gets `default_target`); `suspended`: the (group, model
+    version) pairs whose auto-fill is suspended now."""
     counts = {(a.group, a.model_version): (a.right, a.audited) for a in answers}
     means = {(c.group, c.model_version): (c.mean_confidence, c.values) for c in confidences}
     paused = set(suspended)
     out = []
-    for group, version in sorted(set(counts) | set(means) | paused):
+    for group, version in sorted(set(counts) | set(means) | paused | set(baseline)):
         right, audited = counts.get((group, version), (0, 0))
         mean, values = means.get((group, version), (None, 0))
         out.append(

@@ -120,6 +120,23 @@ def test_audit_samples_only_accepted_products_and_low_confidence_wins(taxonomy: 
     assert p.decide(confident(garment=0.95), T0).reason == "audit"
 
 
+def test_a_value_withheld_by_a_suspension_is_not_low_and_is_audited_at_the_raised_rate(taxonomy: Taxonomy) -> None:
+    import dataclasses
+
+    from connectors.records import SUSPENDED
+
+    def suspended_garment() -> list[AttributeValue]:
+        garment, kids = confident()
+        return [dataclasses.replace(garment, auto_filled=False, withheld_by=SUSPENDED), kids]
+
+    strategies = [BelowThreshold(), AuditSample(0.0, seed=3, suspended_rate=0.5)]
+    p = policy(taxonomy, autofill_thresholds={"garment": 0.9}, strategies=strategies)
+    decisions = [p.decide(suspended_garment(), T0 + timedelta(seconds=i)) for i in range(1000)]
+    assert all(d.assessment.low_values == () and d.assessment.suspended == ("garment",) for d in decisions)
+    assert 400 <= sum(d.reason == "audit" for d in decisions) <= 600  # half of them, not none (audit rate 0)
+    assert not any(p.decide(confident(), T0).routed for _ in range(200))  # products of other groups: rate 0
+
+
 def test_a_zero_audit_rate_never_samples(taxonomy: Taxonomy) -> None:
     p = policy(taxonomy, audit_rate=0.0)
     assert not any(p.decide(confident(), T0).routed for _ in range(2000))
