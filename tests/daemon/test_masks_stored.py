@@ -1,6 +1,6 @@
 """Masks reach the product database: a mask detector's strongest detection gives its detector group's value a mask
-(daemon/pipeline.py `merge_attributes`), the store keeps it (product_attributes.mask, migration 0005); an annotator's
-polygon becomes the human value's mask, and a malformed polygon is rejected with the reason
+(daemon/pipeline/merge.py `merge_attributes`), the store keeps it (product_attributes.mask, migration 0005); an
+annotator's polygon becomes the human value's mask, and a malformed polygon is rejected with the reason
 (learner/review/tasks.py `parse_annotation`, connectors/db/review_store.py)."""
 
 from __future__ import annotations
