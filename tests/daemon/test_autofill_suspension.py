@@ -189,6 +189,8 @@ def test_answers_below_target_suspend_a_groups_auto_fill_in_every_replica_until_
         value = kids(store, product)
         assert (value.source, value.auto_filled, value.withheld_by) == ("model", False, "suspended")
     assert routed_reasons(store, {"during-a", "during-b"}) == {"during-a": "audit", "during-b": "audit"}
+    withheld = "shelfsight_autofill_suspended_values_total"
+    assert all(r.service.metrics.registry.get_sample_value(withheld, {"group": "kids"}) for r in (a, b))
 
     resumed = CliRunner().invoke(app, ["models", "resume", "kids", "--by", "operator:carol"])
     assert resumed.exit_code == 0 and f"auto-fill of kids resumed for {VERSION}" in resumed.output
