@@ -5,7 +5,9 @@
 #   deploy/demo/starter.manifest.json    what it is: data set and its labels.csv SHA-256, recipe, validation
 #                                        figures, bundle SHA-256 and size, the command that made it
 # Needs ../shared/data/fashion-products (DATA=... to point elsewhere). Training takes about 28 minutes on two quiet CPU
-# cores; FROM=path/to/bundle.safetensors skips it and shrinks an existing float32 bundle of the same recipe instead.
+# cores (it calibrates on the validation split: temperatures, auto-fill thresholds, the shift guard's cut-off);
+# FROM=path/to/bundle.safetensors skips it and recalibrates an existing bundle of the same recipe instead (float32, or
+# the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors), then shrinks it.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
 set -euo pipefail
@@ -30,7 +32,22 @@ if [ -z "$FROM" ]; then
     echo "== training: $COMMAND"
     .venv/bin/shelfsight train --data "$DATA" "${RECIPE[@]}" --out "$FROM" --report-dir "$WORK/report"
 else
-    COMMAND="(not retrained: shrunk from $FROM; its recipe is recorded from the bundle's lineage)"
+    # what calibration stores changes (floors, band check, shift guard): an existing bundle is calibrated again on
+    # the validation split, under its float32 model version (a float16 bundle is cast back to float32 on load)
+    echo "== recalibrating $FROM on the validation split of $DATA"
+    .venv/bin/python - "$FROM" "$WORK/starter-fp32.safetensors" <<'PY'
+import sys
+from learner.model.bundle import load_bundle
+from learner.model.manifest import read_manifest
+src, dst = sys.argv[1:]
+bundle = load_bundle(src)
+if read_manifest(src).get("weights_dtype", "float32") != "float32":
+    bundle.model_version = bundle.model_version.rsplit("-", 1)[0]  # the version of the weights before shrinking
+bundle.save(dst)
+PY
+    .venv/bin/shelfsight models calibrate "$WORK/starter-fp32.safetensors" --data "$DATA" --split val
+    COMMAND="FROM=$FROM bash deploy/demo/build_starter.sh (not retrained: recalibrated on the validation split and shrunk; the recipe is the bundle's lineage)"
+    FROM="$WORK/starter-fp32.safetensors"
 fi
 
 echo "== shrinking to float16"

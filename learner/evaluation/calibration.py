@@ -7,7 +7,11 @@
 2. decodes the calibrated probabilities as the engine will (`learner.inference.decoding.ValueDecoder`,
    hierarchy included) and chooses the group's auto-fill threshold with
    `learner.evaluation.selective.choose_autofill_threshold` at the group's target precision (the taxonomy's
-   `target_precision`, else the default given here).
+   `target_precision`, else the default given here), band floor and confidence floor (the taxonomy's, else
+   `DEFAULT_BAND_FLOOR` and `DEFAULT_CONFIDENCE_FLOOR` of learner/model/taxonomy.py);
+   when the predictions carry each image's shift score (`Predictions.shift_scores`), the shift guard's cut-off: the
+   lowest score whose images above it carry at most `max_withheld` of the values those thresholds auto-fill
+   (`learner.evaluation.shift.fit_shift_guard`).
 3. for every multi-label classifier group with labels, per-value decision thresholds maximising F-beta
    (`beta`, default 1: F1) on these predictions (`learner.evaluation.thresholds.fbeta_thresholds`).
 `Calibration.apply(bundle)` stores the result in the bundle (temperatures, auto-fill thresholds and a report);
@@ -45,9 +49,11 @@ from learner.evaluation.selective import (
     ThresholdChoice,
     choose_autofill_threshold,
 )
+from learner.evaluation.shift import DEFAULT_MAX_WITHHELD, fit_shift_guard
 from learner.evaluation.thresholds import fbeta_thresholds
 from learner.inference.decoding import ValueDecoder
 from learner.model.bundle import ModelBundle
+from learner.model.shift_guard import ShiftGuard
 from learner.model.taxonomy import Taxonomy
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -93,6 +99,7 @@ class Calibration:
     beta: float = 1.0  # the F-beta the multi-label thresholds maximise
     multi_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # multi group -> value -> threshold
     multi_report: dict[str, dict[str, Any]] = field(default_factory=dict)  # multi group -> figures of the fit
+    shift_guard: ShiftGuard | None = None  # None: the predictions carried no shift scores
 
     @property
     def unreached(self) -> list[str]:
@@ -116,6 +123,7 @@ class Calibration:
                 for g, c in self.thresholds.items()
             },
             **({"multi_label": {"beta": self.beta, "groups": self.multi_report}} if self.multi_report else {}),
+            **({"shift_guard": self.shift_guard.to_dict()} if self.shift_guard is not None else {}),
         }
 
     def apply(self, bundle: ModelBundle) -> ModelBundle:
@@ -125,6 +133,8 @@ class Calibration:
         for g, fitted in self.multi_thresholds.items():
             bundle.thresholds = {**bundle.thresholds, g: {**bundle.thresholds.get(g, {}), **fitted}}
         bundle.calibration = self.report()
+        if self.shift_guard is not None:
+            bundle.shift_guard = self.shift_guard
         return bundle
 
 
@@ -136,6 +146,7 @@ def fit_calibration(
     min_accepted: int = DEFAULT_MIN_ACCEPTED,
     fitted_on: Mapping[str, Any] | None = None,
     beta: float = 1.0,
+    max_withheld: float = DEFAULT_MAX_WITHHELD,
 ) -> Calibration:
     """Temperatures, then auto-fill thresholds on the decoded calibrated values, and per-value F-beta thresholds
     of multi-label groups (see the module docstring). Groups without any labelled sample keep T = 1 and get no
@@ -163,10 +174,23 @@ def fit_calibration(
         source[g.name] = "taxonomy" if g.target_precision is not None else "default"
         correct = decisions.chosen[g.name][known] == targets
         thresholds[g.name] = choose_autofill_threshold(
-            decisions.confidence[g.name][known], correct, target, confidence_level, min_accepted
+            decisions.confidence[g.name][known],
+            correct,
+            target,
+            confidence_level,
+            min_accepted,
+            band_floor=g.auto_fill_band_floor,
+            confidence_floor=g.auto_fill_confidence_floor,
         )
     disagreement = None if decisions.disagreed is None else float(decisions.disagreed.mean())
     multi_thresholds, multi_report = fit_multi_thresholds(predictions, taxonomy, beta)
+    guard = None
+    scores = getattr(predictions, "shift_scores", None)
+    if scores is not None and len(scores) and single:
+        final = {g: c.threshold for g, c in thresholds.items()}
+        marks = ValueDecoder(taxonomy, temperatures, final)({name: p.probs for name, p in predictions.items()})
+        filled = np.sum([marks.auto_filled[g.name] for g in single], axis=0)
+        guard = fit_shift_guard(scores, filled, [g.name for g in single], max_withheld, fitted_on)
     return Calibration(
         temperatures,
         thresholds,
@@ -177,6 +201,7 @@ def fit_calibration(
         beta,
         multi_thresholds,
         multi_report,
+        guard,
     )
 
 

@@ -45,6 +45,7 @@ from learner.inference.imaging import normalize
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
+from learner.model.shift_guard import free_energy
 from learner.model.taxonomy import AttributeGroup
 
 ECE_BINS = 15
@@ -70,6 +71,13 @@ class GroupPredictions:
         return self.targets != IGNORE_INDEX
 
 
+class Predictions(dict[str, GroupPredictions]):
+    """Per group, the model's predictions over an evaluated set; `shift_scores` (N,): each image's shift guard
+    score (learner/model/shift_guard.py), the free energy of its single-choice logits."""
+
+    shift_scores: np.ndarray
+
+
 # --- running the model ------------------------------------------------------------------------------
 
 
@@ -80,13 +88,15 @@ def predict(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     tta: str | None = None,
-) -> dict[str, GroupPredictions]:
-    """Probabilities for every batch of `loader` (uint8 images, target dicts) with the model in eval mode;
-    `tta="flip"`: the mean of the image's and its mirror image's probabilities (as the engine's option)."""
+) -> Predictions:
+    """Probabilities for every batch of `loader` (uint8 images, target dicts) with the model in eval mode, and each
+    image's shift score; `tta="flip"`: the mean of the image's and its mirror image's (as the engine's option)."""
     was_training = model.training
     model.eval()
     probs: dict[str, list[torch.Tensor]] = {g.name: [] for g in model.taxonomy.classifier_groups}
     targets: dict[str, list[torch.Tensor]] = {g.name: [] for g in model.taxonomy.classifier_groups}
+    single = [g.name for g in model.taxonomy.classifier_groups if not g.multi_label]
+    scores: list[np.ndarray] = []
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
@@ -98,11 +108,18 @@ def predict(
             p = p.float().cpu()
             probs[name].append((p[: len(x)] + p[len(x) :]) / 2 if tta == "flip" else p)
             targets[name].append(batch_targets[name])
+        if single:
+            energy = free_energy({g: logits[g].float().cpu().numpy() for g in single}, single)
+            scores.append((energy[: len(x)] + energy[len(x) :]) / 2 if tta == "flip" else energy)
     model.train(was_training)
-    return {
-        g.name: GroupPredictions(g, torch.cat(probs[g.name]).numpy(), torch.cat(targets[g.name]).numpy())
-        for g in model.taxonomy.classifier_groups
-    }
+    out = Predictions(
+        {
+            g.name: GroupPredictions(g, torch.cat(probs[g.name]).numpy(), torch.cat(targets[g.name]).numpy())
+            for g in model.taxonomy.classifier_groups
+        }
+    )
+    out.shift_scores = np.concatenate(scores) if scores else np.zeros(0)
+    return out
 
 
 def evaluate_bundle(
@@ -144,7 +161,7 @@ def predict_bundle(
     batch_size: int = 64,
     device: str = "auto",
     tta: str | None = None,
-) -> tuple[dict[str, GroupPredictions], int]:
+) -> tuple[Predictions, int]:
     """The bundle's raw (uncalibrated) predictions on one split of a labelled set, and how many images."""
     rule = split_rule or split_rule_of(bundle)
     samples = data.split(rule, split)

@@ -184,3 +184,21 @@ def test_no_value_below_the_confidence_floor_is_auto_filled_however_good_the_fit
     assert choice.threshold >= 0.5
     assert choice.confidence_floor == 0.5
     assert choose_autofill_threshold(confidence, correct, 0.97, confidence_floor=0.0).threshold < 0.5
+
+
+def test_calibration_fits_the_shift_guard_when_the_predictions_carry_shift_scores() -> None:
+    from learner.evaluation.evaluate import Predictions
+
+    taxonomy = parse_taxonomy(TAXONOMY)
+    probs, targets = over_confident()
+    plain = {name: GroupPredictions(taxonomy.group(name), probs, targets) for name in ("colour", "size")}
+    assert fit_calibration(plain, taxonomy).shift_guard is None  # no scores: no guard
+
+    preds = Predictions(plain)
+    preds.shift_scores = np.random.default_rng(2).normal(-20.0, 2.0, len(targets))
+    calibration = fit_calibration(preds, taxonomy, default_target=0.9, max_withheld=0.05)
+
+    guard = calibration.shift_guard
+    assert guard is not None and guard.groups == ("colour", "size") and guard.withheld_share <= 0.05
+    assert (preds.shift_scores > guard.cutoff).any()  # the least familiar images carry values: some are withheld
+    assert calibration.report()["shift_guard"]["cutoff"] == guard.cutoff
