@@ -38,14 +38,15 @@ from torch.utils.data import DataLoader
 
 from learner.datasets.images import ImageDataset
 from learner.datasets.labelled import IGNORE_INDEX, IMAGE_COLUMNS, MULTI_VALUE_SEPARATOR, LabelledSet, Sample, SplitRule
-from learner.evaluation.selective import coverage_at, precision_coverage_curve
+from learner.evaluation.selective import autofill_figures, coverage_at, precision_coverage_curve
+from learner.evaluation.shift import guard_figures
 from learner.inference.decoding import ValueDecoder
 from learner.inference.engine import pick_device
 from learner.inference.imaging import normalize
 from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
-from learner.model.shift_guard import free_energy
+from learner.model.shift_guard import SCORE_KEY, free_energy
 from learner.model.taxonomy import AttributeGroup
 
 ECE_BINS = 15
@@ -292,6 +293,7 @@ def single_label_metrics(
     values: Iterable[str],
     predicted: np.ndarray | None = None,
     autofill_threshold: float | None = None,
+    auto_filled: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics of a single-choice group; rows whose target is IGNORE_INDEX are skipped (and count as errors in
     `all_rows_top1`). `predicted` (N,): the values chosen (default: the most probable ones), e.g. by
@@ -332,7 +334,9 @@ def single_label_metrics(
         "macro_f1": float(f1[present].mean()),
         "classes_present": int(present.sum()),
         "ece": expected_calibration_error(confidence, predicted == t),
-        "autofill": coverage_at(confidence, predicted == t, autofill_threshold),
+        "autofill": coverage_at(confidence, predicted == t, autofill_threshold)
+        if auto_filled is None
+        else {"threshold": autofill_threshold, **autofill_figures(confidence, predicted == t, auto_filled[known])},
         "precision_coverage": precision_coverage_curve(confidence, predicted == t),
         "per_class": per_class,
         "values": values,  # row/column order of the confusion matrix
@@ -425,16 +429,28 @@ def compute_metrics(
     """
     groups = {name: group_metrics(p, (thresholds or {}).get(name), beta) for name, p in predictions.items()}
     disagreement = None
+    summary_guard: dict[str, Any] | None = None
     if decoder is not None:
-        decisions = decoder({name: p.probs for name, p in predictions.items()})
+        probs_in: dict[str, np.ndarray] = {name: p.probs for name, p in predictions.items()}
+        scores = getattr(predictions, "shift_scores", None)
+        if scores is not None and len(scores):
+            probs_in[SCORE_KEY] = scores
+        decisions = decoder(probs_in)
         for name, probs in decisions.probs.items():
             pred = predictions[name]
             m = single_label_metrics(
-                probs, pred.targets, pred.group.values, decisions.chosen[name], decoder.autofill_thresholds.get(name)
+                probs,
+                pred.targets,
+                pred.group.values,
+                decisions.chosen[name],
+                decoder.autofill_thresholds.get(name),
+                decisions.auto_filled[name],
             )
             if decoder.temperatures.get(name, 1.0) != 1.0 and groups[name].get("ece") is not None:
                 m["ece_uncalibrated"] = groups[name]["ece"]
             groups[name] = m
+        if decisions.unfamiliar is not None:
+            summary_guard = guard_figures(decoder, decisions)
         if decisions.disagreed is not None and len(decisions.disagreed):
             disagreement = {
                 "levels": list(decoder.hierarchy.levels) if decoder.hierarchy else [],
@@ -449,6 +465,8 @@ def compute_metrics(
     }
     if disagreement is not None:
         summary["hierarchy_disagreement"] = disagreement
+    if summary_guard is not None:
+        summary["shift_guard"] = summary_guard
     return {"summary": summary, "groups": groups}
 
 

@@ -99,11 +99,18 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"Raw heads disagreed with the hierarchy ({' > '.join(h['levels'])}) on {h['rows']} rows "
             f"({_fmt(h['rate'])}); values are decoded consistently."
         )
+    if s.get("shift_guard"):
+        g = s["shift_guard"]
+        lines.append(
+            f"The shift guard found {g['unfamiliar_images']} of {g['images']} photos unfamiliar "
+            f"({_fmt(g['unfamiliar_share'])}) and withheld {g['withheld_values']} values their thresholds would have "
+            f"auto-filled ({_fmt(g['withheld_share'])} of them); the auto-fill figures below are after it."
+        )
     lines += [
         "",
         "| group | n | skipped | top-1 | top-3 | macro-F1 | ECE | classes present | all rows top-1 | "
-        "auto-fill threshold | auto-filled | precision of auto-filled |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "auto-fill threshold | auto-filled | precision of auto-filled | precision of its lowest band |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["groups"].items():
         if m["kind"] == "single":
@@ -113,12 +120,13 @@ def render_text(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {name} | {m['n']} | {m['skipped']} | {_fmt(m['top1'])} | {_fmt(m.get('top3'))} | "
                 f"{_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {m.get('classes_present', '-')} | "
-                f"{_fmt(m.get('all_rows_top1'))} | {shown} | {_fmt(a.get('coverage'))} | {_fmt(a.get('precision'))} |"
+                f"{_fmt(m.get('all_rows_top1'))} | {shown} | {_fmt(a.get('coverage'))} | {_fmt(a.get('precision'))} | "
+                f"{_fmt(a.get('band_precision'))} |"
             )
         else:
             lines.append(
                 f"| {name} (multi-label, micro-F1 {_fmt(m['micro_f1'])}) | {m['n']} | {m['skipped']} | - | - | "
-                f"{_fmt(m['macro_f1'])} | - | - | - | - | - | - |"
+                f"{_fmt(m['macro_f1'])} | - | - | - | - | - | - | - |"
             )
     lines += multi_label_lines(report["groups"])
     if report.get("label_audit"):

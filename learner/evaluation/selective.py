@@ -215,6 +215,29 @@ def coverage_at(confidence: np.ndarray, correct: np.ndarray, threshold: float | 
     }
 
 
+def autofill_figures(
+    confidence: np.ndarray, correct: np.ndarray, auto_filled: np.ndarray, band_width: float = DEFAULT_BAND_WIDTH
+) -> dict[str, Any]:
+    """What the serving decision (`auto_filled`: thresholds, floors and shift guard together) does on these values:
+    coverage, precision (cumulative) and the precision of the lowest band of the auto-filled values (the least
+    confident `band_width` of all values, at least MIN_BAND, at most all auto-filled)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    mask = np.asarray(auto_filled, dtype=bool)
+    n_acc = int(mask.sum())
+    band = min(n_acc, max(MIN_BAND, math.ceil(band_width * len(conf))))
+    lowest = np.argsort(conf[mask], kind="stable")[:band]
+    return {
+        "n": len(conf),
+        "auto_filled": n_acc,
+        "errors": int((mask & ~right).sum()),
+        "coverage": n_acc / len(conf) if len(conf) else None,
+        "precision": float(right[mask].mean()) if n_acc else None,
+        "band_size": band,
+        "band_precision": float(right[mask][lowest].mean()) if band else None,
+    }
+
+
 def precision_coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 100) -> dict[str, list[float]]:
     """Precision of the auto-filled values against coverage, for thresholds from the highest confidence down,
     thinned to about `points` points (the first and last cut always kept)."""

@@ -7,7 +7,7 @@ and the product goes to review. Nothing here sees an out-of-distribution photo: 
 in-distribution tail, and how much of a user-photo or street-scene set falls above it is measured afterwards
 (docs/model-card.md, "Shift guard").
 
-Pure numpy: no model, no I/O.
+Pure numpy: no model, no I/O. `guard_figures` is what `shelfsight evaluate` reports of the guard.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from learner.inference.decoding import Decisions, ValueDecoder
 from learner.model.shift_guard import PSI_BINS, ShiftGuard
 
 DEFAULT_MAX_WITHHELD = 0.02
@@ -80,4 +81,26 @@ def guard_report(guard: ShiftGuard, scores: np.ndarray, auto_filled: np.ndarray)
         "auto_filled_values": int(total),
         "withheld_values": int(w[above].sum()),
         "withheld_share": float(w[above].sum() / total) if total else None,
+    }
+
+
+def guard_figures(decoder: ValueDecoder, decisions: Decisions) -> dict[str, Any]:
+    """What the shift guard withheld here: images above its cut-off, and the values their thresholds and floors
+    alone would have auto-filled (per group and in all)."""
+    assert decisions.unfamiliar is not None
+    odd = decisions.unfamiliar
+    withheld: dict[str, int] = {}
+    would = 0
+    for name, conf in decisions.confidence.items():
+        passes = conf >= max(decoder.autofill_thresholds.get(name, 0.0), decoder.confidence_floors[name])
+        would += int(passes.sum())
+        withheld[name] = int((passes & odd).sum())
+    total = sum(withheld.values())
+    return {
+        "images": len(odd),
+        "unfamiliar_images": int(odd.sum()),
+        "unfamiliar_share": float(odd.mean()) if len(odd) else None,
+        "withheld_values": total,
+        "withheld_share": total / would if would else None,
+        "withheld_by_group": withheld,
     }
