@@ -61,7 +61,7 @@ DEFAULT_JVM_OPTIONS = (
     "-XX:TieredStopAtLevel=1",
     "-XX:-UsePerfData",
 )
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0  # a wait for readiness: a few seconds on a quiet machine, far longer on a loaded one
 STOP_TIMEOUT_S = 30.0
 STATE_FILE = "broker.json"
 LOG_FILE = "broker.log"

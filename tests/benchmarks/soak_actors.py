@@ -51,7 +51,7 @@ class WorkerProcess:
     def terminate(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        return self.proc.wait(timeout=120)  # generous: a graceful stop is slow on a loaded machine
 
     def dump_stacks(self) -> None:
         """Every thread's stack into the worker's log (`shelfsight review run` registers SIGUSR1 for it)."""

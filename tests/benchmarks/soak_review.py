@@ -183,9 +183,9 @@ def run_soak(
         routed += config.new_per_restart
         restarted = time.monotonic()
         worker.start()
-        wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
+        wait_until(all_sent, 120, "the restarted worker to send the new products", tail)
         counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
-        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up", worker)
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 120, "the catch-up", worker)
         time.sleep(2 * config.poll_interval_s)  # a poll or two after the catch-up, with the editor still at work
         counts.edits_during_catch_up = editor.stop()
         counts.edits += counts.edits_during_catch_up
@@ -204,20 +204,20 @@ def run_soak(
             restarted = time.monotonic()
             worker.start()
             if kill == config.kills:
-                wait_until(all_sent, 60, "the restarted worker to send the new products", tail)
+                wait_until(all_sent, 120, "the restarted worker to send the new products", tail)
                 counts.resend_after_restart_s.append(round(time.monotonic() - restarted, 2))
                 break
             target = recorded_annotations(database_url) + 1  # the first answer of the catch-up is in: kill it
             try:
                 wait_until(
-                    lambda t=target: recorded_annotations(database_url) >= t, 60, "the catch-up", tail, step_s=0.02
+                    lambda t=target: recorded_annotations(database_url) >= t, 120, "the catch-up", tail, step_s=0.02
                 )
             except AssertionError:
                 log.warning("the catch-up did not reach %d annotations before the kill", target)
             counts.kills_mid_sync += int(recorded_annotations(database_url) < expected)
             worker.kill()
             counts.kills += 1
-        soft_wait(lambda: recorded_annotations(database_url) >= expected, 60, "the catch-up after the kills", worker)
+        soft_wait(lambda: recorded_annotations(database_url) >= expected, 120, "the catch-up after the kills", worker)
 
         # 5. Label Studio down while the worker runs and products keep being routed
         label_studio.stop()

@@ -255,8 +255,9 @@ def test_a_declared_length_over_the_limit_is_refused_without_reading(http_server
     with ImageFetcher(allow_private_networks=True, max_bytes=1_000_000) as f:
         started = time.monotonic()
         error = fetch_error(f, http_server.url("/huge"))
-    assert (error.reason, error.transient) == (FetchReason.TOO_LARGE, False)
-    assert time.monotonic() - started < 1
+    assert (error.reason, error.transient) == (FetchReason.TOO_LARGE, False)  # reading would end cut off instead
+    # quick (milliseconds on a quiet machine); the bound is loose so that a loaded machine passes too
+    assert time.monotonic() - started < 5
 
 
 def test_a_stream_without_length_is_cut_at_the_limit(http_server: LocalHTTPServer) -> None:
@@ -311,7 +312,7 @@ def test_concurrent_fetches_are_bounded_by_max_concurrency(http_server: LocalHTT
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=10)
+            t.join(timeout=60)
     assert results == [http_server.jpeg_bytes] * 6
     assert http_server.max_in_flight("/concurrency.jpg") == 2
 

@@ -56,7 +56,7 @@ def make_source(kafka_broker: KafkaBroker) -> Iterator[SourceFactory]:
         source.close(timeout_ms=5_000)
 
 
-def consume(source: KafkaEventSource, n: int, timeout_s: float = 30.0) -> list[SourceRecord]:
+def consume(source: KafkaEventSource, n: int, timeout_s: float = 120.0) -> list[SourceRecord]:
     """Poll until `n` records arrived (fails on timeout); returns them in arrival order."""
     got: list[SourceRecord] = []
     deadline = time.monotonic() + timeout_s
@@ -74,7 +74,7 @@ def poll_for(source: KafkaEventSource, seconds: float) -> list[SourceRecord]:
     return got
 
 
-def wait_for_assignment(source: KafkaEventSource, expected: set[Partition], timeout_s: float = 20.0) -> None:
+def wait_for_assignment(source: KafkaEventSource, expected: set[Partition], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while source.assignment() != expected:
         assert time.monotonic() < deadline, f"assignment {source.assignment()} never became {expected}"
@@ -160,7 +160,9 @@ def test_paused_partition_delivers_nothing_until_resumed(
         publisher.publish(product(i), partition=i % 2)
     publisher.flush()
 
-    while_paused = poll_for(source, seconds=3)
+    while_paused = poll_for(source, seconds=3)  # time enough for the paused partition to leak, were it to
+    if len(while_paused) < 3:  # a loaded machine: wait for the rest of partition 1's records
+        while_paused += consume(source, 3 - len(while_paused))
     assert sorted((r.partition, r.offset) for r in while_paused) == [(1, 0), (1, 1), (1, 2)]
 
     source.resume([(topic, 0)])
@@ -179,7 +181,7 @@ def test_two_consumers_in_one_group_split_the_partitions(
     wait_for_assignment(first, everything)
 
     second = make_source(topic, group)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not (first.assignment() and second.assignment() and first.assignment() | second.assignment() == everything):
         assert time.monotonic() < deadline, f"no split: {first.assignment()} / {second.assignment()}"
         first.poll(timeout_ms=100)
@@ -189,7 +191,7 @@ def test_two_consumers_in_one_group_split_the_partitions(
 
     kafka_publisher(topic).publish_many(product(i) for i in range(40))
     received: dict[str, list[SourceRecord]] = {"first": [], "second": []}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while len(received["first"]) + len(received["second"]) < 40:
         assert time.monotonic() < deadline, "not every record arrived"
         received["first"].extend(first.poll(timeout_ms=100))
@@ -228,7 +230,7 @@ def test_revoke_callback_runs_before_partitions_move(
         topic, group, on_assigned=lambda parts: timeline.append(("second assigned", time.monotonic(), parts))
     )
     from_second: list[SourceRecord] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not second.assignment() or len(from_second) < 2 * len(second.assignment()):
         assert time.monotonic() < deadline, f"rebalance did not complete: {timeline}"
         first.poll(timeout_ms=100)
@@ -284,9 +286,9 @@ def test_consumer_resumes_after_the_broker_restarts(
     kafka_broker.start()
 
     kafka_publisher(topic).publish_many(product(i) for i in range(3, 6))
-    resumed = consume(source, 3, timeout_s=60)
+    resumed = consume(source, 3, timeout_s=180)
     assert [r.offset for r in resumed] == [3, 4, 5]  # nothing lost, nothing committed redelivered
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while True:
         try:
             assert source.commit({(topic, 0): 6}) == {(topic, 0): 6}

@@ -18,7 +18,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[ProductStore]:
-    s = ProductStore(database_url, connect_timeout_s=2.0)
+    s = ProductStore(database_url, connect_timeout_s=10.0)  # local, but the machine may be loaded
     s.migrate()
     yield s
     s.close()
@@ -44,7 +44,7 @@ def test_postgres_lock_goes_with_its_connection_when_the_holder_dies(postgres_ur
     assert holder._conn is not None
     holder._conn.invalidate()  # what a killed process looks like to the server: its session ends
     other = DatabaseLock(store, "retrain")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while not other.try_acquire() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert other.acquired
@@ -55,12 +55,13 @@ def test_postgres_lock_goes_with_its_connection_when_the_holder_dies(postgres_ur
 def test_sqlite_lease_of_a_holder_that_stopped_renewing_can_be_taken_over(sqlite_url: str) -> None:
     store = ProductStore(sqlite_url)
     store.migrate()
-    dead = DatabaseLock(store, "retrain", lease_s=0.6)
+    # a 2 s lease, not 0.6 s: on a loaded machine the lease could run out before the second try below is made
+    dead = DatabaseLock(store, "retrain", lease_s=2.0)
     assert dead.try_acquire()
     dead._stop.set()  # the heartbeat stops, as when the process is killed
-    other = DatabaseLock(store, "retrain", lease_s=0.6)
+    other = DatabaseLock(store, "retrain", lease_s=2.0)
     assert not other.try_acquire()
-    time.sleep(1.0)
+    time.sleep(2.5)
     assert other.try_acquire()
     assert not dead.held()
     other.release()
@@ -69,9 +70,11 @@ def test_sqlite_lease_of_a_holder_that_stopped_renewing_can_be_taken_over(sqlite
 def test_sqlite_lease_is_renewed_while_the_holder_lives(sqlite_url: str) -> None:
     store = ProductStore(sqlite_url)
     store.migrate()
-    live = DatabaseLock(store, "retrain", lease_s=0.6)
+    # a 2 s lease renewed every 2/3 s, checked after more than twice its length; with 0.6 s (renewed every 0.2 s) a
+    # heartbeat 0.4 s late on a loaded machine would let another holder in
+    live = DatabaseLock(store, "retrain", lease_s=2.0)
     assert live.try_acquire()
-    time.sleep(1.5)
-    assert not DatabaseLock(store, "retrain", lease_s=0.6).try_acquire()
+    time.sleep(5.0)
+    assert not DatabaseLock(store, "retrain", lease_s=2.0).try_acquire()
     assert live.held()
     live.release()

@@ -19,7 +19,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[ProductStore]:
-    s = ProductStore(database_url, connect_timeout_s=2.0)
+    s = ProductStore(database_url, connect_timeout_s=10.0)  # local, but the machine may be loaded
     s.migrate()
     yield s
     s.close()

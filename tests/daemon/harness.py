@@ -58,7 +58,7 @@ class DaemonProcess:
 
     def metrics(self) -> dict[str, float]:
         """Samples as {'name{label="v",...}': value}."""
-        body = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5.0).text
+        body = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30.0).text
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(body):
             for s in family.samples:
@@ -66,7 +66,8 @@ class DaemonProcess:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out
 
-    def terminate(self, timeout_s: float = 60.0) -> int:
+    def terminate(self, timeout_s: float = 120.0) -> int:
+        # generous: a daemon may drain for SHUTDOWN_TIMEOUT_S (60 s in these tests), slower still on a loaded machine
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout_s)
@@ -154,6 +155,28 @@ def send_events(
         n += 1
     producer.flush(timeout=60)
     return n
+
+
+def group_assignments(bootstrap: str, group_id: str, topic: str) -> list[set[int]] | None:
+    """The partitions of `topic` each member of consumer group `group_id` holds, as the group coordinator sees them;
+    None while the group is not Stable (members joining, a rebalance in progress). Members holding none of `topic`'s
+    partitions are left out."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        group = admin.describe_groups([group_id])[group_id]
+    finally:
+        admin.close()
+    if group["error"] or group["group_state"] != "Stable":
+        return None
+    held: list[set[int]] = []
+    for member in group["members"]:
+        assignment = member["member_assignment"] or {}
+        mine = {p for a in assignment.get("assigned_partitions", []) if a["topic"] == topic for p in a["partitions"]}
+        if mine:
+            held.append(mine)
+    return held
 
 
 def read_all(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[object]:

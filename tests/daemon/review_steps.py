@@ -124,7 +124,7 @@ def garment_answer(value: str) -> list[dict[str, Any]]:
 
 def metric(worker: ReviewWorker, name: str, **labels: str) -> float:
     assert worker.webhook is not None
-    body = httpx.get(f"http://127.0.0.1:{worker.webhook.port}/metrics", timeout=5).text
+    body = httpx.get(f"http://127.0.0.1:{worker.webhook.port}/metrics", timeout=30).text
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

@@ -17,6 +17,7 @@ from tests.daemon.harness import (
     DaemonProcess,
     Db,
     daemon_env,
+    group_assignments,
     produce,
     product_event,
     read_all,
@@ -51,6 +52,7 @@ def setup(kafka_broker, kafka_topic, postgres_url, untrained_bundle_path, cc0_im
 
     ctx = type("Ctx", (), {})()
     ctx.topic, ctx.bootstrap, ctx.spawn, ctx.events = topic, kafka_broker.bootstrap, spawn, events
+    ctx.group_id = env["SHELFSIGHT_KAFKA__GROUP_ID"]
     ctx.db = Db(postgres_url)
     ctx.broker = kafka_broker
     ctx.logs = lambda: "\n---\n".join(d.log_tail() for d in daemons)
@@ -152,12 +154,22 @@ def test_two_daemons_in_one_group_split_partitions_and_write_each_product_once(s
     n = 400
     a = setup.spawn().wait_ready()
     b = setup.spawn().wait_ready()
-    time.sleep(8)  # let the group settle with both members
+
+    def split_between_two() -> bool:  # the group is Stable and both members hold some of the topic's partitions
+        held = group_assignments(setup.bootstrap, setup.group_id, setup.topic)
+        return held is not None and len(held) == 2 and set.union(*held) == set(range(4))
+
+    # the rebalance that gives b its partitions can take well over 8 s on a loaded machine: wait for it, not a guess
+    wait_until(split_between_two, 120, "both replicas to hold partitions of the topic", setup.logs)
     produce(setup.bootstrap, setup.topic, setup.events(n))
     wait_until(lambda: setup.db.processed() >= n, 240, f"all {n} products", setup.logs)
-    time.sleep(2)
-    done_a = a.metrics().get('shelfsight_events_processed_total{outcome="tagged"}', 0)
-    done_b = b.metrics().get('shelfsight_events_processed_total{outcome="tagged"}', 0)
+
+    def tagged(daemon: DaemonProcess) -> float:
+        return daemon.metrics().get('shelfsight_events_processed_total{outcome="tagged"}', 0)
+
+    # the counter moves just after the database write: wait for it too (a duplicate would still push it past n)
+    wait_until(lambda: tagged(a) + tagged(b) >= n, 60, "both replicas to count their products", setup.logs)
+    done_a, done_b = tagged(a), tagged(b)
     a.terminate()
     b.terminate()
     assert done_a > 0 and done_b > 0, f"both replicas worked: {done_a} / {done_b}"
@@ -199,7 +211,8 @@ def test_bad_events_each_end_in_the_dead_letter_topic_with_their_reason_while_go
         "every bad event dead-lettered",
         setup.logs,
     )
-    dead = read_all(setup.bootstrap, f"{setup.topic}.dlq", timeout_s=2)
+    # a fresh consumer stops after this many idle seconds: on a loaded machine joining and the first fetch take longer
+    dead = read_all(setup.bootstrap, f"{setup.topic}.dlq", timeout_s=10)
     daemon.terminate()
     reasons = sorted(dict(r.headers)["x-shelfsight-error-class"].decode() for r in dead)
     assert reasons == sorted(reason for reason, _ in bad), "each bad event dead-lettered exactly once, with its reason"

@@ -66,11 +66,11 @@ def test_promote_and_rollback_are_followed_without_restart_or_loss(tmp_path, unt
         feeder.start()
         wait_until(lambda: db.processed() >= 30, 120, "30 products on model-a", daemon.log_tail)
         registry.promote("model-b")
-        wait_until(lambda: serving(daemon) == "model-b", 30, "the daemon to serve model-b", daemon.log_tail)
+        wait_until(lambda: serving(daemon) == "model-b", 120, "the daemon to serve model-b", daemon.log_tail)
         wait_until(lambda: db.processed() >= 90, 120, "more products on model-b", daemon.log_tail)
         registry.rollback()
-        wait_until(lambda: serving(daemon) == "model-a", 30, "the daemon to follow the rollback", daemon.log_tail)
-        feeder.join(timeout=60)
+        wait_until(lambda: serving(daemon) == "model-a", 120, "the daemon to follow the rollback", daemon.log_tail)
+        feeder.join(timeout=120)
         wait_until(lambda: db.processed() >= n, 120, f"all {n} products", daemon.log_tail)
         reloads = daemon.metrics()['shelfsight_model_reloads_total{outcome="loaded"}']
         assert daemon.alive and daemon.proc.pid == pid, "no restart"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=10) as response:
             return response.status, response.read().decode()
     except OSError:
         return 0, ""
@@ -43,7 +43,7 @@ def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str
     )
     try:
         metrics = ""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "shelfsight_learner_scheduler_leader 1.0" not in metrics:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.2)
@@ -60,7 +60,7 @@ def test_learn_service_leads_serves_metrics_and_stops_on_sigterm(sqlite_url: str
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
@@ -115,7 +115,7 @@ def test_the_leader_exports_the_registrys_streak_of_vetoed_significant_winners(s
     )
     try:
         metrics = ""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "shelfsight_learner_scheduler_leader 1.0" not in metrics:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.2)
@@ -125,7 +125,7 @@ def test_the_leader_exports_the_registrys_streak_of_vetoed_significant_winners(s
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise

@@ -128,9 +128,9 @@ def test_the_review_worker_command_runs_until_sigterm(
                 return False
             return "shelfsight_review_tasks_sent_total 1.0" in body
 
-        wait_for(sent, 60, "the worker to send the routed product")
+        wait_for(sent, 120, "the worker to send the routed product")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -58,7 +58,7 @@ def test_a_routed_product_is_pre_filled_in_label_studio_and_the_annotation_reach
     settings = review_settings(tmp_path, untrained_bundle_path, any_database, label_studio)
     products = enrich(settings, cc0_images[:3])
     worker = workers(settings)  # polling every hour: only the webhook can be quick
-    wait_for(lambda: all_sent(worker, 3), 30, "the routed products to reach Label Studio")
+    wait_for(lambda: all_sent(worker, 3), 120, "the routed products to reach Label Studio")
 
     project = worker.project.id
     assert project is not None
@@ -88,12 +88,14 @@ def test_a_routed_product_is_pre_filled_in_label_studio_and_the_annotation_reach
     client.sdk.annotations.create(id=item.task_id, result=garment_answer(answer), lead_time=7.5)
     human = wait_for(
         lambda: (a := attribute(any_database, products[0], "garment")) and a[1] == "human" and a,
-        10,
+        60,
         "the annotation to reach the product database",
     )
     elapsed = time.monotonic() - started
     assert human[0] == answer and human[2] == label_studio.username, human
-    assert elapsed < 10
+    # the worker polls hourly, so an answer within a minute came by webhook (it arrives in about a second; the bound
+    # is loose because a loaded two-core machine can take several seconds for Label Studio's delivery)
+    assert elapsed < 60
     rows = worker.store.annotations(products[0])
     garment_row = next(r for r in rows if r["attribute"] == "garment")
     assert garment_row["model_was_right"] is False and garment_row["model_value"] == model_garment[0]
@@ -123,7 +125,7 @@ def test_with_the_webhook_receiver_down_polling_brings_the_annotation_in(
     settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
     (product,) = enrich(settings, cc0_images[3:4])
     worker = workers(settings, poll_interval_s=1.0)
-    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    wait_for(lambda: all_sent(worker, 1), 120, "the task to be sent")
     assert worker.webhook is not None
     worker.webhook.stop()  # the receiver is down: Label Studio's delivery is lost
     (item,) = worker.store.outbox_items()
@@ -132,7 +134,7 @@ def test_with_the_webhook_receiver_down_polling_brings_the_annotation_in(
     worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(other_garment(model_value)))
     human = wait_for(
         lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "human" and a,
-        10,
+        60,
         "polling to bring the annotation in",
     )
     assert human[0] == other_garment(model_value)
@@ -150,7 +152,7 @@ def test_a_poll_listing_older_than_a_webhook_delivery_does_not_withdraw_that_ann
     settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
     (product,) = enrich(settings, cc0_images[4:5])
     worker = workers(settings)  # polls hourly: this test drives the poller's reconcile step itself
-    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    wait_for(lambda: all_sent(worker, 1), 120, "the task to be sent")
     (item,) = worker.store.outbox_items()
     assert item.task_id is not None
     listed = worker.client.get_task(item.task_id)  # the poller lists the task, not yet answered ...
@@ -158,7 +160,7 @@ def test_a_poll_listing_older_than_a_webhook_delivery_does_not_withdraw_that_ann
     answer = other_garment(attribute(sqlite_url, product, "garment")[0])  # type: ignore[index]
     worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer(answer))
     wait_for(  # ... the annotator answers and the webhook brings the answer in ...
-        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "human", 30, "the webhook delivery"
+        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "human", 120, "the webhook delivery"
     )
     worker.applier.reconcile(listed)  # ... then the poller reconciles its older listing
     assert attribute(sqlite_url, product, "garment")[:2] == (answer, "human")  # type: ignore[index]
@@ -180,7 +182,7 @@ def test_label_studio_down_while_products_are_routed_loses_nothing_and_all_arriv
         worker = workers(settings)
         wait_for(
             lambda: all(i.attempts >= 2 for i in worker.store.outbox_items()),
-            30,
+            120,
             "the sender to retry while Label Studio is down",
         )
         items = worker.store.outbox_items()
@@ -189,7 +191,7 @@ def test_label_studio_down_while_products_are_routed_loses_nothing_and_all_arriv
         assert metric(worker, "shelfsight_review_send_errors_total", kind="unavailable") >= 4
     finally:
         label_studio.start()
-    wait_for(lambda: all_sent(worker, 4), 30, "every routed product to reach Label Studio")
+    wait_for(lambda: all_sent(worker, 4), 120, "every routed product to reach Label Studio")
     project = worker.project.id
     assert project is not None
     tasks = list(worker.client.tasks_updated_since(project, None))
@@ -216,7 +218,7 @@ def test_a_send_interrupted_after_label_studio_stored_the_task_creates_no_second
     crashed.store.store.close()
 
     worker = workers(settings)
-    wait_for(lambda: all_sent(worker, 1), 30, "the interrupted send to be completed")
+    wait_for(lambda: all_sent(worker, 1), 120, "the interrupted send to be completed")
     (sent,) = worker.store.outbox_items()
     assert sent.task_id == task_id
     assert [t["id"] for t in worker.client.tasks_updated_since(project, None)] == [task_id]
@@ -233,7 +235,7 @@ def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
     settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
     (product,) = enrich(settings, cc0_images[11:12])
     worker = workers(settings)
-    wait_for(lambda: all_sent(worker, 1), 30, "the task to be sent")
+    wait_for(lambda: all_sent(worker, 1), 120, "the task to be sent")
     project = worker.project.id
     assert project is not None and worker.webhook is not None
     capture = CapturedWebhooks()
@@ -242,8 +244,8 @@ def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
         (item,) = worker.store.outbox_items()
         assert item.task_id is not None
         worker.client.sdk.annotations.create(id=item.task_id, result=garment_answer("Hoodie"))
-        wait_for(lambda: attribute(sqlite_url, product, "garment")[0] == "Hoodie", 10, "the first delivery")  # type: ignore[index]
-        wait_for(lambda: capture.deliveries, 5, "Label Studio's delivery to the capture receiver")
+        wait_for(lambda: attribute(sqlite_url, product, "garment")[0] == "Hoodie", 60, "the first delivery")  # type: ignore[index]
+        wait_for(lambda: capture.deliveries, 60, "Label Studio's delivery to the capture receiver")
     finally:
         capture.close()
     headers, body = capture.deliveries[0]
@@ -253,7 +255,7 @@ def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
     url = f"http://127.0.0.1:{worker.webhook.port}/webhook"
     replay = httpx.post(url, content=body, headers={SECRET_HEADER: SECRET, "Content-Type": "application/json"})
     assert replay.status_code == 200
-    wait_for(lambda: metric(worker, "shelfsight_review_annotations_total", outcome="unchanged") >= 1, 10, "the replay")
+    wait_for(lambda: metric(worker, "shelfsight_review_annotations_total", outcome="unchanged") >= 1, 60, "the replay")
     assert snapshot(sqlite_url) == before
 
     # without the shared secret, nothing is even queued
@@ -268,7 +270,7 @@ def test_a_webhook_delivered_twice_changes_nothing_the_second_time(
     annotation_id = json.loads(body)["annotation"]["id"]
     worker.client.sdk.annotations.delete(id=annotation_id)
     restored = wait_for(
-        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "model" and a, 10, "the deletion"
+        lambda: (a := attribute(sqlite_url, product, "garment")) and a[1] == "model" and a, 60, "the deletion"
     )
     assert restored[0] == worker.store.outbox_items()[0].payload["model_values"]["garment"]["value"]
 
@@ -349,7 +351,7 @@ def test_the_projects_model_version_follows_the_champion(
     settings = review_settings(tmp_path, champion, sqlite_url, label_studio)
     enrich(settings, cc0_images[16:17])
     worker = workers(settings)
-    wait_for(lambda: all_sent(worker, 1), 30, "the first task")
+    wait_for(lambda: all_sent(worker, 1), 120, "the first task")
     project = worker.project.id
     assert project is not None and worker.client.project(project)["model_version"] == MODEL_VERSION
 
@@ -357,9 +359,9 @@ def test_the_projects_model_version_follows_the_champion(
     successor.model_version = "cc0-untrained-test-2"
     successor.save(champion)  # a new champion replaces the file (atomically)
     enrich(settings, cc0_images[17:18])  # the daemon now routes with the new model
-    wait_for(lambda: all_sent(worker, 2), 30, "the second task")
+    wait_for(lambda: all_sent(worker, 2), 120, "the second task")
     wait_for(
         lambda: worker.client.project(project)["model_version"] == "cc0-untrained-test-2",
-        10,
+        60,
         "the project to show the new champion's predictions",
     )

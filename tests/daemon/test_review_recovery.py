@@ -47,7 +47,7 @@ def test_the_full_reconcile_recovers_answers_webhook_and_poll_missed_counts_and_
     settings = review_settings(tmp_path, untrained_bundle_path, sqlite_url, label_studio)
     products = route_products(sqlite_url, taxonomy_of(untrained_bundle_path), 3, random.Random(0), "rec")
     worker = workers(settings, webhook_port=None)  # no receiver, polling hourly: only the reconcile can see answers
-    wait_for(lambda: outbox_counts(sqlite_url).get("sent") == 3, 30, "the tasks to be sent")
+    wait_for(lambda: outbox_counts(sqlite_url).get("sent") == 3, 120, "the tasks to be sent")
     assert worker.reconciler is not None and worker.project.id is not None
     items = {i.product_id: i for i in worker.store.outbox_items()}
     sdk = worker.client.sdk
@@ -217,7 +217,7 @@ def test_a_short_soak_loses_duplicates_and_leaves_stale_no_answer(
         outage_s=5.0,
         answered_after_outage=5,
         new_per_restart=3,
-        catch_up_timeout_s=90,
+        catch_up_timeout_s=240,  # a wait on the stores agreeing: generous for a loaded machine
     )
     counts = run_soak(
         config,

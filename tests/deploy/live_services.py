@@ -59,7 +59,7 @@ class ServiceProcess(DaemonProcess):
 def stop_service(process: DaemonProcess) -> None:
     if process.alive:
         try:
-            process.terminate(timeout_s=30)
+            process.terminate(timeout_s=120)
         except subprocess.TimeoutExpired:
             process.kill()
 
@@ -73,7 +73,7 @@ class Prometheus:
         """Instant query; raises AssertionError with Prometheus' own message when the query is rejected."""
         data = urllib.parse.urlencode({"query": promql}).encode()
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query", data=data, timeout=10) as response:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query", data=data, timeout=30) as response:
                 body = json.load(response)
         except urllib.error.HTTPError as exc:
             body = json.load(exc)
@@ -83,7 +83,7 @@ class Prometheus:
         return result if isinstance(result, list) else [result]
 
 
-def wait_for_data(prom: Prometheus, recording_rules: set[str], timeout_s: float = 45.0) -> None:
+def wait_for_data(prom: Prometheus, recording_rules: set[str], timeout_s: float = 120.0) -> None:
     """Until the target was scraped a few times and every recording rule has several samples (rate() and
     deriv() need two or more), or the timeout passes: then the tests report whatever is missing."""
     deadline = time.monotonic() + timeout_s

@@ -86,7 +86,7 @@ def test_two_gloo_processes_train_the_same_weights_as_one_process(
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = load_bundle(plan.out)
@@ -124,7 +124,7 @@ def test_torchrun_worker_reports_a_failure_instead_of_a_model(
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not Path(plan.out).exists()
