@@ -242,6 +242,13 @@ def evaluate_command(
     if metrics["summary"].get("hierarchy_disagreement"):
         h = metrics["summary"]["hierarchy_disagreement"]
         typer.echo(f"raw heads disagreed with the hierarchy on {h['rows']} of {n} images ({_pct(h['rate'])})")
+    if metrics["summary"].get("shift_guard"):
+        g = metrics["summary"]["shift_guard"]
+        typer.echo(
+            f"shift guard: {g['unfamiliar_images']} of {g['images']} photos unfamiliar; withheld "
+            f"{g['withheld_values']} values the thresholds would have auto-filled ({_pct(g['withheld_share'])}); "
+            "the figures above are after it"
+        )
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
