@@ -9,6 +9,7 @@ Catalog photos come from ../shared/data/fashion-products (validation split) and 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_a_switch_from_catalog_to_user_photos_raises_the_drift_figure_and_the_gu
         database_url=postgres_url,
         model_path=STARTER,
         file_root=DATA,
+        group_id=f"shelfsight-drift-{uuid.uuid4().hex[:8]}",
         extra={"SHELFSIGHT_BACKEND": "onnxruntime", "SHELFSIGHT_ONNX_CACHE_DIR": str(tmp_path / "onnx")},
     )
     daemon = DaemonProcess(env, tmp_path / "daemon.log").start().wait_ready(timeout_s=300)
