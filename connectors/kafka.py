@@ -140,15 +140,6 @@ class KafkaEventSource:
             raise KafkaSourceError(f"invalid Kafka consumer settings: {exc}") from exc
         except kafka_errors.KafkaError as exc:
             raise TransientKafkaError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-        try:
-            # metadata first: a consumer whose first group join ran before it knew the topic's partitions was assigned
-            # nothing, and its rejoin could stall until the broker dropped it from the group (seen with kafka-python
-            # 3.0.12: 2 of 60 fresh consumers idle with no partitions after 30 s; 0 of 60 with this lookup first)
-            for topic in self.topics:
-                self._consumer.partitions_for_topic(topic)
-        except kafka_errors.KafkaError as exc:
-            self._consumer.close()
-            raise TransientKafkaError(f"cannot read the metadata of {', '.join(self.topics)}: {exc}") from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceBridge(self))
 
     def set_rebalance_callbacks(
