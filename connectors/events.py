@@ -5,7 +5,8 @@ One JSON object per message, UTF-8. Version 1 (see `example_event()`, which the 
     schema_version  int, required, must be 1 (a newer producer fails loudly instead of being half-read)
     product_id      non-empty string, required
     image_urls      list of 1..16 non-empty strings; a single `image_url` string is accepted instead
-    title           string, optional
+    title           string, optional (the product's name as the catalogue shows it; blank is read as absent)
+    description     string, optional (the catalogue's longer text about the product; blank is read as absent)
     category_hint   string, optional (the catalogue's own category, if any)
     event_id        string, optional (the producer's id, kept for tracing)
     occurred_at     ISO 8601 timestamp, optional (a timestamp without zone is read as UTC)
@@ -56,6 +57,7 @@ class ProductEvent(BaseModel):
     product_id: StrictStr = Field(min_length=1, max_length=512)
     image_urls: list[StrictStr] = Field(min_length=1, max_length=MAX_IMAGES)
     title: StrictStr | None = None
+    description: StrictStr | None = None
     category_hint: StrictStr | None = None
     event_id: StrictStr | None = None
     occurred_at: datetime | None = None
@@ -67,6 +69,11 @@ class ProductEvent(BaseModel):
             if not url:
                 raise ValueError(f"image_urls[{i}] is empty")
         return urls
+
+    @field_validator("title", "description")
+    @classmethod
+    def _blank_is_absent(cls, value: str | None) -> str | None:
+        return value or None  # already stripped: "" and "   " carry no text, so the product has none
 
     @field_validator("occurred_at")
     @classmethod
@@ -86,6 +93,7 @@ def example_event() -> dict[str, Any]:
             "https://cdn.example.com/products/sku-10042/back.jpg",
         ],
         "title": "Linen shirt, short sleeves",
+        "description": "Relaxed fit linen shirt with short sleeves and a chest pocket.",
         "category_hint": "tops",
         "event_id": "0b9e6c1e-5d1f-4c55-9a53-0f3a3f0c2a11",
         "occurred_at": "2025-03-14T09:26:53Z",

@@ -156,6 +156,7 @@ class ProductResult:
     # Set when the review policy chose this product for human review: the store writes it to the review
     # outbox in the same transaction as the attributes, so a routed product is never lost.
     review: OutboxPayload | None = None
+    description: str | None = None  # the event's longer text about the product, stored like the title
 
 
 def payload_to_json(payload: OutboxPayload) -> dict[str, Any]:

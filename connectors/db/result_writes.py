@@ -9,8 +9,8 @@ changed; the others were kept because an annotator set them) and the review-outb
 multi-row `INSERT ... VALUES` pages ("insertmanyvalues"), so a batch costs a handful of round trips to the server
 whatever its size. The effects are those of writing the results one by one in (product, digest, model version)
 order: a key repeated inside the batch is a duplicate after its first occurrence (its attempt count still goes up),
-a product's title, category hint and last event are its last non-empty ones, an attribute written twice keeps the
-later value.
+a product's title, description, category hint and last event are its last non-empty ones, an attribute written
+twice keeps the later value.
 
 On PostgreSQL each statement takes its rows as one array per column (`INSERT ... SELECT unnest(...), ...`): the SQL
 text is short and the same for every batch, so the driver converts it once and the server plans it as a prepared
@@ -165,8 +165,13 @@ def _upsert_products(conn: Connection, insert: InsertFactory, fresh: list[Produc
     merged: dict[str, dict[str, Any]] = {}
     for r in fresh:  # a product with several new images in the batch: its last non-empty values
         row = merged.setdefault(r.product_id, product_row(r.product_id, now))
-        for column, value in (("title", r.title), ("category_hint", r.category_hint), ("last_event_id", r.event_id)):
-            if value is not None:
+        for column, value in (
+            ("title", r.title),
+            ("description", r.description),
+            ("category_hint", r.category_hint),
+            ("last_event_id", r.event_id),
+        ):
+            if value:
                 row[column] = value
     upsert_products(conn, insert, [merged[p] for p in sorted(merged)])
 
@@ -177,11 +182,13 @@ def product_row(
     title: str | None = None,
     category_hint: str | None = None,
     event_id: str | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """A `products` row first seen (and updated) at `now`, for `upsert_products`."""
     return {
         "product_id": product_id,
         "title": title,
+        "description": description,
         "category_hint": category_hint,
         "last_event_id": event_id,
         "first_seen_at": now,
@@ -193,8 +200,8 @@ def upsert_products(
     conn: Connection, insert: InsertFactory, rows: list[dict[str, Any]], *, keep_existing: bool = False
 ) -> None:
     """The one product upsert: insert `rows` (`product_row`s, in product order); a product already there gets the
-    rows' non-empty title, category hint and last event and their `updated_at`, or, with `keep_existing`, is left as
-    it is."""
+    rows' non-empty title, description, category hint and last event and their `updated_at`, or, with
+    `keep_existing`, is left as it is."""
     t = PRODUCTS
     stmt, params = _rows_insert(conn, insert, t, rows)
     if keep_existing:
@@ -204,6 +211,7 @@ def upsert_products(
         index_elements=["product_id"],
         set_={
             "title": func.coalesce(stmt.excluded.title, t.c.title),
+            "description": func.coalesce(stmt.excluded.description, t.c.description),
             "category_hint": func.coalesce(stmt.excluded.category_hint, t.c.category_hint),
             "last_event_id": func.coalesce(stmt.excluded.last_event_id, t.c.last_event_id),
             "updated_at": stmt.excluded.updated_at,

@@ -230,6 +230,7 @@ def product_view(product: RowMapping, attribute_rows: Sequence[RowMapping]) -> P
         updated_at=as_utc(product["updated_at"]),
         last_event_id=product["last_event_id"],
         attributes={row["attribute"]: stored_attribute(row) for row in attribute_rows},
+        description=product["description"],
     )
 
 

@@ -56,6 +56,7 @@ class ProductView:
     updated_at: datetime
     last_event_id: str | None
     attributes: dict[str, StoredAttribute]
+    description: str | None = None  # the last non-empty description an event carried
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def product_result(job: EventJob, taxonomy: Taxonomy, source_name: str) -> Produ
     return ProductResult(
         product_id=job.event.product_id,
         title=job.event.title,
+        description=job.event.description,
         category_hint=job.event.category_hint,
         event_id=job.event.event_id,
         image_url=job.images[0][0],

@@ -147,6 +147,20 @@ def test_two_new_images_of_one_product_in_a_batch_end_as_if_written_one_by_one(s
     assert product.attributes["pattern"].value == ["plain"] and product.attributes["pattern"].source == "human"
 
 
+def test_the_description_is_stored_like_the_title_its_last_non_empty_one(store: ProductStore) -> None:
+    store.write_results([make_result(digest="sha-1")])  # an event without a description
+    assert (product := store.get_product("p1")) is not None and product.description is None
+    described = make_result(digest="sha-2", description="Short sleeves, chest pocket.")
+    later = make_result(digest="sha-3", description=None, title=None)  # within one batch: the last non-empty
+    store.write_results([later, described])
+    store.write_results([make_result(digest="sha-4", description="", title="")])  # a later batch, blank text
+    product = store.get_product("p1")
+    assert product is not None
+    assert (product.title, product.description) == ("Linen shirt", "Short sleeves, chest pocket.")
+    store.write_results([make_result(digest="sha-5", description="Linen, relaxed fit.")])
+    assert (product := store.get_product("p1")) is not None and product.description == "Linen, relaxed fit."
+
+
 def test_values_round_trip_with_their_types(store: ProductStore) -> None:
     store.write_results([make_result()])
     product = store.get_product("p1")

@@ -36,13 +36,27 @@ def test_the_documented_example_is_a_valid_event() -> None:
     assert parsed.product_id == "sku-10042"
     assert len(parsed.image_urls) == 2
     assert parsed.category_hint == "tops"
+    assert parsed.title == "Linen shirt, short sleeves"
+    assert parsed.description is not None and parsed.description.startswith("Relaxed fit linen shirt")
     assert parsed.occurred_at == datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 
 
 def test_a_minimal_event_needs_only_version_product_and_one_image() -> None:
     parsed = parse_event(encode(event()))
     assert parsed == ProductEvent(schema_version=1, product_id="sku-1", image_urls=["https://img.example/1.jpg"])
-    assert parsed.title is None and parsed.event_id is None and parsed.occurred_at is None
+    assert parsed.title is None and parsed.description is None
+    assert parsed.event_id is None and parsed.occurred_at is None
+
+
+def test_title_and_description_are_kept_with_surrounding_whitespace_stripped() -> None:
+    parsed = parse_event(encode(event(title=" Puma Men Black Running Shoes ", description="Mesh upper.\n")))
+    assert (parsed.title, parsed.description) == ("Puma Men Black Running Shoes", "Mesh upper.")
+
+
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_a_blank_title_or_description_is_read_as_none(blank: str | None) -> None:
+    parsed = parse_event(encode(event(title=blank, description=blank)))
+    assert parsed.title is None and parsed.description is None
 
 
 def test_a_single_image_url_is_accepted_as_a_list_of_one() -> None:
@@ -110,6 +124,7 @@ def test_a_missing_or_non_integer_schema_version_is_an_invalid_event(version: An
         ({"image_urls": ["  "]}, "image_urls"),
         ({"image_urls": _DROP, "image_url": 7}, "image_url"),
         ({"title": 5}, "title"),
+        ({"description": ["long", "text"]}, "description"),
         ({"occurred_at": "yesterday"}, "occurred_at"),
     ],
 )
