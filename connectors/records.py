@@ -26,6 +26,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 __all__ = [
     "DEFAULT_REASON",
     "SUSPENDED",
+    "TITLE_PHOTO_CONFLICT",
     "Alternative",
     "AttributeSource",
     "AttributeValue",
@@ -45,6 +46,11 @@ DEFAULT_REASON = "review"  # the reason of an outbox row whose payload names non
 # `withheld_by` of a value its group's threshold would have auto-filled, kept as a suggestion because the group's
 # auto-fill is suspended for the serving model version (table autofill_suspensions)
 SUSPENDED = "suspended"
+# `withheld_by` of a single-choice value whose group the product's title and photos confidently disagree on (the
+# title names a value the photos give little probability, learner/inference/product_decision.py): nothing of the
+# group is auto-filled, both readings are kept (`AttributeValue.readings`), and the product is routed to review
+# with this reason
+TITLE_PHOTO_CONFLICT = "title_photo_conflict"
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,13 @@ class AttributeValue:
     # what, beyond its group's threshold, keeps the value a suggestion (None: nothing else): "unfamiliar_photo" (the
     # shift guard found the photo it came from unlike the training photos; no value of it is auto-filled) or
     # SUSPENDED (the group's auto-fill is suspended for this model version: its audited precision fell below target)
+    # or TITLE_PHOTO_CONFLICT (the title and the photos confidently disagree on the group)
     withheld_by: str | None = None
     mask: dict[str, Any] | None = None
+    # a single-choice value decided with the product's title (learner/inference/product_decision.py): what it was
+    # decided from ("decided_from": "photos+title" or "title") and each signal's own reading, {"value",
+    # "confidence"} or None ("title", "photos"); None for values from the photos alone (no title, as before)
+    readings: dict[str, Any] | None = None
 
 
 class UncertaintyInfo(TypedDict):
@@ -129,6 +140,7 @@ class OutboxPayload(TypedDict):
     uncertainty: UncertaintyInfo | None
     low_values: list[LowValueInfo]
     title: str | None
+    description: str | None
     image_url: str | None
     image_size: list[int] | None  # [width, height] of the shown image
     prediction: Prediction | None
@@ -179,6 +191,7 @@ def payload_from_json(raw: Mapping[str, Any] | None) -> OutboxPayload:
         "uncertainty": _uncertainty(uncertainty, priority) if isinstance(uncertainty, Mapping) else None,
         "low_values": list(data.get("low_values") or []),
         "title": data.get("title"),
+        "description": data.get("description"),
         "image_url": data.get("image_url"),
         "image_size": data.get("image_size"),
         "prediction": _prediction(prediction) if isinstance(prediction, Mapping) else None,
