@@ -19,7 +19,7 @@ from connectors.labelstudio import LabelStudioError, LabelStudioUnavailable
 from connectors.retry import RetryPolicy
 from daemon.metrics import ReviewMetrics
 from daemon.review.project import ReviewProject
-from learner.review.tasks import IMAGE_NAME
+from learner.review.tasks import DESCRIPTION_NAME, IMAGE_NAME
 
 log = logging.getLogger("shelfsight.review")
 
@@ -69,6 +69,7 @@ class TaskBuilder:
             IMAGE_NAME: self.image_url(item.image_url),
             "product_id": item.product_id,
             "title": payload["title"] or "",
+            DESCRIPTION_NAME: payload["description"] or "",  # the labelling view names it: never missing
             "reason": item.reason,
             "uncertainty": uncertainty["score"] if uncertainty is not None else item.priority,
             "priority": item.priority,  # the queue order: the uncertainty, or a random rank (review.routing)

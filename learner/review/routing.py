@@ -76,6 +76,7 @@ class ReviewRouting:
                 for v in a.low_values
             ],
             "title": result.title,
+            "description": result.description,
             "image_url": result.image_url,
             "image_size": [shown.width, shown.height] if shown is not None else None,
             "prediction": {

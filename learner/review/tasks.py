@@ -25,6 +25,7 @@ from learner.model.masks import MaskError, from_labelstudio_brush, from_labelstu
 from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 IMAGE_NAME = "image"  # the Image object tag of the labelling configuration, and the task data key of the image
+DESCRIPTION_NAME = "description"  # the Text object tag showing the product's description, and its task data key
 SKIPPED_ATTRIBUTE = "*"  # the attribute name of an outcome that concerns the whole annotation (a skipped task)
 
 # for a mask detector, each detector group also gets a PolygonLabels and a BrushLabels control, named the group's name
@@ -37,7 +38,8 @@ Outcome = Literal["applied", "skipped", "unknown_label", "unknown_group", "not_a
 
 
 def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
-    """The labelling configuration for a taxonomy: the image, the product's title and id, then one block per
+    """The labelling configuration for a taxonomy: the product's title, id and description (task data `title`,
+    `product_id`, `description`; an empty description shows nothing), the image, then one block per
     attribute group in taxonomy order: Choices (single or multiple) for classifier groups, RectangleLabels for
     detector groups. Control names are the group names, choice values the taxonomy's values. With `masks` (the
     champion's detector returns instance masks), each detector group also gets PolygonLabels and BrushLabels
@@ -46,6 +48,7 @@ def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
     view = ET.Element("View")
     ET.SubElement(view, "Header", value="$title")
     ET.SubElement(view, "Header", value="$product_id", size="6")
+    ET.SubElement(view, "Text", name=DESCRIPTION_NAME, value=f"${DESCRIPTION_NAME}")
     ET.SubElement(view, "Image", name=IMAGE_NAME, value=f"${IMAGE_NAME}", zoom="true", zoomControl="true")
     for group in taxonomy.groups:
         ET.SubElement(view, "Header", value=group.name, size="5")

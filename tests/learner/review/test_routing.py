@@ -22,6 +22,7 @@ def test_the_router_builds_the_outbox_payload_for_routed_products_only(taxonomy:
         model_version="m1",
         attributes=confident(garment=0.6),
         source="test",
+        description="Short sleeves, chest pocket.",
     )
     payload = router(result, [tags_with_tie()])
     assert payload is not None and payload["reason"] == "low_confidence"
@@ -29,6 +30,7 @@ def test_the_router_builds_the_outbox_payload_for_routed_products_only(taxonomy:
     assert payload["model_values"]["garment"]["value"] == "Shirt"
     assert payload["priority"] == payload["uncertainty"]["score"] > 0
     assert payload["image_size"] == [400, 500] and payload["title"] == "Linen shirt"
+    assert payload["description"] == "Short sleeves, chest pocket."
     import json
 
     json.dumps(payload)  # stored as JSON in the outbox

@@ -10,6 +10,7 @@ import pytest
 
 from learner.model.taxonomy import Taxonomy
 from learner.review.tasks import (
+    DESCRIPTION_NAME,
     ParsedValue,
     annotation_revision,
     answer_result,
@@ -35,6 +36,14 @@ def test_the_labelling_configuration_has_one_block_per_group(taxonomy: Taxonomy)
     assert boxes is not None and [c.get("value") for c in boxes] == list(taxonomy.group("detectedObjects").values)
     assert view.find("Choices[@name='detectedObjects']") is None
     assert {h.get("value") for h in view.findall("Header")} >= {"$title", "$product_id"}
+
+
+def test_annotators_see_the_products_title_id_and_description_above_the_photo(taxonomy: Taxonomy) -> None:
+    view = ET.fromstring(label_config(taxonomy))
+    shown = [(tag.tag, tag.get("value")) for tag in view][:4]
+    assert shown == [("Header", "$title"), ("Header", "$product_id"), ("Text", "$description"), ("Image", "$image")]
+    description = view.find("Text")
+    assert description is not None and description.get("name") == DESCRIPTION_NAME == "description"
 
 
 def test_multi_label_classifier_groups_get_multiple_choice(taxonomy: Taxonomy) -> None:
