@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from connectors.records import TITLE_PHOTO_CONFLICT
 from daemon.cli_support import STARTER_BUNDLE, configure_logging, fail, load_settings, shown_path
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 
@@ -99,7 +100,9 @@ def _clean(home: Path, events: Path, db: Path, *files: Path) -> None:
 
 
 def _publish(images: Path, events: Path, limit: int) -> dict[str, tuple[Path, str]]:
-    """One event per photo; returns product id -> (photo, the photo set's own label, if it has labels.csv)."""
+    """One event per photo, without a title (the CC0 photos have none; a made-up one would be read by a bundle's
+    title model as if it described the product); returns product id -> (photo, the photo set's own label, if it has
+    labels.csv)."""
     labels: dict[str, str] = {}
     csv = images / "labels.csv"
     if csv.is_file():
@@ -117,8 +120,7 @@ def _publish(images: Path, events: Path, limit: int) -> dict[str, tuple[Path, st
         event = {
             "schema_version": 1,
             "product_id": product_id,
-            "image_urls": [photo.resolve().as_uri()],
-            "title": f"User photo {i + 1}",
+            "image_urls": [photo.resolve().as_uri()],  # and no title (see above)
             "event_id": f"demo-event-{i + 1}",
         }
         (events / f"demo-{i:04d}.json").write_text(json.dumps(event))
@@ -172,10 +174,13 @@ def _print_products(snapshot: CatalogSnapshot, photos: dict[str, tuple[Path, str
     for item in products[:show]:
         p = item.product
         label = photos.get(p.product_id, (None, ""))[1]
-        head = f"  {p.title or ''} ({p.product_id}, {photos[p.product_id][0].name if p.product_id in photos else ''})"
+        photo = photos[p.product_id][0].name if p.product_id in photos else "-"
+        head = f"  {p.title} ({p.product_id}, {photo})" if p.title else f"  {p.product_id} ({photo})"
         head += f"  [CC0 set's label: {label}]" if label else ""
         odd = any(a.withheld_by == UNFAMILIAR_PHOTO for a in p.attributes.values() if a.source != "human")
         head += "  UNFAMILIAR PHOTO: nothing auto-filled" if odd else ""
+        disputed = [g for g, a in p.attributes.items() if a.source != "human" and a.withheld_by == TITLE_PHOTO_CONFLICT]
+        head += f"  TITLE/PHOTO CONFLICT: {', '.join(disputed)}" if disputed else ""
         typer.echo(head + ("  -> review" if item.routed_for_review else ""))
         cells = []
         for group in groups:

@@ -39,6 +39,13 @@ def test_demo_tags_user_photos_routes_the_unsure_and_writes_a_report(small_bundl
     queued = [json.loads(line) for line in (home / "review-queue.jsonl").read_text().splitlines()]
     assert len(queued) == 5 and all(q["low_values"][0]["group"] == "garment" for q in queued)
     assert (home / "report.html").read_text().count('class="product-card"') == 5
+    # the CC0 photos have no titles, so the events carry none (nothing made up for a title model to read): the
+    # products are shown by id and photo file
+    published = [json.loads(f.read_text()) for f in sorted((home / "events" / "done").glob("demo-*.json"))]
+    assert len(published) == 5 and not any("title" in event for event in published)
+    first = published[0]["product_id"]
+    assert f"\n  {first} ({Path(published[0]['image_urls'][0]).name})" in out and "User photo" not in out
+    assert f"<h2>{first}</h2>" in (home / "report.html").read_text()
 
     again = CliRunner().invoke(app, args)  # a second run starts from a clean demo directory
     assert again.exit_code == 0 and "products enriched  5 of 5 published" in again.output
