@@ -32,6 +32,11 @@ def tag_command(
         "-m",
         help="Model bundle (.safetensors). Default: the registry's champion, else model_path, else the starter model.",
     ),
+    title: str | None = typer.Option(
+        None,
+        "--title",
+        help="The product's title (one image only): shown, and read with the photo when the bundle has a title model.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
     draw: Path | None = typer.Option(None, "--draw", help="Write a PNG with boxes and labels (first image)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -51,6 +56,9 @@ def tag_command(
 
     if backend not in BACKENDS:
         raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)
+    title = (title or "").strip() or None
+    if title is not None and len(images) != 1:
+        raise fail(f"--title names one product: give one image with it, not {len(images)}", 2)
     if model is None:
         model, why = default_model(load_settings())
         typer.echo(f"model: {shown_path(model)} ({why}; --model to choose another)", err=True)
@@ -78,13 +86,14 @@ def tag_command(
     if as_json:
         doc = {
             "model_version": bundle.model_version,
+            **({"title": title} if title is not None else {}),
             "images": [{"image": name, **r.to_dict()} for name, r in results],
         }
         typer.echo(json.dumps(doc, indent=2))
     else:
         for name, r in results:
             if isinstance(r, ImageTags):
-                typer.echo(_format_text(name, r))
+                typer.echo(_format_text(name, r, title))
     if draw is not None:
         first = next(((n, r) for n, r in results if isinstance(r, ImageTags)), None)
         if first is not None:
@@ -124,10 +133,12 @@ def _read_all(names: list[str], max_bytes: int, allow_private: bool) -> list[tup
     return out
 
 
-def _format_text(name: str, tags: ImageTags) -> str:
+def _format_text(name: str, tags: ImageTags, title: str | None = None) -> str:
     from learner.model.masks import area
 
     lines = [f"{name}  ({tags.width}x{tags.height}, model {tags.model_version})"]
+    if title is not None:
+        lines.append(f"  title: {json.dumps(title, ensure_ascii=False)}")
     if tags.unfamiliar:
         lines.append(
             f"  unfamiliar photo (shift score {tags.shift_score:.1f}, above the model's cut-off): unlike the photos the"

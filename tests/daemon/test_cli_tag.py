@@ -107,3 +107,15 @@ def test_values_below_their_auto_fill_threshold_are_shown_as_suggestions(calibra
         app, ["tag", str(cc0_images[0]), "--model", str(calibrated_bundle_path), "--backend", backend, "--json"]
     )
     assert json.loads(as_json.stdout)["images"][0]["auto_filled"] == {"garment": False, "kids": True}
+
+
+def test_a_title_is_shown_with_its_photo_and_names_one_product(untrained_bundle_path, cc0_images):
+    args = ["tag", str(cc0_images[0]), "--model", str(untrained_bundle_path), "--title", " Puma Men Black Shoes "]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[1] == '  title: "Puma Men Black Shoes"'
+    assert json.loads(runner.invoke(app, [*args, "--json"]).stdout)["title"] == "Puma Men Black Shoes"
+    assert "title" not in json.loads(runner.invoke(app, [*args[:4], "--json"]).stdout)
+
+    two = runner.invoke(app, [*args, str(cc0_images[1])])
+    assert two.exit_code == 2 and "--title names one product" in two.stderr
