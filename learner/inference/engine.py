@@ -92,6 +92,9 @@ class ImageTags:
     # unfamiliar photo has none of its values auto-filled (learner.model.shift_guard)
     shift_score: float | None = None
     unfamiliar: bool = False
+    # per single-choice group, the image's calibrated probabilities (C,) as the decoder computed them (None: tags
+    # built without them): what the product decision (learner.inference.product_decision) averages over photos
+    probs: dict[str, np.ndarray] | None = None
 
     def top(self, group: str) -> tuple[str, float] | None:
         values = self.attributes.get(group)
@@ -153,6 +156,10 @@ class TaggingEngine:
             raise ValueError(f"tta must be one of {', '.join(map(str, TTA_MODES))}, not {tta!r}")
         self.tta = None if tta == "none" else tta
         self.decoder = ValueDecoder.for_bundle(bundle)
+        from learner.inference.product_decision import ProductDecider
+
+        # one decision per product from its photos' tags and its title (learner.inference.product_decision)
+        self.decider = ProductDecider.for_bundle(bundle, self.decoder, top_k)
         self.bundle = bundle
         self.max_pixels = max_pixels
         self.top_k = top_k
@@ -267,8 +274,9 @@ class TaggingEngine:
                     attributes[group] = sorted(current.items(), key=lambda vc: -vc[1])
         score = None if decisions.shift_score is None else float(decisions.shift_score[i])
         unfamiliar = bool(decisions.unfamiliar[i]) if decisions.unfamiliar is not None else False
+        calibrated = {name: rows[i] for name, rows in decisions.probs.items()}
         return ImageTags(
-            attributes, found, p.width, p.height, self.bundle.model_version, auto_filled, score, unfamiliar
+            attributes, found, p.width, p.height, self.bundle.model_version, auto_filled, score, unfamiliar, calibrated
         )
 
     def _mask_and_colour(self, p: PreparedImage, mask: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
