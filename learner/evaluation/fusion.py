@@ -1,0 +1,226 @@
+"""Fitting the product decision's fusion of photos and title (`learner.inference.product_decision.Fusion`) on a
+labelled split, normally validation, one row per product.
+
+Per single-choice group with labelled rows that have both signals:
+1. weights: fused logit = a * log p_photos + b * log p_title (+ a per-value bias), softmax; a, b (and the bias) by
+   minimising the negative log-likelihood with L-BFGS. The bias is kept only when it lowers the NLL on held-out
+   rows of a two-fold cross-fit (it can learn a value's base rate the two models share; with few rows it overfits);
+2. the fused auto-fill threshold: the fused probabilities decoded as served (hierarchy included,
+   `learner.inference.product_decision.decide_products`), the threshold chosen by the photos' rule
+   (`learner.evaluation.selective.choose_autofill_threshold`: the group's target precision, band and confidence
+   floors);
+3. the conflict cut-offs: flagged when the title gives its value at least `conflict_title` and the photos give that
+   value at most `conflict_image`. The pair flags at most `max_flagged` of the group's clean products (their real
+   titles) and, among such pairs, the most of the simulated swaps: each product's photos with the title reading of
+   another product whose label differs (what a title whose colour or gender word names another value looks like to
+   the models). The title must be at least even odds sure (`conflict_title` >= 0.5) and the photos below even odds
+   (`conflict_image` < 0.5).
+
+The probabilities given are calibrated (the photos' by the bundle's temperatures, the title model's by its own).
+Figures are in-sample (measured on the split fitted on); measure on the test split for out-of-sample ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.datasets.labelled import IGNORE_INDEX
+from learner.evaluation.selective import (
+    DEFAULT_CONFIDENCE_LEVEL,
+    DEFAULT_MIN_ACCEPTED,
+    DEFAULT_TARGET_PRECISION,
+    choose_autofill_threshold,
+)
+from learner.inference.decoding import ValueDecoder
+from learner.inference.product_decision import Fusion, GroupFusion, decide_products
+from learner.model.taxonomy import Taxonomy
+
+DEFAULT_MAX_FLAGGED = 0.015  # share of a group's clean products a conflict cut-off may flag
+BIAS_L2 = 1e-2  # ridge on the per-value bias (per row of the NLL)
+_TINY = 1e-12
+
+
+def fit_weights(
+    image: np.ndarray, title: np.ndarray, targets: np.ndarray, *, bias: bool = False, l2: float = BIAS_L2
+) -> tuple[float, float, tuple[float, ...]]:
+    """(a, b, bias) minimising the NLL of `targets` (N,) under softmax(a log `image` + b log `title` + bias)."""
+    if len(targets) == 0:
+        return 1.0, 1.0, ()
+    li = torch.from_numpy(np.log(np.maximum(np.asarray(image, dtype=np.float64), _TINY)))
+    lt = torch.from_numpy(np.log(np.maximum(np.asarray(title, dtype=np.float64), _TINY)))
+    y = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    weights = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    offset = torch.zeros(li.shape[1], dtype=torch.float64, requires_grad=bias)
+    params = [weights, offset] if bias else [weights]
+    optimiser = torch.optim.LBFGS(params, lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(weights[0] * li + weights[1] * lt + offset, y)
+        if bias:
+            loss = loss + l2 * (offset**2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    a, b = (float(v) for v in weights.detach())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 1.0, 1.0, ()
+    return a, b, tuple(float(v) for v in offset.detach()) if bias else ()
+
+
+def nll(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-likelihood of `targets` under `probs` (N, C)."""
+    if len(targets) == 0:
+        return float("nan")
+    return float(-np.log(np.maximum(probs[np.arange(len(targets)), targets], _TINY)).mean())
+
+
+def bias_helps(image: np.ndarray, title: np.ndarray, targets: np.ndarray, seed: int = 0) -> bool:
+    """Whether a per-value bias lowers the held-out NLL of a two-fold cross-fit."""
+    if len(targets) < 100:
+        return False
+    fold = np.random.default_rng(seed).permutation(len(targets)) % 2 == 0
+    with_bias = without = 0.0
+    for train in (fold, ~fold):
+        test = ~train
+        for use_bias in (False, True):
+            a, b, off = fit_weights(image[train], title[train], targets[train], bias=use_bias)
+            loss = nll(GroupFusion(a, b, off).fuse(image[test], title[test]), targets[test])
+            if use_bias:
+                with_bias += loss
+            else:
+                without += loss
+    return with_bias < without
+
+
+def fit_conflict_cutoffs(
+    image: np.ndarray, title: np.ndarray, targets: np.ndarray, max_flagged: float = DEFAULT_MAX_FLAGGED, seed: int = 0
+) -> tuple[float, float, dict[str, Any]]:
+    """(conflict_title, conflict_image, figures) for one group: see the module docstring. `image`, `title` (N, C)
+    are the clean rows (both signals); `targets` (N,) their labels (IGNORE_INDEX: unknown, not used for swaps)."""
+    rows = np.arange(len(title))
+    said = title.argmax(axis=1)
+    title_conf, image_of_said = title[rows, said], image[rows, said]
+    swapped_conf, swapped_image = _simulated_swaps(image, title, targets, seed)
+    allowed = math.floor(max_flagged * len(title))
+    best = (2.0, -1.0, 0.0, 0)  # (title cut, image cut, detection, flagged)
+    candidates = np.unique(np.r_[np.quantile(title_conf, np.linspace(0, 0.99, 60)) if len(title) else [], 0.5])
+    for alpha in candidates[candidates >= 0.5]:
+        eligible = np.sort(image_of_said[title_conf >= alpha])
+        counts = np.searchsorted(eligible, eligible, side="right")
+        ok = eligible[(counts <= allowed) & (eligible < 0.5)]
+        if len(ok) == 0:
+            continue
+        beta = float(ok.max())
+        detected = float(((swapped_conf >= alpha) & (swapped_image <= beta)).mean()) if len(swapped_conf) else 0.0
+        if detected >= best[2]:
+            best = (float(alpha), beta, detected, int((eligible <= beta).sum()))
+    alpha, beta, detected, flagged = best
+    figures = {
+        "clean": len(title),
+        "clean_flagged": flagged,
+        "clean_flagged_share": flagged / len(title) if len(title) else None,
+        "simulated_swaps": len(swapped_conf),
+        "simulated_swaps_flagged_share": detected if len(swapped_conf) else None,
+    }
+    return alpha, beta, figures
+
+
+def _simulated_swaps(
+    image: np.ndarray, title: np.ndarray, targets: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled product's photos with the title reading of another product whose label differs: the title's
+    confidence in its value and the photos' probability of that value."""
+    known = np.flatnonzero(targets != IGNORE_INDEX)
+    if len(known) < 2:
+        return np.zeros(0), np.zeros(0)
+    other = np.random.default_rng(seed).permutation(known)
+    differs = targets[known] != targets[other]
+    mine, theirs = known[differs], other[differs]
+    said = title[theirs].argmax(axis=1)
+    return title[theirs, said], image[mine, said]
+
+
+def fit_fusion(
+    image_probs: Mapping[str, np.ndarray],
+    title_probs: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    taxonomy: Taxonomy,
+    *,
+    image_thresholds: Mapping[str, float] | None = None,
+    default_target: float = DEFAULT_TARGET_PRECISION,
+    confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
+    min_accepted: int = DEFAULT_MIN_ACCEPTED,
+    max_flagged: float = DEFAULT_MAX_FLAGGED,
+    seed: int = 0,
+    fitted_on: Mapping[str, Any] | None = None,
+) -> Fusion:
+    """The fusion of every single-choice classifier group with labelled rows carrying both signals (see the module
+    docstring). `image_probs`, `title_probs`: group -> (N, C) calibrated probabilities, NaN rows for a missing
+    signal; `labels`: group -> (N,) value indices, IGNORE_INDEX for unknown. `image_thresholds`: the photos'
+    auto-fill thresholds (for rows without a title; they do not change the fit)."""
+    decoder = ValueDecoder(taxonomy, autofill_thresholds=image_thresholds)
+    weights: dict[str, GroupFusion] = {}
+    report: dict[str, Any] = {"groups": {}, **dict(fitted_on or {}), "max_flagged": max_flagged}
+    for g in decoder.groups:
+        image, title = np.asarray(image_probs[g.name], float), np.asarray(title_probs[g.name], float)
+        y = np.asarray(labels[g.name], dtype=np.int64)
+        both = ~np.isnan(image).any(axis=1) & ~np.isnan(title).any(axis=1)
+        fit = both & (y != IGNORE_INDEX)
+        if fit.sum() == 0:
+            continue
+        use_bias = bias_helps(image[fit], title[fit], y[fit], seed)
+        a, b, off = fit_weights(image[fit], title[fit], y[fit], bias=use_bias)
+        weights[g.name] = GroupFusion(a, b, off)
+        report["groups"][g.name] = {"rows": int(fit.sum()), "image_weight": a, "title_weight": b, "bias": use_bias}
+    untuned = Fusion(weights)
+    decided = decide_products(image_probs, title_probs, decoder, untuned)
+    groups: dict[str, GroupFusion] = {}
+    for g in decoder.groups:
+        if g.name not in weights:
+            continue
+        image, title = np.asarray(image_probs[g.name], float), np.asarray(title_probs[g.name], float)
+        y = np.asarray(labels[g.name], dtype=np.int64)
+        both = decided.decided_from[g.name] == "photos+title"
+        fit = both & (y != IGNORE_INDEX)
+        correct = decided.chosen[g.name][fit] == y[fit]
+        target = g.target_precision if g.target_precision is not None else default_target
+        choice = choose_autofill_threshold(
+            decided.confidence[g.name][fit],
+            correct,
+            target,
+            confidence_level,
+            min_accepted,
+            band_floor=g.auto_fill_band_floor,
+            confidence_floor=g.auto_fill_confidence_floor,
+        )
+        alpha, beta, conflicts = fit_conflict_cutoffs(image[both], title[both], y[both], max_flagged, seed)
+        w = weights[g.name]
+        groups[g.name] = GroupFusion(w.image_weight, w.title_weight, w.bias, choice.threshold, alpha, beta)
+        report["groups"][g.name].update(
+            {
+                "nll": {
+                    "photos": nll(image[fit], y[fit]),
+                    "title": nll(title[fit], y[fit]),
+                    "fused": nll(decided.probs[g.name][fit], y[fit]),
+                },
+                "accuracy": {
+                    "photos": float((image[fit].argmax(axis=1) == y[fit]).mean()),
+                    "title": float((title[fit].argmax(axis=1) == y[fit]).mean()),
+                    "fused": float(correct.mean()),
+                },
+                "autofill": {k: _round(v) for k, v in choice.to_dict().items()},
+                "conflict": {"title_at_least": alpha, "photos_at_most": beta, **conflicts},
+            }
+        )
+    return Fusion(groups, report)
+
+
+def _round(v: Any) -> Any:
+    return round(v, 6) if isinstance(v, float) else v

@@ -1,0 +1,101 @@
+"""Fitting the fusion of photos and title on labelled probabilities: weights, fused thresholds, conflict cut-offs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.evaluation.fusion import fit_conflict_cutoffs, fit_fusion, fit_weights, nll
+from learner.inference.decoding import ValueDecoder
+from learner.inference.product_decision import decide_products
+from learner.model.taxonomy import Taxonomy, parse_taxonomy
+
+TAXONOMY = """
+schema_version: 1
+name: shop
+groups:
+  colour:
+    kind: single
+    values: [Black, Blue, Red, White]
+  kind:
+    kind: single
+    values: [Shirt, Shoe, Bag]
+"""
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def taxonomy() -> Taxonomy:
+    return parse_taxonomy(TAXONOMY)
+
+
+def readings(labels: np.ndarray, classes: int, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Calibrated-looking probabilities that favour the label by `strength` (0: pure noise)."""
+    z = strength * np.eye(classes)[labels] + rng.normal(0.0, 1.0, (len(labels), classes))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+Probs = dict[str, np.ndarray]
+
+
+def signals(strengths: dict[str, tuple[float, float]], seed: int = 0) -> tuple[Probs, Probs, Probs]:
+    rng = np.random.default_rng(seed)
+    sizes = {"colour": 4, "kind": 3}
+    labels = {g: rng.integers(0, c, N) for g, c in sizes.items()}
+    image = {g: readings(labels[g], sizes[g], strengths[g][0], rng) for g in sizes}
+    title = {g: readings(labels[g], sizes[g], strengths[g][1], rng) for g in sizes}
+    return image, title, labels
+
+
+def test_fused_probabilities_beat_either_signal_alone(taxonomy: Taxonomy) -> None:
+    image, title, labels = signals({"colour": (1.5, 2.5), "kind": (2.5, 1.5)})
+    fusion = fit_fusion(image, title, labels, taxonomy)
+    d = decide_products(image, title, ValueDecoder(taxonomy), fusion)
+    for g in ("colour", "kind"):
+        accuracy = {
+            "photos": (image[g].argmax(1) == labels[g]).mean(),
+            "title": (title[g].argmax(1) == labels[g]).mean(),
+            "fused": (d.chosen[g] == labels[g]).mean(),
+        }
+        assert accuracy["fused"] > max(accuracy["photos"], accuracy["title"]) + 0.02, (g, accuracy)
+        assert nll(d.probs[g], labels[g]) < min(nll(image[g], labels[g]), nll(title[g], labels[g]))
+        assert fusion.groups[g].image_weight > 0 and fusion.groups[g].title_weight > 0
+    assert fusion.report["groups"]["colour"]["accuracy"]["fused"] == pytest.approx(
+        (d.chosen["colour"] == labels["colour"]).mean()
+    )
+
+
+def test_a_title_that_carries_nothing_gets_no_weight() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, N)
+    image, title = readings(labels, 4, 2.0, rng), readings(labels, 4, 0.0, rng)
+    a, b, bias = fit_weights(image, title, labels)
+    assert abs(b) < 0.1 and a > 0.5 and bias == ()
+
+
+def test_fused_thresholds_keep_the_target_precision_and_fill_more_than_the_photos_alone(taxonomy: Taxonomy) -> None:
+    image, title, labels = signals({"colour": (2.0, 3.0), "kind": (3.0, 3.0)})
+    fusion = fit_fusion(image, title, labels, taxonomy, default_target=0.97)
+    d = decide_products(image, title, ValueDecoder(taxonomy), fusion)
+    for g in ("colour", "kind"):
+        filled = d.auto_filled[g]
+        assert (d.chosen[g][filled] == labels[g][filled]).mean() >= 0.97
+        photos_alone = fusion.report["groups"][g]["accuracy"]["photos"]
+        assert filled.mean() > 0.5 and filled.mean() > (image[g].max(1) >= 0.97).mean(), (g, photos_alone)
+
+
+def test_conflict_cut_offs_flag_few_clean_products_and_most_titles_that_name_another_value() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, N)
+    image, title = readings(labels, 4, 4.0, rng), readings(labels, 4, 6.0, rng)
+    alpha, beta, figures = fit_conflict_cutoffs(image, title, labels, max_flagged=0.015)
+    assert 0.5 <= alpha <= 1.0 and beta < 0.5
+    assert figures["clean_flagged_share"] <= 0.015
+    assert figures["simulated_swaps_flagged_share"] >= 0.9
+
+    other = (labels + rng.integers(1, 4, N)) % 4  # each title now names another value
+    swapped = readings(other, 4, 6.0, rng)
+    said = swapped.argmax(1)
+    flagged = (swapped[np.arange(N), said] >= alpha) & (image[np.arange(N), said] <= beta)
+    assert flagged.mean() >= 0.9
