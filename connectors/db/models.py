@@ -12,6 +12,10 @@ Encoding notes, for anyone reading the tables directly:
   threshold (a calibrated bundle's), so it is not the product's value yet; true for every other row.
 - `alternatives` is JSON: the model's top-k as [{"value": str, "confidence": float}, ...] ([] for humans).
 - `box` is JSON [x1, y1, x2, y2] in pixels of the original image, or null.
+- `readings` is JSON, for a single-choice model value of the product decision (learner/inference/
+  product_decision.py): what it was decided from and the title's and the photos' own readings, {"decided_from":
+  "photos" | "title" | "photos+title", "title": {"value": str, "confidence": float} | null, "photos": the same |
+  null}; null for annotators' values, multi-label and detector values, and rows written before it existed.
 - `mask` is JSON, the instance mask of a detector value as COCO RLE {"size": [h, w], "counts": "<compressed RLE>"}
   in pixels of the original image (pycocotools decodes it), or null.
 - JSON columns are JSONB on PostgreSQL and JSON text on SQLite.
@@ -100,6 +104,7 @@ class ProductAttribute(Base):
     value_is_list: Mapped[bool] = mapped_column(nullable=False, server_default=false())
     auto_filled: Mapped[bool] = mapped_column(nullable=False, server_default=true())
     withheld_by: Mapped[str | None] = mapped_column(Text)
+    readings: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     confidence: Mapped[float] = mapped_column(Float, nullable=False)
     alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
     source: Mapped[str] = mapped_column(String(8), nullable=False)

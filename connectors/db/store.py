@@ -250,4 +250,5 @@ def stored_attribute(row: RowMapping) -> StoredAttribute:
         updated_at=as_utc(row["updated_at"]),
         auto_filled=bool(row["auto_filled"]),
         withheld_by=row["withheld_by"],
+        readings=dict(row["readings"]) if row["readings"] is not None else None,
     )

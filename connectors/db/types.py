@@ -43,6 +43,9 @@ class StoredAttribute:
     auto_filled: bool = True  # False: a model suggestion, not (yet) the product's value
     withheld_by: str | None = None  # what, beyond its threshold, keeps the value a suggestion (unfamiliar_photo)
     mask: dict[str, Any] | None = None  # COCO RLE of a detector value's instance (original image pixels)
+    # what a single-choice model value was decided from, and the title's and the photos' own readings
+    # (`connectors.records.AttributeValue.readings`); None for annotators' values and where the decision gave none
+    readings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

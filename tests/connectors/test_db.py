@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 
 from connectors.db import DatabaseUnavailable, ProductStore
 from connectors.db.models import Base
-from connectors.records import Alternative, AttributeValue, ProductResult
+from connectors.records import TITLE_PHOTO_CONFLICT, Alternative, AttributeValue, ProductResult
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -170,6 +170,27 @@ def test_values_round_trip_with_their_types(store: ProductStore) -> None:
     assert product.attributes["garment"].box == [10.0, 20.0, 200.0, 300.0]
     assert product.first_seen_at.tzinfo is not None
     assert store.get_product("nope") is None
+
+
+def test_a_title_photo_conflict_is_stored_with_both_readings_until_a_person_answers(store: ProductStore) -> None:
+    readings = {
+        "decided_from": "photos+title",
+        "title": {"value": "blue", "confidence": 0.97},
+        "photos": {"value": "red", "confidence": 0.88},
+    }
+    disputed = AttributeValue(
+        "color", "red", 0.52, auto_filled=False, withheld_by=TITLE_PHOTO_CONFLICT, readings=readings
+    )
+    store.write_results([make_result(attributes=[disputed, AttributeValue("garment", "shirt", 0.97)])])
+
+    product = store.get_product("p1")
+    assert product is not None
+    color = product.attributes["color"]
+    assert (color.withheld_by, color.readings, color.auto_filled) == (TITLE_PHOTO_CONFLICT, readings, False)
+    assert product.attributes["garment"].readings is None  # from the photos alone
+    store.set_human_value("p1", "color", "blue", annotator="ann")
+    answered = store.get_product("p1")
+    assert answered is not None and answered.attributes["color"].readings is None
 
 
 def test_a_suggestion_is_stored_with_its_confidence_and_a_human_value_replaces_it(store: ProductStore) -> None:
