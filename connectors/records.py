@@ -129,6 +129,7 @@ class ModelValue(TypedDict):
     box: list[float] | None
     auto_filled: NotRequired[bool]
     withheld_by: NotRequired[str | None]
+    readings: NotRequired[dict[str, Any] | None]  # `AttributeValue.readings`, when the title took part
 
 
 class OutboxPayload(TypedDict):
@@ -231,4 +232,6 @@ def _model_value(raw: Mapping[str, Any]) -> ModelValue:
     if raw.get("auto_filled") is not None:  # absent from payloads written before it existed: not made up
         model["auto_filled"] = bool(raw["auto_filled"])
         model["withheld_by"] = None if raw.get("withheld_by") is None else str(raw["withheld_by"])
+    if isinstance(raw.get("readings"), Mapping):
+        model["readings"] = dict(raw["readings"])
     return model

@@ -32,6 +32,7 @@ from learner.review.policy import (
     RandomSample,
     ReviewPolicy,
     RoutingStrategy,
+    TitlePhotoConflict,
     UnfamiliarPhoto,
 )
 from learner.review.routing import ReviewRouting
@@ -112,7 +113,12 @@ def build_review_router(
     strategies: list[RoutingStrategy] = (
         [RandomSample(r.audit_rate, r.audit_seed)]
         if r.routing == "random"
-        else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(r.audit_rate, r.audit_seed, r.suspended_audit_rate)]
+        else [
+            UnfamiliarPhoto(),
+            TitlePhotoConflict(),
+            BelowThreshold(),
+            AuditSample(r.audit_rate, r.audit_seed, r.suspended_audit_rate),
+        ]
     )
 
     def count(decision: Decision) -> None:

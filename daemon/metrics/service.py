@@ -9,6 +9,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from connectors.records import TITLE_PHOTO_CONFLICT, AttributeValue
 from daemon.metrics.shift import PhotoShiftMonitor
 from learner.inference.engine import ImageTags
 from learner.model.shift_guard import ShiftGuard
@@ -83,6 +84,21 @@ class ServiceMetrics:
             "shelfsight_retries_total", "Retries of transient failures, by operation.", ["operation"], registry=r
         )
         self.shift = PhotoShiftMonitor(r)  # the shift guard's verdicts and the drift figure
+        # -- the product decision with the title (learner/inference/product_decision.py) ------------------------
+        self.title_decisions = Counter(
+            "shelfsight_title_decisions_total",
+            "Single-choice values decided with the product's title, by group and what they were decided from "
+            "(photos+title: fused; title: no familiar photo).",
+            ["group", "decided_from"],
+            registry=r,
+        )
+        self.title_photo_conflicts = Counter(
+            "shelfsight_title_photo_conflicts_total",
+            "Products whose title and photos confidently disagreed on a group: nothing of the group auto-filled, "
+            "both readings kept, the product routed to review (reason title_photo_conflict).",
+            ["group"],
+            registry=r,
+        )
         self.up = Gauge("shelfsight_ready", "1 when the service is ready to process events.", registry=r)
 
         # known label values start at zero, so every series exists (and rate() works) from the first scrape
@@ -161,6 +177,15 @@ class PipelineMetrics:
     def photos_tagged(self, tags: Iterable[ImageTags], guard: ShiftGuard | None) -> None:
         """The photos of one product were tagged by a model whose shift guard is `guard`."""
         self._m.shift.observe(tags, guard)
+
+    def decided(self, attributes: Iterable[AttributeValue]) -> None:
+        """The values of one product: those decided with its title, and its groups where title and photos
+        conflicted."""
+        for a in attributes:
+            if a.readings is not None:
+                self._m.title_decisions.labels(a.attribute, str(a.readings.get("decided_from"))).inc()
+            if a.withheld_by == TITLE_PHOTO_CONFLICT:
+                self._m.title_photo_conflicts.labels(a.attribute).inc()
 
     def finished(self, consumed_at: float, now: float) -> None:
         """An event is done (written or dead-lettered) `now`."""

@@ -103,7 +103,8 @@ class ResultWriter:
         """The event's merged result (values of suspended groups withheld), with the review payload when the router
         sends it to review."""
         engine = job.engine or self.current_engine()
-        result = product_result(job, engine.bundle.taxonomy, self.source_name)
+        result = product_result(job, engine.decider, self.source_name)
+        self.observe.decided(result.attributes)
         if self.withhold is not None:
             result = self.withhold(result)
         self.observe.photos_tagged(image_tags(job), engine.bundle.shift_guard)

@@ -17,15 +17,21 @@ A conflict: the title gives its value at least `conflict_title` and the photos g
 auto-filled (`withheld_by` TITLE_PHOTO_CONFLICT), both readings are kept on the value (`AttributeValue.readings`),
 and the review policy routes the product with that reason.
 
-A product without a title (or whose title has no signal, or a bundle without a title model or fusion) gets exactly
-today's image result: `merge_attributes`, each single-choice group from the photo whose value is most confident, the
-union for multi-label groups. Multi-label and detector groups are always merged that way.
+Without a title (or with one that has no signal, or a bundle without a title model or fusion) each group is
+decided from the photos alone, by the same rule: the mean of the familiar photos, decoded along the hierarchy, the
+photos' thresholds. For a product with one photo that is exactly the photo's own values, probabilities and marks
+(`ImageTags`); with several, the groups no longer come from different photos (articleType from one,
+subCategory from another). A product whose photos are all unfamiliar and which has no title keeps the photos'
+values, none auto-filled (`withheld_by` "unfamiliar_photo"). Multi-label and detector groups are merged as before
+(`merge_attributes`: the union, each value at its highest confidence); tags built without probabilities (by hand)
+are merged that way in every group.
 
 Pure numpy: no torch, no I/O (the onnxruntime serving path imports it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -240,21 +246,29 @@ class ProductDecider:
         return self.title_model is not None and self.fusion is not None
 
     def decide(self, tags: Sequence[ImageTags], title: str | None = None) -> list[AttributeValue]:
-        """The product's values: one per group (see the module docstring)."""
+        """The product's values: one per group (see the module docstring). Tags without probabilities (made by
+        hand, not by an engine) are merged as before photos were averaged (`merge_attributes`)."""
         merged = merge_attributes(list(tags), self.taxonomy)
-        title_probs = self.title_probabilities(title)
-        if title_probs is None or any(t.probs is None for t in tags):
-            return merged  # no title signal: exactly the image result
+        if not tags or any(t.probs is None for t in tags):
+            return merged
         names = [g.name for g in self.decoder.groups]
+        title_probs = self.title_probabilities(title)
         photos = mean_photo_probs(tags, names)
-        image = photos if photos is not None else {n: np.full_like(title_probs[n], np.nan) for n in names}
-        assert self.title_model is not None
-        d = decide_products(image, title_probs, self.decoder, self.fusion, self.title_model.autofill_thresholds)
+        all_unfamiliar = photos is None
+        if all_unfamiliar and title_probs is None:  # nothing but unfamiliar photos: their values, none auto-filled
+            photos = mean_photo_probs([dataclasses.replace(t, unfamiliar=False) for t in tags], names)
+        if photos is None:  # no familiar photo, a title: the title decides alone
+            assert title_probs is not None
+            photos = {n: np.full_like(title_probs[n], np.nan) for n in names}
+        image = photos
+        thresholds = self.title_model.autofill_thresholds if self.title_model is not None else {}
+        d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds)
         by_group = {a.attribute: a for a in merged}
         for g in self.decoder.groups:
             if d.decided_from[g.name][0] == "":
                 continue
-            by_group[g.name] = self._value(g.name, g.values, d, image[g.name][0], title_probs[g.name][0])
+            title_row = title_probs[g.name][0] if title_probs is not None else None
+            by_group[g.name] = self._value(g.name, g.values, d, image[g.name][0], title_row, all_unfamiliar)
         return [by_group[g.name] for g in self.taxonomy.groups if g.name in by_group]
 
     def title_probabilities(self, title: str | None) -> dict[str, np.ndarray] | None:
@@ -269,25 +283,33 @@ class ProductDecider:
         return {g.name: np.asarray(probs[g.name], dtype=np.float64) for g in self.decoder.groups}
 
     def _value(
-        self, group: str, values: Sequence[str], d: ProductDecisions, image: np.ndarray, title: np.ndarray
+        self,
+        group: str,
+        values: Sequence[str],
+        d: ProductDecisions,
+        image: np.ndarray,
+        title: np.ndarray | None,
+        unfamiliar: bool,
     ) -> AttributeValue:
         p = d.probs[group][0]
         first = int(d.chosen[group][0])
         order = [first, *(int(j) for j in np.argsort(-p, kind="stable") if j != first)][: min(self.top_k, len(values))]
-        conflict = bool(d.conflict[group][0])
+        decided_from = str(d.decided_from[group][0])
+        withheld_by = TITLE_PHOTO_CONFLICT if d.conflict[group][0] else None
         auto = bool(d.auto_filled[group][0])
+        if unfamiliar and decided_from == FROM_PHOTOS:
+            auto, withheld_by = False, UNFAMILIAR_PHOTO
         return AttributeValue(
             attribute=group,
             value=values[first],
             confidence=float(p[first]),
             alternatives=[Alternative(values[j], round(float(p[j]), 4)) for j in order],
             auto_filled=auto,
-            withheld_by=TITLE_PHOTO_CONFLICT if conflict else None,
-            readings={
-                "decided_from": str(d.decided_from[group][0]),
-                "title": _reading(values, title),
-                "photos": _reading(values, image),
-            },
+            withheld_by=withheld_by,
+            # what the title changed: none without one (the photos-only value is exactly the photos' decision)
+            readings=None
+            if title is None
+            else {"decided_from": decided_from, "title": _reading(values, title), "photos": _reading(values, image)},
         )
 
 

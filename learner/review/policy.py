@@ -1,7 +1,8 @@
 """The routing policy: which products go to annotators, and in which order.
 
 `ReviewPolicy.decide` runs pluggable `RoutingStrategy`s in order (`UnfamiliarPhoto`: a photo the shift guard found
-unlike the training photos, reason `unfamiliar_photo`; `BelowThreshold`: a value kept as a suggestion or
+unlike the training photos, reason `unfamiliar_photo`; `TitlePhotoConflict`: the product's title and photos
+confidently disagree on a group, reason `title_photo_conflict`; `BelowThreshold`: a value kept as a suggestion or
 under its threshold, see "Low values" below; `AuditSample`: a seeded random
 sample of the products the model would have accepted, so the accuracy of unreviewed output stays measured;
 `RandomSample`: a seeded random sample of every product, ranked in random order, the baseline that shows what
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from connectors.records import SUSPENDED, AttributeValue
+from connectors.records import SUSPENDED, TITLE_PHOTO_CONFLICT, AttributeValue
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
 from learner.review.caps import ReviewCaps
@@ -71,6 +72,8 @@ class Assessment:
     unfamiliar: bool = False  # a photo of the product is above the shift guard's cut-off (learner.model.shift_guard)
     # groups whose value its threshold chose but a suspension of the group's auto-fill kept as a suggestion
     suspended: tuple[str, ...] = ()
+    # groups whose title and photos confidently disagree (withheld_by TITLE_PHOTO_CONFLICT, the product decision)
+    conflicts: tuple[str, ...] = ()
 
     @property
     def low_groups(self) -> tuple[str, ...]:
@@ -109,6 +112,17 @@ class UnfamiliarPhoto:
 
     def select(self, assessment: Assessment) -> bool:
         return assessment.unfamiliar
+
+
+class TitlePhotoConflict:
+    """Route when the product's title and its photos confidently disagree on a group (the product decision withheld
+    that group, learner/inference/product_decision.py): either the title or the photo is wrong, and the catalog team
+    wants to know which."""
+
+    name = TITLE_PHOTO_CONFLICT
+
+    def select(self, assessment: Assessment) -> bool:
+        return bool(assessment.conflicts)
 
 
 class BelowThreshold:
@@ -198,7 +212,7 @@ class ReviewPolicy:
         self.strategies: list[RoutingStrategy] = (
             list(strategies)
             if strategies is not None
-            else [UnfamiliarPhoto(), BelowThreshold(), AuditSample(audit_rate, audit_seed)]
+            else [UnfamiliarPhoto(), TitlePhotoConflict(), BelowThreshold(), AuditSample(audit_rate, audit_seed)]
         )
         self.caps = caps or ReviewCaps()
         self._lock = threading.Lock()  # the daemon calls the router from its inference thread; tests from many
@@ -231,6 +245,7 @@ class ReviewPolicy:
         low: list[LowValue] = []
         scores: dict[str, float] = {}
         suspended: list[str] = []
+        conflicts: list[str] = []
         by_group = {a.attribute: a for a in attributes}
         for group in self.taxonomy.groups:
             if not self.group_policy(group.name).review:
@@ -241,6 +256,8 @@ class ReviewPolicy:
             candidates = _candidates(attr)
             if attr.withheld_by == SUSPENDED:
                 suspended.append(group.name)
+            if attr.withheld_by == TITLE_PHOTO_CONFLICT:
+                conflicts.append(group.name)
             if self.reads_autofill_mark(group.name):
                 if not attr.auto_filled and attr.withheld_by != SUSPENDED:
                     value, confidence = _decoded(attr, candidates)
@@ -252,7 +269,9 @@ class ReviewPolicy:
                     if confidence < limit:
                         low.append(LowValue(group.name, value, confidence, limit))
             scores[group.name] = self.measure([c for _, c in candidates], group.multi_label, len(group.values))
-        return Assessment(tuple(low), max(scores.values(), default=0.0), scores, unfamiliar, tuple(suspended))
+        return Assessment(
+            tuple(low), max(scores.values(), default=0.0), scores, unfamiliar, tuple(suspended), tuple(conflicts)
+        )
 
     def decide(self, attributes: Sequence[AttributeValue], now: datetime, unfamiliar: bool = False) -> Decision:
         assessment = self.assess(attributes, unfamiliar)

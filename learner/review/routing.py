@@ -20,20 +20,24 @@ from learner.review.tasks import prediction_result
 
 def model_values(taxonomy: Taxonomy, attributes: Sequence[AttributeValue]) -> dict[str, ModelValue]:
     """What the model said per group, as stored in the outbox payload: value, confidence, box, whether it was
-    auto-filled and what withheld it. Used to judge whether the annotator agreed, to restore the model's value when a
-    correction is withdrawn, and to tell the answers that audit auto-filled values (learner/evaluation/audit.py)."""
+    auto-filled and what withheld it, and, for a value decided with the title, the title's and the photos' readings.
+    Used to judge whether the annotator agreed, to restore the model's value when a correction is withdrawn, and to
+    tell the answers that audit auto-filled values (learner/evaluation/audit.py)."""
     known = {g.name for g in taxonomy.groups}
-    return {
-        a.attribute: {
+    out: dict[str, ModelValue] = {}
+    for a in attributes:
+        if a.attribute not in known:
+            continue
+        out[a.attribute] = {
             "value": a.value,
             "confidence": float(a.confidence),
             "box": a.box,
             "auto_filled": a.auto_filled,
             "withheld_by": a.withheld_by,
         }
-        for a in attributes
-        if a.attribute in known
-    }
+        if a.readings is not None:
+            out[a.attribute]["readings"] = a.readings
+    return out
 
 
 @dataclass

@@ -98,16 +98,32 @@ def by_group(values: list[AttributeValue]) -> dict[str, AttributeValue]:
     return {a.attribute: a for a in values}
 
 
-def test_without_a_title_or_with_one_that_says_nothing_the_result_is_exactly_the_photos(taxonomy: Taxonomy) -> None:
-    tags = [
-        photo(taxonomy, {"master": [0.7, 0.3], "article": [0.6, 0.3, 0.1], "colour": [0.55, 0.4, 0.05]}),
-        photo(taxonomy, {"master": [0.2, 0.8], "article": [0.1, 0.2, 0.7], "colour": [0.3, 0.3, 0.4]}),
-    ]
-    today = merge_attributes(tags, taxonomy)
+def test_without_a_title_a_one_photo_product_gets_exactly_that_photos_values_and_marks(taxonomy: Taxonomy) -> None:
+    tags = [photo(taxonomy, {"master": [0.7, 0.3], "article": [0.6, 0.3, 0.1], "colour": [0.55, 0.4, 0.05]})]
+    today = merge_attributes(tags, taxonomy)  # the photo's own values, confidences, alternatives and marks
     decide = decider(taxonomy)
     for title in (None, "", "   ", "zzqx"):  # "zzqx": the title model has no signal for it (NaN row)
         assert decide.decide(tags, title) == today
     assert ProductDecider(taxonomy, ValueDecoder(taxonomy)).decide(tags, "blue tee") == today  # no title model
+
+
+def test_without_a_title_several_photos_give_one_decision_consistent_with_the_hierarchy(taxonomy: Taxonomy) -> None:
+    # the most confident photo per group would take master from the first photo (Apparel 0.9) and article from the
+    # second (Casual Shoes 0.95): a Footwear article under Apparel
+    tags = [
+        photo(taxonomy, {"master": [0.9, 0.1], "article": [0.5, 0.3, 0.2], "colour": [0.6, 0.3, 0.1]}),
+        photo(taxonomy, {"master": [0.2, 0.8], "article": [0.02, 0.03, 0.95], "colour": [0.6, 0.3, 0.1]}),
+    ]
+    values = by_group(decider(taxonomy).decide(tags, None))
+    assert (values["master"].value, values["article"].value) == ("Footwear", "Casual Shoes")
+    assert values["master"].confidence == pytest.approx(0.45) and values["master"].readings is None
+    assert decider(taxonomy).decide(tags, "zzqx") == decider(taxonomy).decide(tags, None)
+
+
+def test_unfamiliar_photos_alone_and_no_title_keep_their_values_as_suggestions(taxonomy: Taxonomy) -> None:
+    values = by_group(decider(taxonomy).decide([photo(taxonomy, RED_TSHIRT, unfamiliar=True)], None))
+    assert values["colour"].value == "Red" and not values["colour"].auto_filled
+    assert values["colour"].withheld_by == UNFAMILIAR_PHOTO
 
 
 def test_a_title_that_agrees_makes_a_value_the_photos_alone_would_only_suggest_auto_filled(taxonomy: Taxonomy) -> None:

@@ -59,3 +59,31 @@ def test_a_product_with_a_photo_the_guard_found_unfamiliar_is_routed_as_unfamili
     assert payload is not None and payload["reason"] == "unfamiliar_photo"
     routed = router(result, [familiar])
     assert routed is not None and routed["reason"] == "low_confidence"  # the same values, a familiar photo
+
+
+def test_a_product_whose_title_and_photos_disagree_is_routed_with_both_readings(taxonomy: Taxonomy) -> None:
+    import dataclasses
+
+    from connectors.records import TITLE_PHOTO_CONFLICT
+
+    router = ReviewRouting(policy(taxonomy, autofill_thresholds={"garment": 0.9, "kids": 0.9}), clock=lambda: T0)
+    garment, kids = confident()
+    readings = {
+        "decided_from": "photos+title",
+        "title": {"value": "Polo", "confidence": 0.98},
+        "photos": {"value": "Shirt", "confidence": 0.95},
+    }
+    withheld = dataclasses.replace(garment, auto_filled=False, withheld_by=TITLE_PHOTO_CONFLICT, readings=readings)
+    result = ProductResult("SKU-3", "Blue polo", None, None, "file:///a.jpg", "d3", "m1", [withheld, kids], "test")
+
+    payload = router(result, [tags_with_tie()])
+
+    assert payload is not None and payload["reason"] == TITLE_PHOTO_CONFLICT
+    assert payload["model_values"]["garment"]["readings"] == readings
+    assert payload["model_values"]["garment"]["withheld_by"] == TITLE_PHOTO_CONFLICT
+    assert "readings" not in payload["model_values"]["kids"]  # decided from the photos alone
+    odd = tags_with_tie()
+    odd.unfamiliar = True
+    routed = router(result, [odd])
+    assert routed is not None and routed["reason"] == "unfamiliar_photo"  # the first strategy still wins
+    assert router(ProductResult(**{**result.__dict__, "attributes": [garment, kids]}), [tags_with_tie()]) is None
