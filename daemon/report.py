@@ -1,10 +1,13 @@
 """The HTML report of enriched products: one static file, photos embedded as JPEG thumbnails, no script and no
 request to anywhere, so it can be mailed or opened from a CI artifact.
 
-Each product is a card (`article.product-card`): its photo, title and id, and one row per attribute with the value,
-the confidence (a bar and the figure), and whether it was auto-filled, kept as a suggestion (below its group's
-auto-fill threshold) or set by an annotator, and the model version that produced it. The header counts products and
-values. Written by `shelfsight report` and at the end of `shelfsight demo`.
+Each product is a card (`article.product-card`): its photo, title (else its id), id and description, and one row per
+attribute with the value, what the model decided it from (`fused`: photos and title together, `image`: the photos,
+`title`: the title alone), the confidence (a bar and the figure), and whether it was auto-filled, kept as a
+suggestion (below its group's auto-fill threshold) or set by an annotator, and the model version that produced it. A
+value withheld because the title and the photos disagree (`title_photo_conflict`) is followed by both readings, the
+title's and the photos'. The header counts products, values and conflicts. Written by `shelfsight report` and at the
+end of `shelfsight demo`.
 
 What it must not do: query the database (connectors/db/report_view.py reads it), fetch http(s) images (a card shows
 the address instead), or read configuration.
@@ -24,10 +27,15 @@ from pathlib import Path
 
 from connectors.db.report_view import CatalogSnapshot, ReportedProduct
 from connectors.db.types import StoredAttribute
+from connectors.records import TITLE_PHOTO_CONFLICT
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 
 THUMBNAIL_PX = 200
 MAX_PIXELS = 40_000_000  # a decompression bomb is shown as "image not shown", not decoded
+DESCRIPTION_CHARS = 240  # a longer description is cut on the card (the whole text is its tooltip)
+# what a model value was decided from (`readings["decided_from"]`, learner/inference/product_decision.py) as the
+# report names it; a model value without readings (written before, or a multi-label or detector value) is "image"
+SOURCES = {"photos+title": "fused", "photos": "image", "title": "title"}
 
 
 @dataclass(frozen=True)
@@ -39,14 +47,17 @@ class ReportCounts:
     human: int  # values set by annotators
     routed: int  # products with a review-outbox row
     model_versions: tuple[str, ...]
+    conflicts: int = 0  # model values withheld because the title and the photos disagree
 
 
 def count_values(snapshot: CatalogSnapshot) -> ReportCounts:
     kinds: Counter[str] = Counter()
     versions: set[str] = set()
+    conflicts = 0
     for item in snapshot.products:
         for attr in item.product.attributes.values():
             kinds[_kind(attr)] += 1
+            conflicts += _conflict(attr)
             if attr.model_version:
                 versions.add(attr.model_version)
     return ReportCounts(
@@ -57,6 +68,7 @@ def count_values(snapshot: CatalogSnapshot) -> ReportCounts:
         human=kinds["human"],
         routed=sum(1 for p in snapshot.products if p.routed_for_review),
         model_versions=tuple(sorted(versions)),
+        conflicts=conflicts,
     )
 
 
@@ -80,6 +92,7 @@ def write_report(snapshot: CatalogSnapshot, out: Path, *, source: str, file_root
         suggested=counts.suggested,
         human=counts.human,
         routed=counts.routed,
+        conflicts=counts.conflicts,
         versions=html.escape(", ".join(counts.model_versions) or "-"),
         cards=cards,
         empty=empty,
@@ -98,8 +111,37 @@ def _kind(attr: StoredAttribute) -> str:
     return "auto" if attr.auto_filled else "suggestion"
 
 
+def _conflict(attr: StoredAttribute) -> bool:
+    return attr.source != "human" and attr.withheld_by == TITLE_PHOTO_CONFLICT
+
+
+def value_source(attr: StoredAttribute) -> str | None:
+    """What a model value was decided from, as the report names it (`SOURCES`); None for an annotator's value."""
+    if attr.source == "human":
+        return None
+    return SOURCES.get(str((attr.readings or {}).get("decided_from")), "image")
+
+
+def _readings(attr: StoredAttribute) -> str:
+    """The row under a conflicting value: the title's reading and the photos'."""
+    readings = attr.readings or {}
+    said = []
+    for signal, verb in (("title", "title says"), ("photos", "photos say")):
+        reading = readings.get(signal)
+        if isinstance(reading, dict) and reading.get("value") is not None:
+            figure = f" {float(reading['confidence']):.2f}" if reading.get("confidence") is not None else ""
+            said.append(f"{verb} <b>{html.escape(str(reading['value']))}</b>{figure}")
+    text = " &middot; ".join(said) or "the title and the photos disagree"
+    return f'<tr class="readings"><td colspan="4">title/photo conflict: {text}</td></tr>'
+
+
 _COLUMNS = '<colgroup><col class="g"><col class="v"><col class="c"><col class="m"></colgroup>'
 _MARKS = {"auto": "auto", "suggestion": "suggested", "human": "human"}
+_FROM = {
+    "fused": "decided from the photos and the title together",
+    "image": "decided from the photos",
+    "title": "decided from the title alone (no photo the model could read)",
+}
 
 
 def _card(item: ReportedProduct, file_root: Path | None) -> str:
@@ -110,23 +152,38 @@ def _card(item: ReportedProduct, file_root: Path | None) -> str:
         value = ", ".join(attr.value) if isinstance(attr.value, list) else attr.value
         pct = max(0.0, min(1.0, attr.confidence)) * 100
         who = attr.annotator if kind == "human" else attr.model_version
+        source = value_source(attr)
+        tag = f' <span class="from {source}" title="{_FROM[source]}">{source}</span>' if source else ""
+        conflict = " conflict" if _conflict(attr) else ""
         rows.append(
-            f'<tr class="attr {kind}"><th>{html.escape(name)}</th><td class="value">{html.escape(value or "-")}</td>'
+            f'<tr class="attr {kind}{conflict}"><th>{html.escape(name)}</th>'
+            f'<td class="value">{html.escape(value or "-")}{tag}</td>'
             f'<td class="conf"><span class="bar"><span style="width:{pct:.0f}%"></span></span>{attr.confidence:.2f}'
             f'</td><td class="mark" title="{html.escape(who or "")}">{_MARKS[kind]}</td></tr>'
         )
+        if conflict:
+            rows.append(_readings(attr))
     routed = '<span class="routed">waiting for review</span>' if item.routed_for_review else ""
     if any(a.withheld_by == UNFAMILIAR_PHOTO for a in p.attributes.values() if a.source != "human"):
         routed += (
             ' <span class="unfamiliar" title="the photo is unlike the photos the model was trained on: nothing of it'
             ' is auto-filled">unfamiliar photo</span>'
         )
+    if any(_conflict(a) for a in p.attributes.values()):
+        routed += (
+            ' <span class="conflict" title="the title and the photos confidently disagree: nothing of those groups is'
+            ' auto-filled">title/photo conflict</span>'
+        )
     versions = sorted({a.model_version for a in p.attributes.values() if a.model_version})
+    description = ""
+    if p.description:
+        cut = p.description if len(p.description) <= DESCRIPTION_CHARS else p.description[:DESCRIPTION_CHARS] + "…"
+        description = f'<p class="description" title="{html.escape(p.description)}">{html.escape(cut)}</p>'
     return (
         f'<article class="product-card" data-product-id="{html.escape(p.product_id)}">'
         f"{_photo(item.image_url, file_root)}"
         f'<div class="body"><h2>{html.escape(p.title or p.product_id)}</h2>'
-        f'<p class="meta">{html.escape(p.product_id)} {routed}</p>'
+        f'<p class="meta">{html.escape(p.product_id)} {routed}</p>{description}'
         f"<table>{_COLUMNS}{''.join(rows)}</table>"
         f'<p class="model">model {html.escape(", ".join(versions) or "-")}</p></div></article>'
     )
@@ -180,7 +237,13 @@ col.g{width:31%}col.v{width:30%}col.c{width:23%}col.m{width:16%}
 th{text-align:left;font-weight:500;color:#555;padding:1px 4px 1px 0;overflow:hidden;text-overflow:ellipsis}
 td{padding:1px 4px}
 td.value{font-weight:600}
-.unfamiliar{color:#b02020;font-weight:600}
+.unfamiliar,span.conflict{color:#b02020;font-weight:600}
+tr.conflict td.value,tr.conflict td.conf{color:#b02020}
+.description{font-size:12px;color:#444;margin:0 0 4px}
+.from{font-size:10px;font-weight:400;color:#666;border:1px solid #ccc;border-radius:3px;padding:0 3px}
+.from.fused{color:#245;border-color:#9ab}
+.from.title{color:#624;border-color:#c9a}
+tr.readings td{font-size:11px;color:#b02020;padding:0 4px 3px 12px}
 tr.suggestion td.value{color:#9a6a00;font-style:italic}
 tr.human td.value{color:#1b6e2a}
 td.mark{font-size:10px;color:#777;white-space:nowrap}
@@ -199,11 +262,15 @@ _PAGE = """<!DOCTYPE html>
 <style>{css}</style></head>
 <body><header><h1>{title}</h1>
 <p>{shown}; {auto} values auto-filled, {suggested} suggestions (below the auto-fill threshold), {human} set by
-annotators; {routed} products routed for review</p>
+annotators; {routed} products routed for review; {conflicts} values where the title and the photos disagree</p>
 <p>model versions: {versions} &middot; database: {source} &middot; generated {generated}</p>
 <p class="legend"><span><b>auto</b>: auto-filled, the daemon wrote it as the product's value</span>
 <span><i>suggested</i>: kept, but below its group's auto-fill threshold: a person should confirm it</span>
 <span><b>human</b>: set by an annotator</span></p>
+<p class="legend"><span><b>fused</b>: decided from the photos and the title together</span>
+<span><b>image</b>: from the photos</span><span><b>title</b>: from the title alone</span>
+<span><b>title/photo conflict</b>: the title and the photos disagree; both readings are shown, nothing of that group
+is auto-filled</span></p>
 </header>
 <main class="grid">
 {cards}

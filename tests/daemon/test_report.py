@@ -4,6 +4,7 @@ and the check itself can fail (a page without products counts zero cards, a page
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from typer.testing import CliRunner
 
 from connectors.db import ProductStore
 from connectors.db.report_view import read_report_products
-from connectors.records import AttributeValue, ProductResult
+from connectors.records import TITLE_PHOTO_CONFLICT, AttributeValue, ProductResult
 from daemon.cli import app
-from daemon.report import count_values, write_report
+from daemon.report import DESCRIPTION_CHARS, count_values, write_report
 
 
 @pytest.fixture
@@ -91,3 +92,69 @@ def test_report_command_writes_the_page_and_refuses_a_missing_database(store, cc
     assert out.read_text().count('class="product-card"') == 1
     missing = CliRunner().invoke(app, ["report", "--database", f"sqlite:///{tmp_path / 'nope.db'}"])
     assert missing.exit_code == 1 and "run `shelfsight demo`" in missing.output
+
+
+def _cards(page: str) -> dict[str, str]:
+    """Product id -> the card's HTML."""
+    return {
+        m[1]: m[0] for m in re.finditer(r'<article class="product-card" data-product-id="([^"]+)">.*?</article>', page)
+    }
+
+
+def _text(fragment: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", fragment).replace("&middot;", "·").split())
+
+
+def test_a_card_shows_the_title_where_each_value_came_from_and_both_readings_of_a_conflict(
+    store, cc0_images, tmp_path, render
+):
+    def read(title: str | None, photos: str | None, decided_from: str = "photos+title") -> dict[str, object]:
+        return {
+            "decided_from": decided_from,
+            "title": {"value": title, "confidence": 0.97} if title else None,
+            "photos": {"value": photos, "confidence": 0.88} if photos else None,
+        }
+
+    titled = _result("p1", cc0_images[0], suggested=False)
+    described = ProductResult(
+        **{
+            **titled.__dict__,
+            "title": "Nike Men Blue Round Neck T-shirt",
+            "description": "Soft cotton jersey. " * 30,
+            "attributes": [
+                AttributeValue("articleType", "Tshirts", 0.99, readings=read("Tshirts", "Tshirts")),
+                AttributeValue(
+                    "baseColour", "Red", 0.52, auto_filled=False, withheld_by=TITLE_PHOTO_CONFLICT,
+                    readings=read("Blue", "Red"),
+                ),
+                AttributeValue("gender", "Men", 0.91, readings=read("Men", None, decided_from="title")),
+                AttributeValue("usage", "Casual", 0.95),  # no readings: from the photos, as before titles
+            ],
+        }
+    )  # fmt: skip
+    untitled = ProductResult(**{**_result("p2", cc0_images[1], suggested=True).__dict__, "title": None})
+    store.write_results([described, untitled])
+    snapshot = read_report_products(store)
+    assert count_values(snapshot).conflicts == 1
+    page = write_report(snapshot, tmp_path / "report.html", source="test.db", file_root=cc0_images[0].parent)
+
+    html = page.read_text()
+    cards = _cards(html)
+    card, plain = cards["p1"], cards["p2"]
+    assert "<h2>Nike Men Blue Round Neck T-shirt</h2>" in card and "<h2>p2</h2>" in plain  # no title: the id
+    description = re.search(r'<p class="description"[^>]*>(.*?)</p>', card)
+    assert description is not None and description[1].startswith("Soft cotton jersey.")
+    assert len(description[1]) == DESCRIPTION_CHARS + 1 and description[1].endswith("…")  # cut, whole in the tooltip
+    assert 'class="description"' not in plain
+
+    rows = {m[1]: m[0] for m in re.finditer(r'<tr class="attr[^"]*"><th>([^<]+)</th>.*?</tr>', card)}
+    sources = {group: re.findall(r'class="from (\w+)"', row) for group, row in rows.items()}
+    assert sources == {"articleType": ["fused"], "baseColour": ["fused"], "gender": ["title"], "usage": ["image"]}
+    assert 'class="from image"' in plain
+    assert 'class="attr suggestion conflict"' in rows["baseColour"]
+    assert "title/photo conflict: title says Blue 0.97 · photos say Red 0.88" in _text(card)
+    assert _text(card).count("title/photo conflict:") == 1 and "title/photo conflict" not in _text(plain)
+    assert "1 values where the title and the photos disagree" in _text(html)
+
+    rendered = render(page)
+    assert (rendered.cards, rendered.photos_decoded, rendered.console_errors) == (2, 2, [])
