@@ -6,6 +6,10 @@ boxes, masks (tinted; a mask detector's) and attribute labels onto a PNG; a mask
 beside the classifier's. A bad image gets a one-line error naming it; the exit status is
 non-zero only when nothing at all could be tagged. A value below its group's auto-fill threshold (calibrated
 bundles, see `shelfsight models calibrate`) is marked as a suggestion: the daemon would not auto-fill it.
+
+With `--title` (one image), the title is shown, and when the bundle reads titles (a title model and its fusion) the
+product's values as the daemon would decide them from the photo and the title follow: each with what it was decided
+from (fused, image, title) and, for a title/photo conflict, both readings.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from typing import Any
 
 import typer
 
+from connectors.records import TITLE_PHOTO_CONFLICT, AttributeValue
 from daemon.cli_support import default_model, fail, load_settings, shown_path
+from daemon.report import SOURCES
 from learner.inference.engine import ImageTags, TagError
+from learner.model.shift_guard import UNFAMILIAR_PHOTO
 
 
 def register(app: typer.Typer) -> None:
@@ -77,6 +84,10 @@ def tag_command(
         (name, next(tagged) if isinstance(d, bytes) else d) for name, d in loaded
     ]
 
+    tagged_ok = [r for _, r in results if isinstance(r, ImageTags)]
+    reads_titles = engine.decider.reads_titles
+    # the product's values decided from its photo and its title, as the daemon would (None: no title read)
+    decided = engine.decider.decide(tagged_ok, title) if title is not None and reads_titles and tagged_ok else None
     ok = 0
     for name, r in results:
         if isinstance(r, TagError):
@@ -86,14 +97,19 @@ def tag_command(
     if as_json:
         doc = {
             "model_version": bundle.model_version,
-            **({"title": title} if title is not None else {}),
+            **({"title": title, "title_read": reads_titles} if title is not None else {}),
             "images": [{"image": name, **r.to_dict()} for name, r in results],
+            **({"product": [_value_dict(a) for a in decided]} if decided is not None else {}),
         }
         typer.echo(json.dumps(doc, indent=2))
     else:
         for name, r in results:
             if isinstance(r, ImageTags):
                 typer.echo(_format_text(name, r, title))
+        if decided is not None:
+            typer.echo(_format_decision(decided))
+        elif title is not None and not reads_titles:
+            typer.echo(f"  (model {bundle.model_version} has no title model: the title is shown, not read)")
     if draw is not None:
         first = next(((n, r) for n, r in results if isinstance(r, ImageTags)), None)
         if first is not None:
@@ -155,6 +171,44 @@ def _format_text(name: str, tags: ImageTags, title: str | None = None) -> str:
         extra = "" if d.mask is None else f", mask of {area(d.mask)} px" + (f", colour {d.colour}" if d.colour else "")
         lines.append(f"  detected {d.label} {d.score:.2f} at [{box}]{extra}")
     return "\n".join(lines)
+
+
+def _format_decision(values: list[AttributeValue]) -> str:
+    """The product's values decided from its photo and its title: value, confidence, what it was decided from, and
+    why a suggestion is one (for a title/photo conflict, both readings)."""
+    lines = ["  the product, decided from the photo and the title (as the daemon would store it):"]
+    width = max((len(a.attribute) for a in values), default=0)
+    for a in values:
+        value = ", ".join(a.value) if isinstance(a.value, list) else a.value
+        source = SOURCES.get(str((a.readings or {}).get("decided_from")), "image")
+        mark = "" if a.auto_filled else f"  (suggestion: {_why(a)})"
+        lines.append(f"  {a.attribute:<{width}}  {value or '-'} {a.confidence:.2f}  {source}{mark}")
+    return "\n".join(lines)
+
+
+def _why(a: AttributeValue) -> str:
+    if a.withheld_by == TITLE_PHOTO_CONFLICT:
+        said = [
+            f"{who} {reading['value']} {float(reading['confidence']):.2f}"
+            for who, key in (("title says", "title"), ("photo says", "photos"))
+            if isinstance(reading := (a.readings or {}).get(key), dict)
+        ]
+        return "title/photo conflict: " + (", ".join(said) or "the title and the photo disagree")
+    if a.withheld_by == UNFAMILIAR_PHOTO:
+        return "unfamiliar photo"
+    return a.withheld_by or "below the auto-fill threshold"
+
+
+def _value_dict(a: AttributeValue) -> dict[str, Any]:
+    return {
+        "attribute": a.attribute,
+        "value": a.value,
+        "confidence": round(float(a.confidence), 4),
+        "auto_filled": a.auto_filled,
+        "withheld_by": a.withheld_by,
+        "source": SOURCES.get(str((a.readings or {}).get("decided_from")), "image"),
+        "readings": a.readings,
+    }
 
 
 def _draw(data: bytes, tags: ImageTags, out: Path, max_pixels: int) -> None:

@@ -114,7 +114,9 @@ def test_a_title_is_shown_with_its_photo_and_names_one_product(untrained_bundle_
     text = runner.invoke(app, args)
     assert text.exit_code == 0, text.output
     assert text.stdout.splitlines()[1] == '  title: "Puma Men Black Shoes"'
-    assert json.loads(runner.invoke(app, [*args, "--json"]).stdout)["title"] == "Puma Men Black Shoes"
+    assert "has no title model: the title is shown, not read" in text.stdout  # a bundle without one says so
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert (doc["title"], doc["title_read"]) == ("Puma Men Black Shoes", False) and "product" not in doc
     assert "title" not in json.loads(runner.invoke(app, [*args[:4], "--json"]).stdout)
 
     two = runner.invoke(app, [*args, str(cc0_images[1])])
