@@ -23,7 +23,7 @@ Figures are in-sample (measured on the split fitted on); measure on the test spl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from learner.evaluation.selective import (
 )
 from learner.inference.decoding import ValueDecoder
 from learner.inference.product_decision import Fusion, GroupFusion, decide_products
+from learner.model.shift_guard import SCORE_KEY
 from learner.model.taxonomy import Taxonomy
 
 DEFAULT_MAX_FLAGGED = 0.015  # share of a group's clean products a conflict cut-off may flag
@@ -224,3 +225,41 @@ def fit_fusion(
 
 def _round(v: Any) -> Any:
     return round(v, 6) if isinstance(v, float) else v
+
+
+def fit_bundle_fusion(
+    bundle: Any,
+    predictions: Mapping[str, Any],
+    titles: Sequence[str | None],
+    *,
+    default_target: float = DEFAULT_TARGET_PRECISION,
+    confidence_level: float = DEFAULT_CONFIDENCE_LEVEL,
+    min_accepted: int = DEFAULT_MIN_ACCEPTED,
+    fitted_on: Mapping[str, Any] | None = None,
+) -> Fusion | None:
+    """The fusion of a calibrated bundle that has a title model (None: it has none), fitted on its raw photo
+    `predictions` (`learner.evaluation.evaluate.Predictions`, one row per image, with shift scores) and the products'
+    `titles` in the same order, as served: the photos calibrated by the bundle's temperatures, a photo the bundle's
+    shift guard finds unfamiliar left out (its row decided by the title alone)."""
+    title_model = getattr(bundle, "title_model", None)
+    if title_model is None or not len(titles):
+        return None
+    decoder = ValueDecoder.for_bundle(bundle)
+    raw = {name: p.probs for name, p in predictions.items()}
+    scores = getattr(predictions, "shift_scores", None)
+    decided = decoder({**raw, SCORE_KEY: scores} if scores is not None and len(scores) else raw)
+    unfamiliar = decided.unfamiliar if decided.unfamiliar is not None else np.zeros(len(titles), dtype=bool)
+    image = {name: np.where(unfamiliar[:, None], np.nan, p) for name, p in decided.probs.items()}
+    title = title_model.probabilities(list(titles))
+    labels = {g.name: predictions[g.name].targets for g in decoder.groups}
+    return fit_fusion(
+        image,
+        {g.name: title[g.name] for g in decoder.groups},
+        labels,
+        bundle.taxonomy,
+        image_thresholds=bundle.autofill_thresholds,
+        default_target=default_target,
+        confidence_level=confidence_level,
+        min_accepted=min_accepted,
+        fitted_on={**dict(fitted_on or {}), "titles": int(sum(1 for t in titles if t))},
+    )

@@ -1,6 +1,7 @@
 """Calibrating a bundle file on a labelled set (`shelfsight models calibrate`): read the set with the bundle's
 taxonomy, optionally derive a hierarchy from its labels into the bundle's taxonomy, predict one split with the bundle
-(its own split rule), fit temperatures, auto-fill and multi-label thresholds (learner/evaluation/calibration.py), and
+(its own split rule), fit temperatures, auto-fill and multi-label thresholds (learner/evaluation/calibration.py), when
+the bundle has a title model the fusion of photos and title (learner/evaluation/fusion.py, on the split's titles), and
 write the calibrated bundle atomically (beside the target, then renamed over it).
 
 Must not: print, parse options or read configuration (daemon/commands_models.py does), or touch the registry.
@@ -15,8 +16,10 @@ from pathlib import Path
 from learner.datasets.labelled import load_labelled_set
 from learner.evaluation.calibration import Calibration, fit_calibration
 from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
+from learner.evaluation.fusion import fit_bundle_fusion
 from learner.evaluation.selective import DEFAULT_CONFIDENCE_LEVEL, DEFAULT_MIN_ACCEPTED, DEFAULT_TARGET_PRECISION
 from learner.model.bundle import load_bundle
+from learner.model.fusion import Fusion
 from learner.model.hierarchy import DerivedHierarchy, derive_hierarchy
 from learner.model.manifest import file_sha256
 
@@ -34,6 +37,7 @@ class Recalibration:
     sha256_before: str
     hierarchy: DerivedHierarchy | None
     split_note: str | None
+    fusion: Fusion | None = None  # the photos-and-title fusion fitted (None: the bundle has no title model)
 
 
 def recalibrate(
@@ -76,6 +80,19 @@ def recalibrate(
     calibration = fit_calibration(
         predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on, beta
     )
+    calibration.apply(bundle)
+    titles = [getattr(s, "title", None) for s in labelled.split(rule, split)]  # the rows of `predictions`
+    fusion = fit_bundle_fusion(
+        bundle,
+        predictions,
+        titles,
+        default_target=target_precision,
+        confidence_level=confidence_level,
+        min_accepted=min_accepted,
+        fitted_on=fitted_on,
+    )
+    if fusion is not None:  # the bundle has a title model: photos and title decided together (product_decision)
+        bundle.fusion = fusion
     before = file_sha256(bundle_path)
-    calibration.apply(bundle).save(target)  # atomic: written beside the target, then renamed over it
-    return Recalibration(calibration, n, labelled.source, target, before, derived, note)
+    bundle.save(target)  # atomic: written beside the target, then renamed over it
+    return Recalibration(calibration, n, labelled.source, target, before, derived, note, fusion)

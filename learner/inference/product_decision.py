@@ -33,22 +33,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from connectors.records import TITLE_PHOTO_CONFLICT, Alternative, AttributeValue
 from learner.inference.decoding import ValueDecoder, decode_paths
+from learner.model.fusion import NEVER, Fusion, GroupFusion
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     from learner.inference.engine import ImageTags
 
+__all__ = [
+    "FROM_BOTH",
+    "FROM_PHOTOS",
+    "FROM_TITLE",
+    "Fusion",
+    "GroupFusion",
+    "ProductDecider",
+    "ProductDecisions",
+    "decide_products",
+    "mean_photo_probs",
+    "merge_attributes",
+]
+
 FROM_PHOTOS, FROM_TITLE, FROM_BOTH = "photos", "title", "photos+title"  # what a value was decided from
-NEVER = 2.0  # a threshold no probability reaches (as learner.evaluation.selective.NEVER)
-_TINY = 1e-300
 
 
 class TitleScorer(Protocol):
@@ -57,79 +69,6 @@ class TitleScorer(Protocol):
     autofill_thresholds: dict[str, float]
 
     def probabilities(self, titles: Sequence[str | None]) -> dict[str, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class GroupFusion:
-    """How one group's photo and title probabilities are fused, when the result is auto-filled, and what counts as
-    a conflict. The defaults fuse as the plain product, auto-fill nothing and flag nothing."""
-
-    image_weight: float = 1.0
-    title_weight: float = 1.0
-    bias: tuple[float, ...] = ()  # per value, added to the fused logit (empty: none)
-    threshold: float = NEVER  # fused auto-fill threshold
-    conflict_title: float = NEVER  # the title gives its value at least this ...
-    conflict_image: float = -1.0  # ... and the photos give that value at most this: a conflict
-
-    def fuse(self, image: np.ndarray, title: np.ndarray) -> np.ndarray:
-        """(N, C) fused probabilities of (N, C) photo and title probabilities."""
-        z = self.image_weight * _log(image) + self.title_weight * _log(title)
-        if self.bias:
-            z = z + np.asarray(self.bias, dtype=np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-    def conflicts(self, image: np.ndarray, title: np.ndarray) -> np.ndarray:
-        """(N,) whether the title confidently names a value the photos give little probability (NaN rows: no)."""
-        rows = np.arange(len(title))
-        safe = np.nan_to_num(title, nan=0.0)
-        said = safe.argmax(axis=1)
-        with np.errstate(invalid="ignore"):
-            return np.asarray(
-                (safe[rows, said] >= self.conflict_title)
-                & (np.nan_to_num(image, nan=1.0)[rows, said] <= self.conflict_image)
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "image_weight": self.image_weight,
-            "title_weight": self.title_weight,
-            "bias": list(self.bias),
-            "threshold": self.threshold,
-            "conflict_title": self.conflict_title,
-            "conflict_image": self.conflict_image,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> GroupFusion:
-        return cls(
-            image_weight=float(raw.get("image_weight", 1.0)),
-            title_weight=float(raw.get("title_weight", 1.0)),
-            bias=tuple(float(v) for v in raw.get("bias") or ()),
-            threshold=float(raw.get("threshold", NEVER)),
-            conflict_title=float(raw.get("conflict_title", NEVER)),
-            conflict_image=float(raw.get("conflict_image", -1.0)),
-        )
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """Per single-choice group, its `GroupFusion`; `report`: what the fit measured (learner.evaluation.fusion).
-    Stored in the bundle manifest under "fusion"."""
-
-    groups: dict[str, GroupFusion]
-    report: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"groups": {g: f.to_dict() for g, f in self.groups.items()}, "report": self.report}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> Fusion | None:
-        """The fusion a manifest stores, or None (a bundle without one: titles are not used)."""
-        if not raw or not raw.get("groups"):
-            return None
-        return cls({str(g): GroupFusion.from_dict(f) for g, f in raw["groups"].items()}, dict(raw.get("report") or {}))
 
 
 @dataclass
@@ -381,7 +320,3 @@ def _present(probs: np.ndarray) -> np.ndarray:
     return (
         np.asarray(~np.isnan(probs).any(axis=1)) if probs.ndim == 2 and probs.shape[1] else np.zeros(len(probs), bool)
     )
-
-
-def _log(p: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(p, dtype=np.float64), _TINY))

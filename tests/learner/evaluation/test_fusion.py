@@ -99,3 +99,36 @@ def test_conflict_cut_offs_flag_few_clean_products_and_most_titles_that_name_ano
     said = swapped.argmax(1)
     flagged = (swapped[np.arange(N), said] >= alpha) & (image[np.arange(N), said] <= beta)
     assert flagged.mean() >= 0.9
+
+
+def test_a_bundle_keeps_its_fusion_and_calibration_fits_one_only_with_a_title_model(untrained_bundle_path) -> None:
+    from learner.evaluation.evaluate import GroupPredictions, Predictions
+    from learner.evaluation.fusion import fit_bundle_fusion
+    from learner.model.bundle import load_bundle
+    from learner.model.manifest import BundleInfo
+
+    bundle = load_bundle(untrained_bundle_path)
+    single = [g for g in bundle.taxonomy.classifier_groups if not g.multi_label]
+    rng = np.random.default_rng(3)
+    labels = {g.name: rng.integers(0, len(g.values), 400) for g in single}
+    predictions = Predictions(
+        {g.name: GroupPredictions(g, readings(labels[g.name], len(g.values), 2.0, rng), labels[g.name]) for g in single}
+    )
+    predictions.shift_scores = np.zeros(0)
+    titles = [f"title {i}" for i in range(400)]
+    assert fit_bundle_fusion(bundle, predictions, titles) is None  # no title model: titles are not read
+
+    class Titles:
+        def __init__(self) -> None:
+            self.autofill_thresholds: dict[str, float] = {}
+
+        def probabilities(self, given):  # type: ignore[no-untyped-def]
+            return {g.name: readings(labels[g.name], len(g.values), 3.0, rng) for g in single}
+
+    bundle.title_model = Titles()  # type: ignore[assignment]
+    fusion = fit_bundle_fusion(bundle, predictions, titles)
+    assert fusion is not None and set(fusion.groups) == {g.name for g in single}
+    bundle.title_model, bundle.fusion = None, fusion  # the stand-in has no tensors to save
+    path = bundle.save(untrained_bundle_path.parent / "fused.safetensors")
+    assert load_bundle(path).fusion == fusion and BundleInfo.read(path).fusion == fusion
+    assert load_bundle(untrained_bundle_path).fusion is None
