@@ -19,7 +19,7 @@ from connectors.labelstudio import LabelStudioError, LabelStudioUnavailable
 from connectors.retry import RetryPolicy
 from daemon.metrics import ReviewMetrics
 from daemon.review.project import ReviewProject
-from learner.review.tasks import DESCRIPTION_NAME, IMAGE_NAME
+from learner.review.tasks import CONFLICT_NAME, DESCRIPTION_NAME, IMAGE_NAME, conflict_note
 
 log = logging.getLogger("shelfsight.review")
 
@@ -70,6 +70,7 @@ class TaskBuilder:
             "product_id": item.product_id,
             "title": payload["title"] or "",
             DESCRIPTION_NAME: payload["description"] or "",  # the labelling view names it: never missing
+            CONFLICT_NAME: conflict_note(payload["model_values"]),  # the same
             "reason": item.reason,
             "uncertainty": uncertainty["score"] if uncertainty is not None else item.priority,
             "priority": item.priority,  # the queue order: the uncertainty, or a random rank (review.routing)

@@ -19,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connectors.records import AttributeValue, ModelValue
+from connectors.records import TITLE_PHOTO_CONFLICT, AttributeValue, ModelValue
 from learner.inference.engine import ImageTags
 from learner.model.masks import MaskError, from_labelstudio_brush, from_labelstudio_polygon, to_box
 from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 IMAGE_NAME = "image"  # the Image object tag of the labelling configuration, and the task data key of the image
 DESCRIPTION_NAME = "description"  # the Text object tag showing the product's description, and its task data key
+CONFLICT_NAME = "conflict"  # the Text object tag naming the title/photo conflicts (`conflict_note`), and its data key
 SKIPPED_ATTRIBUTE = "*"  # the attribute name of an outcome that concerns the whole annotation (a skipped task)
 
 # for a mask detector, each detector group also gets a PolygonLabels and a BrushLabels control, named the group's name
@@ -39,7 +40,8 @@ Outcome = Literal["applied", "skipped", "unknown_label", "unknown_group", "not_a
 
 def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
     """The labelling configuration for a taxonomy: the product's title, id and description (task data `title`,
-    `product_id`, `description`; an empty description shows nothing), the image, then one block per
+    `product_id`, `description`; an empty description shows nothing), where its title and photos disagree (task
+    data `conflict`, `conflict_note`; empty for most products), the image, then one block per
     attribute group in taxonomy order: Choices (single or multiple) for classifier groups, RectangleLabels for
     detector groups. Control names are the group names, choice values the taxonomy's values. With `masks` (the
     champion's detector returns instance masks), each detector group also gets PolygonLabels and BrushLabels
@@ -49,6 +51,7 @@ def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
     ET.SubElement(view, "Header", value="$title")
     ET.SubElement(view, "Header", value="$product_id", size="6")
     ET.SubElement(view, "Text", name=DESCRIPTION_NAME, value=f"${DESCRIPTION_NAME}")
+    ET.SubElement(view, "Text", name=CONFLICT_NAME, value=f"${CONFLICT_NAME}")
     ET.SubElement(view, "Image", name=IMAGE_NAME, value=f"${IMAGE_NAME}", zoom="true", zoomControl="true")
     for group in taxonomy.groups:
         ET.SubElement(view, "Header", value=group.name, size="5")
@@ -75,6 +78,24 @@ def label_config(taxonomy: Taxonomy, masks: bool = False) -> str:
                 ET.SubElement(block, "Choice", value=value)
     ET.indent(view)
     return ET.tostring(view, encoding="unicode")
+
+
+def conflict_note(model_values: Mapping[str, ModelValue]) -> str:
+    """What annotators read about a product whose title and photos confidently disagree: one sentence per group
+    withheld for that (`TITLE_PHOTO_CONFLICT`) with both readings, e.g. "baseColour: the title says Blue (0.97), the
+    photos say Red (0.88)."; "" when no group was."""
+    notes = []
+    for group, model in model_values.items():
+        if model.get("withheld_by") != TITLE_PHOTO_CONFLICT:
+            continue
+        readings = model.get("readings") or {}
+        said = [
+            f"the {who} {verb} {reading['value']} ({float(reading.get('confidence') or 0.0):.2f})"
+            for who, verb, key in (("title", "says", "title"), ("photos", "say", "photos"))
+            if isinstance(reading := readings.get(key), Mapping) and reading.get("value") is not None
+        ]
+        notes.append(f"{group}: {', '.join(said) or 'the title and the photos disagree'}.")
+    return " ".join(notes)
 
 
 def prediction_result(

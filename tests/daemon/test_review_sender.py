@@ -4,6 +4,7 @@ Label Studio 1.23.2 (tests/plugins/labelstudio.py) taking them under the labelli
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +15,10 @@ from labelstudio_server import LabelStudioServer
 
 from connectors.db import OutboxItem
 from connectors.labelstudio import LabelStudioClient, LabelStudioError
-from connectors.records import payload_from_json
+from connectors.records import TITLE_PHOTO_CONFLICT, payload_from_json
 from daemon.review.sender import TASK_KEY, TaskBuilder
 from learner.model.taxonomy import load_taxonomy
-from learner.review.tasks import DESCRIPTION_NAME, IMAGE_NAME, label_config
+from learner.review.tasks import CONFLICT_NAME, DESCRIPTION_NAME, IMAGE_NAME, label_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,14 +58,15 @@ def test_a_full_payload_becomes_a_task_with_the_models_prediction() -> None:
     data = task["data"]
     assert data[IMAGE_NAME] == "https://cdn.example/p1.jpg" and data[TASK_KEY] == "p1|d1|m1"
     assert (data["title"], data["uncertainty"], data["priority"]) == ("Linen shirt", 0.45, 0.4)
-    assert data[DESCRIPTION_NAME] == "Short sleeves, chest pocket."
+    assert data[DESCRIPTION_NAME] == "Short sleeves, chest pocket." and data[CONFLICT_NAME] == ""
     assert task["predictions"] == [{"model_version": "m1", "score": 0.55, "result": [REGION]}]
 
 
 def test_an_old_payload_without_uncertainty_title_description_or_prediction_still_becomes_a_task() -> None:
     task = TaskBuilder().task(item({"reason": "audit", "model_values": {}}, priority=0.3))
     assert (task["data"]["title"], task["data"]["uncertainty"], task["data"]["reason"]) == ("", 0.3, "audit")
-    assert task["data"][DESCRIPTION_NAME] == ""  # Label Studio refuses a task without a key its view shows
+    # Label Studio refuses a task without a key its view shows
+    assert task["data"][DESCRIPTION_NAME] == "" and task["data"][CONFLICT_NAME] == ""
     assert "predictions" not in task
 
 
@@ -74,26 +76,40 @@ def test_an_old_prediction_without_its_model_version_or_score_takes_the_rows() -
 
 
 @pytest.mark.timeout(1200)  # the first Label Studio test of a session on a fresh machine installs it (minutes)
-def test_label_studio_takes_the_tasks_with_and_without_a_description_and_an_older_project_takes_the_view(
+def test_label_studio_takes_tasks_with_and_without_a_description_or_conflict_and_an_older_project_takes_the_view(
     label_studio: LabelStudioServer,
 ) -> None:
     client = LabelStudioClient(label_studio.url, label_studio.token)
     config = label_config(load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml"))
-    older = "\n".join(line for line in config.splitlines() if "$description" not in line)  # before the description
+    older = "\n".join(line for line in config.splitlines() if "<Text" not in line)  # before description and conflict
     name = f"test-description-{uuid.uuid4().hex[:8]}"
     project = client.ensure_project(name, older)
     client.import_tasks(project, [{"data": {"image": "https://cdn.example/old.jpg", "title": "", "product_id": "p0"}}])
     assert client.ensure_project(name, config) == project  # the older project, with a task, takes the new view
-    assert "$description" in client.project(project)["label_config"]
+    assert {"$description", "$conflict"} <= set(re.findall(r"\$\w+", client.project(project)["label_config"]))
 
-    described = item({"reason": "review", "title": "Linen shirt", "description": "Short sleeves, chest pocket."})
+    readings = {"title": {"value": "Blouse", "confidence": 0.96}, "photos": {"value": "Shirt", "confidence": 0.9}}
+    disputed = {"value": "Shirt", "confidence": 0.5, "auto_filled": False, "withheld_by": TITLE_PHOTO_CONFLICT}
+    disputed["readings"] = readings
+    described = item(
+        {
+            "reason": TITLE_PHOTO_CONFLICT,
+            "title": "Linen blouse",
+            "description": "Short sleeves, chest pocket.",
+            "model_values": {"garment": disputed},
+        }
+    )
     plain = item({"reason": "audit", "model_values": {}})
     ids = client.import_tasks(project, [TaskBuilder().task(described), TaskBuilder().task(plain)]).task_ids
 
     shown = [client.get_task(task_id)["data"] for task_id in ids]
-    assert [(d["title"], d[DESCRIPTION_NAME]) for d in shown] == [
-        ("Linen shirt", "Short sleeves, chest pocket."),
-        ("", ""),
+    assert [(d["title"], d[DESCRIPTION_NAME], d[CONFLICT_NAME]) for d in shown] == [
+        (
+            "Linen blouse",
+            "Short sleeves, chest pocket.",
+            "garment: the title says Blouse (0.96), the photos say Shirt (0.90).",
+        ),
+        ("", "", ""),
     ]
     with pytest.raises(LabelStudioError):  # why the builder never leaves the key out
         client.import_tasks(project, [{"data": {"image": "https://cdn.example/x.jpg", "title": "", "product_id": "x"}}])

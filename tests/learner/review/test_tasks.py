@@ -8,14 +8,17 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from connectors.records import TITLE_PHOTO_CONFLICT, ModelValue
 from learner.model.taxonomy import Taxonomy
 from learner.review.tasks import (
+    CONFLICT_NAME,
     DESCRIPTION_NAME,
     ParsedValue,
     annotation_revision,
     answer_result,
     box_from_percent,
     box_to_percent,
+    conflict_note,
     label_config,
     parse_annotation,
     prediction_result,
@@ -38,12 +41,37 @@ def test_the_labelling_configuration_has_one_block_per_group(taxonomy: Taxonomy)
     assert {h.get("value") for h in view.findall("Header")} >= {"$title", "$product_id"}
 
 
-def test_annotators_see_the_products_title_id_and_description_above_the_photo(taxonomy: Taxonomy) -> None:
+def test_annotators_see_the_products_title_id_description_and_conflicts_above_the_photo(taxonomy: Taxonomy) -> None:
     view = ET.fromstring(label_config(taxonomy))
-    shown = [(tag.tag, tag.get("value")) for tag in view][:4]
-    assert shown == [("Header", "$title"), ("Header", "$product_id"), ("Text", "$description"), ("Image", "$image")]
-    description = view.find("Text")
-    assert description is not None and description.get("name") == DESCRIPTION_NAME == "description"
+    shown = [(tag.tag, tag.get("value")) for tag in view][:5]
+    assert shown == [
+        ("Header", "$title"),
+        ("Header", "$product_id"),
+        ("Text", "$description"),
+        ("Text", "$conflict"),
+        ("Image", "$image"),
+    ]
+    assert [t.get("name") for t in view.findall("Text")] == [DESCRIPTION_NAME, CONFLICT_NAME]
+
+
+def test_a_title_photo_conflict_is_told_to_annotators_with_both_readings() -> None:
+    both = {"decided_from": "photos+title", "title": {"value": "Blue", "confidence": 0.97}}
+    values: dict[str, ModelValue] = {
+        "garment": {"value": "Shirt", "confidence": 0.99, "box": None, "auto_filled": True},
+        "colour": {
+            "value": "Red",
+            "confidence": 0.52,
+            "box": None,
+            "auto_filled": False,
+            "withheld_by": TITLE_PHOTO_CONFLICT,
+            "readings": {**both, "photos": {"value": "Red", "confidence": 0.88}},
+        },
+        "gender": {"value": "Men", "confidence": 0.5, "box": None, "withheld_by": TITLE_PHOTO_CONFLICT},
+    }
+    assert conflict_note(values) == (
+        "colour: the title says Blue (0.97), the photos say Red (0.88). gender: the title and the photos disagree."
+    )
+    assert conflict_note({"garment": values["garment"]}) == "" and conflict_note({}) == ""
 
 
 def test_multi_label_classifier_groups_get_multiple_choice(taxonomy: Taxonomy) -> None:
