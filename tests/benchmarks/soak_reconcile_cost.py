@@ -70,7 +70,7 @@ def measure_reconcile(label_studio: Any, database_url: str, bundle: Path, n: int
     annotators = Annotators(client, taxonomy, project_id, rng)
     for start in range(0, n, 500):
         batch = [
-            {"data": {"image": "/x.jpg", "product_id": f"C-{i}", "title": "t", "description": ""}}
+            {"data": {"image": "/x.jpg", "product_id": f"C-{i}", "title": "t", "description": "", "conflict": ""}}
             for i in range(start, min(n, start + 500))
         ]
         client.import_tasks(project_id, batch)
