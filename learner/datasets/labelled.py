@@ -97,6 +97,7 @@ class Sample:
     image_path: Path
     split_key: str
     labels: dict[str, Label]
+    title: str | None = None  # the product's title (the taxonomy's `title_column`; None: no column or empty)
 
 
 @dataclass
@@ -193,7 +194,10 @@ def load_labelled_set(
             if label is None:
                 missing[g.name] += 1
         key = (row.get(group_column) or "").strip() if group_column else name
-        samples.append(Sample(sample_id=name, image_path=image_path, split_key=key or name, labels=labels))
+        title = (row.get(taxonomy.title_column) or "").strip() if taxonomy.title_column else ""
+        samples.append(
+            Sample(sample_id=name, image_path=image_path, split_key=key or name, labels=labels, title=title or None)
+        )
     if not samples:
         detail = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
         raise DataError(f"{csv_path}: no usable labelled image ({detail}); images are looked up under {root}/images/")

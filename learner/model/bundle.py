@@ -1,8 +1,9 @@
 """Model bundle: one self-describing file per model version.
 
-A bundle is a single safetensors file. Its tensors are the classifier's weights (`classifier.*`) and,
-when the detector was fine-tuned, the detector's (`detector.*`). Its header metadata holds one JSON
-manifest that says everything needed to use it without guessing: the taxonomy, the backbone, the
+A bundle is a single safetensors file. Its tensors are the classifier's weights (`classifier.*`),
+when the detector was fine-tuned the detector's (`detector.*`), and when it reads titles the title model's
+(`title.*`, learner/model/title_model.py, described by the manifest key `title_model`). Its header metadata holds one
+JSON manifest that says everything needed to use it without guessing: the taxonomy, the backbone, the
 preprocessing, per-class thresholds, the detector spec, evaluation metrics and lineage (parent version,
 training data, recipe). A SHA-256 over the tensors detects a corrupt file; `format_version` detects a
 bundle written by an incompatible ShelfSight. A calibrated bundle (`shelfsight models calibrate`) also holds
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -28,11 +30,15 @@ from safetensors.torch import save_file
 from learner.model.backbones import Preprocessing
 from learner.model.classifier import AttributeClassifier
 from learner.model.detector import DetectorSpec, build_detector
+from learner.model.fusion import MANIFEST_KEY as FUSION_KEY
+from learner.model.fusion import Fusion
 
 # the torch-free half (manifest reading) lives in manifest.py; re-exported so callers keep importing it from here
 from learner.model.manifest import FORMAT, FORMAT_VERSION, MANIFEST_KEY, BundleError, manifest_taxonomy, read_manifest
 from learner.model.shift_guard import ShiftGuard
 from learner.model.taxonomy import Taxonomy
+from learner.model.title_model import MANIFEST_KEY as TITLE_KEY
+from learner.model.title_model import TitleModel, title_digest, title_tensor_names
 
 __all__ = [
     "FORMAT",
@@ -68,6 +74,10 @@ class ModelBundle:
     calibration: dict[str, Any] = field(default_factory=dict)
     # the shift guard (learner.model.shift_guard): above its cut-off an image's values are never auto-filled
     shift_guard: ShiftGuard | None = None
+    # the title model (learner.model.title_model; tensors `title.*`); None: the bundle reads no titles
+    title_model: TitleModel | None = None
+    # the fusion of photos and title (learner.model.fusion); None: titles are not read (see product_decision)
+    fusion: Fusion | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -112,6 +122,8 @@ class ModelBundle:
             **({"autofill_thresholds": self.autofill_thresholds} if self.autofill_thresholds else {}),
             **({"calibration": self.calibration} if self.calibration else {}),
             **({"shift_guard": self.shift_guard.to_dict()} if self.shift_guard is not None else {}),
+            **({TITLE_KEY: self.title_model.to_manifest()} if self.title_model is not None else {}),
+            **({FUSION_KEY: self.fusion.to_dict()} if self.fusion is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -121,6 +133,8 @@ class ModelBundle:
             tensors.update(
                 {f"detector.{k}": v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
             )
+        if self.title_model is not None:
+            tensors.update({k: torch.from_numpy(v.copy()) for k, v in self.title_model.tensors().items()})
         _write_bundle_file(path, tensors, self.manifest(_tensor_digest(tensors)))
         return path
 
@@ -138,6 +152,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         raise BundleError(f"{path}: tensors are unreadable (truncated or corrupt file): {exc}") from None
     if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
         raise BundleError(f"{path}: checksum mismatch, the weights are corrupt; restore the bundle from the registry")
+    title_model = _title_model(manifest, {k: tensors[k].numpy() for k in title_tensor_names(tensors)}, taxonomy, path)
     # a shrunk bundle (`shrink_bundle`) stores float16 weights: the modules compute in float32 as always
     tensors = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
 
@@ -179,7 +194,9 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         autofill_thresholds={str(k): float(v) for k, v in (manifest.get("autofill_thresholds") or {}).items()},
         calibration=dict(manifest.get("calibration") or {}),
         shift_guard=ShiftGuard.from_dict(manifest.get("shift_guard")),
+        fusion=Fusion.from_dict(manifest.get(FUSION_KEY)),
     )
+    bundle.title_model = title_model
     _check_selective(bundle, path)
     if str(map_location) != "cpu":
         bundle.classifier.to(map_location)
@@ -221,11 +238,16 @@ def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> S
         raise BundleError(f"{src}: tensors are unreadable (truncated or corrupt file): {exc}") from None
     if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
         raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; nothing written")
+    title_names = set(title_tensor_names(tensors))
     cast = 0
     for k, v in tensors.items():
         if v.dtype == torch.float32:
-            tensors[k] = v.to(target).contiguous()
+            # the title model is read with numpy (BundleInfo), which has no bfloat16: its tensors go to float16
+            tensors[k] = v.to(torch.float16 if k in title_names else target).contiguous()
             cast += 1
+    if manifest.get(TITLE_KEY):
+        stored = {k: tensors[k].numpy() for k in title_names}
+        manifest[TITLE_KEY] = {**manifest[TITLE_KEY], "tensor_sha256": title_digest(stored)}
     suffix = {"float16": "fp16", "bfloat16": "bf16"}[dtype]
     manifest["lineage"] = {
         **(manifest.get("lineage") or {}),
@@ -255,6 +277,21 @@ def _check_selective(bundle: ModelBundle, path: Path) -> None:
     for group in bundle.autofill_thresholds:
         if group not in single:
             raise BundleError(f"{path}: auto-fill threshold for {group!r}, which is not a single-choice group")
+
+
+def _title_model(
+    manifest: dict[str, Any], tensors: dict[str, np.ndarray], taxonomy: Taxonomy, path: Path
+) -> TitleModel | None:
+    """The bundle's title model from its manifest entry and `title.` tensors as stored; None when it has none."""
+    entry = manifest.get(TITLE_KEY)
+    if not entry:
+        return None
+    try:
+        model = TitleModel.from_manifest(entry, tensors)
+        model.check(taxonomy)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"{path}: the title model is unusable: {exc}") from None
+    return model
 
 
 def _load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:

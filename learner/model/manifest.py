@@ -18,9 +18,13 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from learner.model.fusion import MANIFEST_KEY as FUSION_KEY
+from learner.model.fusion import Fusion
 from learner.model.preprocessing import Preprocessing
 from learner.model.shift_guard import ShiftGuard
 from learner.model.taxonomy import Taxonomy, TaxonomyError
+from learner.model.title_model import MANIFEST_KEY as TITLE_KEY
+from learner.model.title_model import TitleModel, title_tensor_names
 
 FORMAT = "shelfsight-bundle"
 FORMAT_VERSION = 1
@@ -86,6 +90,8 @@ class BundleInfo:
     created_at: float = 0.0
     tensor_sha256: str = ""
     shift_guard: ShiftGuard | None = None  # None: a bundle made before the guard (nothing withheld)
+    title_model: TitleModel | None = None  # None: the bundle reads no titles (learner.model.title_model)
+    fusion: Fusion | None = None  # None: the title is not read (learner.model.fusion)
 
     def threshold(self, group: str, value: str, default: float = 0.5) -> float:
         return self.thresholds.get(group, {}).get(value, default)
@@ -94,7 +100,7 @@ class BundleInfo:
     def read(cls, path: str | Path) -> BundleInfo:
         manifest = read_manifest(path)
         try:
-            return cls(
+            info = cls(
                 model_version=manifest["model_version"],
                 taxonomy=manifest_taxonomy(manifest, path),
                 preprocessing=Preprocessing.from_dict(manifest["preprocessing"]),
@@ -108,9 +114,28 @@ class BundleInfo:
                 created_at=float(manifest.get("created_at", 0.0)),
                 tensor_sha256=str(manifest.get("tensor_sha256", "")),
                 shift_guard=ShiftGuard.from_dict(manifest.get("shift_guard")),
+                fusion=Fusion.from_dict(manifest.get(FUSION_KEY)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: manifest lacks or mangles {exc}") from None
+        info.title_model = read_title_model(path, manifest, info.taxonomy)
+        return info
+
+
+def read_title_model(path: str | Path, manifest: dict[str, Any], taxonomy: Taxonomy) -> TitleModel | None:
+    """The bundle's title model (its `title.` tensors read with safetensors' numpy front end, cast to float32, checked
+    against their checksum and the taxonomy); None when the manifest has none. BundleError when it is unusable."""
+    entry = manifest.get(TITLE_KEY)
+    if not entry:
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            tensors = {k: f.get_tensor(k) for k in title_tensor_names(f.keys())}
+        model = TitleModel.from_manifest(entry, tensors)
+        model.check(taxonomy)
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"{path}: the title model is unusable: {exc}") from None
+    return model
 
 
 def detector_has_masks(detector: Any) -> bool:

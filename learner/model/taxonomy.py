@@ -103,6 +103,8 @@ class TaxonomySpec(BaseModel):
     groups: dict[str, GroupSpec] = Field(min_length=1)
     detector_mapping: dict[str, dict[str, str]] = Field(default_factory=dict)
     hierarchy: HierarchySpec | None = None
+    # the labelled set's column holding each product's title (read by the title model, learner.model.title_model)
+    title_column: str | None = Field(default=None, min_length=1)
 
     @field_validator("schema_version")
     @classmethod
@@ -149,6 +151,7 @@ class Taxonomy:
     detector_mapping: Mapping[str, Mapping[str, str]]
     schema_version: int = 1
     hierarchy: Hierarchy | None = None  # values of lower groups that imply values of upper ones
+    title_column: str | None = None  # the labelled set's column of product titles (None: the set has none)
 
     # -- queries -------------------------------------------------------------------------------------
     def group(self, name: str) -> AttributeGroup:
@@ -205,6 +208,8 @@ class Taxonomy:
         }
         if self.hierarchy is not None:
             out["hierarchy"] = self.hierarchy.to_dict()
+        if self.title_column is not None:
+            out["title_column"] = self.title_column
         return out
 
     def fingerprint(self) -> str:
@@ -246,6 +251,7 @@ class Taxonomy:
             detector_mapping={k: dict(v) for k, v in spec.detector_mapping.items()},
             schema_version=spec.schema_version,
             hierarchy=None if spec.hierarchy is None else Hierarchy.from_dict(spec.hierarchy.model_dump()),
+            title_column=spec.title_column,
         )
 
 

@@ -25,6 +25,7 @@ Must not import torch, read files or know about bundles' file format.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -200,6 +201,7 @@ class TitleModel:
             "autofill_thresholds": {g: float(t) for g, t in self.autofill_thresholds.items()},
             "config": dict(self.config),
             "metrics": dict(self.metrics),
+            "tensor_sha256": title_digest(self.tensors()),
         }
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -215,10 +217,14 @@ class TitleModel:
 
     @classmethod
     def from_manifest(cls, entry: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> TitleModel:
-        """The model from its manifest entry and its `title.` tensors (any float dtype: cast to float32).
-        ValueError when they do not describe one model."""
+        """The model from its manifest entry and its `title.` tensors as stored (any float dtype: cast to float32).
+        ValueError when they do not describe one model, or do not match the entry's `tensor_sha256` (when it has
+        one: a bundle writes it, see `title_digest`)."""
         if int(entry.get("features_version", 0)) != FEATURES_VERSION:
             raise ValueError(f"title model features_version {entry.get('features_version')} is not {FEATURES_VERSION}")
+        recorded = entry.get("tensor_sha256")
+        if recorded is not None and title_digest(tensors) != recorded:
+            raise ValueError("title model tensors do not match their checksum (corrupt)")
         try:
             raw = np.asarray(tensors[VOCAB_TENSOR], dtype=np.uint8).tobytes().decode()
             embedding = np.asarray(tensors[EMBEDDING_TENSOR], dtype=np.float32)
@@ -243,6 +249,19 @@ class TitleModel:
         )
 
 
-def title_tensors(tensors: Iterable[str]) -> list[str]:
-    """The names among `tensors` that belong to a title model."""
-    return [k for k in tensors if k.startswith(TENSOR_PREFIX)]
+def title_tensor_names(names: Iterable[str]) -> list[str]:
+    """The names among `names` that belong to a title model."""
+    return [k for k in names if k.startswith(TENSOR_PREFIX)]
+
+
+def title_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the `title.` tensors as stored (name, dtype, shape, bytes): lets a reader of only these tensors
+    (BundleInfo, without torch) detect a corrupt file. Recomputed when a bundle is shrunk."""
+    h = hashlib.sha256()
+    for k in sorted(title_tensor_names(tensors)):
+        a = np.ascontiguousarray(tensors[k])
+        h.update(k.encode())
+        h.update(a.dtype.str.encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

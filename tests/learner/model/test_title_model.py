@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from learner.model.taxonomy import load_taxonomy, parse_taxonomy
-from learner.model.title_model import TitleModel, mask_attribute_words, title_features
+from learner.model.title_model import TitleModel, mask_attribute_words, title_digest, title_features
 
 TAXONOMY = parse_taxonomy(
     """\
@@ -78,7 +78,10 @@ def test_manifest_and_tensors_round_trip_to_identical_probabilities():
     for g, p in model.probabilities(titles).items():
         np.testing.assert_array_equal(again.probabilities(titles)[g], p)
     half = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
-    assert TitleModel.from_manifest(entry, half).embedding.dtype == np.float32
+    with pytest.raises(ValueError, match="checksum"):
+        TitleModel.from_manifest(entry, half)  # the digest covers the tensors as stored
+    shrunk = TitleModel.from_manifest({**entry, "tensor_sha256": title_digest(half)}, half)
+    assert shrunk.embedding.dtype == np.float32
 
 
 def test_a_model_whose_heads_do_not_fit_the_taxonomy_is_refused():

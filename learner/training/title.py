@@ -1,0 +1,221 @@
+"""Training the title model (learner/model/title_model.py) in torch: a fastText-style bag of n-grams.
+
+Why this model: a product title is a short bag of tell-tale words ("Puma Men Black Running Shoes"); a linear model
+on word and character n-grams is what TF-IDF baselines and fastText (Joulin et al., 2016) show to be strong on such
+text, trains in seconds on a CPU, needs no new dependency (torch is already the trainer, numpy the server) and
+serves torch-free as a lookup, a mean and one matrix product per group.
+
+`train_title_model(train, val, taxonomy, ...)`:
+1. the vocabulary: the features (`title_features`) of the training titles seen at least `min_count` times, the
+   `max_features` most frequent kept (ties by name: deterministic);
+2. the model: `EmbeddingBag(V, dim, mode="mean")` over a title's feature ids, dropout, one linear head per
+   single-choice classifier group; cross-entropy per group, a sample whose label is missing in a group masked out of
+   that group's loss; AdamW with a linear decay, `epochs` passes in a seeded order (the same seed, the same model);
+   with `mask_share` > 0 that share of the training titles, drawn anew each epoch, has its attribute words removed
+   (`mask_attribute_words`) so the model also learns the brand and model names, not only the value words;
+3. calibration on the validation titles that give a signal (`fit_title_calibration`): temperatures by NLL and
+   title-only auto-fill thresholds on the hierarchy-decoded values, by the image model's own rule
+   (learner.evaluation.calibration.fit_calibration, learner.evaluation.selective.choose_autofill_threshold);
+4. figures on the validation titles (`title_metrics`): top-1 per group, as written and with the attribute words
+   masked, and the share of titles without a signal.
+
+Must not: read files, save bundles or read configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from learner.datasets.labelled import IGNORE_INDEX, Sample
+from learner.evaluation.selective import DEFAULT_TARGET_PRECISION
+from learner.evaluation.title_calibration import (
+    TitleCalibrationError,
+    fit_title_calibration,
+    targets_of,
+    title_metrics,
+    titled,
+)
+from learner.model.taxonomy import Taxonomy
+from learner.model.title_model import (
+    FEATURES_VERSION,
+    TitleModel,
+    attribute_words,
+    mask_attribute_words,
+    title_features,
+)
+from learner.training.errors import TrainingError
+
+DEFAULT_EPOCHS = 20
+DEFAULT_DIM = 64
+DEFAULT_MIN_COUNT = 2
+DEFAULT_MAX_FEATURES = 50_000
+DEFAULT_LR = 0.05
+DEFAULT_BATCH = 128
+DEFAULT_DROPOUT = 0.1
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_MASK_SHARE = 0.3
+
+
+def build_vocab(
+    titles: Sequence[str], min_count: int = DEFAULT_MIN_COUNT, max_features: int = DEFAULT_MAX_FEATURES
+) -> dict[str, int]:
+    """Features seen in at least `min_count` titles, the `max_features` most frequent (ties by name)."""
+    counts: Counter[str] = Counter()
+    for t in titles:
+        counts.update(set(title_features(t)))
+    kept = sorted((f for f, n in counts.items() if n >= min_count), key=lambda f: (-counts[f], f))[:max_features]
+    return {f: i for i, f in enumerate(sorted(kept))}
+
+
+class BagOfNgrams(nn.Module):
+    """Mean feature embedding, dropout, one linear head per group (what `TitleModel` computes in numpy)."""
+
+    def __init__(self, vocab_size: int, dim: int, classes: dict[str, int], dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(vocab_size, dim, mode="mean")
+        nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({g: nn.Linear(dim, c) for g, c in classes.items()})
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.dropout(self.embedding(ids, offsets))
+        return {g: head(h) for g, head in self.heads.items()}
+
+    def to_title_model(self, vocab: dict[str, int], config: dict[str, Any]) -> TitleModel:
+        heads = {
+            g: (head.weight.detach().cpu().numpy().copy(), head.bias.detach().cpu().numpy().copy())
+            for g, head in self.heads.items()
+            if isinstance(head, nn.Linear)
+        }
+        return TitleModel(vocab, self.embedding.weight.detach().cpu().numpy().copy(), heads, config=config)
+
+
+def _batch(id_lists: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [len(ids) for ids in id_lists]
+    offsets = torch.tensor([0, *np.cumsum(lengths[:-1]).tolist()], dtype=torch.long)
+    return torch.tensor([i for ids in id_lists for i in ids], dtype=torch.long), offsets
+
+
+def train_title_model(
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    taxonomy: Taxonomy,
+    *,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    dim: int = DEFAULT_DIM,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH,
+    dropout: float = DEFAULT_DROPOUT,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    min_count: int = DEFAULT_MIN_COUNT,
+    max_features: int = DEFAULT_MAX_FEATURES,
+    mask_share: float = DEFAULT_MASK_SHARE,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+    progress: Callable[[str], None] | None = None,
+) -> TitleModel:
+    """A calibrated title model trained on the titles of `train_samples`, calibrated and measured on those of
+    `val_samples` (see the module docstring). TrainingError when either has no title or no vocabulary results."""
+    say = progress or (lambda _msg: None)
+    train, val = titled(train_samples), titled(val_samples)
+    if not train or not val:
+        raise TrainingError(f"no titles to train on: {len(train)} training and {len(val)} validation titles")
+    started = time.time()
+    vocab = build_vocab([s.title or "" for s in train], min_count, max_features)
+    if not vocab:
+        raise TrainingError(f"no title feature occurs in {min_count} training titles")
+    config: dict[str, Any] = {
+        "features_version": FEATURES_VERSION,
+        "epochs": epochs,
+        "dim": dim,
+        "lr": lr,
+        "batch_size": batch_size,
+        "dropout": dropout,
+        "weight_decay": weight_decay,
+        "min_count": min_count,
+        "max_features": max_features,
+        "mask_share": mask_share,
+        "seed": seed,
+        "train_titles": len(train),
+        "val_titles": len(val),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small only loses to thread hand-offs (restored when done)
+    try:
+        with torch.random.fork_rng(devices=[]):  # initialisation and dropout from the seed; the caller's RNG untouched
+            torch.manual_seed(seed)
+            net = _fit(train, val, taxonomy, vocab, config, say)
+    finally:
+        torch.set_num_threads(threads)
+    model = net.to_title_model(vocab, config)
+    try:
+        fit_title_calibration(model, val, taxonomy, target_precision=target_precision, fitted_on={"split": "val"})
+    except TitleCalibrationError as exc:
+        raise TrainingError(f"title model: {exc}") from None
+    model.metrics = {
+        "validation": title_metrics(model, val, taxonomy, masked=False),
+        "validation_masked": title_metrics(model, val, taxonomy, masked=True),
+    }
+    model.config["elapsed_s"] = round(time.time() - started, 1)
+    say(f"title model: {len(vocab)} features x {dim}, {model.config['elapsed_s']} s")
+    return model
+
+
+def _fit(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    taxonomy: Taxonomy,
+    vocab: dict[str, int],
+    config: dict[str, Any],
+    say: Callable[[str], None],
+) -> BagOfNgrams:
+    """The trained network (in eval mode) for the recipe in `config`."""
+    groups = [g for g in taxonomy.classifier_groups if not g.multi_label]
+    epochs, batch_size, mask_share = int(config["epochs"]), int(config["batch_size"]), float(config["mask_share"])
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    net = BagOfNgrams(len(vocab), int(config["dim"]), {g.name: len(g.values) for g in groups}, config["dropout"])
+    words = attribute_words(taxonomy)
+    plain = [[vocab[f] for f in title_features(s.title) if f in vocab] for s in train]
+    masked = [[vocab[f] for f in title_features(mask_attribute_words(s.title or "", taxonomy, words)) if f in vocab]
+              for s in train] if mask_share > 0 else plain  # fmt: skip
+    targets = {g.name: torch.from_numpy(targets_of(train, g)) for g in groups}
+    usable = np.array([bool(ids) for ids in plain])
+    steps = epochs * math.ceil(int(usable.sum()) / batch_size)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: max(0.0, 1.0 - step / max(1, steps)))
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = torch.randperm(len(train), generator=generator).numpy()
+        swap = torch.rand(len(train), generator=generator).numpy() < mask_share
+        order = order[usable[order]]
+        total, batches = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, offsets = _batch([masked[i] if swap[i] and masked[i] else plain[i] for i in rows])
+            index = torch.from_numpy(rows)
+            logits = net(ids, offsets)
+            losses = [loss_fn(z, targets[g][index]) for g, z in logits.items() if (targets[g][index] >= 0).any()]
+            if not losses:
+                continue
+            loss = torch.stack(losses).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach())
+            batches += 1
+        if not math.isfinite(total):
+            raise TrainingError(f"title model: the training loss is not finite in epoch {epoch}; lower lr")
+        top1 = title_metrics(net.eval().to_title_model(vocab, config), val, taxonomy, masked=False)["top1"]
+        tops = " ".join(f"{g}={v:.3f}" for g, v in top1.items() if v is not None)
+        say(f"title epoch {epoch}/{epochs} loss {total / max(1, batches):.3f} | val {tops}")
+    return net.eval()

@@ -1,0 +1,124 @@
+"""The title model learns what titles say, calibrates on validation titles, and travels in a bundle: the torch path
+(load_bundle) and the torch-free serving path (BundleInfo) give identical probabilities, shrunk or not."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.datasets.labelled import Label, Sample
+from learner.evaluation.title_calibration import fit_title_calibration, title_metrics
+from learner.model.bundle import BundleError, load_bundle, shrink_bundle
+from learner.model.manifest import BundleInfo, read_manifest
+from learner.model.taxonomy import Taxonomy, load_taxonomy
+from learner.model.title_model import TitleModel
+from learner.training.errors import TrainingError
+from learner.training.title import build_vocab, train_title_model
+
+ROOT = Path(__file__).resolve().parents[3]
+CC0 = load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
+BRANDS = ("acme", "zento", "lumo", "parva", "kestrel", "orbis", "tulio", "vesta")
+GARMENTS = ("Hat", "Shoes", "Pants", "Shirt", "Dress")
+
+
+def train(train_samples: list[Sample], val_samples: list[Sample]) -> TitleModel:
+    """A small recipe: a few seconds on a CPU."""
+    return train_title_model(train_samples, val_samples, CC0, seed=3, epochs=8, dim=16, batch_size=32)
+
+
+def synthetic(n: int, seed: int, taxonomy: Taxonomy = CC0) -> list[Sample]:
+    """Titles "<brand> [Kids] <garment> <model number>": the garment word names the garment, "Kids" the kids flag;
+    one sample in ten has no kids label (masked out of that group's loss)."""
+    rng = random.Random(seed)
+    garment = taxonomy.group("garment")
+    out = []
+    for i in range(n):
+        g, kids = rng.choice(GARMENTS), rng.random() < 0.4
+        title = f"{rng.choice(BRANDS)} {'Kids ' if kids else ''}{g} {rng.randint(100, 999)}"
+        labels: dict[str, Label] = {"garment": garment.index(g), "kids": None if i % 10 == 0 else int(kids)}
+        out.append(Sample(f"s{seed}-{i}", Path("unused.jpg"), f"s{seed}-{i}", labels, title))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train(synthetic(300, 1), synthetic(120, 2))
+
+
+def test_it_learns_the_garment_and_kids_words_of_unseen_titles(model):
+    figures = title_metrics(model, synthetic(100, 4), CC0, masked=False)
+    assert figures["top1"]["garment"] >= 0.98
+    assert figures["top1"]["kids"] >= 0.95
+    assert figures["no_signal"] == 0.0
+    assert set(model.metrics) == {"validation", "validation_masked"}
+
+
+def test_masking_the_attribute_words_takes_the_garment_away(model):
+    masked = title_metrics(model, synthetic(100, 4), CC0, masked=True)
+    assert masked["top1"]["garment"] < 0.6  # the brand and model number do not say the garment
+
+
+def test_training_is_deterministic_with_a_seed(model):
+    again = train(synthetic(300, 1), synthetic(120, 2))
+    np.testing.assert_array_equal(again.embedding, model.embedding)
+    assert again.temperatures == model.temperatures
+
+
+def test_calibration_fits_a_temperature_and_title_only_thresholds_on_the_validation_titles(model):
+    calibration = fit_title_calibration(model, synthetic(200, 5), CC0)
+    assert set(model.temperatures) == {"garment", "kids"} and all(t > 0 for t in model.temperatures.values())
+    assert model.autofill_thresholds == {g: round(c.threshold, 6) for g, c in calibration.thresholds.items()}
+    assert model.autofill_thresholds["garment"] <= 1.0  # an easy group reaches the target precision
+
+
+def test_the_vocabulary_keeps_features_seen_at_least_twice_and_is_capped():
+    vocab = build_vocab(["red hat", "red shoe", "blue coat"], min_count=2)
+    assert "w:red" in vocab and "w:hat" not in vocab
+    assert len(build_vocab(["red hat", "red shoe", "red hats"], min_count=1, max_features=5)) == 5
+
+
+def test_titles_missing_from_a_split_are_refused():
+    untitled = [Sample("a", Path("a.jpg"), "a", {"garment": 0, "kids": 0})]
+    with pytest.raises(TrainingError, match="no titles"):
+        train_title_model(synthetic(20, 1), untitled, CC0)
+
+
+def test_a_bundle_carries_the_title_model_to_torch_and_to_the_torch_free_path_alike(
+    model, untrained_bundle_path, tmp_path
+):
+    bundle = load_bundle(untrained_bundle_path)
+    assert bundle.title_model is None and BundleInfo.read(untrained_bundle_path).title_model is None
+    bundle.title_model = model
+    path = bundle.save(tmp_path / "titled.safetensors")
+    titles = ["acme Kids Hat 123", "zento Pants", "", None, "nothing known"]
+    expected = model.probabilities(titles)
+    small = shrink_bundle(path, tmp_path / "small.safetensors").path
+    assert read_manifest(small)["title_model"]["tensor_sha256"] != read_manifest(path)["title_model"]["tensor_sha256"]
+    for p in (path, small):
+        by_torch = load_bundle(p).title_model
+        served = BundleInfo.read(p).title_model
+        assert by_torch is not None and served is not None
+        assert served.temperatures == model.temperatures
+        assert served.autofill_thresholds == model.autofill_thresholds
+        for g, probs in by_torch.probabilities(titles).items():
+            np.testing.assert_array_equal(served.probabilities(titles)[g], probs)
+            np.testing.assert_allclose(probs, expected[g], atol=0 if p == path else 2e-3)
+            assert np.isnan(probs[2:]).all() and not np.isnan(probs[:2]).any()
+
+
+def test_a_corrupt_title_tensor_is_refused_by_the_torch_free_reader(model, untrained_bundle_path, tmp_path):
+    bundle = load_bundle(untrained_bundle_path)
+    bundle.title_model = model
+    path = bundle.save(tmp_path / "titled.safetensors")
+    data = bytearray(path.read_bytes())
+    vocab_bytes = "\n".join(sorted(model.vocab, key=model.vocab.__getitem__)).encode()
+    at = bytes(data).index(vocab_bytes[:40])
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="title model"):
+        BundleInfo.read(path)
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(path)
