@@ -34,6 +34,7 @@ def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_b
         write_event(events, f"e{i}.json", {"schema_version": 1, "product_id": f"p{i}", "image_urls": [img.as_uri()]})
     # two images for one product, as JSON lines
     two = {"schema_version": 1, "product_id": "p-two", "image_urls": [cc0_images[7].as_uri(), cc0_images[8].as_uri()]}
+    two |= {"title": "Linen shirt", "description": "Short sleeves, chest pocket."}
     write_event(events, "more.jsonl", json.dumps(two) + "\n")
 
     run_service(settings_for(tmp_path, untrained_bundle_path, root, backend))
@@ -41,6 +42,8 @@ def test_events_in_a_directory_end_as_attributes_in_sqlite(tmp_path, untrained_b
     con = sqlite3.connect(tmp_path / "db.sqlite")
     products = {r[0] for r in con.execute("SELECT product_id FROM products")}
     assert products == {f"p{i}" for i in range(6)} | {"p-two"}
+    texts = dict(con.execute("SELECT product_id, title || ' / ' || description FROM products").fetchall())
+    assert texts == {**{f"p{i}": None for i in range(6)}, "p-two": "Linen shirt / Short sleeves, chest pocket."}
     attrs = con.execute(
         "SELECT attribute, value, confidence, source, model_version FROM product_attributes WHERE product_id='p0'"
     ).fetchall()
