@@ -10,11 +10,13 @@ Per single-choice group with labelled rows that have both signals:
    (`learner.evaluation.selective.choose_autofill_threshold`: the group's target precision, band and confidence
    floors);
 3. the conflict cut-offs: flagged when the title gives its value at least `conflict_title` and the photos give that
-   value at most `conflict_image`. The pair flags at most `max_flagged` of the group's clean products (their real
-   titles) and, among such pairs, the most of the simulated swaps: each product's photos with the title reading of
-   another product whose label differs (what a title whose colour or gender word names another value looks like to
-   the models). The title must be at least even odds sure (`conflict_title` >= 0.5) and the photos below even odds
-   (`conflict_image` < 0.5).
+   value at most `conflict_image` (below even odds). The pair flags at most `max_flagged` of the group's clean
+   products (their real titles) and, among such pairs, the most of the swapped ones: the products whose title names
+   their own value, with that word replaced by another value of the group (`value_word_swaps`: "Blue" -> "Red",
+   "Men" -> "Women"), read by the title model (what a title that contradicts the photos looks like to the models).
+   A group whose values titles rarely name (season, masterCategory) gets no cut-offs: the title cannot contradict
+   the photos there, the two only guess differently. Without titles to swap (`swaps` None), swaps are simulated by
+   pairing each product's photos with the title reading of another product whose label differs.
 
 The probabilities given are calibrated (the photos' by the bundle's temperatures, the title model's by its own).
 Figures are in-sample (measured on the split fitted on); measure on the test split for out-of-sample ones.
@@ -23,6 +25,7 @@ Figures are in-sample (measured on the split fitted on); measure on the test spl
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,8 +41,9 @@ from learner.evaluation.selective import (
 )
 from learner.inference.decoding import ValueDecoder
 from learner.inference.product_decision import Fusion, GroupFusion, decide_products
+from learner.model.fusion import NEVER
 from learner.model.shift_guard import SCORE_KEY
-from learner.model.taxonomy import Taxonomy
+from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 DEFAULT_MAX_FLAGGED = 0.015  # share of a group's clean products a conflict cut-off may flag
 BIAS_L2 = 1e-2  # ridge on the per-value bias (per row of the NLL)
@@ -101,18 +105,32 @@ def bias_helps(image: np.ndarray, title: np.ndarray, targets: np.ndarray, seed: 
 
 
 def fit_conflict_cutoffs(
-    image: np.ndarray, title: np.ndarray, targets: np.ndarray, max_flagged: float = DEFAULT_MAX_FLAGGED, seed: int = 0
+    image: np.ndarray,
+    title: np.ndarray,
+    targets: np.ndarray,
+    max_flagged: float = DEFAULT_MAX_FLAGGED,
+    seed: int = 0,
+    swaps: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
     """(conflict_title, conflict_image, figures) for one group: see the module docstring. `image`, `title` (N, C)
-    are the clean rows (both signals); `targets` (N,) their labels (IGNORE_INDEX: unknown, not used for swaps)."""
+    are the clean rows (both signals); `targets` (N,) their labels (IGNORE_INDEX: unknown). `swaps`: (photos, title)
+    probabilities (M, C) of products whose title names another value (`value_word_swaps`); None: simulated by
+    pairing each product's photos with the title reading of a product whose label differs."""
     rows = np.arange(len(title))
     said = title.argmax(axis=1)
     title_conf, image_of_said = title[rows, said], image[rows, said]
-    swapped_conf, swapped_image = _simulated_swaps(image, title, targets, seed)
+    if swaps is not None:
+        swapped_image, swapped_title = swaps
+        swapped_said = swapped_title.argmax(axis=1)
+        picked = np.arange(len(swapped_title))
+        swapped_conf, swapped_image = swapped_title[picked, swapped_said], swapped_image[picked, swapped_said]
+    else:
+        swapped_conf, swapped_image = _simulated_swaps(image, title, targets, seed)
     allowed = math.floor(max_flagged * len(title))
-    best = (2.0, -1.0, 0.0, 0)  # (title cut, image cut, detection, flagged)
-    candidates = np.unique(np.r_[np.quantile(title_conf, np.linspace(0, 0.99, 60)) if len(title) else [], 0.5])
-    for alpha in candidates[candidates >= 0.5]:
+    best = (NEVER, -1.0, 0.0, 0)  # (title cut, image cut, detection, flagged)
+    levels = np.linspace(0, 1, 41)
+    candidates = np.unique(np.r_[np.quantile(np.r_[title_conf, swapped_conf], levels) if len(title) else []])
+    for alpha in candidates[::-1]:  # from the most demanding title cut down: ties keep the more demanding one
         eligible = np.sort(image_of_said[title_conf >= alpha])
         counts = np.searchsorted(eligible, eligible, side="right")
         ok = eligible[(counts <= allowed) & (eligible < 0.5)]
@@ -120,17 +138,41 @@ def fit_conflict_cutoffs(
             continue
         beta = float(ok.max())
         detected = float(((swapped_conf >= alpha) & (swapped_image <= beta)).mean()) if len(swapped_conf) else 0.0
-        if detected >= best[2]:
+        if detected > best[2]:
             best = (float(alpha), beta, detected, int((eligible <= beta).sum()))
     alpha, beta, detected, flagged = best
     figures = {
         "clean": len(title),
         "clean_flagged": flagged,
         "clean_flagged_share": flagged / len(title) if len(title) else None,
-        "simulated_swaps": len(swapped_conf),
-        "simulated_swaps_flagged_share": detected if len(swapped_conf) else None,
+        "swaps": "title words" if swaps is not None else "simulated",
+        "swapped": len(swapped_conf),
+        "swapped_flagged_share": detected if len(swapped_conf) else None,
     }
     return alpha, beta, figures
+
+
+def value_word_swaps(
+    titles: Sequence[str | None], group: AttributeGroup, labels: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """The rows whose title names the product's own value of `group` as a word, and those titles with that word
+    replaced by another value of the group (one neither contained in it nor containing it: Blue is not swapped for
+    Navy Blue): what a title that contradicts the product's photos looks like."""
+    rng = np.random.default_rng(seed)
+    rows: list[int] = []
+    swapped: list[str] = []
+    for i, (text, y) in enumerate(zip(titles, labels, strict=True)):
+        if not text or y == IGNORE_INDEX:
+            continue
+        value = group.values[int(y)]
+        found = re.search(rf"\b{re.escape(value)}\b", text, re.IGNORECASE)
+        own = set(value.lower().split())
+        others = [v for v in group.values if not (set(v.lower().split()) <= own or own <= set(v.lower().split()))]
+        if found is None or not others:
+            continue
+        rows.append(i)
+        swapped.append(text[: found.start()] + str(rng.choice(others)) + text[found.end() :])
+    return np.asarray(rows, dtype=np.int64), swapped
 
 
 def _simulated_swaps(
@@ -161,11 +203,15 @@ def fit_fusion(
     max_flagged: float = DEFAULT_MAX_FLAGGED,
     seed: int = 0,
     fitted_on: Mapping[str, Any] | None = None,
+    swaps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Fusion:
     """The fusion of every single-choice classifier group with labelled rows carrying both signals (see the module
     docstring). `image_probs`, `title_probs`: group -> (N, C) calibrated probabilities, NaN rows for a missing
     signal; `labels`: group -> (N,) value indices, IGNORE_INDEX for unknown. `image_thresholds`: the photos'
-    auto-fill thresholds (for rows without a title; they do not change the fit)."""
+    auto-fill thresholds (for rows without a title; they do not change the fit). `swaps`: group -> (rows, title
+    probabilities of those rows' titles with their value word swapped, `value_word_swaps`) for the conflict
+    cut-offs; given, a group with too few of them (its values are rarely named in titles) gets no conflict cut-offs;
+    None: every group is fitted on simulated swaps."""
     decoder = ValueDecoder(taxonomy, autofill_thresholds=image_thresholds)
     weights: dict[str, GroupFusion] = {}
     report: dict[str, Any] = {"groups": {}, **dict(fitted_on or {}), "max_flagged": max_flagged}
@@ -201,7 +247,11 @@ def fit_fusion(
             band_floor=g.auto_fill_band_floor,
             confidence_floor=g.auto_fill_confidence_floor,
         )
-        alpha, beta, conflicts = fit_conflict_cutoffs(image[both], title[both], y[both], max_flagged, seed)
+        swapped = _swapped_rows(image, both, (swaps or {}).get(g.name))
+        if swaps is not None and swapped is None:  # titles do not name this group's values: no conflict to find
+            alpha, beta, conflicts = NEVER, -1.0, {"swaps": "none: titles rarely name its values"}
+        else:
+            alpha, beta, conflicts = fit_conflict_cutoffs(image[both], title[both], y[both], max_flagged, seed, swapped)
         w = weights[g.name]
         groups[g.name] = GroupFusion(w.image_weight, w.title_weight, w.bias, choice.threshold, alpha, beta)
         report["groups"][g.name].update(
@@ -221,6 +271,17 @@ def fit_fusion(
             }
         )
     return Fusion(groups, report)
+
+
+def _swapped_rows(
+    image: np.ndarray, both: np.ndarray, swaps: tuple[np.ndarray, np.ndarray] | None, least: int = 20
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(photos, swapped title) probabilities of the swapped rows that have both signals; None under `least` rows."""
+    if swaps is None:
+        return None
+    rows, title = swaps
+    keep = both[rows] & ~np.isnan(title).any(axis=1)
+    return (image[rows[keep]], title[keep]) if keep.sum() >= least else None
 
 
 def _round(v: Any) -> Any:
@@ -252,6 +313,11 @@ def fit_bundle_fusion(
     image = {name: np.where(unfamiliar[:, None], np.nan, p) for name, p in decided.probs.items()}
     title = title_model.probabilities(list(titles))
     labels = {g.name: predictions[g.name].targets for g in decoder.groups}
+    swaps = {}
+    for g in decoder.groups:
+        rows, swapped = value_word_swaps(titles, g, labels[g.name])
+        if len(rows):
+            swaps[g.name] = (rows, title_model.probabilities(swapped)[g.name])
     return fit_fusion(
         image,
         {g.name: title[g.name] for g in decoder.groups},
@@ -262,4 +328,5 @@ def fit_bundle_fusion(
         confidence_level=confidence_level,
         min_accepted=min_accepted,
         fitted_on={**dict(fitted_on or {}), "titles": int(sum(1 for t in titles if t))},
+        swaps=swaps,
     )
