@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -121,3 +122,52 @@ def test_a_title_is_shown_with_its_photo_and_names_one_product(untrained_bundle_
 
     two = runner.invoke(app, [*args, str(cc0_images[1])])
     assert two.exit_code == 2 and "--title names one product" in two.stderr
+
+
+def test_a_bundle_that_reads_titles_shows_the_products_values_and_a_conflict_with_both_readings(
+    untrained_bundle_path, cc0_images, tmp_path
+):
+    from learner.model.bundle import load_bundle, store_title_model
+    from learner.model.fusion import Fusion, GroupFusion
+    from learner.model.title_model import TitleModel, title_features
+
+    title = "Denim Blouse"
+    bundle = load_bundle(untrained_bundle_path)
+    garment = bundle.taxonomy.group("garment").values
+    features = sorted(set(title_features(title)))
+    says_blouse = np.zeros((len(garment), 2), dtype=np.float32)
+    says_blouse[garment.index("Blouse")] = [12.0, 0.0]  # every feature of the title points at Blouse
+    titles = TitleModel(
+        vocab={f: i for i, f in enumerate(features)},
+        embedding=np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(features), 1)),
+        heads={"garment": (says_blouse, np.zeros(len(garment))), "kids": (np.zeros((2, 2)), np.zeros(2))},
+    )
+    reads = store_title_model(untrained_bundle_path, tmp_path / "reads-titles.safetensors", titles, bundle.taxonomy)
+    bundle = load_bundle(reads)
+    # garment: a title sure of Blouse and photos not sure of it is a conflict; kids: fused and auto-filled
+    bundle.fusion = Fusion(
+        {
+            "garment": GroupFusion(threshold=0.0, conflict_title=0.9, conflict_image=0.999),
+            "kids": GroupFusion(threshold=0.0),
+        }
+    )
+    bundle.save(reads)
+
+    args = ["tag", str(cc0_images[0]), "--model", str(reads), "--title", title]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.split("decided from the photo and the title")[1].splitlines()
+    garment_line = next(line for line in lines if line.strip().startswith("garment"))
+    assert (
+        "fused" in garment_line
+        and "(suggestion: title/photo conflict: title says Blouse 1.00, photo says" in garment_line
+    )
+    kids = next(line for line in lines if line.strip().startswith("kids"))
+    assert "fused" in kids and "suggestion" not in kids
+
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    product = {v["attribute"]: v for v in doc["product"]}
+    assert doc["title_read"] is True and product["garment"]["withheld_by"] == "title_photo_conflict"
+    said = product["garment"]["readings"]["title"]
+    assert said["value"] == "Blouse" and said["confidence"] > 0.99
+    assert (product["kids"]["source"], product["kids"]["auto_filled"]) == ("fused", True)
