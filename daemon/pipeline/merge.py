@@ -22,21 +22,25 @@ __all__ = ["image_tags", "merge_attributes", "product_result", "withhold_suspend
 
 
 def product_result(job: EventJob, decider: ProductDecider, source_name: str) -> ProductResult:
-    """The result of an event whose images are all tagged (`job.tags` holds one `ImageTags` per image), its values
-    decided from its photos and its title (`decider`: the engine's, `TaggingEngine.decider`)."""
+    """The result of an event whose images are all tagged (`job.tags` holds one `ImageTags` per image read; none
+    when every photo failed and the title decides alone), its values decided from its photos and its title
+    (`decider`: the engine's, `TaggingEngine.decider`)."""
     assert job.event is not None
     tags = image_tags(job)
     digests = [d for _, d in job.images]
     digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
+    if not digests:  # every photo failed, decided from the title alone: the title stands for the photos in the key
+        digest = hashlib.sha256(f"title:{job.event.title}".encode()).hexdigest()
+    model_version = tags[0].model_version if tags else (job.engine.model_version if job.engine is not None else "")
     return ProductResult(
         product_id=job.event.product_id,
         title=job.event.title,
         description=job.event.description,
         category_hint=job.event.category_hint,
         event_id=job.event.event_id,
-        image_url=job.images[0][0],
+        image_url=job.images[0][0] if job.images else job.event.image_urls[0],
         image_digest=digest,
-        model_version=tags[0].model_version,
+        model_version=model_version,
         attributes=decider.decide(tags, job.event.title),
         source=f"{source_name}:{job.record.topic}/{job.record.partition}@{job.record.offset}",
     )

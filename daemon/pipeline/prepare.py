@@ -4,7 +4,9 @@ inference. It runs on its own pool of `fetch_workers` threads (remote downloads 
 `decode_workers` decode at once (decoding is CPU work, and more threads at it only contend for the GIL).
 
 A failure that can never succeed (a rejected event, a missing or broken image, retries used up) goes to the writer
-as a `PermanentFailure`, to be dead-lettered.
+as a `PermanentFailure`, to be dead-lettered; except a photo of an event whose title the engine reads
+(`ProductDecider.reads_titles`): that photo is left out and the product is decided from its other photos and its
+title, from the title alone when every photo failed.
 
 What it must not do: touch the source or the database, run the model, or count metrics inside a fetch or decode
 (the stage timers and retry hooks of `daemon.metrics.PipelineMetrics` wrap them).
@@ -84,12 +86,24 @@ class EventPreparer:
                 raise PermanentFailure(exc.reason, str(exc)) from None
             prepared: list[PreparedImage] = []
             engine = job.engine = self.current_engine()  # one engine for all images of an event, even across a reload
+            # with a title the engine reads, a photo that cannot be read does not vote (the title and the other
+            # photos still decide); without one, it dead-letters the event as always
+            titled = bool(job.event.title) and engine.decider.reads_titles
             for url in job.event.image_urls:
-                data, digest = self.fetch(url)
-                with self.decode_slots, self.observe.stage("decode"):
-                    prepared.append(decode(engine, url, data))
+                try:
+                    data, digest = self.fetch(url)
+                    with self.decode_slots, self.observe.stage("decode"):
+                        prepared.append(decode(engine, url, data))
+                except PermanentFailure as failure:
+                    if not titled:
+                        raise
+                    log.info("offset %s: photo left out, the title decides: %s", job.record.offset, failure)
+                    continue
                 job.images.append((url, digest))
             job.expected = len(prepared)
+            if not prepared:  # every photo failed, the title decides alone (learner.inference.product_decision)
+                self.lanes.write.put(Finished(job))
+                return
             now = time.monotonic()
             for i, p in enumerate(prepared):
                 put_unless_aborted(self.lanes.infer, ImageWork(job, i, p, now, engine), self.signals.abort)

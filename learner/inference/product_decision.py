@@ -185,13 +185,16 @@ class ProductDecider:
         return self.title_model is not None and self.fusion is not None
 
     def decide(self, tags: Sequence[ImageTags], title: str | None = None) -> list[AttributeValue]:
-        """The product's values: one per group (see the module docstring). Tags without probabilities (made by
-        hand, not by an engine) are merged as before photos were averaged (`merge_attributes`)."""
+        """The product's values: one per group (see the module docstring). No tags (every photo failed) and a
+        title: the title's values alone. Tags without probabilities (made by hand, not by an engine) are merged as
+        before photos were averaged (`merge_attributes`)."""
         merged = merge_attributes(list(tags), self.taxonomy)
-        if not tags or any(t.probs is None for t in tags):
+        if any(t.probs is None for t in tags):
             return merged
         names = [g.name for g in self.decoder.groups]
         title_probs = self.title_probabilities(title)
+        if not tags and title_probs is None:  # no photo that could be read, no title signal: nothing to decide
+            return merged
         photos = mean_photo_probs(tags, names)
         all_unfamiliar = photos is None
         if all_unfamiliar and title_probs is None:  # nothing but unfamiliar photos: their values, none auto-filled

@@ -218,3 +218,15 @@ def test_the_engines_tags_carry_the_calibrated_probabilities_their_values_were_c
         values = dict(tags.attributes[g.name])
         assert [values[v] for v in values] == pytest.approx([tags.probs[g.name][g.index(v)] for v in values])
     assert engine.decider.decide([tags], None) == merge_attributes([tags], engine.bundle.taxonomy)
+
+
+def test_with_no_photo_read_the_title_decides_alone_and_without_one_nothing_is_decided(taxonomy: Taxonomy) -> None:
+    values = by_group(decider(taxonomy).decide([], "blue tee"))
+    assert values["colour"].value == "Blue" and values["colour"].auto_filled
+    assert values["colour"].readings == {
+        "decided_from": FROM_TITLE,
+        "title": {"value": "Blue", "confidence": 0.97},
+        "photos": None,
+    }
+    assert "objects" not in values  # nothing for the detector's groups without a photo
+    assert decider(taxonomy).decide([], None) == [] == decider(taxonomy).decide([], "zzqx")
