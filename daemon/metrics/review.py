@@ -17,7 +17,8 @@ class ReviewRoutingMetrics:
         r = self.registry
         self.routed = Counter(
             "shelfsight_review_routed_total",
-            "Products routed to human review, by reason (unfamiliar_photo, low_confidence, audit, random).",
+            "Products routed to human review, by reason (unfamiliar_photo, title_photo_conflict, low_confidence, "
+            "audit, random).",
             ["reason"],
             registry=r,
         )
