@@ -1,6 +1,6 @@
-"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate | export | shrink`: the
-model registry from the command line, calibrating a bundle, exporting it for the onnxruntime backend, and storing its
-weights as float16 for shipping.
+"""`shelfsight models list | show | register | promote | rollback | gate-report | calibrate | add-title | export |
+shrink`: the model registry from the command line, calibrating a bundle, adding a title model to it, exporting it for
+the onnxruntime backend, and storing its weights as float16 for shipping.
 
 The registry is `learner.registry_dir` of the configuration (`--registry` overrides it). Promote and rollback
 change the `champion` alias atomically; daemons that watch the registry reload the new champion by themselves.
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     models.command("rollback")(rollback_command)
     models.command("gate-report")(gate_report_command)
     models.command("calibrate")(calibrate_command)
+    models.command("add-title")(add_title_command)
     models.command("export")(export_command)
     models.command("shrink")(shrink_command)
     app.add_typer(models, name="models")
@@ -324,12 +325,69 @@ def calibrate_command(
             "their threshold: "
             f"{', '.join(r['without_positives']) or 'none'}"
         )
+    if done.title_calibration is not None:
+        for name, c in done.title_calibration.thresholds.items():
+            fill = f">= {c.threshold:.3f}: {100 * c.coverage:.1f}% of {c.n}" if c.reached else "never"
+            t = done.title_calibration.temperatures[name]
+            typer.echo(f"  {name} (title only): T {t:.3f}; auto-fill {fill}")
     if calibration.hierarchy_disagreement is not None:
         typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")
     typer.echo(
         f"bundle {'rewritten' if target == bundle_path else 'written'}: {target}; file SHA-256 "
         f"{done.sha256_before[:12]}... -> {file_sha256(target)[:12]}... (weights and tensor_sha256 unchanged; a "
         "registry record of this version still names the old file SHA-256)"
+    )
+
+
+def add_title_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors), float16 or float32."),
+    data: Path = typer.Option(..., "--data", help="labels.csv (with a title column), or a directory holding it."),
+    out: Path | None = typer.Option(None, "--out", help="Write the bundle here (default: rewrite BUNDLE)."),
+    title_column: str | None = typer.Option(None, help="Column of product titles (default: the taxonomy's)."),
+    group_by: str | None = typer.Option(None, help="Split grouping column (default: the bundle's)."),
+    image_column: str | None = typer.Option(None, help="Column naming the image file (default: image, else id)."),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(20, help="Passes over the training titles."),
+    dim: int = typer.Option(64, help="Size of the title embedding."),
+) -> None:
+    """Train a title model on the bundle's train split of DATA (its own split rule), calibrate it on the validation
+    split, and store it in the bundle; the image model is untouched (a float16 bundle stays float16). A fusion the
+    bundle had is dropped: run `shelfsight models calibrate` on a float32 bundle to fit photos and title together."""
+    from learner.datasets.labelled import DataError
+    from learner.model.bundle import BundleError
+    from learner.training.errors import TrainingError
+    from learner.training.title_bundle import add_title_model
+
+    try:
+        done = add_title_model(
+            bundle_path,
+            data,
+            out,
+            title_column=title_column,
+            group_column=group_by,
+            image_column=image_column,
+            seed=seed,
+            epochs=epochs,
+            dim=dim,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    except (BundleError, DataError, TrainingError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    if done.split_note is not None:
+        typer.echo(done.split_note)
+    model, figures = done.model, done.model.metrics
+    typer.echo(
+        f"title model ({len(model.vocab)} features x {model.dim}, column {done.title_column!r}) trained on "
+        f"{done.train_titles} titles, calibrated on {done.val_titles} (validation split):"
+    )
+    for name, top1 in figures["validation"]["top1"].items():
+        masked = figures["validation_masked"]["top1"][name]
+        threshold = model.autofill_thresholds.get(name)
+        fill = "never" if threshold is None or threshold > 1 else f">= {threshold:.3f}"
+        typer.echo(f"  {name}: top-1 {top1:.3f} (attribute words masked {masked:.3f}); title-only auto-fill {fill}")
+    typer.echo(
+        f"bundle written: {done.target} (weights stored as {done.weights_dtype}, image model untouched)"
+        + ("; its fusion was dropped: run `shelfsight models calibrate`" if done.dropped_fusion else "")
     )
 
 

@@ -1,8 +1,9 @@
 """Calibrating a bundle file on a labelled set (`shelfsight models calibrate`): read the set with the bundle's
 taxonomy, optionally derive a hierarchy from its labels into the bundle's taxonomy, predict one split with the bundle
-(its own split rule), fit temperatures, auto-fill and multi-label thresholds (learner/evaluation/calibration.py), when
-the bundle has a title model the fusion of photos and title (learner/evaluation/fusion.py, on the split's titles), and
-write the calibrated bundle atomically (beside the target, then renamed over it).
+(its own split rule), fit temperatures, auto-fill and multi-label thresholds (learner/evaluation/calibration.py); when
+the bundle has a title model, refit its temperatures and title-only thresholds on the split's titles
+(learner/evaluation/title_calibration.py), then the fusion of photos and title (learner/evaluation/fusion.py, on the
+split's titles); and write the calibrated bundle atomically (beside the target, then renamed over it).
 
 Must not: print, parse options or read configuration (daemon/commands_models.py does), or touch the registry.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from learner.datasets.labelled import load_labelled_set
+from learner.datasets.labelled import Sample, load_labelled_set
 from learner.evaluation.calibration import Calibration, fit_calibration
 from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
 from learner.evaluation.fusion import fit_bundle_fusion
 from learner.evaluation.selective import DEFAULT_CONFIDENCE_LEVEL, DEFAULT_MIN_ACCEPTED, DEFAULT_TARGET_PRECISION
-from learner.model.bundle import load_bundle
+from learner.evaluation.title_calibration import TitleCalibrationError, fit_title_calibration, titled
+from learner.model.bundle import ModelBundle, load_bundle
 from learner.model.fusion import Fusion
 from learner.model.hierarchy import DerivedHierarchy, derive_hierarchy
 from learner.model.manifest import file_sha256
@@ -38,6 +41,7 @@ class Recalibration:
     hierarchy: DerivedHierarchy | None
     split_note: str | None
     fusion: Fusion | None = None  # the photos-and-title fusion fitted (None: the bundle has no title model)
+    title_calibration: Calibration | None = None  # the title model's refit (None: no title model, or no titles)
 
 
 def recalibrate(
@@ -81,6 +85,9 @@ def recalibrate(
         predictions, bundle.taxonomy, target_precision, confidence_level, min_accepted, fitted_on, beta
     )
     calibration.apply(bundle)
+    title_calibration = _refit_title_model(
+        bundle, labelled.split(rule, split), target_precision, confidence_level, min_accepted, fitted_on
+    )
     titles = [getattr(s, "title", None) for s in labelled.split(rule, split)]  # the rows of `predictions`
     fusion = fit_bundle_fusion(
         bundle,
@@ -95,4 +102,33 @@ def recalibrate(
         bundle.fusion = fusion
     before = file_sha256(bundle_path)
     bundle.save(target)  # atomic: written beside the target, then renamed over it
-    return Recalibration(calibration, n, labelled.source, target, before, derived, note, fusion)
+    done = Recalibration(calibration, n, labelled.source, target, before, derived, note, fusion)
+    done.title_calibration = title_calibration
+    return done
+
+
+def _refit_title_model(
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    target_precision: float,
+    confidence_level: float,
+    min_accepted: int,
+    fitted_on: dict[str, Any],
+) -> Calibration | None:
+    """The bundle's title model's temperatures and title-only auto-fill thresholds, refitted on the split's labelled
+    titles (in place; before the fusion, which reads the calibrated title probabilities). None: the bundle has no
+    title model, or the split no title with a signal (the title model keeps its calibration)."""
+    if bundle.title_model is None:
+        return None
+    try:
+        return fit_title_calibration(
+            bundle.title_model,
+            titled(samples),
+            bundle.taxonomy,
+            target_precision=target_precision,
+            confidence_level=confidence_level,
+            min_accepted=min_accepted,
+            fitted_on=fitted_on,
+        )
+    except TitleCalibrationError:
+        return None

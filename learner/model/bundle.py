@@ -50,6 +50,7 @@ __all__ = [
     "load_bundle",
     "read_manifest",
     "shrink_bundle",
+    "store_title_model",
 ]
 
 # dtypes a bundle's floating-point weights may be stored in; they are cast to float32 when loaded
@@ -229,15 +230,7 @@ def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> S
     if manifest.get("weights_dtype", "float32") != "float32":
         raise BundleError(f"{src} is already shrunk (weights stored as {manifest['weights_dtype']})")
     target = STORAGE_DTYPES[dtype]
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(src), framework="pt", device="cpu") as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                tensors[k] = f.get_tensor(k)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise BundleError(f"{src}: tensors are unreadable (truncated or corrupt file): {exc}") from None
-    if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
-        raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; nothing written")
+    tensors = _stored_tensors(src, manifest)
     title_names = set(title_tensor_names(tensors))
     cast = 0
     for k, v in tensors.items():
@@ -258,6 +251,49 @@ def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> S
     manifest["tensor_sha256"] = _tensor_digest(tensors)
     _write_bundle_file(dst, tensors, manifest)
     return ShrinkResult(dst, manifest["model_version"], dtype, src.stat().st_size, dst.stat().st_size, cast)
+
+
+def store_title_model(src: str | Path, dst: str | Path, model: TitleModel | None, taxonomy: Taxonomy) -> Path:
+    """Write a copy of the bundle `src` to `dst` (may be `src`) with `model` as its title model (None: without one)
+    and `taxonomy` (the bundle's own groups, e.g. with a `title_column` added); every other tensor is copied as
+    stored, so a shrunk bundle stays shrunk (the title model's tensors are then stored as float16 as well). A fusion
+    fitted with the earlier title model is dropped: `shelfsight models calibrate` fits the new one."""
+    src, dst = Path(src), Path(dst)
+    manifest = read_manifest(src)
+    tensors = _stored_tensors(src, manifest)
+    before = {k: v for k, v in manifest_taxonomy(manifest, src).to_dict().items() if k != "title_column"}
+    if {k: v for k, v in taxonomy.to_dict().items() if k != "title_column"} != before:
+        raise BundleError(f"{src}: the taxonomy given is not the bundle's (only its title_column may differ)")
+    tensors = {k: v for k, v in tensors.items() if k not in set(title_tensor_names(tensors))}
+    manifest["taxonomy"] = taxonomy.to_dict()
+    manifest.pop(TITLE_KEY, None)
+    manifest.pop(FUSION_KEY, None)
+    if model is not None:
+        try:
+            model.check(taxonomy)
+        except ValueError as exc:
+            raise BundleError(f"the title model does not fit {src}: {exc}") from None
+        half = manifest.get("weights_dtype", "float32") != "float32"
+        stored = {k: v.astype(np.float16) if half and v.dtype == np.float32 else v for k, v in model.tensors().items()}
+        tensors.update({k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in stored.items()})
+        manifest[TITLE_KEY] = {**model.to_manifest(), "tensor_sha256": title_digest(stored)}
+    manifest["tensor_sha256"] = _tensor_digest(tensors)
+    _write_bundle_file(dst, tensors, manifest)
+    return dst
+
+
+def _stored_tensors(src: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bundle's tensors as stored, checked against the manifest's `tensor_sha256` (BundleError when corrupt)."""
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(src), framework="pt", device="cpu") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{src}: tensors are unreadable (truncated or corrupt file): {exc}") from None
+    if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
+        raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; nothing written")
+    return tensors
 
 
 def _write_bundle_file(path: Path, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:

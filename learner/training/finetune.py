@@ -31,6 +31,7 @@ from learner.training import distributed
 from learner.training.fit import EpochResult
 from learner.training.recipe import TrainConfig
 from learner.training.run import FromBundle, bundle_of, model_version, run_training
+from learner.training.title import attach_title_model
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ def fine_tune(
         detector=champion.detector,  # not fine-tuned here (learner/training/detector.py is): the champion's for now
         detector_spec=champion.detector_spec,
     )
+    if recipe.title:  # the title model retrained where the data has titles, else the champion's kept
+        bundle.lineage["title"] = attach_title_model(
+            bundle,
+            train_samples,
+            val_samples,
+            run.selected.predictions,
+            seed=recipe.seed,
+            say=log.info,
+            fallback=champion,
+        )
+    else:
+        bundle.title_model, bundle.fusion = champion.title_model, champion.fusion
     bundle.metrics = {  # as the calibrated bundle tags (learner.evaluation.evaluate.bundle_metrics)
         "primary_metric": f"{PRIMARY_METRIC} (mean over single-choice groups of top-1 accuracy)",
         "validation": headline(bundle_metrics(bundle, run.selected.predictions)),

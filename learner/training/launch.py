@@ -30,12 +30,13 @@ def sample_to_dict(s: Sample) -> dict[str, Any]:
         "image_path": str(s.image_path),
         "split_key": s.split_key,
         "labels": {g: (list(v) if isinstance(v, tuple) else v) for g, v in s.labels.items()},
+        "title": s.title,
     }
 
 
 def sample_from_dict(d: dict[str, Any]) -> Sample:
     labels = {g: (tuple(v) if isinstance(v, list) else v) for g, v in d["labels"].items()}
-    return Sample(d["sample_id"], Path(d["image_path"]), d["split_key"], labels)
+    return Sample(d["sample_id"], Path(d["image_path"]), d["split_key"], labels, d.get("title"))
 
 
 @dataclass

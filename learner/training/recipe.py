@@ -62,6 +62,7 @@ class TrainConfig:
     workers: int | None = None  # data loader processes; None: 0 on CPU (images are cached), 4 on CUDA
     split: SplitRule = field(default_factory=SplitRule)
     progress: bool = True
+    title: bool = True  # also train the title model (learner/training/title.py) when the samples carry titles
 
     def augmentation(self, pad_value: int) -> Augmentation:
         return Augmentation(

@@ -19,6 +19,12 @@ serves torch-free as a lookup, a mean and one matrix product per group.
 4. figures on the validation titles (`title_metrics`): top-1 per group, as written and with the attribute words
    masked, and the share of titles without a signal.
 
+`attach_title_model(bundle, train, val, val_predictions, ...)` is how `shelfsight train` (learner/training/train.py)
+and retraining (learner/training/finetune.py) give a new bundle its title model and its photos-and-title fusion
+(learner.evaluation.fusion.fit_bundle_fusion) on the same splits as its image model; without titles a fine-tune keeps
+the champion's. Defaults (dim 64, 20 epochs, lr 0.05, batch 128, dropout 0.1, 30% of titles masked per epoch) were
+chosen on the fashion-products validation split (`python -m tests.benchmarks.title_model`), never on test.
+
 Must not: read files, save bundles or read configuration.
 """
 
@@ -27,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +41,8 @@ import torch
 from torch import nn
 
 from learner.datasets.labelled import IGNORE_INDEX, Sample
+from learner.evaluation.evaluate import GroupPredictions
+from learner.evaluation.fusion import fit_bundle_fusion
 from learner.evaluation.selective import DEFAULT_TARGET_PRECISION
 from learner.evaluation.title_calibration import (
     TitleCalibrationError,
@@ -43,6 +51,7 @@ from learner.evaluation.title_calibration import (
     title_metrics,
     titled,
 )
+from learner.model.bundle import ModelBundle
 from learner.model.taxonomy import Taxonomy
 from learner.model.title_model import (
     FEATURES_VERSION,
@@ -219,3 +228,34 @@ def _fit(
         tops = " ".join(f"{g}={v:.3f}" for g, v in top1.items() if v is not None)
         say(f"title epoch {epoch}/{epochs} loss {total / max(1, batches):.3f} | val {tops}")
     return net.eval()
+
+
+def attach_title_model(
+    bundle: ModelBundle,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    val_predictions: Mapping[str, GroupPredictions],
+    *,
+    seed: int,
+    say: Callable[[str], None],
+    fallback: ModelBundle | None = None,
+) -> str:
+    """Give a freshly trained, calibrated `bundle` its title model and its photos-and-title fusion, in place: a title
+    model trained on the titles of `train_samples` and calibrated on those of `val_samples`, then the fusion fitted on
+    the bundle's raw `val_predictions` (rows in `val_samples` order) and those titles
+    (learner.evaluation.fusion.fit_bundle_fusion). Without titles, the title model and fusion of `fallback` (the
+    champion a fine-tune started from) are kept, if it has them. Returns what was done, in words."""
+    if titled(train_samples) and titled(val_samples):
+        bundle.title_model = train_title_model(train_samples, val_samples, bundle.taxonomy, seed=seed, progress=say)
+        done = f"title model trained on {len(titled(train_samples))} titles"
+    elif fallback is not None and fallback.title_model is not None:
+        bundle.title_model = fallback.title_model
+        done = "no titles in the data: the title model of the starting bundle is kept"
+    else:
+        return "no titles in the data: no title model"
+    titles = [s.title for s in val_samples]
+    fusion = fit_bundle_fusion(bundle, val_predictions, titles) if titled(val_samples) else None
+    if fusion is None and fallback is not None:
+        fusion = fallback.fusion
+    bundle.fusion = fusion
+    return done + ("" if fusion is not None else "; no fusion fitted (no validation titles)")

@@ -19,6 +19,10 @@ Model selection uses only the validation split: the primary metric is the mean o
 groups of top-1 accuracy (`PRIMARY_METRIC`); per-class thresholds are the best-F1 points on validation.
 The test split is evaluated once, after training, for the bundle's metrics and the report.
 
+When the labelled set has titles (the taxonomy's `title_column`) and the recipe's `title` is on, the bundle also gets
+a title model trained on the same train split and calibrated on the same validation split, and the fusion of photos
+and title fitted on validation (learner/training/title.py `attach_title_model`).
+
 This module does not parse command lines (see `daemon/commands_train.py`) and keeps no global state.
 """
 
@@ -40,6 +44,7 @@ from learner.training.errors import TrainingError
 from learner.training.fit import EpochResult
 from learner.training.recipe import TrainConfig
 from learner.training.run import FreshBackbone, bundle_of, model_version, run_training
+from learner.training.title import attach_title_model
 
 
 @dataclass
@@ -91,6 +96,10 @@ def train(
     }
     bundle = bundle_of(run, model_version(data.taxonomy, config.backbone, run.model), lineage)
     assert run.selected is not None
+    if config.title:  # the title model and the fusion of photos and title, when the set has titles
+        bundle.lineage["title"] = attach_title_model(
+            bundle, splits["train"], splits["val"], run.selected.predictions, seed=config.seed, say=tqdm.write
+        )
     # measured as the calibrated bundle tags (temperatures, hierarchy, auto-fill thresholds): the same figures as
     # `shelfsight evaluate BUNDLE --split val`
     validation = bundle_metrics(bundle, run.selected.predictions)

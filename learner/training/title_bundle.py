@@ -1,0 +1,106 @@
+"""Adding a title model to an existing bundle file (`shelfsight models add-title`), without retraining its image model.
+
+`add_title_model(bundle, data, out)`: read the labelled set with the bundle's taxonomy and a title column (the one
+given, else the taxonomy's `title_column`, else that of the built-in taxonomy of the same name, for a bundle made
+before taxonomies named one), cut it by the bundle's own split rule (`split_rule_of`: the rule recorded in its
+lineage, as `models calibrate` does), train the title model on the train split's titles and calibrate it on the
+validation split's (learner/training/title.py), and write the bundle with it and the title column in its taxonomy
+(`store_title_model`): every other tensor as stored, so a float16 (shrunk) bundle stays float16, the title model's
+tensors then too. A fusion of photos and title the bundle had is dropped: it was fitted with another title model;
+`shelfsight models calibrate` fits the new one (on a float32 bundle: calibrating rewrites the weights as float32, so
+the starter is recalibrated before it is shrunk, see deploy/demo/build_starter.sh).
+
+Must not: print, parse options or read configuration (daemon/commands_models.py does), or touch the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from learner.datasets.labelled import DataError, load_labelled_set
+from learner.evaluation.evaluate import split_rule_of, training_set_relation
+from learner.evaluation.title_calibration import titled
+from learner.model.bundle import load_bundle, read_manifest, store_title_model
+from learner.model.fusion import MANIFEST_KEY as FUSION_KEY
+from learner.model.manifest import file_sha256
+from learner.model.taxonomy import BUILTIN_TAXONOMIES, load_taxonomy
+from learner.model.title_model import TitleModel
+from learner.training.title import DEFAULT_DIM, DEFAULT_EPOCHS, train_title_model
+
+
+@dataclass
+class TitleAddition:
+    """What `add_title_model` did: the model stored (its `metrics` are validation figures), the file written, the
+    title column read, titles trained and calibrated on, how the weights are stored, whether a fusion was dropped,
+    and what to say about the data (None: nothing; it starts with "note:")."""
+
+    model: TitleModel
+    target: Path
+    title_column: str
+    train_titles: int
+    val_titles: int
+    weights_dtype: str
+    dropped_fusion: bool
+    split_note: str | None
+
+
+def add_title_model(
+    bundle_path: Path,
+    data: Path,
+    out: Path | None = None,
+    *,
+    title_column: str | None = None,
+    group_column: str | None = None,
+    image_column: str | None = None,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    dim: int = DEFAULT_DIM,
+    progress: Callable[[str], None] | None = None,
+) -> TitleAddition:
+    """Train a title model on the bundle's train split of `data`, calibrate it on its validation split, and write the
+    bundle with it to `out` (None: over `bundle_path`). Raises BundleError, DataError, TrainingError, OSError."""
+    manifest = read_manifest(bundle_path)
+    bundle = load_bundle(bundle_path)
+    column = title_column or bundle.taxonomy.title_column or _builtin_title_column(bundle.taxonomy.name)
+    if not column:
+        raise DataError(f"{bundle_path}'s taxonomy names no title_column: give the column of titles (--title-column)")
+    taxonomy = dataclasses.replace(bundle.taxonomy, title_column=column)
+    group_column = group_column or (bundle.lineage.get("data") or {}).get("group_column")
+    labelled = load_labelled_set(data, taxonomy, image_column=image_column, group_column=group_column)
+    rule = split_rule_of(bundle)
+    train, val = labelled.split(rule, "train"), labelled.split(rule, "val")
+    if not titled(train) or not titled(val):
+        raise DataError(
+            f"{labelled.source}: no titles in column {column!r} of its train or validation split "
+            f"({len(titled(train))} and {len(titled(val))} titles)"
+        )
+    note = None
+    if training_set_relation(bundle, labelled) is None:
+        note = f"note: {labelled.source} is not the bundle's training set: its split is cut by the bundle's rule"
+    model = train_title_model(train, val, taxonomy, seed=seed, epochs=epochs, dim=dim, progress=progress)
+    model.config["data"] = {
+        "source": str(labelled.source),
+        "csv_sha256": file_sha256(labelled.source),
+        "split": rule.to_dict(),
+        "title_column": column,
+    }
+    target = out or bundle_path
+    store_title_model(bundle_path, target, model, taxonomy)
+    return TitleAddition(
+        model,
+        target,
+        column,
+        len(titled(train)),
+        len(titled(val)),
+        str(manifest.get("weights_dtype", "float32")),
+        FUSION_KEY in manifest,
+        note,
+    )
+
+
+def _builtin_title_column(name: str) -> str | None:
+    """The title column of the built-in taxonomy of that name (a bundle made before taxonomies named one)."""
+    return load_taxonomy(name).title_column if name in BUILTIN_TAXONOMIES else None

@@ -1,0 +1,20 @@
+"""`shelfsight models add-title` prints the title model's validation figures and writes the bundle."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from learner.model.manifest import BundleInfo
+from tests.learner.training.test_title_bundle import titled_set
+
+
+def test_the_command_prints_the_validation_figures_and_writes_the_bundle(untrained_bundle_path, tmp_path):
+    data = titled_set(tmp_path / "data", column="title")
+    out = tmp_path / "titled.safetensors"
+    args = ["models", "add-title", str(untrained_bundle_path), "--data", str(data), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--title-column", "title", "--epochs", "8", "--dim", "16"])
+    assert result.exit_code == 0, result.output
+    assert "garment: top-1" in result.output and "title-only auto-fill" in result.output
+    assert "weights stored as float32" in result.output
+    assert BundleInfo.read(out).title_model is not None
