@@ -260,9 +260,25 @@ def evaluate_detector_command(
         [], help="CATEGORY=CLASS renames a file category to a detector class (repeatable), e.g. 'bag, wallet=handbag'."
     ),
     out: Path | None = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+    if done.sources is not None:
+        _echo_sources(done.sources, out)
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
+def _echo_sources(sources: dict[str, Any], out: Path) -> None:
+    """The photos / title / fused comparison as a table, and written beside the report as sources.json."""
+    from learner.evaluation.source_comparison import comparison_lines
+
+    typer.echo(
+        f"photos, title and both ({sources['titled']} of {sources['products']} products with a title; masked: "
+        "the attribute words taken out of the titles); top-1, then auto-filled share (precision):"
+    )
+    for line in comparison_lines(sources):
+        typer.echo(f"  {line}")
+    (out / "sources.json").write_text(json.dumps(sources, indent=2))
+    typer.echo(f"sources: {out / 'sources.json'}")
+
+
     score, and for a mask detector mask mAP and the mask IoU sweep, on the classes both the file and the detector
     have (detections and objects of other classes are left out and counted)."""
     from learner.evaluation.detector_eval import evaluate_detector_on_coco

@@ -1,6 +1,8 @@
 """Evaluating a bundle file on a labelled set (`shelfsight evaluate`): read the set with the bundle's taxonomy, choose
 the split (the bundle's test split when the set is its training data, else all of it, unless one is asked for),
-measure the bundle on it as the engine tags (`evaluate_bundle`) and list the labels the taxonomy does not know.
+measure the bundle on it as the engine tags (`predict_bundle`, `bundle_metrics`) and list the labels the taxonomy does
+not know. When the bundle reads titles and the set has them, the products are also decided from their photos alone,
+their titles alone and both (`compare_sources`, with the attribute words masked too).
 
 Must not: print, write reports, parse options or read configuration (daemon/commands_train.py does).
 """
@@ -12,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from learner.datasets.labelled import LabelledSet, SplitRule, load_labelled_set
-from learner.evaluation.evaluate import audit_labels, evaluate_bundle, split_rule_of, training_set_relation
+from learner.evaluation.evaluate import (
+    audit_labels,
+    bundle_metrics,
+    predict_bundle,
+    split_rule_of,
+    training_set_relation,
+)
+from learner.evaluation.source_comparison import compare_sources
 from learner.model.bundle import load_bundle
 
 
@@ -30,6 +39,9 @@ class LabelledEvaluation:
     labelled: LabelledSet
     audit: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    # photos / title / fused (and masked) side by side (`compare_sources`); None: the bundle reads no titles or the
+    # set has none
+    sources: dict[str, Any] | None = None
 
 
 def evaluate_on_labelled_set(
@@ -60,8 +72,14 @@ def evaluate_on_labelled_set(
         notes.append(f"{labelled.source}: {why}: evaluating {what} (--split chooses another)")
     elif training is None and split != "all":
         notes.append(f"{labelled.source} is not the bundle's training set: cut by its split rule ({split}) as asked")
-    metrics, n = evaluate_bundle(
-        bundle, labelled, split, rule, batch_size=batch_size, device=device, tta=tta, beta=beta
-    )
-    audit = audit_labels(labelled, labelled.split(rule, split), image_column)
-    return LabelledEvaluation(bundle.model_version, metrics, n, split, rule, labelled, audit, notes)
+    predictions, n = predict_bundle(bundle, labelled, split, rule, batch_size, device, tta)
+    metrics = bundle_metrics(bundle, predictions, beta)
+    samples = labelled.split(rule, split)
+    audit = audit_labels(labelled, samples, image_column)
+    sources = None
+    titles = [s.title for s in samples]
+    if bundle.title_model is not None and bundle.fusion is not None and any(titles):
+        sources = compare_sources(bundle, predictions, titles)
+    elif bundle.title_model is not None:
+        notes.append(f"{labelled.source}: no titles (the bundle's title column is {bundle.taxonomy.title_column!r})")
+    return LabelledEvaluation(bundle.model_version, metrics, n, split, rule, labelled, audit, notes, sources)
