@@ -95,6 +95,11 @@ def train_command(
     test: bool = typer.Option(
         True, help="Evaluate the test split at the end; --no-test while choosing a recipe, so test stays unseen."
     ),
+    title: bool = typer.Option(
+        True,
+        help="Also train the title model (and the fusion of photos and title) when the set has titles (the "
+        "taxonomy's title_column); --no-title: photos only.",
+    ),
     find_lr: bool = typer.Option(
         False,
         "--find-lr",
@@ -139,6 +144,12 @@ def train_command(
     bundle = result.bundle
     typer.echo(f"bundle: {result.bundle_path} ({bundle.model_version})")
     typer.echo(f"best epoch {bundle.lineage['best_epoch']} of {bundle.lineage['epochs_run']}")
+    if bundle.title_model is not None:
+        tops = bundle.title_model.metrics["validation"]["top1"]
+        line = " ".join(f"{g}={v:.3f}" for g, v in tops.items() if v is not None)
+        typer.echo(f"title model, validation top-1: {line}")
+    elif "title" in bundle.lineage:
+        typer.echo(bundle.lineage["title"])
     for split_name, metrics in (("validation", result.validation), ("test", result.test)):
         if metrics is not None:
             typer.echo(f"{split_name}: {_one_line(metrics)}")
@@ -249,22 +260,11 @@ def evaluate_command(
             f"{g['withheld_values']} values the thresholds would have auto-filled ({_pct(g['withheld_share'])}); "
             "the figures above are after it"
         )
+    if done.sources is not None:
+        _echo_sources(done.sources, out)
     typer.echo(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
-def evaluate_detector_command(
-    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) with a detector."),
-    coco: Path = typer.Option(..., "--coco", help="COCO instances JSON of the outlined objects (boxes, masks)."),
-    images: Path | None = typer.Option(None, "--images", help="Folder of its file_names (default: images/ beside)."),
-    rename: list[str] = typer.Option(
-        [], help="CATEGORY=CLASS renames a file category to a detector class (repeatable), e.g. 'bag, wallet=handbag'."
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Also write the figures here as JSON."),
-    if done.sources is not None:
-        _echo_sources(done.sources, out)
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-) -> None:
-    """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
 def _echo_sources(sources: dict[str, Any], out: Path) -> None:
     """The photos / title / fused comparison as a table, and written beside the report as sources.json."""
     from learner.evaluation.source_comparison import comparison_lines
@@ -279,6 +279,17 @@ def _echo_sources(sources: dict[str, Any], out: Path) -> None:
     typer.echo(f"sources: {out / 'sources.json'}")
 
 
+def evaluate_detector_command(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors) with a detector."),
+    coco: Path = typer.Option(..., "--coco", help="COCO instances JSON of the outlined objects (boxes, masks)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of its file_names (default: images/ beside)."),
+    rename: list[str] = typer.Option(
+        [], help="CATEGORY=CLASS renames a file category to a detector class (repeatable), e.g. 'bag, wallet=handbag'."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Score a bundle's detector on a COCO instances file: box mAP@[.5:.95], mAP@.5, mAP@.75 and the IoU-sweep
     score, and for a mask detector mask mAP and the mask IoU sweep, on the classes both the file and the detector
     have (detections and objects of other classes are left out and counted)."""
     from learner.evaluation.detector_eval import evaluate_detector_on_coco
