@@ -15,6 +15,11 @@ and the coverage an oracle threshold on this very split would reach at precision
 height of the precision-coverage curve, for comparing sources, not a promise), and how often title and photos
 conflicted (`conflicts`, fused sources only).
 
+`swaps`: per group whose labelled value the titles name often enough (SWAP_MIN), the conflict check measured: the
+titles that name their product's value get that word swapped for another value (`value_word_swaps`: "Men" ->
+"Women", "Blue" -> "Red"); `flagged` is the share of those products the fused decision flags as a title/photo
+conflict, `clean_flagged` the share of all titled products flagged with their titles as written.
+
 Pure numpy over given probabilities: no model run, no I/O.
 """
 
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from learner.datasets.labelled import IGNORE_INDEX
+from learner.evaluation.fusion import value_word_swaps
 from learner.inference.decoding import ValueDecoder
 from learner.inference.product_decision import ProductDecisions, decide_products
 from learner.model.shift_guard import SCORE_KEY
@@ -33,6 +39,7 @@ from learner.model.title_model import attribute_words, mask_attribute_words
 
 SOURCES = ("photos", "title", "fused", "title_masked", "fused_masked")
 ORACLE_PRECISION = 0.99
+SWAP_MIN = 50  # titles naming their value a group needs before its swaps are measured
 
 
 def coverage_at_precision(confidence: np.ndarray, correct: np.ndarray, precision: float = ORACLE_PRECISION) -> float:
@@ -110,6 +117,23 @@ def compare_sources(
     if masked:
         runs["title_masked"] = decide(masked_titles, False)
         runs["fused_masked"] = decide(masked_titles, True)
+    titled = np.array([bool(t and t.strip()) for t in titles])
+    swaps: dict[str, Any] = {}
+    for g in decoder.groups:
+        rows, swapped = value_word_swaps(titles, g, targets[g.name])
+        if len(rows) < SWAP_MIN:
+            continue
+        as_swapped = list(titles)
+        for i, text in zip(rows, swapped, strict=True):
+            as_swapped[int(i)] = text
+        flagged = decide(as_swapped, True).conflict[g.name][rows]
+        clean = runs["fused"].conflict[g.name][titled]
+        swaps[g.name] = {
+            "swapped": len(rows),
+            "flagged": float(flagged.mean()),
+            "clean": int(titled.sum()),
+            "clean_flagged": float(clean.mean()) if len(clean) else None,
+        }
     return {
         "products": len(titles),
         "titled": int(sum(1 for t in titles if t and t.strip())),
@@ -118,6 +142,7 @@ def compare_sources(
             source: {g.name: group_figures(d, g.name, targets[g.name]) for g in decoder.groups}
             for source, d in runs.items()
         },
+        "swaps": swaps,
     }
 
 
@@ -138,4 +163,9 @@ def comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
             prec = "-" if f["precision"] is None else f"{f['precision']:.3f}"
             cells.append(f"{f['top1']:.3f}  {f['coverage']:.0%} ({prec})".rjust(24))
         lines.append(f"{g:<15}" + "".join(cells))
+    for g, f in comparison.get("swaps", {}).items():
+        lines.append(
+            f"conflict check, {g}: {f['flagged']:.1%} of {f['swapped']} titles with the value word swapped flagged, "
+            f"{f['clean_flagged']:.1%} of {f['clean']} titles as written"
+        )
     return lines

@@ -117,3 +117,16 @@ def test_the_table_has_a_row_per_group_and_a_column_per_source(taxonomy: Taxonom
     lines = comparison_lines(compare_sources(Bundle(taxonomy), preds, ["Blue Shirt"]))
     assert lines[0].split() == ["group", "photos", "title", "fused", "title_masked", "fused_masked"]
     assert lines[2].split()[0] == "colour" and len(lines) == 3
+
+
+def test_titles_with_the_value_word_swapped_measure_the_conflict_check(taxonomy: Taxonomy) -> None:
+    cuts = GroupFusion(1.0, 1.0, threshold=0.9, conflict_title=0.5, conflict_image=0.05)
+    bundle = Bundle(taxonomy, fusion=Fusion({"colour": cuts}))
+    n = 60  # blue products, their photos sure of it; ten of their titles do not name the colour
+    preds = photos([[0.98, 0.01, 0.01]] * n, [0] * n)
+    titles = [f"Blue Shirt {i}" for i in range(n - 10)] + [f"Cotton Shirt {i}" for i in range(10)]
+    swaps = compare_sources(bundle, preds, titles, masked=False)["swaps"]
+    assert swaps["colour"] == {"swapped": n - 10, "flagged": 1.0, "clean": n, "clean_flagged": 0.0}
+    # with a cut-off no photo reaches, the same swaps go unflagged: the figure measures the check
+    blind = Bundle(taxonomy, fusion=Fusion({"colour": GroupFusion(1.0, 1.0, threshold=0.9)}))
+    assert compare_sources(blind, preds, titles, masked=False)["swaps"]["colour"]["flagged"] == 0.0
