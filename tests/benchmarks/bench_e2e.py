@@ -2,7 +2,7 @@
 against the tagging engine alone on the same images, same model and batch size, in the same run.
 
     .venv/bin/python -m tests.benchmarks.bench_e2e [--model BUNDLE] [--backends torch,onnxruntime] [--n 1000]
-        [--n-full 120] [--out runs/bench-e2e]
+        [--n-full 120] [--titles] [--out runs/bench-e2e]
 
 It starts a real Kafka broker and PostgreSQL (deploy/dev) once, then for each backend runs `shelfsight run` as a
 subprocess (one replica, default settings except the batch size and SHELFSIGHT_BACKEND) and measures:
@@ -21,6 +21,9 @@ subprocess (one replica, default settings except the batch size and SHELFSIGHT_B
   `ratio_cpu_engine_to_pipeline`: the engine's CPU per image over the whole pipeline's (the ceiling of the
   end-to-end ratio on a machine the pipeline saturates; far less disturbed by other load than wall time).
   `--py-spy PATH` also records the daemon during the 224 px run (collapsed stacks, thread names for the ids).
+`--titles`: every event carries its product's title (labels.csv beside the images), the daemon decides each product
+from its photo and its title, and the engine alone is measured both without and with that decision
+(`ratio_titles_to_engine_*`; the end-to-end ratios then compare with the engine that reads titles).
 Without --model it builds an untrained bundle (bench_engine.build_untrained; throughput only, says so).
 Prints the figures side by side, writes them as JSON and a PNG. Absolute figures are only meaningful on the
 machine that printed them; compare the ratios.
@@ -42,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
+
+from tests.benchmarks.e2e_engine import combine_engine_runs, engine_alone_figures, titles_for
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "dev"))
@@ -75,6 +80,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra daemon setting, e.g. SHELFSIGHT_BATCH__DECODE_WORKERS=2 (repeatable; to compare settings)",
     )
+    parser.add_argument("--titles", action="store_true", help="events carry their product's title (labels.csv)")
     parser.add_argument("--engine-alone", help=argparse.SUPPRESS)  # worker: BACKEND, prints images/s as JSON
     args = parser.parse_args()
 
@@ -84,8 +90,12 @@ def main() -> None:
     full_dir = args.full_images or default_full_images()
     files = sorted(images_dir.glob("*.jpg"))
     full_files = sorted(full_dir.glob("*.jpg"))[: args.n_full] if full_dir and args.n_full else []
+    args.title_of = titles_for([*files, *full_files]) if args.titles else None
     if args.engine_alone:
-        print(json.dumps(_engine_alone(args.model, args.engine_alone, files, full_files, args.n, args.batch)))
+        figures = engine_alone_figures(
+            args.model, args.engine_alone, files, full_files, args.n, args.batch, args.title_of
+        )
+        print(json.dumps(figures))
         return
     model = args.model
     if model is None:
@@ -102,6 +112,8 @@ def main() -> None:
         command += ["--n", str(args.n), "--batch", str(args.batch), "--images", str(images_dir)]
         if full_files:
             command += ["--full-images", str(full_dir), "--n-full", str(len(full_files))]
+        if args.titles:
+            command += ["--titles"]
 
         def engine_alone() -> dict[str, object]:
             done = subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)  # noqa: B023
@@ -113,7 +125,10 @@ def main() -> None:
         r = results[backend]
         r.update(alone)
         for name in ("224", "full") if full_files else ("224",):
-            engine_rate = float(alone[f"engine_{name}_img_s"])  # type: ignore[arg-type]
+            if args.titles:  # what reading titles costs the engine; the daemon read them too
+                titled = float(alone[f"engine_{name}_titles_img_s"])  # type: ignore[arg-type]
+                r[f"ratio_titles_to_engine_{name}"] = round(titled / float(alone[f"engine_{name}_img_s"]), 3)  # type: ignore[arg-type]
+            engine_rate = float(alone[f"engine_{name}{'_titles' if args.titles else ''}_img_s"])  # type: ignore[arg-type]
             r[f"ratio_e2e_to_engine_{name}"] = round(float(r[f"e2e_{name}_img_s"]) / engine_rate, 3)
             r[f"ratio_steady_to_engine_{name}"] = round(float(r[f"e2e_{name}_steady_img_s"]) / engine_rate, 3)
             where = r.get(f"where_{name}")
@@ -191,7 +206,7 @@ def _daemon_run(
         processes = {"daemon": daemon.proc.pid, "kafka": broker.pid, "postgres": _postmaster_pid(pg.pgdata)}
         for name, chosen in sets:
             before = db.processed()
-            events = [product_event(f"{name}-{i:05d}", f) for i, f in enumerate(chosen)]
+            events = [product_event(f"{name}-{i:05d}", f, **_title(args, f)) for i, f in enumerate(chosen)]
             stages_before, cpu_before = _stage_sums(daemon.metrics()), _cpu_seconds(processes)
             threads_before = _thread_cpu_seconds(daemon.proc.pid)
             spy = _start_py_spy(args.py_spy, daemon.proc.pid, args.out / f"py-spy-{backend}-{name}.txt", name)
@@ -237,7 +252,8 @@ def _daemon_run(
             pid = f"l-{i:05d}"
             time.sleep(max(0.0, start + i / args.light_rate - time.perf_counter()))  # a steady rate
             sent[pid] = time.time()
-            publisher.publish(product_event(pid, files[(args.n + i) % len(files)]))
+            image = files[(args.n + i) % len(files)]
+            publisher.publish(product_event(pid, image, **_title(args, image)))
             publisher.flush()
         publisher.close()
         wait_until(lambda: db.processed() >= before + n_light, 120, "light-load rows", daemon.log_tail)
@@ -263,17 +279,10 @@ def _daemon_run(
     return figures, latencies
 
 
-def combine_engine_runs(before: dict[str, object], after: dict[str, object]) -> dict[str, object]:
-    """The engine-alone figures measured before and after the daemon: rates and CPU as the mean of the two runs'
-    medians; `engine_*_img_s_passes` lists every pass (before's, then after's)."""
-    out: dict[str, object] = {}
-    for key, value in before.items():
-        other = after[key]
-        if isinstance(value, list) and isinstance(other, list):
-            out[key] = [*value, *other]
-        else:
-            out[key] = round((float(value) + float(other)) / 2, 2)  # type: ignore[arg-type]
-    return out
+def _title(args: argparse.Namespace, image: Path) -> dict[str, str]:
+    """The event's title field with --titles (when the image's product has one), else nothing."""
+    title = (args.title_of or {}).get(image)
+    return {"title": title} if title else {}
 
 
 def steady_rate(commits: list[float], low: float = 0.1, high: float = 0.9) -> float:
@@ -290,41 +299,6 @@ def burst_phases(commits: list[float], t0: float) -> dict[str, float]:
     marks = [t0, commits[0], commits[i], commits[j], commits[-1]]
     names = ("first_row", "ramp_to_p10", "steady_p10_p90", "drain_p90_last")
     return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
-
-
-ENGINE_PASSES = 3
-# images per tag_bytes call: it decodes all of them before inferring, and thousands of decoded images held at once
-# cost the engine alone about a quarter of its rate (memory traffic; 274 vs 347 images/s for 2,000 photos here),
-# which the daemon, with its short bounded queues, never pays
-ENGINE_CHUNK = 256
-
-
-def _engine_alone(
-    model: Path, backend: str, files: list[Path], full_files: list[Path], n: int, batch: int
-) -> dict[str, object]:
-    """The engine alone, in this (fresh) process: the same images as the end-to-end run (all N, not a sample),
-    same model, same batch as the daemon; the median of three passes, so one lucky or disturbed pass does not
-    decide a ratio."""
-    from learner.inference.backends import load_engine
-
-    engine = load_engine(model, backend, device="cpu")
-    out: dict[str, object] = {}
-    for name, chosen in (("224", [files[i % len(files)] for i in range(n)]), ("full", full_files)):
-        if not chosen:
-            continue
-        payloads = [f.read_bytes() for f in chosen]
-        engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
-        rates, cpus = [], []
-        for _ in tqdm(range(ENGINE_PASSES), desc=f"{backend} engine alone {name}", unit="pass", file=sys.stderr):
-            t0, c0 = time.perf_counter(), time.process_time()
-            for start in range(0, len(payloads), ENGINE_CHUNK):  # tag_bytes decodes all it is given first
-                engine.tag_bytes(payloads[start : start + ENGINE_CHUNK], batch_size=batch)
-            rates.append(len(payloads) / (time.perf_counter() - t0))
-            cpus.append((time.process_time() - c0) / len(payloads))
-        out[f"engine_{name}_img_s"] = round(statistics.median(rates), 2)
-        out[f"engine_{name}_img_s_passes"] = [round(r, 1) for r in rates]
-        out[f"engine_{name}_cpu_ms_per_img"] = round(1000 * statistics.median(cpus), 2)
-    return out
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:

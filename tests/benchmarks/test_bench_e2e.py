@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from tests.benchmarks.bench_e2e import burst_phases, combine_engine_runs, steady_rate
+from tests.benchmarks.bench_e2e import burst_phases, steady_rate
+from tests.benchmarks.e2e_engine import combine_engine_runs
 
 
 def test_the_steady_rate_ignores_a_slow_ramp_up_and_tail() -> None:
