@@ -23,7 +23,7 @@ from sqlalchemy import func, insert, select, update
 
 from connectors.db.connection import as_utc, now
 from connectors.db.locks import process_holder
-from connectors.db.models import ATTRIBUTES, LEARNER_RUNS, PROCESSING_LOG
+from connectors.db.models import ATTRIBUTES, LEARNER_RUNS, PROCESSING_LOG, PRODUCTS
 from connectors.db.result_writes import HUMAN, decode_value
 from connectors.db.store import ProductStore
 
@@ -46,6 +46,7 @@ class HumanCorrection:
     annotator: str
     updated_at: datetime
     mask: dict[str, Any] | None = None  # COCO RLE, when the annotator outlined the object (polygon or brush)
+    title: str | None = None  # the product's title (products.title), which retraining's title model reads
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class RetrainingStore:
             a.c.updated_at,
             func.coalesce(a.c.image_digest, latest_digest).label("digest"),
             func.coalesce(exact_url, latest_url).label("url"),
+            select(PRODUCTS.c.title).where(PRODUCTS.c.product_id == a.c.product_id).scalar_subquery().label("title"),
         ).where(a.c.source == HUMAN)
         if since is not None:
             query = query.where(a.c.updated_at > since)
@@ -117,6 +119,7 @@ class RetrainingStore:
                 mask=dict(r["mask"]) if r["mask"] is not None else None,
                 annotator=r["annotator"],
                 updated_at=as_utc(r["updated_at"]),
+                title=r["title"] or None,
             )
             for r in rows
         ]

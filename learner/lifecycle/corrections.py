@@ -127,7 +127,8 @@ def correction_samples(
             labels[c.attribute] = label
         if all(v is None for v in labels.values()):
             continue
-        sample = Sample(sample_id=f"{product_id}@{digest[:12]}", image_path=path, split_key=product_id, labels=labels)
+        title = next((c.title for c in items if c.title), None)
+        sample = Sample(f"{product_id}@{digest[:12]}", path, product_id, labels, title)
         out.append((sample, digest, max(c.updated_at for c in items)))
     return out, skipped
 
@@ -183,7 +184,7 @@ def assemble_training_data(
         earlier = merged.get(key)
         if earlier is not None:
             labels = {g: (sample.labels[g] if sample.labels[g] is not None else v) for g, v in earlier.labels.items()}
-            sample = dataclasses.replace(earlier, labels=labels)
+            sample = dataclasses.replace(earlier, labels=labels, title=sample.title or earlier.title)
         merged[key] = sample
         is_new[key] = is_new.get(key, False) or since is None or updated > since
     # the same photo under two products is kept once (a corrected one first)

@@ -71,6 +71,8 @@ DEFAULT_BATCH = 128
 DEFAULT_DROPOUT = 0.1
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_MASK_SHARE = 0.3
+FINE_TUNE_EPOCHS = 8  # retraining: the champion's title model, fine-tuned on the corrections and a replay
+FINE_TUNE_LR = 0.01
 
 
 def build_vocab(
@@ -130,6 +132,7 @@ def train_title_model(
     mask_share: float = DEFAULT_MASK_SHARE,
     target_precision: float = DEFAULT_TARGET_PRECISION,
     progress: Callable[[str], None] | None = None,
+    init: TitleModel | None = None,
 ) -> TitleModel:
     """A calibrated title model trained on the titles of `train_samples`, calibrated and measured on those of
     `val_samples` (see the module docstring). TrainingError when either has no title or no vocabulary results."""
@@ -138,7 +141,10 @@ def train_title_model(
     if not train or not val:
         raise TrainingError(f"no titles to train on: {len(train)} training and {len(val)} validation titles")
     started = time.time()
-    vocab = build_vocab([s.title or "" for s in train], min_count, max_features)
+    if init is not None:  # a warm start: its vocabulary and weights (its dimension wins)
+        vocab, dim = dict(init.vocab), init.dim
+    else:
+        vocab = build_vocab([s.title or "" for s in train], min_count, max_features)
     if not vocab:
         raise TrainingError(f"no title feature occurs in {min_count} training titles")
     config: dict[str, Any] = {
@@ -153,6 +159,7 @@ def train_title_model(
         "max_features": max_features,
         "mask_share": mask_share,
         "seed": seed,
+        "warm_start": init is not None,
         "train_titles": len(train),
         "val_titles": len(val),
     }
@@ -161,7 +168,7 @@ def train_title_model(
     try:
         with torch.random.fork_rng(devices=[]):  # initialisation and dropout from the seed; the caller's RNG untouched
             torch.manual_seed(seed)
-            net = _fit(train, val, taxonomy, vocab, config, say)
+            net = _fit(train, val, taxonomy, vocab, config, say, init)
     finally:
         torch.set_num_threads(threads)
     model = net.to_title_model(vocab, config)
@@ -185,12 +192,21 @@ def _fit(
     vocab: dict[str, int],
     config: dict[str, Any],
     say: Callable[[str], None],
+    init: TitleModel | None = None,
 ) -> BagOfNgrams:
-    """The trained network (in eval mode) for the recipe in `config`."""
+    """The trained network (in eval mode) for the recipe in `config`, from `init`'s weights when given."""
     groups = [g for g in taxonomy.classifier_groups if not g.multi_label]
     epochs, batch_size, mask_share = int(config["epochs"]), int(config["batch_size"]), float(config["mask_share"])
     generator = torch.Generator().manual_seed(int(config["seed"]))
     net = BagOfNgrams(len(vocab), int(config["dim"]), {g.name: len(g.values) for g in groups}, config["dropout"])
+    if init is not None:
+        with torch.no_grad():
+            net.embedding.weight.copy_(torch.from_numpy(init.embedding))
+            for g, (w, b) in init.heads.items():
+                head = net.heads[g]
+                if isinstance(head, nn.Linear):
+                    head.weight.copy_(torch.from_numpy(w))
+                    head.bias.copy_(torch.from_numpy(b))
     words = attribute_words(taxonomy)
     plain = [[vocab[f] for f in title_features(s.title) if f in vocab] for s in train]
     masked = [[vocab[f] for f in title_features(mask_attribute_words(s.title or "", taxonomy, words)) if f in vocab]
@@ -240,22 +256,46 @@ def attach_title_model(
     say: Callable[[str], None],
     fallback: ModelBundle | None = None,
 ) -> str:
-    """Give a freshly trained, calibrated `bundle` its title model and its photos-and-title fusion, in place: a title
-    model trained on the titles of `train_samples` and calibrated on those of `val_samples`, then the fusion fitted on
-    the bundle's raw `val_predictions` (rows in `val_samples` order) and those titles
-    (learner.evaluation.fusion.fit_bundle_fusion). Without titles, the title model and fusion of `fallback` (the
-    champion a fine-tune started from) are kept, if it has them. Returns what was done, in words."""
-    if titled(train_samples) and titled(val_samples):
-        bundle.title_model = train_title_model(train_samples, val_samples, bundle.taxonomy, seed=seed, progress=say)
-        done = f"title model trained on {len(titled(train_samples))} titles"
-    elif fallback is not None and fallback.title_model is not None:
-        bundle.title_model = fallback.title_model
+    """Give a freshly trained, calibrated `bundle` its title model and its photos-and-title fusion, in place, and say
+    what was done. With titles in both splits: a title model trained on the titles of `train_samples` and calibrated
+    on those of `val_samples`; when `fallback` (the champion a fine-tune started from) has a title model, that one is
+    fine-tuned instead (its vocabulary and weights, `FINE_TUNE_EPOCHS` at `FINE_TUNE_LR`: retraining's samples are
+    the new corrections and a replay, not the whole set) and kept only when its mean validation top-1 is at least the
+    champion's on the same titles, else the champion's is kept. Without titles, `fallback`'s title model is kept. Then
+    the fusion, fitted on the bundle's raw `val_predictions` (rows in `val_samples` order) and those titles
+    (learner.evaluation.fusion.fit_bundle_fusion); without validation titles `fallback`'s fusion is kept."""
+    champion = fallback.title_model if fallback is not None else None
+    train, val = titled(train_samples), titled(val_samples)
+    if train and val and champion is None:
+        bundle.title_model = train_title_model(train, val, bundle.taxonomy, seed=seed, progress=say)
+        done = f"title model trained on {len(train)} titles"
+    elif train and val and champion is not None:
+        tuned = train_title_model(
+            train,
+            val,
+            bundle.taxonomy,
+            seed=seed,
+            epochs=FINE_TUNE_EPOCHS,
+            lr=FINE_TUNE_LR,
+            progress=say,
+            init=champion,
+        )
+        new, old = (_mean_top1(m, val, bundle.taxonomy) for m in (tuned, champion))
+        bundle.title_model = tuned if new >= old else champion
+        verdict = "kept" if new >= old else "not kept: the champion's stays"
+        done = f"title model fine-tuned on {len(train)} titles, mean validation top-1 {new:.4f} vs {old:.4f}: {verdict}"
+    elif champion is not None:
+        bundle.title_model = champion
         done = "no titles in the data: the title model of the starting bundle is kept"
     else:
         return "no titles in the data: no title model"
-    titles = [s.title for s in val_samples]
-    fusion = fit_bundle_fusion(bundle, val_predictions, titles) if titled(val_samples) else None
+    fusion = fit_bundle_fusion(bundle, val_predictions, [s.title for s in val_samples]) if val else None
     if fusion is None and fallback is not None:
         fusion = fallback.fusion
     bundle.fusion = fusion
     return done + ("" if fusion is not None else "; no fusion fitted (no validation titles)")
+
+
+def _mean_top1(model: TitleModel, samples: Sequence[Sample], taxonomy: Taxonomy) -> float:
+    tops = [v for v in title_metrics(model, samples, taxonomy, masked=False)["top1"].values() if v is not None]
+    return float(np.mean(tops)) if tops else 0.0

@@ -3,6 +3,7 @@ human corrections with their images, the counts the trigger reads, and the run l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -81,3 +82,12 @@ def test_the_trigger_counts_products_with_new_human_values_and_the_values_separa
     store.set_human_value("p2", "garment", "Skirt", annotator="ann")
     assert learner.count_corrected_products() == 2 and learner.count_human_corrections() == 3
     assert learner.new_corrections_since_last_run() == (2, 3)  # no completed run yet: everything is new
+
+
+def test_a_correction_carries_its_products_title_for_the_title_model(store: ProductStore) -> None:
+    titled = dataclasses.replace(_model_result("p1", "d1", "file:///img/p1.jpg"), title="Acme Kids Red Dress")
+    store.write_results([titled, _model_result("p2", "d2", "file:///img/p2.jpg")])
+    store.set_human_value("p1", "garment", "Dress", annotator="ann", image_digest="d1")
+    store.set_human_value("p2", "garment", "Skirt", annotator="ann", image_digest="d2")
+    corrections = RetrainingStore(store).human_corrections()
+    assert [(c.product_id, c.title) for c in corrections] == [("p1", "Acme Kids Red Dress"), ("p2", None)]

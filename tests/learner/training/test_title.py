@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from learner.model.manifest import BundleInfo, read_manifest
 from learner.model.taxonomy import Taxonomy, load_taxonomy
 from learner.model.title_model import TitleModel
 from learner.training.errors import TrainingError
-from learner.training.title import build_vocab, train_title_model
+from learner.training.title import attach_title_model, build_vocab, train_title_model
 
 ROOT = Path(__file__).resolve().parents[3]
 CC0 = load_taxonomy(ROOT / "learner" / "taxonomies" / "clothing-cc0.yaml")
@@ -122,3 +123,26 @@ def test_a_corrupt_title_tensor_is_refused_by_the_torch_free_reader(model, untra
         BundleInfo.read(path)
     with pytest.raises(BundleError, match="checksum"):
         load_bundle(path)
+
+
+def test_a_warm_start_keeps_the_champions_vocabulary_and_starts_from_its_weights(model):
+    untouched = train_title_model(synthetic(60, 6), synthetic(60, 7), CC0, epochs=0, init=model)
+    assert untouched.vocab == model.vocab
+    np.testing.assert_array_equal(untouched.embedding, model.embedding)
+    tuned = train_title_model(synthetic(60, 6), synthetic(60, 7), CC0, epochs=2, lr=0.01, init=model)
+    assert tuned.config["warm_start"] and tuned.vocab == model.vocab
+    assert title_metrics(tuned, synthetic(100, 4), CC0, masked=False)["top1"]["garment"] >= 0.95
+
+
+def test_a_fine_tune_without_titles_keeps_the_champions_title_model_and_fusion(model, untrained_bundle_path):
+    champion, challenger = load_bundle(untrained_bundle_path), load_bundle(untrained_bundle_path)
+    champion.title_model = model
+    untitled = [dataclasses.replace(s, title=None) for s in synthetic(20, 8)]
+    said = attach_title_model(challenger, untitled, untitled, {}, seed=0, say=print, fallback=champion)
+    assert challenger.title_model is model and challenger.fusion is champion.fusion
+    assert "kept" in said
+    fresh = load_bundle(untrained_bundle_path)
+    assert (
+        attach_title_model(fresh, untitled, untitled, {}, seed=0, say=print) == "no titles in the data: no title model"
+    )
+    assert fresh.title_model is None
