@@ -27,7 +27,6 @@ Figures are in-sample (measured on the split fitted on); measure on the test spl
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from learner.evaluation.selective import (
     DEFAULT_TARGET_PRECISION,
     choose_autofill_threshold,
 )
+from learner.evaluation.title_swaps import swap_value_word
 from learner.inference.decoding import ValueDecoder
 from learner.inference.product_decision import Fusion, GroupFusion, decide_products
 from learner.model.fusion import NEVER
@@ -162,25 +162,26 @@ def fit_conflict_cutoffs(
 
 
 def value_word_swaps(
-    titles: Sequence[str | None], group: AttributeGroup, labels: np.ndarray, seed: int = 0
+    titles: Sequence[str | None],
+    group: AttributeGroup,
+    labels: np.ndarray,
+    seed: int = 0,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """The rows whose title names the product's own value of `group` as a word, and those titles with that word
-    replaced by another value of the group (one neither contained in it nor containing it: Blue is not swapped for
-    Navy Blue): what a title that contradicts the product's photos looks like."""
+    """The rows whose title names the product's own value of `group` in whole words, and those titles with it
+    replaced by another value of the group (`learner.evaluation.title_swaps.swap_value_word`: never one that
+    contains it or is contained in it, Blue is not swapped for Navy Blue; drawn with `weights`, uniform when None):
+    what a title that contradicts the product's photos looks like."""
     rng = np.random.default_rng(seed)
     rows: list[int] = []
     swapped: list[str] = []
     for i, (text, y) in enumerate(zip(titles, labels, strict=True)):
         if not text or y == IGNORE_INDEX:
             continue
-        value = group.values[int(y)]
-        found = re.search(rf"\b{re.escape(value)}\b", text, re.IGNORECASE)
-        own = set(value.lower().split())
-        others = [v for v in group.values if not (set(v.lower().split()) <= own or own <= set(v.lower().split()))]
-        if found is None or not others:
-            continue
-        rows.append(i)
-        swapped.append(text[: found.start()] + str(rng.choice(others)) + text[found.end() :])
+        changed = swap_value_word(text, group.values[int(y)], group.values, rng, weights)
+        if changed is not None:
+            rows.append(i)
+            swapped.append(changed[0])
     return np.asarray(rows, dtype=np.int64), swapped
 
 
