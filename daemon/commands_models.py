@@ -330,6 +330,20 @@ def calibrate_command(
             fill = f">= {c.threshold:.3f}: {100 * c.coverage:.1f}% of {c.n}" if c.reached else "never"
             t = done.title_calibration.temperatures[name]
             typer.echo(f"  {name} (title only): T {t:.3f}; auto-fill {fill}")
+    if done.fusion is not None:
+        for name, f in done.fusion.groups.items():
+            r = done.fusion.report["groups"].get(name, {})
+            top1 = (
+                " / ".join(f"{r['accuracy'][k]:.3f}" for k in ("photos", "title", "fused")) if "accuracy" in r else "-"
+            )
+            fill = r.get("autofill", {})
+            filled = f">= {f.threshold:.3f}: {100 * fill.get('coverage', 0.0):.1f}%" if f.threshold <= 1 else "never"
+            flagged = r.get("conflict", {}).get("clean_flagged_share")
+            conflicts = "none checked" if flagged is None else f"{100 * flagged:.1f}% of clean products flagged"
+            typer.echo(
+                f"  {name} (photos + title): weights {f.image_weight:.2f} / {f.title_weight:.2f}; top-1 photos / title "
+                f"/ fused {top1}; auto-fill {filled}; conflicts: {conflicts}"
+            )
     if calibration.hierarchy_disagreement is not None:
         typer.echo(f"raw heads disagreed with the hierarchy on {100 * calibration.hierarchy_disagreement:.1f}% of rows")
     typer.echo(
@@ -349,10 +363,12 @@ def add_title_command(
     seed: int = typer.Option(0),
     epochs: int = typer.Option(20, help="Passes over the training titles."),
     dim: int = typer.Option(64, help="Size of the title embedding."),
+    fusion: bool = typer.Option(True, help="Also fit photos and title together on the validation split (needed)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (the photos predicted for the fusion)."),
 ) -> None:
     """Train a title model on the bundle's train split of DATA (its own split rule), calibrate it on the validation
-    split, and store it in the bundle; the image model is untouched (a float16 bundle stays float16). A fusion the
-    bundle had is dropped: run `shelfsight models calibrate` on a float32 bundle to fit photos and title together."""
+    split, fit the fusion of photos and title there, and store both in the bundle; the image model is untouched (a
+    float16 bundle stays float16). --no-fusion: the bundle reads no titles until `models calibrate` fits one."""
     from learner.datasets.labelled import DataError
     from learner.model.bundle import BundleError
     from learner.training.errors import TrainingError
@@ -370,6 +386,8 @@ def add_title_command(
             epochs=epochs,
             dim=dim,
             progress=lambda line: typer.echo(line, err=True),
+            fusion=fusion,
+            device=device,
         )
     except (BundleError, DataError, TrainingError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
@@ -387,6 +405,7 @@ def add_title_command(
         typer.echo(f"  {name}: top-1 {top1:.3f} (attribute words masked {masked:.3f}); title-only auto-fill {fill}")
     typer.echo(
         f"bundle written: {done.target} (weights stored as {done.weights_dtype}, image model untouched)"
+        + ("; fusion of photos and title fitted: it reads titles" if done.fusion is not None else "")
         + ("; its fusion was dropped: run `shelfsight models calibrate`" if done.dropped_fusion else "")
     )
 

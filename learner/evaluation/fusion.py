@@ -324,7 +324,7 @@ def fit_bundle_fusion(
     `titles` in the same order, as served: the photos calibrated by the bundle's temperatures, a photo the bundle's
     shift guard finds unfamiliar left out (its row decided by the title alone)."""
     title_model = getattr(bundle, "title_model", None)
-    if title_model is None or not len(titles):
+    if title_model is None or not any(titles):  # no title model, or a set without titles: nothing to fuse
         return None
     decoder = ValueDecoder.for_bundle(bundle)
     raw = {name: p.probs for name, p in predictions.items()}
