@@ -253,11 +253,13 @@ def shrink_bundle(src: str | Path, dst: str | Path, dtype: str = "float16") -> S
     return ShrinkResult(dst, manifest["model_version"], dtype, src.stat().st_size, dst.stat().st_size, cast)
 
 
-def store_title_model(src: str | Path, dst: str | Path, model: TitleModel | None, taxonomy: Taxonomy) -> Path:
-    """Write a copy of the bundle `src` to `dst` (may be `src`) with `model` as its title model (None: without one)
-    and `taxonomy` (the bundle's own groups, e.g. with a `title_column` added); every other tensor is copied as
-    stored, so a shrunk bundle stays shrunk (the title model's tensors are then stored as float16 as well). A fusion
-    fitted with the earlier title model is dropped: `shelfsight models calibrate` fits the new one."""
+def store_title_model(
+    src: str | Path, dst: str | Path, model: TitleModel | None, taxonomy: Taxonomy, fusion: Fusion | None = None
+) -> Path:
+    """Write a copy of the bundle `src` to `dst` (may be `src`) with `model` as its title model (None: without one),
+    `fusion` as its fusion of photos and title (None: without one; a fusion fitted with the earlier title model never
+    stays) and `taxonomy` (the bundle's own groups, e.g. with a `title_column` added); every other tensor is copied as
+    stored, so a shrunk bundle stays shrunk (the title model's tensors are then stored as float16 as well)."""
     src, dst = Path(src), Path(dst)
     manifest = read_manifest(src)
     tensors = _stored_tensors(src, manifest)
@@ -277,6 +279,8 @@ def store_title_model(src: str | Path, dst: str | Path, model: TitleModel | None
         stored = {k: v.astype(np.float16) if half and v.dtype == np.float32 else v for k, v in model.tensors().items()}
         tensors.update({k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in stored.items()})
         manifest[TITLE_KEY] = {**model.to_manifest(), "tensor_sha256": title_digest(stored)}
+        if fusion is not None:
+            manifest[FUSION_KEY] = fusion.to_dict()
     manifest["tensor_sha256"] = _tensor_digest(tensors)
     _write_bundle_file(dst, tensors, manifest)
     return dst

@@ -6,9 +6,12 @@ before taxonomies named one), cut it by the bundle's own split rule (`split_rule
 lineage, as `models calibrate` does), train the title model on the train split's titles and calibrate it on the
 validation split's (learner/training/title.py), and write the bundle with it and the title column in its taxonomy
 (`store_title_model`): every other tensor as stored, so a float16 (shrunk) bundle stays float16, the title model's
-tensors then too. A fusion of photos and title the bundle had is dropped: it was fitted with another title model;
-`shelfsight models calibrate` fits the new one (on a float32 bundle: calibrating rewrites the weights as float32, so
-the starter is recalibrated before it is shrunk, see deploy/demo/build_starter.sh).
+tensors then too. Then, unless asked not to, the fusion of photos and title (learner/evaluation/fusion.py
+`fit_bundle_fusion`, the bundle's photo calibration as stored) is fitted on the validation split, photos predicted by
+the bundle as it serves them (float16 weights cast to float32), and stored with it: the bundle then reads titles
+(learner/inference/product_decision.py needs both). Without it a fusion the bundle had is dropped (it was fitted with
+another title model) and the bundle reads no titles until `shelfsight models calibrate` fits one (which rewrites the
+weights as float32: the starter is recalibrated before it is shrunk, see deploy/demo/build_starter.sh).
 
 Must not: print, parse options or read configuration (daemon/commands_models.py does), or touch the registry.
 """
@@ -21,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learner.datasets.labelled import DataError, load_labelled_set
-from learner.evaluation.evaluate import split_rule_of, training_set_relation
+from learner.evaluation.evaluate import predict_bundle, split_rule_of, training_set_relation
+from learner.evaluation.fusion import fit_bundle_fusion
 from learner.evaluation.title_calibration import titled
 from learner.model.bundle import load_bundle, read_manifest, store_title_model
 from learner.model.fusion import MANIFEST_KEY as FUSION_KEY
+from learner.model.fusion import Fusion
 from learner.model.manifest import file_sha256
 from learner.model.taxonomy import BUILTIN_TAXONOMIES, load_taxonomy
 from learner.model.title_model import TitleModel
@@ -45,6 +50,7 @@ class TitleAddition:
     weights_dtype: str
     dropped_fusion: bool
     split_note: str | None
+    fusion: Fusion | None = None  # the fusion fitted and stored (None: not asked for)
 
 
 def add_title_model(
@@ -59,6 +65,9 @@ def add_title_model(
     epochs: int = DEFAULT_EPOCHS,
     dim: int = DEFAULT_DIM,
     progress: Callable[[str], None] | None = None,
+    fusion: bool = True,
+    batch_size: int = 64,
+    device: str = "auto",
 ) -> TitleAddition:
     """Train a title model on the bundle's train split of `data`, calibrate it on its validation split, and write the
     bundle with it to `out` (None: over `bundle_path`). Raises BundleError, DataError, TrainingError, OSError."""
@@ -87,8 +96,14 @@ def add_title_model(
         "split": rule.to_dict(),
         "title_column": column,
     }
+    fitted = None
+    if fusion:
+        bundle.taxonomy = bundle.classifier.taxonomy = taxonomy
+        bundle.title_model = model
+        predictions, _ = predict_bundle(bundle, labelled, "val", rule, batch_size, device)
+        fitted = fit_bundle_fusion(bundle, predictions, [s.title for s in val], fitted_on={"split": "val"})
     target = out or bundle_path
-    store_title_model(bundle_path, target, model, taxonomy)
+    store_title_model(bundle_path, target, model, taxonomy, fitted)
     return TitleAddition(
         model,
         target,
@@ -96,8 +111,9 @@ def add_title_model(
         len(titled(train)),
         len(titled(val)),
         str(manifest.get("weights_dtype", "float32")),
-        FUSION_KEY in manifest,
+        FUSION_KEY in manifest and fitted is None,
         note,
+        fitted,
     )
 
 

@@ -13,7 +13,8 @@ def test_the_command_prints_the_validation_figures_and_writes_the_bundle(untrain
     data = titled_set(tmp_path / "data", column="title")
     out = tmp_path / "titled.safetensors"
     args = ["models", "add-title", str(untrained_bundle_path), "--data", str(data), "--out", str(out)]
-    result = CliRunner().invoke(app, [*args, "--title-column", "title", "--epochs", "8", "--dim", "16"])
+    options = ["--title-column", "title", "--epochs", "8", "--dim", "16", "--no-fusion"]
+    result = CliRunner().invoke(app, [*args, *options])
     assert result.exit_code == 0, result.output
     assert "garment: top-1" in result.output and "title-only auto-fill" in result.output
     assert "weights stored as float32" in result.output

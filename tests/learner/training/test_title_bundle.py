@@ -43,8 +43,9 @@ def stored(path: Path, prefix: str) -> dict[str, np.ndarray]:
 def test_a_shrunk_bundle_gets_a_title_model_and_stays_shrunk(untrained_bundle_path, tmp_path):
     small = shrink_bundle(untrained_bundle_path, tmp_path / "small.safetensors").path
     data = titled_set(tmp_path / "data")
-    done = add_title_model(small, data, tmp_path / "titled.safetensors", title_column="name", epochs=8, dim=16)
-    out = done.target
+    out = tmp_path / "titled.safetensors"
+    done = add_title_model(small, data, out, title_column="name", epochs=8, dim=16, fusion=False)
+    assert done.target == out and done.fusion is None
     manifest = read_manifest(out)
     assert manifest["weights_dtype"] == "float16" and done.weights_dtype == "float16"
     assert manifest["taxonomy"]["title_column"] == "name"
