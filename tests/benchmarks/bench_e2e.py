@@ -110,8 +110,9 @@ def main() -> None:
         # drifts by 10-20% over minutes (other tenants), so the ratio uses the mean of both and the drift is shown
         command = [sys.executable, "-m", "tests.benchmarks.bench_e2e", "--engine-alone", backend, "--model", str(model)]
         command += ["--n", str(args.n), "--batch", str(args.batch), "--images", str(images_dir)]
+        command += ["--n-full", str(len(full_files))]  # 0 too: the worker's default is not this run's
         if full_files:
-            command += ["--full-images", str(full_dir), "--n-full", str(len(full_files))]
+            command += ["--full-images", str(full_dir)]
         if args.titles:
             command += ["--titles"]
 
@@ -128,6 +129,9 @@ def main() -> None:
             if args.titles:  # what reading titles costs the engine; the daemon read them too
                 titled = float(alone[f"engine_{name}_titles_img_s"])  # type: ignore[arg-type]
                 r[f"ratio_titles_to_engine_{name}"] = round(titled / float(alone[f"engine_{name}_img_s"]), 3)  # type: ignore[arg-type]
+                # the same by CPU per image (images/s on a busy machine swing by tens of percent between passes)
+                cpu_plain, cpu_titled = (float(alone[f"engine_{name}{v}_cpu_ms_per_img"]) for v in ("", "_titles"))  # type: ignore[arg-type]
+                r[f"ratio_titles_to_engine_cpu_{name}"] = round(cpu_plain / cpu_titled, 3)
             engine_rate = float(alone[f"engine_{name}{'_titles' if args.titles else ''}_img_s"])  # type: ignore[arg-type]
             r[f"ratio_e2e_to_engine_{name}"] = round(float(r[f"e2e_{name}_img_s"]) / engine_rate, 3)
             r[f"ratio_steady_to_engine_{name}"] = round(float(r[f"e2e_{name}_steady_img_s"]) / engine_rate, 3)
@@ -397,6 +401,10 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
     keys = [
         "engine_224_img_s",
         "engine_224_img_s_passes",
+        "engine_224_titles_img_s",
+        "engine_224_titles_img_s_passes",
+        "ratio_titles_to_engine_224",
+        "ratio_titles_to_engine_cpu_224",
         "e2e_224_img_s",
         "e2e_224_steady_img_s",
         "ratio_e2e_to_engine_224",
