@@ -290,6 +290,8 @@ def attach_title_model(
     else:
         return "no titles in the data: no title model"
     fusion = fit_bundle_fusion(bundle, val_predictions, [s.title for s in val_samples]) if val else None
+    if fusion is not None and not fusion.groups:  # too few validation titles to fit any group
+        fusion = None
     if fusion is None and fallback is not None:
         fusion = fallback.fusion
     bundle.fusion = fusion

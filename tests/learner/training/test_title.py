@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from learner.datasets.labelled import Label, Sample
-from learner.evaluation.title_calibration import fit_title_calibration, title_metrics
+from learner.evaluation.evaluate import GroupPredictions
+from learner.evaluation.title_calibration import fit_title_calibration, targets_of, title_metrics
 from learner.model.bundle import BundleError, load_bundle, shrink_bundle
 from learner.model.manifest import BundleInfo, read_manifest
 from learner.model.taxonomy import Taxonomy, load_taxonomy
@@ -146,3 +147,18 @@ def test_a_fine_tune_without_titles_keeps_the_champions_title_model_and_fusion(m
         attach_title_model(fresh, untitled, untitled, {}, seed=0, say=print) == "no titles in the data: no title model"
     )
     assert fresh.title_model is None
+
+
+def test_a_trained_bundle_gets_a_title_model_and_a_fusion_fitted_on_the_validation_titles(untrained_bundle_path):
+    bundle = load_bundle(untrained_bundle_path)
+    val = synthetic(200, 9)
+    rng = np.random.default_rng(0)
+    predictions = {  # photos that know the garment a little
+        g.name: GroupPredictions(g, rng.dirichlet(np.ones(len(g.values)), len(val)), targets_of(val, g))
+        for g in CC0.classifier_groups
+        if not g.multi_label
+    }
+    said = attach_title_model(bundle, synthetic(300, 1), val, predictions, seed=0, say=print)
+    assert said.startswith("title model trained on 300 titles")
+    assert bundle.title_model is not None and bundle.fusion is not None
+    assert set(bundle.fusion.groups) <= {"garment", "kids"} and bundle.fusion.groups
