@@ -26,6 +26,7 @@ Figures are in-sample (measured on the split fitted on); measure on the test spl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from learner.evaluation.selective import (
     DEFAULT_CONFIDENCE_LEVEL,
     DEFAULT_MIN_ACCEPTED,
     DEFAULT_TARGET_PRECISION,
+    ThresholdChoice,
     choose_autofill_threshold,
 )
 from learner.evaluation.title_swaps import swap_value_word
@@ -46,8 +48,10 @@ from learner.inference.product_decision import Fusion, GroupFusion, decide_produ
 from learner.model.fusion import NEVER
 from learner.model.shift_guard import SCORE_KEY
 from learner.model.taxonomy import AttributeGroup, Taxonomy
+from learner.model.title_model import attribute_words, mask_attribute_words, named_groups
 
 DEFAULT_MAX_FLAGGED = 0.015  # share of a group's clean products a conflict cut-off may flag
+MIN_UNNAMED = 100  # rows of each kind (titles naming a group's value, naming none) before each gets its own weights
 BIAS_L2 = 1e-2  # ridge on the per-value bias (per row of the NLL)
 _TINY = 1e-12
 
@@ -214,6 +218,7 @@ def fit_fusion(
     seed: int = 0,
     fitted_on: Mapping[str, Any] | None = None,
     swaps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    title_named: Mapping[str, np.ndarray] | None = None,
 ) -> Fusion:
     """The fusion of every single-choice classifier group with labelled rows carrying both signals (see the module
     docstring). `image_probs`, `title_probs`: group -> (N, C) calibrated probabilities, NaN rows for a missing
@@ -221,10 +226,14 @@ def fit_fusion(
     auto-fill thresholds (for rows without a title; they do not change the fit). `swaps`: group -> (rows, title
     probabilities of those rows' titles with their value word swapped, `value_word_swaps`) for the conflict
     cut-offs; given, a group with too few of them (its values are rarely named in titles) gets no conflict cut-offs;
-    None: every group is fitted on simulated swaps."""
+    None: every group is fitted on simulated swaps. `title_named`: group -> (N,) whether each row's title names one
+    of the group's values (`named_groups`); the rows whose title names none (e.g. the split's titles again with
+    their attribute words masked) get weights and a threshold of their own (`GroupFusion.unnamed`) and no conflict
+    check, when there are at least MIN_UNNAMED rows of each kind; None: every title counts as naming."""
     decoder = ValueDecoder(taxonomy, autofill_thresholds=image_thresholds)
     weights: dict[str, GroupFusion] = {}
     report: dict[str, Any] = {"groups": {}, **dict(fitted_on or {}), "max_flagged": max_flagged}
+    named_of = {g.name: _named_rows(title_named, g.name, len(labels[g.name])) for g in decoder.groups}
     for g in decoder.groups:
         image, title = np.asarray(image_probs[g.name], float), np.asarray(title_probs[g.name], float)
         y = np.asarray(labels[g.name], dtype=np.int64)
@@ -232,49 +241,47 @@ def fit_fusion(
         fit = both & (y != IGNORE_INDEX)
         if fit.sum() == 0:
             continue
-        chosen, held_out = choose_fusion(image[fit], title[fit], y[fit], seed)
-        off: tuple[float, ...] = ()
-        if chosen in ("title", "photos"):  # the fused values were right less often than one source alone
-            a, b = (0.0, 1.0) if chosen == "title" else (1.0, 0.0)
-        else:
-            a, b, off = fit_weights(image[fit], title[fit], y[fit], bias=chosen == "fused+bias")
-        weights[g.name] = GroupFusion(a, b, off)
-        report["groups"][g.name] = {
-            "rows": int(fit.sum()),
-            "image_weight": a,
-            "title_weight": b,
-            "bias": bool(off),
-            "chosen": chosen,
-            "cross_fit": held_out,
-        }
+        named = named_of[g.name]
+        if min((fit & named).sum(), (fit & ~named).sum()) < MIN_UNNAMED:  # too few of one kind: one fusion for all
+            named = named_of[g.name] = np.ones(len(y), dtype=bool)
+        weights[g.name], report["groups"][g.name] = _fit_group_weights(image, title, y, fit & named, seed)
+        if not named.all():
+            alone, figures = _fit_group_weights(image, title, y, fit & ~named, seed)
+            weights[g.name] = dataclasses.replace(weights[g.name], unnamed=alone)
+            report["groups"][g.name]["unnamed"] = figures
     untuned = Fusion(weights)
-    decided = decide_products(image_probs, title_probs, decoder, untuned)
+    decided = decide_products(image_probs, title_probs, decoder, untuned, title_named=named_of)
     groups: dict[str, GroupFusion] = {}
     for g in decoder.groups:
         if g.name not in weights:
             continue
         image, title = np.asarray(image_probs[g.name], float), np.asarray(title_probs[g.name], float)
         y = np.asarray(labels[g.name], dtype=np.int64)
-        both = decided.decided_from[g.name] == "photos+title"
+        named = named_of[g.name]
+        both = (decided.decided_from[g.name] == "photos+title") & named
         fit = both & (y != IGNORE_INDEX)
         correct = decided.chosen[g.name][fit] == y[fit]
         target = g.target_precision if g.target_precision is not None else default_target
-        choice = choose_autofill_threshold(
-            decided.confidence[g.name][fit],
-            correct,
-            target,
-            confidence_level,
-            min_accepted,
-            band_floor=g.auto_fill_band_floor,
-            confidence_floor=g.auto_fill_confidence_floor,
-        )
+
+        rules = (target, confidence_level, min_accepted)
+        choice = _threshold(decided.confidence[g.name][fit], correct, g, *rules)
+        unnamed = weights[g.name].unnamed
+        if unnamed is not None:
+            rows = (decided.decided_from[g.name] == "photos+title") & ~named & (y != IGNORE_INDEX)
+            right = decided.chosen[g.name][rows] == y[rows]
+            unnamed_choice = _threshold(decided.confidence[g.name][rows], right, g, *rules)
+            unnamed = dataclasses.replace(unnamed, threshold=unnamed_choice.threshold)
+            report["groups"][g.name]["unnamed"]["autofill"] = {
+                k: _round(v) for k, v in unnamed_choice.to_dict().items()
+            }
+            report["groups"][g.name]["unnamed"]["accuracy"] = float(right.mean())
         swapped = _swapped_rows(image, both, (swaps or {}).get(g.name))
         if swaps is not None and swapped is None:  # titles do not name this group's values: no conflict to find
             alpha, beta, conflicts = NEVER, -1.0, {"swaps": "none: titles rarely name its values"}
         else:
             alpha, beta, conflicts = fit_conflict_cutoffs(image[both], title[both], y[both], max_flagged, seed, swapped)
         w = weights[g.name]
-        groups[g.name] = GroupFusion(w.image_weight, w.title_weight, w.bias, choice.threshold, alpha, beta)
+        groups[g.name] = GroupFusion(w.image_weight, w.title_weight, w.bias, choice.threshold, alpha, beta, unnamed)
         report["groups"][g.name].update(
             {
                 "nll": {
@@ -292,6 +299,49 @@ def fit_fusion(
             }
         )
     return Fusion(groups, report)
+
+
+def _threshold(
+    confidence: np.ndarray, correct: np.ndarray, g: AttributeGroup, target: float, level: float, min_accepted: int
+) -> ThresholdChoice:
+    """The fused auto-fill threshold of one group's rows, by the photos' rule and the group's floors."""
+    return choose_autofill_threshold(
+        confidence,
+        correct,
+        target,
+        level,
+        min_accepted,
+        band_floor=g.auto_fill_band_floor,
+        confidence_floor=g.auto_fill_confidence_floor,
+    )
+
+
+def _named_rows(title_named: Mapping[str, np.ndarray] | None, group: str, n: int) -> np.ndarray:
+    """(n,) whether each row's title names one of `group`'s values (every row, without `title_named`)."""
+    if title_named is None or group not in title_named:
+        return np.ones(n, dtype=bool)
+    return np.asarray(title_named[group], dtype=bool)
+
+
+def _fit_group_weights(
+    image: np.ndarray, title: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int
+) -> tuple[GroupFusion, dict[str, Any]]:
+    """The weights of one group fitted on `rows` (`choose_fusion`, then `fit_weights`), and what the fit saw."""
+    chosen, held_out = choose_fusion(image[rows], title[rows], y[rows], seed)
+    off: tuple[float, ...] = ()
+    if chosen in ("title", "photos"):  # the fused values were right less often than one source alone
+        a, b = (0.0, 1.0) if chosen == "title" else (1.0, 0.0)
+    else:
+        a, b, off = fit_weights(image[rows], title[rows], y[rows], bias=chosen == "fused+bias")
+    figures = {
+        "rows": int(rows.sum()),
+        "image_weight": a,
+        "title_weight": b,
+        "bias": bool(off),
+        "chosen": chosen,
+        "cross_fit": held_out,
+    }
+    return GroupFusion(a, b, off), figures
 
 
 def _swapped_rows(
@@ -322,7 +372,9 @@ def fit_bundle_fusion(
     """The fusion of a calibrated bundle that has a title model (None: it has none), fitted on its raw photo
     `predictions` (`learner.evaluation.evaluate.Predictions`, one row per image, with shift scores) and the products'
     `titles` in the same order, as served: the photos calibrated by the bundle's temperatures, a photo the bundle's
-    shift guard finds unfamiliar left out (its row decided by the title alone)."""
+    shift guard finds unfamiliar left out (its row decided by the title alone). The titles are read twice: as written,
+    and with their attribute words masked (`mask_attribute_words`), so that the weights for a title that names none
+    of a group's values (`GroupFusion.unnamed`) are fitted on such titles; conflicts on the titles as written."""
     title_model = getattr(bundle, "title_model", None)
     if title_model is None or not any(titles):  # no title model, or a set without titles: nothing to fuse
         return None
@@ -332,17 +384,19 @@ def fit_bundle_fusion(
     decided = decoder({**raw, SCORE_KEY: scores} if scores is not None and len(scores) else raw)
     unfamiliar = decided.unfamiliar if decided.unfamiliar is not None else np.zeros(len(titles), dtype=bool)
     image = {name: np.where(unfamiliar[:, None], np.nan, p) for name, p in decided.probs.items()}
-    title = title_model.probabilities(list(titles))
     labels = {g.name: predictions[g.name].targets for g in decoder.groups}
     swaps = {}
     for g in decoder.groups:
         rows, swapped = value_word_swaps(titles, g, labels[g.name])
         if len(rows):
             swaps[g.name] = (rows, title_model.probabilities(swapped)[g.name])
+    words = attribute_words(bundle.taxonomy)
+    read = [*titles, *(mask_attribute_words(t or "", bundle.taxonomy, words) for t in titles)]
+    title = title_model.probabilities(read)
     return fit_fusion(
-        image,
+        {name: np.concatenate([p, p]) for name, p in image.items()},
         {g.name: title[g.name] for g in decoder.groups},
-        labels,
+        {name: np.concatenate([y, y]) for name, y in labels.items()},
         bundle.taxonomy,
         image_thresholds=bundle.autofill_thresholds,
         default_target=default_target,
@@ -350,4 +404,5 @@ def fit_bundle_fusion(
         min_accepted=min_accepted,
         fitted_on={**dict(fitted_on or {}), "titles": int(sum(1 for t in titles if t))},
         swaps=swaps,
+        title_named=named_groups(read, bundle.taxonomy),
     )

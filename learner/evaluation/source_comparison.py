@@ -35,7 +35,7 @@ from learner.evaluation.fusion import value_word_swaps
 from learner.inference.decoding import ValueDecoder
 from learner.inference.product_decision import ProductDecisions, decide_products
 from learner.model.shift_guard import SCORE_KEY
-from learner.model.title_model import attribute_words, mask_attribute_words
+from learner.model.title_model import attribute_words, mask_attribute_words, named_groups
 
 SOURCES = ("photos", "title", "fused", "title_masked", "fused_masked")
 ORACLE_PRECISION = 0.99
@@ -94,15 +94,16 @@ def compare_sources(
 
     def decide(title_texts: Sequence[str | None] | None, with_photos: bool) -> ProductDecisions:
         title_probs = None if title_texts is None else title_model.probabilities(list(title_texts))
+        named = None if title_texts is None else named_groups(title_texts, bundle.taxonomy)
         if not with_photos:
-            return decide_products(nothing, title_probs, decoder, fusion, title_thresholds)
+            return decide_products(nothing, title_probs, decoder, fusion, title_thresholds, named)
         # as served: an unfamiliar photo does not vote when the title can decide; alone, it decides unfilled
         signal = np.zeros(len(unfamiliar), dtype=bool)
         if title_probs is not None:
             signal = ~np.isnan(next(iter(title_probs.values()))).any(axis=1)
         left_out = unfamiliar & signal
         image = {name: np.where(left_out[:, None], np.nan, p) for name, p in photos.probs.items()}
-        d = decide_products(image, title_probs, decoder, fusion, title_thresholds)
+        d = decide_products(image, title_probs, decoder, fusion, title_thresholds, named)
         for name in d.auto_filled:
             d.auto_filled[name] &= ~(unfamiliar & ~signal)
         return d

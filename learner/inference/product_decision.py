@@ -43,6 +43,7 @@ from learner.inference.decoding import ValueDecoder, decode_paths
 from learner.model.fusion import NEVER, Fusion, GroupFusion
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
+from learner.model.title_model import named_groups
 
 if TYPE_CHECKING:
     from learner.inference.engine import ImageTags
@@ -91,6 +92,7 @@ def decide_products(
     decoder: ValueDecoder,
     fusion: Fusion | None,
     title_thresholds: Mapping[str, float] | None = None,
+    title_named: Mapping[str, np.ndarray] | None = None,
 ) -> ProductDecisions:
     """One decision per product (row) and single-choice group of `decoder`.
 
@@ -98,6 +100,8 @@ def decide_products(
     row for a product without one; `title_probs`: the same from the title model, a NaN row for a title without
     signal (None: no titles). Rows with both are fused (`fusion`; without it, photos only), rows with one signal use
     it alone with its own thresholds (`decoder.autofill_thresholds` for photos, `title_thresholds` for the title).
+    `title_named`: group -> (N,) whether each title names one of the group's values (`named_groups`); a row whose
+    title names none is fused by the group's `unnamed` fusion when it has one (None: every title counts as naming).
     Hierarchy groups are decoded together (`decode_paths`), every row on its own probabilities."""
     titles = dict(title_probs or {})
     title_thresholds = dict(title_thresholds or {})
@@ -118,10 +122,14 @@ def decide_products(
         threshold[only_title] = title_thresholds.get(g.name, NEVER)
         conflict[g.name] = np.zeros(len(image), dtype=bool)
         if both.any() and fusion is not None:
-            gf = fusion.groups[g.name]
-            chosen_from[both] = gf.fuse(image[both], title[both])
-            threshold[both] = gf.threshold
-            conflict[g.name][both] = gf.conflicts(image[both], title[both])
+            named = np.ones(len(image), dtype=bool) if title_named is None else np.asarray(title_named[g.name], bool)
+            for says in (True, False):
+                rows = both & (named == says)
+                if rows.any():
+                    gf = fusion.groups[g.name].for_titles(says)
+                    chosen_from[rows] = gf.fuse(image[rows], title[rows])
+                    threshold[rows] = gf.threshold
+                    conflict[g.name][rows] = gf.conflicts(image[rows], title[rows])
         probs[g.name], thresholds[g.name] = chosen_from, threshold
         source[g.name] = np.select(
             [both, only_title, has_image], [FROM_BOTH, FROM_TITLE, FROM_PHOTOS], default=""
@@ -204,7 +212,8 @@ class ProductDecider:
             photos = {n: np.full_like(title_probs[n], np.nan) for n in names}
         image = photos
         thresholds = self.title_model.autofill_thresholds if self.title_model is not None else {}
-        d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds)
+        named = named_groups([title], self.taxonomy) if title_probs is not None else None
+        d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds, named)
         by_group = {a.attribute: a for a in merged}
         for g in self.decoder.groups:
             if d.decided_from[g.name][0] == "":

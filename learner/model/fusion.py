@@ -1,6 +1,8 @@
 """The learned fusion of a product's photo and title probabilities (`Fusion`, one `GroupFusion` per single-choice
 group), as a bundle stores it (its manifest's `fusion` entry): the weights of the fused logit
-`a * log p_photos + b * log p_title (+ bias)`, the fused auto-fill threshold, and the conflict cut-offs.
+`a * log p_photos + b * log p_title (+ bias)`, the fused auto-fill threshold, and the conflict cut-offs; and, apart,
+the weights and threshold for a title that names none of the group's values (`unnamed`: "Puma Running" says less
+about the colour than "Puma Black Running Shoes", and a title model reads both with confidence).
 
 `learner.inference.product_decision` applies it; `learner.evaluation.fusion` fits it on validation.
 Pure numpy: no torch, no I/O.
@@ -30,6 +32,13 @@ class GroupFusion:
     threshold: float = NEVER  # fused auto-fill threshold
     conflict_title: float = NEVER  # the title gives its value at least this ...
     conflict_image: float = -1.0  # ... and the photos give that value at most this: a conflict
+    # how a title that names none of the group's values is fused (its own weights and threshold, never a conflict:
+    # it cannot contradict the photos); None: like any other title
+    unnamed: GroupFusion | None = None
+
+    def for_titles(self, named: bool) -> GroupFusion:
+        """The fusion of a title that names one of the group's values (`named`), or of one that names none."""
+        return self if named or self.unnamed is None else self.unnamed
 
     def fuse(self, image: np.ndarray, title: np.ndarray) -> np.ndarray:
         """(N, C) fused probabilities of (N, C) photo and title probabilities."""
@@ -59,6 +68,7 @@ class GroupFusion:
             "threshold": self.threshold,
             "conflict_title": self.conflict_title,
             "conflict_image": self.conflict_image,
+            **({"unnamed": self.unnamed.to_dict()} if self.unnamed is not None else {}),
         }
 
     @classmethod
@@ -70,6 +80,7 @@ class GroupFusion:
             threshold=float(raw.get("threshold", NEVER)),
             conflict_title=float(raw.get("conflict_title", NEVER)),
             conflict_image=float(raw.get("conflict_image", -1.0)),
+            unnamed=GroupFusion.from_dict(raw["unnamed"]) if raw.get("unnamed") else None,
         )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.model.taxonomy import Taxonomy
+from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 MANIFEST_KEY = "title_model"
 TENSOR_PREFIX = "title."
@@ -77,18 +77,45 @@ def _norm(token: str) -> str:
     return _singular(re.sub(r"[-'’]", "", t))
 
 
-def attribute_words(taxonomy: Taxonomy) -> frozenset[str]:
-    """The normalised words of every value of the taxonomy's single-choice classifier groups: each word, and each
-    multi-word value written as one word ("Navy Blue" -> navy, blue, navyblue), singular forms."""
+def group_words(group: AttributeGroup) -> frozenset[str]:
+    """The normalised words of the values of one group: each word, and each multi-word value written as one word
+    ("Navy Blue" -> navy, blue, navyblue), singular forms."""
     out: set[str] = set()
-    for g in taxonomy.classifier_groups:
-        if g.multi_label:
-            continue
-        for value in g.values:
-            words = _WORD.findall(value.lower())
-            out.update(_singular(w) for w in words)
-            out.add(_singular("".join(words)))
+    for value in group.values:
+        words = _WORD.findall(value.lower())
+        out.update(_singular(w) for w in words)
+        out.add(_singular("".join(words)))
     return frozenset(out)
+
+
+def attribute_words(taxonomy: Taxonomy) -> frozenset[str]:
+    """The normalised words of every value of the taxonomy's single-choice classifier groups (`group_words`)."""
+    return frozenset().union(*(group_words(g) for g in taxonomy.classifier_groups if not g.multi_label))
+
+
+def _named(tokens: Sequence[str], vocab: frozenset[str]) -> list[bool]:
+    """Per token, whether it (or it joined with the next one) is one of the normalised words `vocab`."""
+    drop = [False] * len(tokens)
+    for i, tok in enumerate(tokens):
+        parts = [p for p in re.split(r"[-'’]", tok.lower()) if p]
+        if _norm(tok) in vocab or any(_singular(p) in vocab for p in parts if len(p) > 1):
+            drop[i] = True
+        if i + 1 < len(tokens) and _singular(tok.lower() + tokens[i + 1].lower()) in vocab:
+            drop[i] = drop[i + 1] = True
+    return drop
+
+
+def named_groups(titles: Sequence[str | None], taxonomy: Taxonomy) -> dict[str, np.ndarray]:
+    """Per single-choice classifier group, (N,) whether each title names one of the group's values (a word of it,
+    matched as `mask_attribute_words` matches): a title that names no colour cannot contradict the photos' colour,
+    and the fusion weighs it as the weaker evidence it is (learner.model.fusion)."""
+    tokens = [_TOKEN.findall(t or "") for t in titles]
+    return {
+        g.name: np.array([any(_named(toks, words)) for toks in tokens], dtype=bool)
+        for g in taxonomy.classifier_groups
+        if not g.multi_label
+        for words in (group_words(g),)
+    }
 
 
 def mask_attribute_words(title: str, taxonomy: Taxonomy, words: frozenset[str] | None = None) -> str:
@@ -97,14 +124,7 @@ def mask_attribute_words(title: str, taxonomy: Taxonomy, words: frozenset[str] |
     `words`: `attribute_words(taxonomy)`, computed once by a caller masking many titles."""
     vocab = attribute_words(taxonomy) if words is None else words
     tokens = _TOKEN.findall(title)
-    drop = [False] * len(tokens)
-    for i, tok in enumerate(tokens):
-        parts = [p for p in re.split(r"[-'’]", tok.lower()) if p]
-        if _norm(tok) in vocab or any(_singular(p) in vocab for p in parts if len(p) > 1):
-            drop[i] = True
-        if i + 1 < len(tokens) and _singular(tok.lower() + tokens[i + 1].lower()) in vocab:
-            drop[i] = drop[i + 1] = True
-    return " ".join(t for t, d in zip(tokens, drop, strict=True) if not d)
+    return " ".join(t for t, d in zip(tokens, _named(tokens, vocab), strict=True) if not d)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -123,7 +123,8 @@ def test_a_bundle_keeps_its_fusion_and_calibration_fits_one_only_with_a_title_mo
             self.autofill_thresholds: dict[str, float] = {}
 
         def probabilities(self, given):  # type: ignore[no-untyped-def]
-            return {g.name: readings(labels[g.name], len(g.values), 3.0, rng) for g in single}
+            # one reading per title given (fit_bundle_fusion reads them as written and with attribute words masked)
+            return {g.name: readings(np.resize(labels[g.name], len(given)), len(g.values), 3.0, rng) for g in single}
 
     bundle.title_model = Titles()  # type: ignore[assignment]
     fusion = fit_bundle_fusion(bundle, predictions, titles)
@@ -154,3 +155,21 @@ def test_with_title_word_swaps_the_cut_offs_are_fitted_on_them_and_unnamed_group
     assert colour["swaps"] == "title words" and colour["swapped_flagged_share"] >= 0.8
     assert colour["clean_flagged_share"] <= 0.015
     assert fusion.groups["kind"].conflict_title > 1.0  # no title names a kind: never a conflict there
+
+
+def test_titles_that_name_none_of_a_groups_values_get_weights_and_a_threshold_of_their_own(taxonomy: Taxonomy) -> None:
+    # the same products read twice: titles that name the colour (strong) and titles that do not (weak readings)
+    image, strong, labels = signals({"colour": (1.5, 4.0), "kind": (2.5, 1.5)}, seed=1)
+    _, weak, _ = signals({"colour": (1.5, 0.3), "kind": (2.5, 0.3)}, seed=2)
+    both = {g: np.concatenate([image[g], image[g]]) for g in image}
+    title = {g: np.concatenate([strong[g], weak[g]]) for g in image}
+    y = {g: np.concatenate([labels[g], labels[g]]) for g in labels}
+    named = {g: np.r_[np.ones(N, bool), np.zeros(N, bool)] for g in image}
+    fusion = fit_fusion(both, title, y, taxonomy, title_named=named)
+    colour = fusion.groups["colour"]
+    assert colour.unnamed is not None
+    assert colour.unnamed.title_weight < colour.title_weight / 2  # a weak title is trusted less
+    assert colour.unnamed.threshold <= 1.0 or colour.unnamed.threshold == colour.threshold  # a fitted threshold
+    assert fusion.report["groups"]["colour"]["unnamed"]["rows"] == N
+    # without the split every title counts as naming: one weight pair for both kinds of title
+    assert fit_fusion(both, title, y, taxonomy).groups["colour"].unnamed is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -230,3 +231,21 @@ def test_with_no_photo_read_the_title_decides_alone_and_without_one_nothing_is_d
     }
     assert "objects" not in values  # nothing for the detector's groups without a photo
     assert decider(taxonomy).decide([], None) == [] == decider(taxonomy).decide([], "zzqx")
+
+
+def test_a_title_that_names_none_of_a_groups_values_is_fused_by_that_groups_unnamed_weights(taxonomy: Taxonomy) -> None:
+    # the photos say Red; a title that names a colour is trusted as much as the photos, one that names none
+    # ("zz shirt": its colour reading is a guess from other words) hardly at all, and never counted as a conflict
+    unnamed = GroupFusion(1.0, 0.1, threshold=0.9)
+    fusion = Fusion({**FUSION.groups, "colour": dataclasses.replace(FUSION.groups["colour"], unnamed=unnamed)})
+    image = {g: np.array([RED_TSHIRT[g]] * 2) for g in ("master", "article", "colour")}
+    title = {g: np.array([BLUE_TSHIRT[g]] * 2) for g in ("master", "article", "colour")}
+    named = {"master": np.array([True, True]), "article": np.array([True, True]), "colour": np.array([True, False])}
+    d = decide_products(image, title, ValueDecoder(taxonomy), fusion, title_named=named)
+    assert d.conflict["colour"].tolist() == [True, False]
+    # both rows choose the photos' Red; the title that names Blue weighs on it, the one that names no colour hardly
+    assert d.chosen["colour"].tolist() == [1, 1]
+    assert d.confidence["colour"][1] > 0.95 > d.confidence["colour"][0]
+    same = decide_products(image, title, ValueDecoder(taxonomy), FUSION, title_named=named)  # no unnamed weights
+    assert same.confidence["colour"][0] == same.confidence["colour"][1]
+    assert same.conflict["colour"].tolist() == [True, True]

@@ -121,3 +121,14 @@ def test_masking_removes_every_word_naming_a_value_in_any_form(title, masked):
 def test_masking_keeps_a_title_without_attribute_words():
     title = "Wrangler Vegas Slim Fit"
     assert mask_attribute_words(title, load_taxonomy("fashion-products")) == title
+
+
+def test_a_title_names_a_group_when_it_carries_a_word_of_one_of_its_values():
+    from learner.model.title_model import named_groups
+
+    taxonomy = load_taxonomy("fashion-products")
+    named = named_groups(["Puma Men Black Running Shoes", "Palm Tree Kids Sp Jema", None, "Nike T-Shirts"], taxonomy)
+    assert named["gender"].tolist() == [True, False, False, False]
+    assert named["baseColour"].tolist() == [True, False, False, False]
+    assert named["articleType"].tolist() == [True, False, False, True]
+    assert named["usage"].tolist() == [False, False, False, False]
