@@ -4,7 +4,9 @@ line can read a set (and show the recipe's defaults) without loading torch.
 - `load_labelled_set` reads a `labels.csv` (or a directory holding `labels.csv` and `images/`) and turns
   each row into a `Sample`: its image file, its split key and one label per classifier group of the
   taxonomy (read from the group's `label_column`). An empty value, or one the taxonomy does not list,
-  is *missing*: that sample is masked out of that group's loss and metrics, and counted as skipped.
+  is *missing*: that sample is masked out of that group's loss and metrics, and counted as skipped. When the
+  taxonomy names a `title_column`, each sample also carries its product's title (`Sample.title`; None when the
+  column is absent or empty), which the title model reads (learner/training/title.py).
 - `SplitRule` assigns train/val/test from a hash of the product id (or of a grouping column), never from
   file order: the split is the same on every machine, stable when rows are added or reordered, and one
   product never lands in two splits.
