@@ -12,12 +12,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from connectors.records import TITLE_PHOTO_CONFLICT, AttributeValue
 from daemon.metrics.shift import PhotoShiftMonitor
 from learner.inference.engine import ImageTags
+from learner.inference.product_decision import FROM_BOTH, FROM_PHOTOS, FROM_TITLE
 from learner.model.shift_guard import ShiftGuard
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STAGES = ("queue", "fetch", "decode", "inference", "write")
 RETRY_OPERATIONS = ("fetch", "database", "dead_letter", "commit")
+DECIDED_FROM = (FROM_BOTH, FROM_TITLE, FROM_PHOTOS)  # what a value decided with a title was decided from
 
 
 class ServiceMetrics:
@@ -111,8 +113,15 @@ class ServiceMetrics:
         for outcome in ("loaded", "failed"):
             self.model_reloads.labels(outcome)
 
-    def set_model(self, version: str, backbone: str, taxonomy: str) -> None:
+    def set_model(self, version: str, backbone: str, taxonomy: str, groups: Iterable[str] = ()) -> None:
+        """The model now serving; `groups`: its single-choice groups, whose title decision and conflict counters
+        start at zero (a bundle that reads no titles exports zeros: no product was decided with a title), so the
+        conflict share of every group exists, and its alert is evaluated, from the first scrape."""
         self.model_info.info({"version": version, "backbone": backbone, "taxonomy": taxonomy})
+        for group in groups:
+            self.title_photo_conflicts.labels(group)
+            for decided_from in DECIDED_FROM:
+                self.title_decisions.labels(group, decided_from)
 
 
 class StageTimer:

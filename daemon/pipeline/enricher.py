@@ -99,7 +99,9 @@ class Enricher:
         """Run until `request_stop` (or, with `exit_when_idle`, until the source has nothing left)."""
         self._start_threads()
         bundle = self.engine.bundle
-        self.metrics.set_model(self.engine.model_version, bundle.backbone_name, bundle.taxonomy.name)
+        self.metrics.set_model(
+            self.engine.model_version, bundle.backbone_name, bundle.taxonomy.name, decided_groups(self.engine)
+        )
         self.ready.set()
         self.metrics.up.set(1)
         try:
@@ -113,7 +115,7 @@ class Enricher:
         """Serve `engine` from now on (hot reload). Images already prepared finish on their own engine."""
         self.engine = engine
         bundle = engine.bundle
-        self.metrics.set_model(engine.model_version, bundle.backbone_name, bundle.taxonomy.name)
+        self.metrics.set_model(engine.model_version, bundle.backbone_name, bundle.taxonomy.name, decided_groups(engine))
 
     def request_stop(self) -> None:
         self.signals.stop.set()
@@ -144,3 +146,9 @@ class Enricher:
         self.lanes.write.put(None)
         for t in self._threads:
             t.join(timeout=10)
+
+
+def decided_groups(engine: TaggingEngine) -> list[str]:
+    """The groups the engine decides once per product (from its photos and, when the bundle reads them, its
+    title): the single-choice groups of its bundle."""
+    return [g.name for g in engine.decider.decoder.groups]

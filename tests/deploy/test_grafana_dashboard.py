@@ -27,6 +27,7 @@ RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 THRESHOLD_PANELS = {
     "Photo drift (PSI) per model version": "ShelfSightPhotoDrift",
     "Unfamiliar photos share": "ShelfSightUnfamiliarPhotosHigh",
+    "Title/photo conflict share per group": "ShelfSightTitlePhotoConflictsHigh",
 }
 
 
