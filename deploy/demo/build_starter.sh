@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Rebuilds the starter model that `shelfsight demo` and `shelfsight tag` use out of the box:
 #   deploy/demo/starter.safetensors      the bundle (EfficientNet-Lite0, all attribute groups of the fashion-products
-#                                        taxonomy, calibrated on the validation split, weights stored as float16)
+#                                        taxonomy, a title model of the product titles and the learned fusion of
+#                                        photos and title, calibrated on the validation split, weights as float16)
 #   deploy/demo/starter.manifest.json    what it is: data set and its labels.csv SHA-256, recipe, validation
 #                                        figures, bundle SHA-256 and size, the command that made it
 # Needs ../shared/data/fashion-products (DATA=... to point elsewhere). Training takes about 28 minutes on two quiet CPU
 # cores (it calibrates on the validation split: temperatures, auto-fill thresholds, the shift guard's cut-off);
 # FROM=path/to/bundle.safetensors skips it and recalibrates an existing bundle of the same recipe instead (float32, or
-# the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors), then shrinks it.
+# the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors; a title model is trained first when it
+# has none), then shrinks it.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
 set -euo pipefail
@@ -45,8 +47,14 @@ if read_manifest(src).get("weights_dtype", "float32") != "float32":
     bundle.model_version = bundle.model_version.rsplit("-", 1)[0]  # the version of the weights before shrinking
 bundle.save(dst)
 PY
+    if ! .venv/bin/python -c 'import sys; from learner.model.manifest import read_manifest
+sys.exit(0 if read_manifest(sys.argv[1]).get("title_model") else 1)' "$WORK/starter-fp32.safetensors"; then
+        # a bundle made before titles were read: its title model is trained on the same train split (~1 min)
+        echo "== training the title model on the train split of $DATA"
+        .venv/bin/shelfsight models add-title "$WORK/starter-fp32.safetensors" --data "$DATA" --no-fusion
+    fi
     .venv/bin/shelfsight models calibrate "$WORK/starter-fp32.safetensors" --data "$DATA" --split val
-    COMMAND="FROM=$FROM bash deploy/demo/build_starter.sh (not retrained: recalibrated on the validation split and shrunk; the recipe is the bundle's lineage)"
+    COMMAND="FROM=$FROM bash deploy/demo/build_starter.sh (the image model not retrained: a title model added when it had none, recalibrated on the validation split with the fusion of photos and title, and shrunk; the image recipe is the bundle's lineage)"
     FROM="$WORK/starter-fp32.safetensors"
 fi
 

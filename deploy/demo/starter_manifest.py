@@ -59,8 +59,30 @@ def build(bundle: Path, data: Path, command: str) -> dict[str, Any]:
             "autofill_thresholds": m.get("autofill_thresholds"),
             "fitted_on": {k: (m.get("calibration") or {}).get(k) for k in ("data", "csv_sha256", "split", "images")},
         },
+        "title_model": _title_model(m),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shelfsight_commit": commit,
+    }
+
+
+def _title_model(m: dict[str, Any]) -> dict[str, Any] | None:
+    """What the bundle reads of a product's title: the title model's size and validation top-1 (as written and with
+    the attribute words masked), and the fusion's weights per group; None without a title model."""
+    title = m.get("title_model")
+    if not title:
+        return None
+    metrics = title.get("metrics") or {}
+    fusion = (m.get("fusion") or {}).get("groups") or {}
+    return {
+        "title_column": (m["taxonomy"] or {}).get("title_column"),
+        "config": title.get("config"),
+        "validation_top1": (metrics.get("validation") or {}).get("top1"),
+        "validation_masked_top1": (metrics.get("validation_masked") or {}).get("top1"),
+        "autofill_thresholds": title.get("autofill_thresholds"),
+        "fusion": {
+            g: {k: f.get(k) for k in ("image_weight", "title_weight", "threshold", "conflict_title", "conflict_image")}
+            for g, f in fusion.items()
+        },
     }
 
 

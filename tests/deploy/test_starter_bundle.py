@@ -58,3 +58,17 @@ def test_starter_bundle_loads_with_every_group_and_tags_a_photo(manifest, cc0_im
     assert [g.name for g in bundle.taxonomy.groups] == manifest["groups"]
     (tags,) = TaggingEngine(bundle, device="cpu").tag_bytes([cc0_images[0].read_bytes()])
     assert {g.name for g in bundle.taxonomy.classifier_groups} <= set(tags.attributes)
+
+
+def test_the_starter_reads_titles_and_decides_a_product_from_its_photo_and_title(manifest, cc0_images):
+    from learner.inference.engine import TaggingEngine
+
+    assert manifest["title_model"]["title_column"] == "productDisplayName"
+    assert manifest["title_model"]["validation_top1"]["articleType"] > 0.9
+    engine = TaggingEngine(load_bundle(BUNDLE), device="cpu")
+    assert engine.decider.reads_titles
+    (tags,) = engine.tag_bytes([cc0_images[0].read_bytes()])
+    values = {a.attribute: a for a in engine.decider.decide([tags], "Nike Men Navy Blue Running Shoes")}
+    assert values["gender"].readings is not None and values["gender"].readings["title"]["value"] == "Men"
+    assert values["baseColour"].readings["title"]["value"] == "Navy Blue"
+    assert engine.decider.decide([tags], None) == engine.decider.decide([tags], "   ")  # no title: photos only
