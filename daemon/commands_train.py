@@ -275,8 +275,10 @@ def _echo_sources(sources: dict[str, Any], out: Path) -> None:
     )
     for line in comparison_lines(sources):
         typer.echo(f"  {line}")
+    from learner.evaluation.report import plot_sources
+
     (out / "sources.json").write_text(json.dumps(sources, indent=2))
-    typer.echo(f"sources: {out / 'sources.json'}")
+    typer.echo(f"sources: {out / 'sources.json'}, {plot_sources(sources, out / 'sources.png')}")
 
 
 def evaluate_detector_command(

@@ -354,3 +354,30 @@ def plot_precision_coverage(report: Mapping[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_sources(sources: Mapping[str, Any], path: Path) -> Path:
+    """Top-1 per group from the photos, the title and both (and, hatched, with the attribute words masked out of the
+    titles), as `compare_sources` measured them: what a product's title adds, at a glance."""
+    plt = _pyplot()
+    figures = sources["sources"]
+    groups = [g for g, f in figures["photos"].items() if f.get("n")]
+    bars = [s for s in ("photos", "title", "fused", "title_masked", "fused_masked") if s in figures]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups)), 4.0))
+    colour = {"photos": "C0", "title": "C1", "fused": "C2", "title_masked": "C1", "fused_masked": "C2"}
+    for k, s in enumerate(bars):
+        x = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(groups))]
+        masked = s.endswith("masked")
+        top1 = [figures[s][g]["top1"] for g in groups]
+        label = s.replace("_", ", ")
+        ax.bar(x, top1, width, label=label, color=colour[s], hatch="//" if masked else None, alpha=0.5 if masked else 1)
+    ax.set_xticks(range(len(groups)), groups, rotation=20)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_ylabel("top-1")
+    ax.set_title(f"photos, title and both ({sources['products']} products; masked: attribute words taken out)")
+    ax.legend(fontsize=8, ncol=len(bars), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

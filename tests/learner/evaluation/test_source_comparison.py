@@ -130,3 +130,11 @@ def test_titles_with_the_value_word_swapped_measure_the_conflict_check(taxonomy:
     # with a cut-off no photo reaches, the same swaps go unflagged: the figure measures the check
     blind = Bundle(taxonomy, fusion=Fusion({"colour": GroupFusion(1.0, 1.0, threshold=0.9)}))
     assert compare_sources(blind, preds, titles, masked=False)["swaps"]["colour"]["flagged"] == 0.0
+
+
+def test_the_comparison_is_drawn_as_a_png(taxonomy: Taxonomy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from learner.evaluation.report import plot_sources
+
+    preds = photos([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]], [0, 0])
+    path = plot_sources(compare_sources(Bundle(taxonomy), preds, ["Blue Shirt", "Shirt"]), tmp_path / "sources.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
