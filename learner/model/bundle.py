@@ -144,15 +144,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
     path = Path(path)
     manifest = read_manifest(path)
     taxonomy = manifest_taxonomy(manifest, path)
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                tensors[k] = f.get_tensor(k)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise BundleError(f"{path}: tensors are unreadable (truncated or corrupt file): {exc}") from None
-    if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
-        raise BundleError(f"{path}: checksum mismatch, the weights are corrupt; restore the bundle from the registry")
+    tensors = _stored_tensors(path, manifest, "restore the bundle from the registry")
     title_model = _title_model(manifest, {k: tensors[k].numpy() for k in title_tensor_names(tensors)}, taxonomy, path)
     # a shrunk bundle (`shrink_bundle`) stores float16 weights: the modules compute in float32 as always
     tensors = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
@@ -286,8 +278,9 @@ def store_title_model(
     return dst
 
 
-def _stored_tensors(src: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The bundle's tensors as stored, checked against the manifest's `tensor_sha256` (BundleError when corrupt)."""
+def _stored_tensors(src: Path, manifest: dict[str, Any], remedy: str = "nothing written") -> dict[str, torch.Tensor]:
+    """The bundle's tensors as stored, checked against the manifest's `tensor_sha256` (BundleError when corrupt,
+    ending with `remedy`)."""
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(src), framework="pt", device="cpu") as f:
@@ -296,7 +289,7 @@ def _stored_tensors(src: Path, manifest: dict[str, Any]) -> dict[str, torch.Tens
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise BundleError(f"{src}: tensors are unreadable (truncated or corrupt file): {exc}") from None
     if _tensor_digest(tensors) != manifest.get("tensor_sha256"):
-        raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; nothing written")
+        raise BundleError(f"{src}: checksum mismatch, the weights are corrupt; {remedy}")
     return tensors
 
 
