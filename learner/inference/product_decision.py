@@ -43,7 +43,7 @@ from learner.inference.decoding import ValueDecoder, decode_paths
 from learner.model.fusion import NEVER, Fusion, GroupFusion
 from learner.model.shift_guard import UNFAMILIAR_PHOTO
 from learner.model.taxonomy import Taxonomy
-from learner.model.title_model import named_groups
+from learner.model.title_model import group_word_sets, named_groups
 
 if TYPE_CHECKING:
     from learner.inference.engine import ImageTags
@@ -175,6 +175,7 @@ class ProductDecider:
         self.title_model = title_model
         self.fusion = fusion
         self.top_k = top_k
+        self.group_words = group_word_sets(taxonomy)  # which words name a value of each group, once
 
     @classmethod
     def for_bundle(cls, bundle: Any, decoder: ValueDecoder | None = None, top_k: int = 3) -> ProductDecider:
@@ -212,7 +213,7 @@ class ProductDecider:
             photos = {n: np.full_like(title_probs[n], np.nan) for n in names}
         image = photos
         thresholds = self.title_model.autofill_thresholds if self.title_model is not None else {}
-        named = named_groups([title], self.taxonomy) if title_probs is not None else None
+        named = named_groups([title], self.taxonomy, self.group_words) if title_probs is not None else None
         d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds, named)
         by_group = {a.attribute: a for a in merged}
         for g in self.decoder.groups:

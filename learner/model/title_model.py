@@ -105,17 +105,21 @@ def _named(tokens: Sequence[str], vocab: frozenset[str]) -> list[bool]:
     return drop
 
 
-def named_groups(titles: Sequence[str | None], taxonomy: Taxonomy) -> dict[str, np.ndarray]:
+def group_word_sets(taxonomy: Taxonomy) -> dict[str, frozenset[str]]:
+    """`group_words` of every single-choice classifier group, for `named_groups` to use many times."""
+    return {g.name: group_words(g) for g in taxonomy.classifier_groups if not g.multi_label}
+
+
+def named_groups(
+    titles: Sequence[str | None], taxonomy: Taxonomy, words: Mapping[str, frozenset[str]] | None = None
+) -> dict[str, np.ndarray]:
     """Per single-choice classifier group, (N,) whether each title names one of the group's values (a word of it,
     matched as `mask_attribute_words` matches): a title that names no colour cannot contradict the photos' colour,
-    and the fusion weighs it as the weaker evidence it is (learner.model.fusion)."""
+    and the fusion weighs it as the weaker evidence it is (learner.model.fusion). `words`: `group_word_sets(taxonomy)`,
+    computed once by a caller that asks for every product."""
+    sets = group_word_sets(taxonomy) if words is None else words
     tokens = [_TOKEN.findall(t or "") for t in titles]
-    return {
-        g.name: np.array([any(_named(toks, words)) for toks in tokens], dtype=bool)
-        for g in taxonomy.classifier_groups
-        if not g.multi_label
-        for words in (group_words(g),)
-    }
+    return {name: np.array([any(_named(toks, vocab)) for toks in tokens], dtype=bool) for name, vocab in sets.items()}
 
 
 def mask_attribute_words(title: str, taxonomy: Taxonomy, words: frozenset[str] | None = None) -> str:

@@ -23,7 +23,8 @@ subprocess (one replica, default settings except the batch size and SHELFSIGHT_B
   `--py-spy PATH` also records the daemon during the 224 px run (collapsed stacks, thread names for the ids).
 `--titles`: every event carries its product's title (labels.csv beside the images), the daemon decides each product
 from its photo and its title, and the engine alone is measured both without and with that decision
-(`ratio_titles_to_engine_*`; the end-to-end ratios then compare with the engine that reads titles).
+(`ratio_titles_to_engine_*`: deciding each product with its title against without, both after tagging; the
+end-to-end ratios then compare with the engine that reads titles).
 Without --model it builds an untrained bundle (bench_engine.build_untrained; throughput only, says so).
 Prints the figures side by side, writes them as JSON and a PNG. Absolute figures are only meaningful on the
 machine that printed them; compare the ratios.
@@ -126,12 +127,12 @@ def main() -> None:
         r = results[backend]
         r.update(alone)
         for name in ("224", "full") if full_files else ("224",):
-            if args.titles:  # what reading titles costs the engine; the daemon read them too
-                titled = float(alone[f"engine_{name}_titles_img_s"])  # type: ignore[arg-type]
-                r[f"ratio_titles_to_engine_{name}"] = round(titled / float(alone[f"engine_{name}_img_s"]), 3)  # type: ignore[arg-type]
+            if args.titles:  # what reading titles costs the engine: products decided with and without their title
+                rate = {v: float(alone[f"engine_{name}{v}_img_s"]) for v in ("", "_decided", "_titles")}  # type: ignore[arg-type]
+                cpu = {v: float(alone[f"engine_{name}{v}_cpu_ms_per_img"]) for v in ("_decided", "_titles")}  # type: ignore[arg-type]
+                r[f"ratio_titles_to_engine_{name}"] = round(rate["_titles"] / rate["_decided"], 3)
                 # the same by CPU per image (images/s on a busy machine swing by tens of percent between passes)
-                cpu_plain, cpu_titled = (float(alone[f"engine_{name}{v}_cpu_ms_per_img"]) for v in ("", "_titles"))  # type: ignore[arg-type]
-                r[f"ratio_titles_to_engine_cpu_{name}"] = round(cpu_plain / cpu_titled, 3)
+                r[f"ratio_titles_to_engine_cpu_{name}"] = round(cpu["_decided"] / cpu["_titles"], 3)
             engine_rate = float(alone[f"engine_{name}{'_titles' if args.titles else ''}_img_s"])  # type: ignore[arg-type]
             r[f"ratio_e2e_to_engine_{name}"] = round(float(r[f"e2e_{name}_img_s"]) / engine_rate, 3)
             r[f"ratio_steady_to_engine_{name}"] = round(float(r[f"e2e_{name}_steady_img_s"]) / engine_rate, 3)
@@ -401,6 +402,7 @@ def _print_table(results: dict[str, dict[str, object]]) -> None:
     keys = [
         "engine_224_img_s",
         "engine_224_img_s_passes",
+        "engine_224_decided_img_s",
         "engine_224_titles_img_s",
         "engine_224_titles_img_s_passes",
         "ratio_titles_to_engine_224",

@@ -61,7 +61,8 @@ def engine_alone_figures(
     """The engine alone, in this (fresh) process: the same images as the end-to-end run (all N, not a sample),
     same model, same batch as the daemon; the median of three passes, so one lucky or disturbed pass does not
     decide a ratio. With `titles`, every pass is followed by one that also decides each image's product from its
-    photo and its title (`engine_*_titles_img_s`), so both rates see the same minutes of this machine."""
+    photo alone (`engine_*_decided_img_s`) and one from its photo and its title (`engine_*_titles_img_s`), so the
+    rates see the same minutes of this machine."""
     from learner.inference.backends import load_engine
     from learner.inference.engine import ImageTags
 
@@ -73,7 +74,9 @@ def engine_alone_figures(
         payloads = [f.read_bytes() for f in chosen]
         named = [(titles or {}).get(f) for f in chosen]
         engine.tag_bytes(payloads[:batch], batch_size=batch)  # warm-up
-        variants = ("", "_titles") if titles else ("",)
+        # "_decided": each image's product decided from its photo alone, as the daemon's writer does for an event
+        # without a title; "_titles": from its photo and its title. Their ratio is what reading titles costs.
+        variants = ("", "_decided", "_titles") if titles else ("",)
         rates: dict[str, list[float]] = {v: [] for v in variants}
         cpus: dict[str, list[float]] = {v: [] for v in variants}
         for _ in tqdm(range(ENGINE_PASSES), desc=f"{backend} engine alone {name}", unit="pass", file=sys.stderr):
@@ -84,7 +87,7 @@ def engine_alone_figures(
                     if variant:
                         for tags, title in zip(tagged, named[start : start + ENGINE_CHUNK], strict=True):
                             if isinstance(tags, ImageTags):
-                                engine.decider.decide([tags], title)
+                                engine.decider.decide([tags], title if variant == "_titles" else None)
                 rates[variant].append(len(payloads) / (time.perf_counter() - t0))
                 cpus[variant].append((time.process_time() - c0) / len(payloads))
         for variant in variants:
