@@ -1,8 +1,8 @@
 """How a finished event becomes one `ProductResult`: the tags of its images and its title decided into one value per
 attribute group by the engine's product decision (`learner.inference.product_decision.ProductDecider`: photos and
-title fused, conflicts withheld; without a title the photos merged as before, `merge_attributes`), one digest for
-its images, and where it came from; the values of groups whose auto-fill is suspended kept as suggestions
-(`withhold_suspended`).
+title fused, conflicts withheld; without a title the photos' mean decided along the hierarchy, which for one photo
+is exactly that photo's values), one digest for its images, and where it came from; the values of groups whose
+auto-fill is suspended kept as suggestions (`withhold_suspended`).
 
 Pure functions: what it must not do is I/O, routing to review (the writer asks the router), or know about threads.
 """
