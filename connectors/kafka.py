@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 # kafka-python ships no type information (pyproject's [tool.mypy] override lets these imports be untyped)
@@ -77,6 +78,10 @@ class KafkaEventSource:
         commit_timeout_ms: how long `commit()` retries before raising `TransientKafkaError`.
         reconnect_backoff_max_ms: ceiling of the reconnect backoff (default 5 s, not 30 s, so the source
             is back within seconds of a broker restart).
+        stuck_join_ms: a group join that has not ended in an assignment this long after it began (the member
+            subscribed, or a rebalance revoked its partitions) is taken for the kafka-python 3.0.12 client hang
+            seen here (the broker completed the join, the client never took its assignment nor heartbeated
+            again); the source then drops that consumer and joins the group with a new one (`rejoin`).
         on_revoked / on_assigned / on_lost: rebalance callbacks, each called with a set of
             (topic, partition); see the module docstring for the threading rules. `on_lost` (the group
             evicted us; commits will fail) defaults to `on_revoked`. Settable later with
@@ -104,6 +109,7 @@ class KafkaEventSource:
         commit_timeout_ms: int = 10_000,
         connect_timeout_ms: int = 30_000,
         reconnect_backoff_max_ms: int = 5_000,
+        stuck_join_ms: int = 60_000,
         on_revoked: RebalanceCallback | None = None,
         on_assigned: RebalanceCallback | None = None,
         on_lost: RebalanceCallback | None = None,
@@ -117,30 +123,58 @@ class KafkaEventSource:
         self.on_revoked = on_revoked
         self.on_assigned = on_assigned
         self.on_lost = on_lost
+        self._stuck_join_s = stuck_join_ms / 1000
+        self._joining_since: float | None = time.monotonic()  # a join began and no assignment ended it yet
+        self.rejoins = 0  # consumers replaced after a stuck join
+        self._settings = dict(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+            max_poll_records=max_poll_records,
+            fetch_max_bytes=fetch_max_bytes,
+            max_partition_fetch_bytes=max_partition_fetch_bytes,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            request_timeout_ms=request_timeout_ms,
+            bootstrap_timeout_ms=connect_timeout_ms,
+            reconnect_backoff_max_ms=reconnect_backoff_max_ms,
+            allow_auto_create_topics=False,
+        )
+        self._consumer = self._subscribed_consumer()
+
+    def _subscribed_consumer(self) -> KafkaConsumer:
+        """A new consumer with this source's settings, subscribed to its topics (not yet joined)."""
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
-                group_id=group_id,
-                client_id=client_id,
-                enable_auto_commit=False,
-                auto_offset_reset=auto_offset_reset,
-                session_timeout_ms=session_timeout_ms,
-                heartbeat_interval_ms=heartbeat_interval_ms,
-                max_poll_interval_ms=max_poll_interval_ms,
-                max_poll_records=max_poll_records,
-                fetch_max_bytes=fetch_max_bytes,
-                max_partition_fetch_bytes=max_partition_fetch_bytes,
-                fetch_max_wait_ms=fetch_max_wait_ms,
-                request_timeout_ms=request_timeout_ms,
-                bootstrap_timeout_ms=connect_timeout_ms,
-                reconnect_backoff_max_ms=reconnect_backoff_max_ms,
-                allow_auto_create_topics=False,
-            )
+            consumer = KafkaConsumer(**self._settings)
         except kafka_errors.KafkaConfigurationError as exc:
             raise KafkaSourceError(f"invalid Kafka consumer settings: {exc}") from exc
         except kafka_errors.KafkaError as exc:
-            raise TransientKafkaError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-        self._consumer.subscribe(self.topics, listener=_RebalanceBridge(self))
+            servers = self._settings["bootstrap_servers"]
+            raise TransientKafkaError(f"cannot reach Kafka at {servers}: {exc}") from exc
+        consumer.subscribe(self.topics, listener=_RebalanceBridge(self))
+        return consumer
+
+    def rejoin(self, reason: str) -> None:
+        """Drop the consumer (closed on a helper thread, at most 5 s waited for: a hung client may never return)
+        and join the group with a new one; the partitions this member held are revoked first only if the old
+        consumer still can (the group moves them anyway once its session expires). Offsets not committed are
+        redelivered, as after any rebalance."""
+        log.warning("rejoining consumer group %s with a new consumer: %s", self.group_id, reason)
+        old = self._consumer
+        closing = threading.Thread(
+            target=lambda: old.close(autocommit=False, timeout_ms=2_000), name="kafka-close-stuck", daemon=True
+        )
+        closing.start()
+        closing.join(timeout=5.0)
+        with self._lock:
+            self._committed.clear()
+        self._consumer = self._subscribed_consumer()
+        self._joining_since = time.monotonic()
+        self.rejoins += 1
 
     def set_rebalance_callbacks(
         self,
@@ -158,6 +192,9 @@ class KafkaEventSource:
 
         Also drives group membership: joining, rebalancing and the rebalance callbacks happen in here.
         """
+        joining = self._joining_since
+        if joining is not None and time.monotonic() - joining > self._stuck_join_s:
+            self.rejoin(f"no assignment {time.monotonic() - joining:.0f} s after the group join began")
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except kafka_errors.RetriableError as exc:
@@ -313,17 +350,20 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         partitions = {(tp.topic, tp.partition) for tp in revoked}
         log.info("partitions revoked: %s", sorted(partitions))
+        self._source._joining_since = time.monotonic()  # a rebalance began: an assignment should end it
         await self._source._call_owner(self._source.on_revoked, partitions)
         self._source._forget_committed(partitions)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = {(tp.topic, tp.partition) for tp in assigned}
         log.info("partitions assigned: %s", sorted(partitions))
+        self._source._joining_since = None
         self._source._forget_committed(partitions)  # another member may have committed meanwhile
         await self._source._call_owner(self._source.on_assigned, partitions)
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         partitions = {(tp.topic, tp.partition) for tp in lost}
         log.warning("partitions lost (evicted from the group): %s", sorted(partitions))
+        self._source._joining_since = time.monotonic()  # it rejoins: an assignment should end that
         await self._source._call_owner(self._source.on_lost or self._source.on_revoked, partitions)
         self._source._forget_committed(partitions)

@@ -105,6 +105,28 @@ def test_offsets_are_committed_only_up_to_the_first_unfinished_record(
     assert [parse_event(r.value).product_id for r in redelivered] == ["sku-2", "sku-3", "sku-4"]
 
 
+def test_a_member_that_rejoins_with_a_new_consumer_gets_its_partitions_back_from_the_committed_offset(
+    kafka_topic: Callable[..., str], kafka_publisher: Publishers, make_source: SourceFactory
+) -> None:
+    # what the stuck-join watchdog does (a kafka-python 3.0.12 client that never took the assignment the broker
+    # gave it): the consumer is dropped and the group joined again; what was not committed is read again
+    topic = kafka_topic(2)
+    kafka_publisher(topic).publish_many(product(i) for i in range(6))
+    source = make_source(topic, new_group(), stuck_join_ms=60_000)
+    records = consume(source, 6)
+    first = {tp: min(r.offset for r in records if r.tp == tp) for tp in {r.tp for r in records}}
+    committed = source.commit({tp: offset + 1 for tp, offset in first.items()})  # one record per partition done
+    assert len(committed) == 2
+
+    source.rejoin("test")
+
+    assert source.rejoins == 1
+    again = consume(source, 4)
+    assert sorted((r.tp, r.offset) for r in again) == sorted(
+        (r.tp, r.offset) for r in records if r.offset > first[r.tp]
+    )
+
+
 def test_dead_letter_keeps_the_original_payload_and_names_the_error(
     kafka_broker: KafkaBroker, kafka_topic: Callable[..., str], kafka_publisher: Publishers, make_source: SourceFactory
 ) -> None:
