@@ -118,8 +118,23 @@ def named_groups(
     and the fusion weighs it as the weaker evidence it is (learner.model.fusion). `words`: `group_word_sets(taxonomy)`,
     computed once by a caller that asks for every product."""
     sets = group_word_sets(taxonomy) if words is None else words
-    tokens = [_TOKEN.findall(t or "") for t in titles]
-    return {name: np.array([any(_named(toks, vocab)) for toks in tokens], dtype=bool) for name, vocab in sets.items()}
+    candidates = [_candidate_words(_TOKEN.findall(t or "")) for t in titles]
+    return {
+        name: np.array([not c.isdisjoint(vocab) for c in candidates], dtype=bool).reshape(len(titles))
+        for name, vocab in sets.items()
+    }
+
+
+def _candidate_words(tokens: Sequence[str]) -> set[str]:
+    """Every normalised word `_named` looks up for `tokens`: a token names a group's value exactly when one of its
+    words is in the group's vocabulary, so a title is normalised once for all groups."""
+    out: set[str] = set()
+    for i, tok in enumerate(tokens):
+        out.add(_norm(tok))
+        out.update(_singular(p) for p in re.split(r"[-'’]", tok.lower()) if len(p) > 1)
+        if i + 1 < len(tokens):
+            out.add(_singular(tok.lower() + tokens[i + 1].lower()))
+    return out
 
 
 def mask_attribute_words(title: str, taxonomy: Taxonomy, words: frozenset[str] | None = None) -> str:
@@ -192,7 +207,12 @@ class TitleModel:
     def logits(self, titles: Sequence[str | None]) -> dict[str, np.ndarray]:
         """group -> (N, C) raw head outputs (before temperature); NaN rows where the title gives no signal."""
         h = self.embed(titles)
-        return {g: h @ w.T + b for g, (w, b) in self.heads.items()}
+        # row by row: a matrix product over the batch rounds differently by batch size (BLAS), and a title's
+        # probabilities must not depend on which titles it was read with (nor differ from reading it alone)
+        return {
+            g: np.concatenate([h[i : i + 1] @ w.T for i in range(len(h))] or [np.zeros((0, len(b)), h.dtype)]) + b
+            for g, (w, b) in self.heads.items()
+        }
 
     def probabilities(self, titles: Sequence[str | None], *, calibrated: bool = True) -> dict[str, np.ndarray]:
         """group -> (N, C) probabilities, temperature-scaled unless `calibrated` is False; a title without signal

@@ -132,3 +132,30 @@ def test_a_title_names_a_group_when_it_carries_a_word_of_one_of_its_values():
     assert named["baseColour"].tolist() == [True, False, False, False]
     assert named["articleType"].tolist() == [True, False, False, True]
     assert named["usage"].tolist() == [False, False, False, False]
+
+
+def test_a_title_reads_the_same_whichever_titles_it_is_read_with():
+    # a batch's matrix product rounds differently by batch size (BLAS); the title model must not
+    rng = np.random.default_rng(0)
+    words = [f"word{i}" for i in range(200)]
+    vocab = {f"w:{w}": i for i, w in enumerate(words)}
+    embedding = rng.normal(size=(len(vocab), 64)).astype(np.float32)
+    heads = {g: (rng.normal(size=(40, 64)), rng.normal(size=40)) for g in ("colour", "gender")}
+    model = TitleModel(vocab, embedding, heads, temperatures={"colour": 1.7})
+    titles = [" ".join(rng.choice(words, size=5)) for _ in range(300)] + [None, "", "unseen"]
+    batch = model.probabilities(titles)
+    for i, title in enumerate(titles):
+        alone = model.probabilities([title])
+        assert all(np.array_equal(batch[g][i], alone[g][0], equal_nan=True) for g in heads)
+
+
+def test_a_title_names_a_group_exactly_when_masking_that_groups_words_removes_one_of_its_words():
+    from learner.model.title_model import group_word_sets, named_groups
+
+    taxonomy = load_taxonomy("fashion-products")
+    titles = ["Puma Men Black Running Shoes", "Nike T-Shirts", "Navy-Blue Women's Tshirt", "Palm Tree Kids", None]
+    named = named_groups(titles, taxonomy)
+    for group, words in group_word_sets(taxonomy).items():
+        for i, title in enumerate(titles):
+            kept = mask_attribute_words(title or "", taxonomy, words).split()
+            assert named[group][i] == (len(kept) < len((title or "").split())), (group, title)
