@@ -32,7 +32,7 @@ Pure numpy: no torch, no I/O (the onnxruntime serving path imports it).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -156,6 +156,8 @@ def mean_photo_probs(tags: Sequence[ImageTags], groups: Sequence[str]) -> dict[s
     voting = [t.probs for t in tags if not t.unfamiliar and t.probs is not None]
     if not voting:
         return None
+    if len(voting) == 1:  # the mean of one photo is that photo (exactly: what np.mean gives)
+        return {g: np.asarray(voting[0][g], dtype=np.float64)[None, :] for g in groups}
     return {g: np.mean([np.asarray(p[g], dtype=np.float64) for p in voting], axis=0)[None, :] for g in groups}
 
 
@@ -197,75 +199,139 @@ class ProductDecider:
         """The product's values: one per group (see the module docstring). No tags (every photo failed) and a
         title: the title's values alone. Tags without probabilities (made by hand, not by an engine) are merged as
         before photos were averaged (`merge_attributes`)."""
-        merged = merge_attributes(list(tags), self.taxonomy)
-        if any(t.probs is None for t in tags):
-            return merged
-        names = [g.name for g in self.decoder.groups]
-        title_probs = self.title_probabilities(title)
-        if not tags and title_probs is None:  # no photo that could be read, no title signal: nothing to decide
-            return merged
-        photos = mean_photo_probs(tags, names)
-        all_unfamiliar = photos is None
-        if all_unfamiliar and title_probs is None:  # nothing but unfamiliar photos: their values, none auto-filled
-            photos = mean_photo_probs([dataclasses.replace(t, unfamiliar=False) for t in tags], names)
-        if photos is None:  # no familiar photo, a title: the title decides alone
-            assert title_probs is not None
-            photos = {n: np.full_like(title_probs[n], np.nan) for n in names}
-        image = photos
-        thresholds = self.title_model.autofill_thresholds if self.title_model is not None else {}
-        named = named_groups([title], self.taxonomy, self.group_words) if title_probs is not None else None
-        d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds, named)
-        by_group = {a.attribute: a for a in merged}
-        for g in self.decoder.groups:
-            if d.decided_from[g.name][0] == "":
-                continue
-            title_row = title_probs[g.name][0] if title_probs is not None else None
-            by_group[g.name] = self._value(g.name, g.values, d, image[g.name][0], title_row, all_unfamiliar)
-        return [by_group[g.name] for g in self.taxonomy.groups if g.name in by_group]
+        return self.decide_many([(tags, title)])[0]
 
-    def title_probabilities(self, title: str | None) -> dict[str, np.ndarray] | None:
-        """Group -> (1, C) calibrated title probabilities, or None when titles are not read or this one says
-        nothing."""
-        if not self.reads_titles or not title or not title.strip():
+    def decide_many(self, products: Sequence[tuple[Sequence[ImageTags], str | None]]) -> list[list[AttributeValue]]:
+        """`decide` of every (tags, title) product, in order, as one batch: the titles read and the groups decided
+        in one vectorised call each (`decide_products`); each product's values are those `decide` gives it alone."""
+        engine_made = [i for i, (tags, _) in enumerate(products) if all(t.probs is not None for t in tags)]
+        # the groups the decision does not decide are merged (`merge_attributes`); the others only where it did not
+        undecided = {g.name for g in self.taxonomy.groups} - {g.name for g in self.decoder.groups}
+        merged_only = {i: undecided for i in engine_made}
+        out = [merge_attributes(list(tags), self.taxonomy, merged_only.get(i)) for i, (tags, _) in enumerate(products)]
+        signal = self.title_probabilities([products[i][1] for i in engine_made])
+        names = [g.name for g in self.decoder.groups]
+        rows: list[int] = []  # the products decided, and per product its photo probabilities (None: title alone)
+        photos: list[dict[str, np.ndarray] | None] = []
+        unfamiliar: list[bool] = []
+        titled: list[int] = []  # per decided product, its row of `signal` (-1: no title signal)
+        for k, i in enumerate(engine_made):
+            tags, has_title = products[i][0], signal is not None and bool(signal[1][k])
+            if not tags and not has_title:  # no photo that could be read, no title signal: nothing to decide
+                continue
+            mean = mean_photo_probs(tags, names)
+            if mean is None and not has_title:  # nothing but unfamiliar photos: their values, none auto-filled
+                mean = mean_photo_probs([dataclasses.replace(t, unfamiliar=False) for t in tags], names)
+            rows.append(i)
+            photos.append(mean)
+            unfamiliar.append(all(t.unfamiliar for t in tags))  # no familiar photo voted
+            titled.append(k if has_title else -1)
+        if not rows:  # (a product left undecided has no photo: nothing merged either)
+            return out
+        image = {
+            g.name: np.stack(
+                [p[g.name][0] if p is not None else np.full(len(g.values), np.nan) for p in photos]
+            ).astype(np.float64, copy=False)
+            for g in self.decoder.groups
+        }
+        title_probs = named = None
+        if any(t >= 0 for t in titled):
+            assert signal is not None
+            pick = np.asarray(titled)
+            title_probs = {n: np.where((pick >= 0)[:, None], signal[0][n][np.maximum(pick, 0)], np.nan) for n in names}
+            named = named_groups(
+                [products[i][1] if t >= 0 else None for i, t in zip(rows, titled, strict=True)],
+                self.taxonomy,
+                self.group_words,
+            )
+        thresholds = self.title_model.autofill_thresholds if self.title_model is not None else {}
+        d = decide_products(image, title_probs, self.decoder, self.fusion, thresholds, named)
+        values = {
+            g.name: self._values(g.name, g.values, d, image[g.name], title_probs, titled, unfamiliar)
+            for g in self.decoder.groups
+        }
+        for r, i in enumerate(rows):
+            if any(decided[r] is None for decided in values.values()):
+                out[i] = merge_attributes(list(products[i][0]), self.taxonomy)
+            by_group = {a.attribute: a for a in out[i]}
+            for name, decided in values.items():
+                if (value := decided[r]) is not None:
+                    by_group[name] = value
+            out[i] = [by_group[g.name] for g in self.taxonomy.groups if g.name in by_group]
+        return out
+
+    def title_probabilities(self, titles: Sequence[str | None]) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+        """Group -> (N, C) calibrated probabilities of the titles, and (N,) whether each title says anything (a
+        title that says nothing is not read); None when titles are not read or none of them says anything."""
+        if not self.reads_titles:
+            return None
+        read = [i for i, t in enumerate(titles) if t and t.strip()]
+        if not read:
             return None
         assert self.title_model is not None
-        probs = self.title_model.probabilities([title])
-        if not any(_present(np.asarray(p, dtype=np.float64)).any() for p in probs.values()):
-            return None
-        return {g.name: np.asarray(probs[g.name], dtype=np.float64) for g in self.decoder.groups}
+        raw = self.title_model.probabilities([titles[i] for i in read])
+        probs = {g.name: np.full((len(titles), len(g.values)), np.nan) for g in self.decoder.groups}
+        for g in self.decoder.groups:
+            if g.name in raw:
+                probs[g.name][read] = np.asarray(raw[g.name], dtype=np.float64)
+        says = np.zeros(len(titles), dtype=bool)
+        for p in probs.values():
+            says |= _present(p)
+        return (probs, says) if says.any() else None
 
-    def _value(
+    def _values(
         self,
         group: str,
         values: Sequence[str],
         d: ProductDecisions,
         image: np.ndarray,
-        title: np.ndarray | None,
-        unfamiliar: bool,
-    ) -> AttributeValue:
-        p = d.probs[group][0]
-        first = int(d.chosen[group][0])
-        order = [first, *(int(j) for j in np.argsort(-p, kind="stable") if j != first)][: min(self.top_k, len(values))]
-        decided_from = str(d.decided_from[group][0])
-        withheld_by = TITLE_PHOTO_CONFLICT if d.conflict[group][0] else None
-        auto = bool(d.auto_filled[group][0])
-        if unfamiliar and decided_from == FROM_PHOTOS:
-            auto, withheld_by = False, UNFAMILIAR_PHOTO
-        return AttributeValue(
-            attribute=group,
-            value=values[first],
-            confidence=float(p[first]),
-            alternatives=[Alternative(values[j], round(float(p[j]), 4)) for j in order],
-            auto_filled=auto,
-            withheld_by=withheld_by,
-            # what the title changed: none without one (the photos-only value is exactly the photos' decision)
-            readings=None
-            if title is None
-            else {"decided_from": decided_from, "title": _reading(values, title), "photos": _reading(values, image)},
-        )
+        title: Mapping[str, np.ndarray] | None,
+        titled: Sequence[int],
+        unfamiliar: Sequence[bool],
+    ) -> list[AttributeValue | None]:
+        """Per decided product, its value of `group` (None: nothing decided it)."""
+        p, chosen = d.probs[group], d.chosen[group]
+        k = min(self.top_k, len(values))
+        ranked = np.argsort(-p, axis=1, kind="stable")[:, :k].tolist()
+        firsts = chosen.tolist()
+        orders = [[first, *(j for j in ranked[r] if j != first)][:k] for r, first in enumerate(firsts)]
+        alternatives = np.take_along_axis(p, np.asarray(orders, dtype=np.intp).reshape(len(p), k), 1).tolist()
+        confidence = p[np.arange(len(p)), chosen].tolist()
+        sources, conflicts, autos = (x[group].tolist() for x in (d.decided_from, d.conflict, d.auto_filled))
+        readings: list[dict[str, Any] | None] = [None] * len(p)  # what the title changed: none without one
+        if title is not None:
+            said, seen = _readings(values, title[group]), _readings(values, image)
+            for r, t in enumerate(titled):
+                if t >= 0 and sources[r]:
+                    readings[r] = {"decided_from": sources[r], "title": said[r], "photos": seen[r]}
+        out: list[AttributeValue | None] = []
+        for r, first in enumerate(firsts):
+            if not sources[r]:
+                out.append(None)
+                continue
+            withheld_by = TITLE_PHOTO_CONFLICT if conflicts[r] else None
+            auto = autos[r]
+            if unfamiliar[r] and sources[r] == FROM_PHOTOS:
+                auto, withheld_by = False, UNFAMILIAR_PHOTO
+            out.append(
+                AttributeValue(
+                    attribute=group,
+                    value=values[first],
+                    confidence=confidence[r],
+                    alternatives=[
+                        Alternative(values[j], round(c, 4)) for j, c in zip(orders[r], alternatives[r], strict=True)
+                    ],
+                    auto_filled=auto,
+                    withheld_by=withheld_by,
+                    readings=readings[r],
+                )
+            )
+        return out
 
 
-def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[AttributeValue]:
+def merge_attributes(
+    tags: list[ImageTags], taxonomy: Taxonomy, groups: Collection[str] | None = None
+) -> list[AttributeValue]:
     """One value per attribute group for a product with one or more images, from its photos alone.
 
     Single-choice groups take the image whose best value is most confident (with that image's
@@ -273,10 +339,12 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
     highest confidence, with the box (and mask) of the strongest detection when the values come from the detector.
     A single-choice value below its group's auto-fill threshold, or from an unfamiliar photo (the shift guard), is
     stored as a suggestion (auto_filled False); so is a multi-label value when any photo that gave its group values
-    was unfamiliar.
+    was unfamiliar. `groups`: only these groups (None: every group).
     """
     out: list[AttributeValue] = []
     for g in taxonomy.groups:
+        if groups is not None and g.name not in groups:
+            continue
         if g.multi_label:
             best: dict[str, float] = {}
             for t in tags:
@@ -320,12 +388,16 @@ def merge_attributes(tags: list[ImageTags], taxonomy: Taxonomy) -> list[Attribut
     return out
 
 
-def _reading(values: Sequence[str], probs: np.ndarray) -> dict[str, Any] | None:
-    """One signal's own reading of a group: its most probable value and that probability (None: no signal)."""
-    if not _present(np.asarray(probs)[None, :])[0]:
-        return None
-    j = int(np.argmax(probs))
-    return {"value": values[j], "confidence": round(float(probs[j]), 4)}
+def _readings(values: Sequence[str], probs: np.ndarray) -> list[dict[str, Any] | None]:
+    """Per row of (N, C) `probs`, one signal's own reading of a group: its most probable value and that probability
+    (None: no signal, a NaN row)."""
+    present = _present(probs).tolist()
+    best = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
+    confidence = probs[np.arange(len(probs)), best].tolist()
+    return [
+        {"value": values[j], "confidence": round(c, 4)} if ok else None
+        for j, c, ok in zip(best.tolist(), confidence, present, strict=True)
+    ]
 
 
 def _present(probs: np.ndarray) -> np.ndarray:

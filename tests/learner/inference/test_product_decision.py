@@ -249,3 +249,35 @@ def test_a_title_that_names_none_of_a_groups_values_is_fused_by_that_groups_unna
     same = decide_products(image, title, ValueDecoder(taxonomy), FUSION, title_named=named)  # no unnamed weights
     assert same.confidence["colour"][0] == same.confidence["colour"][1]
     assert same.conflict["colour"].tolist() == [True, True]
+
+
+def test_products_decided_together_get_exactly_the_values_each_gets_decided_alone(taxonomy: Taxonomy) -> None:
+    # the writer decides a whole write group at once; no product's values may depend on the others in it
+    titles = Titles({"blue tee": BLUE_TSHIRT, "zz shirt": RED_TSHIRT})  # "zz shirt" names no colour
+    unnamed = GroupFusion(1.0, 0.1, threshold=0.9)
+    fusion = Fusion({**FUSION.groups, "colour": dataclasses.replace(FUSION.groups["colour"], unnamed=unnamed)})
+    decide = ProductDecider(taxonomy, ValueDecoder(taxonomy), titles, fusion)
+    unsure = {"master": [0.7, 0.3], "article": [0.6, 0.3, 0.1], "colour": [0.55, 0.4, 0.05]}
+    by_hand = ImageTags({"colour": [("Red", 0.9)]}, [], 10, 10, "v1", {"colour": True})  # no probabilities
+    products: list[tuple[list[ImageTags], str | None]] = [
+        ([photo(taxonomy, unsure)], "blue tee"),  # with a title that agrees
+        ([photo(taxonomy, unsure)], None),  # without a title
+        ([photo(taxonomy, unsure)], "zzqx"),  # a title the model has no signal for
+        ([photo(taxonomy, RED_TSHIRT)], "zz shirt"),  # a title that names no colour
+        ([photo(taxonomy, RED_TSHIRT)], "blue tee"),  # a title that contradicts the photos
+        ([], "blue tee"),  # every photo failed: the title alone
+        ([], None),  # nothing to decide
+        ([photo(taxonomy, RED_TSHIRT, unfamiliar=True)], None),  # unfamiliar photos alone
+        ([photo(taxonomy, RED_TSHIRT, unfamiliar=True), photo(taxonomy, unsure)], "blue tee"),
+        ([photo(taxonomy, unsure), photo(taxonomy, RED_TSHIRT)], "   "),  # several photos, a blank title
+        ([by_hand], "blue tee"),  # tags made by hand: merged
+    ]
+    together = decide.decide_many(products)
+    assert together == [decide.decide(tags, title) for tags, title in products]
+    assert by_group(together[4])["colour"].withheld_by == TITLE_PHOTO_CONFLICT
+    assert by_group(together[5])["colour"].readings == {
+        "decided_from": FROM_TITLE,
+        "title": {"value": "Blue", "confidence": 0.97},
+        "photos": None,
+    }
+    assert together[6] == [] and decide.decide_many([]) == []
