@@ -21,10 +21,13 @@ from learner.inference.product_decision import ProductDecider, merge_attributes
 __all__ = ["image_tags", "merge_attributes", "product_result", "withhold_suspended"]
 
 
-def product_result(job: EventJob, decider: ProductDecider, source_name: str) -> ProductResult:
+def product_result(
+    job: EventJob, decider: ProductDecider, source_name: str, attributes: list[AttributeValue] | None = None
+) -> ProductResult:
     """The result of an event whose images are all tagged (`job.tags` holds one `ImageTags` per image read; none
     when every photo failed and the title decides alone), its values decided from its photos and its title
-    (`decider`: the engine's, `TaggingEngine.decider`)."""
+    (`decider`: the engine's, `TaggingEngine.decider`; `attributes`: those values when already decided, by
+    `decider.decide_many` for many events at once)."""
     assert job.event is not None
     tags = image_tags(job)
     digests = [d for _, d in job.images]
@@ -41,7 +44,7 @@ def product_result(job: EventJob, decider: ProductDecider, source_name: str) -> 
         image_url=job.images[0][0] if job.images else job.event.image_urls[0],
         image_digest=digest,
         model_version=model_version,
-        attributes=decider.decide(tags, job.event.title),
+        attributes=decider.decide(tags, job.event.title) if attributes is None else attributes,
         source=f"{source_name}:{job.record.topic}/{job.record.partition}@{job.record.offset}",
     )
 

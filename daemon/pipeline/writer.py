@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from connectors.db import DatabaseUnavailable, ProductStore
-from connectors.records import ProductResult
+from connectors.records import AttributeValue, ProductResult
 from connectors.retry import RetryAborted
 from connectors.source import DeadLetterSink, TransientSourceError
 from daemon.metrics import PipelineMetrics
@@ -35,6 +35,7 @@ from daemon.pipeline.work import (
     next_batch,
 )
 from learner.inference.engine import TaggingEngine
+from learner.inference.product_decision import ProductDecider
 
 T = TypeVar("T")
 
@@ -79,13 +80,14 @@ class ResultWriter:
                 return  # stopping hard while the database or the broker is away: the group stays uncommitted
 
     def write(self, group: list[Finished]) -> None:
-        for f in group:
-            if f.failure is None and f.result is None:
-                try:
-                    f.result = self.result_of(f.job)
-                except Exception as exc:  # a bug in merging or routing: this event only, dead-lettered
-                    log.exception("unexpected error building the result of offset %s", f.job.record.offset)
-                    f.failure = PermanentFailure("internal_error", repr(exc))
+        pending = [f for f in group if f.failure is None and f.result is None]
+        decided = self.decide_all([f.job for f in pending])
+        for f, attributes in zip(pending, decided, strict=True):
+            try:
+                f.result = self.result_of(f.job, attributes)
+            except Exception as exc:  # a bug in merging or routing: this event only, dead-lettered
+                log.exception("unexpected error building the result of offset %s", f.job.record.offset)
+                f.failure = PermanentFailure("internal_error", repr(exc))
         results = [f.result for f in group if f.failure is None and f.result is not None]
         if results:
             with self.observe.stage("write", on_error=False):
@@ -99,11 +101,32 @@ class ResultWriter:
             self.observe.finished(f.job.consumed_at, now)
             self.lanes.done.put(f.job)
 
-    def result_of(self, job: EventJob) -> ProductResult:
+    def decide_all(self, jobs: list[EventJob]) -> list[list[AttributeValue] | None]:
+        """Each event's values, the events of one engine decided at once (`ProductDecider.decide_many`: one
+        vectorised decision, the values each event gets alone); None for the events of a batch that failed, decided
+        again one by one in `result_of` so that only the one at fault is dead-lettered."""
+        out: list[list[AttributeValue] | None] = [None] * len(jobs)
+        by_decider: dict[int, tuple[ProductDecider, list[tuple[int, EventJob, str | None]]]] = {}
+        for k, job in enumerate(jobs):
+            if job.event is not None:
+                decider = (job.engine or self.current_engine()).decider
+                by_decider.setdefault(id(decider), (decider, []))[1].append((k, job, job.event.title))
+        for decider, batch in by_decider.values():
+            ks = [k for k, _, _ in batch]
+            try:
+                values = decider.decide_many([(image_tags(job), title) for _, job, title in batch])
+            except Exception:  # decided one by one instead (result_of)
+                log.warning("deciding %d events at once failed; deciding them one by one", len(ks), exc_info=True)
+                continue
+            for k, v in zip(ks, values, strict=True):
+                out[k] = v
+        return out
+
+    def result_of(self, job: EventJob, attributes: list[AttributeValue] | None = None) -> ProductResult:
         """The event's merged result (values of suspended groups withheld), with the review payload when the router
-        sends it to review."""
+        sends it to review. `attributes`: its values when already decided (`decide_all`)."""
         engine = job.engine or self.current_engine()
-        result = product_result(job, engine.decider, self.source_name)
+        result = product_result(job, engine.decider, self.source_name, attributes)
         self.observe.decided(result.attributes)
         if self.withhold is not None:
             result = self.withhold(result)
