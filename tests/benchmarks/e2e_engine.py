@@ -1,7 +1,7 @@
 """The engine alone, for the end-to-end benchmark (tests/benchmarks/bench_e2e.py): the same images as the daemon gets,
 same model and batch, in a fresh process; with `titles`, each image's product is also decided from its photo and its
-title as the daemon's writer does (`engine.decider.decide`), so the ratio of the two rates is what reading titles
-costs the engine.
+title as the daemon's writer does (`engine.decider.decide_many`, a write group's products at once), so the ratio of
+the two rates is what reading titles costs the engine.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 from tqdm import tqdm
 
@@ -67,6 +68,10 @@ def engine_alone_figures(
     from learner.inference.engine import ImageTags
 
     engine = load_engine(model, backend, device="cpu")
+
+    def ok(tags: object) -> TypeGuard[ImageTags]:
+        return isinstance(tags, ImageTags)
+
     out: dict[str, object] = {}
     for name, chosen in (("224", [files[i % len(files)] for i in range(n)]), ("full", full_files)):
         if not chosen:
@@ -84,10 +89,11 @@ def engine_alone_figures(
                 t0, c0 = time.perf_counter(), time.process_time()
                 for start in range(0, len(payloads), ENGINE_CHUNK):  # tag_bytes decodes all it is given first
                     tagged = engine.tag_bytes(payloads[start : start + ENGINE_CHUNK], batch_size=batch)
-                    if variant:
-                        for tags, title in zip(tagged, named[start : start + ENGINE_CHUNK], strict=True):
-                            if isinstance(tags, ImageTags):
-                                engine.decider.decide([tags], title if variant == "_titles" else None)
+                    if variant:  # one product per image, the chunk decided at once as the writer does
+                        chunk = zip(tagged, named[start : start + ENGINE_CHUNK], strict=True)
+                        engine.decider.decide_many(
+                            [([tags], title if variant == "_titles" else None) for tags, title in chunk if ok(tags)]
+                        )
                 rates[variant].append(len(payloads) / (time.perf_counter() - t0))
                 cpus[variant].append((time.process_time() - c0) / len(payloads))
         for variant in variants:
