@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from daemon import (
+    commands_data,
     commands_demo,
     commands_learn,
     commands_models,
@@ -50,6 +51,7 @@ for family in (
     commands_learn,  # learn
     commands_models,  # models list | show | register | promote | rollback
     commands_precision,  # models precision | resume (added to the `models` sub-app above)
+    commands_data,  # data issues
 ):
     family.register(app)
 

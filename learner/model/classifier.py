@@ -100,6 +100,15 @@ class AttributeClassifier(nn.Module):
         mask = foreground_mask(x, self.preprocessing)
         return features, [masked_average(m, mask) for m in maps]
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """N x D: what the heads read, without dropout: the pooled backbone features, the tapped stages and, when
+        colour groups read one, the colour histogram (learner/evaluation/label_issues.py fits its own heads on it)."""
+        pooled, taps = self._backbone_with_taps(x)
+        parts = [pooled, *taps]
+        if self.colour_groups:
+            parts.append(colour_histogram(x, self.preprocessing, self.colour_bins))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else pooled
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled, taps = self._backbone_with_taps(x)
         features = self.dropout(torch.cat([pooled, *taps], dim=1) if taps else pooled)
