@@ -97,8 +97,10 @@ class ReviewSettings(BaseModel):
     default_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # for values the bundle has no threshold for
     groups: dict[str, ReviewGroupSettings] = Field(default_factory=dict)
     # uncertainty: low-confidence products plus the audit sample, most uncertain first; random: a uniform sample of
-    # audit_rate of ALL products in random order (the baseline of bench_active_learning), nothing else
-    routing: Literal["uncertainty", "random"] = "uncertainty"
+    # audit_rate of ALL products in random order (the baseline of bench_active_learning), nothing else;
+    # class_balanced / cluster_margin: as uncertainty, but the queue cycles over predicted classes (the most specific
+    # group) / prediction-space clusters, most uncertain first within each (learner/review/diversity.py)
+    routing: Literal["uncertainty", "random", "class_balanced", "cluster_margin"] = "uncertainty"
     audit_rate: float = Field(default=0.02, ge=0.0, le=1.0)  # random sample of accepted products
     audit_seed: int | None = None  # fixed seed: reproducible audit samples
     max_per_hour: int | None = Field(default=500, ge=0)  # caps on routed products (None: no cap)

@@ -23,7 +23,9 @@ from daemon.pipeline import ReviewRouter
 from learner.inference.engine import ImageTags
 from learner.model.bundle import ModelBundle
 from learner.model.manifest import BundleInfo
+from learner.model.taxonomy import Taxonomy
 from learner.review.caps import ReviewCaps
+from learner.review.diversity import ClassBalanced, ClusterMargin
 from learner.review.policy import (
     AuditSample,
     BelowThreshold,
@@ -92,6 +94,30 @@ class CapsSync:
             self._due = now + self.every
 
 
+def routing_strategies(settings: Settings, taxonomy: Taxonomy) -> list[RoutingStrategy]:
+    """The strategies `review.routing` names, in order. random: a uniform sample of `audit_rate` of all products,
+    nothing else. uncertainty, class_balanced, cluster_margin: unfamiliar photos, title-photo conflicts, the
+    low-confidence products (ranked most uncertain first, or cycling over predicted classes or prediction-space
+    clusters: learner/review/diversity.py), then the audit sample, which stays a separate random sample of the
+    accepted products whatever ranks the learning sample."""
+    r = settings.review
+    if r.routing == "random":
+        return [RandomSample(r.audit_rate, r.audit_seed)]
+    learning: RoutingStrategy = (
+        ClassBalanced(taxonomy)
+        if r.routing == "class_balanced"
+        else ClusterMargin(taxonomy)
+        if r.routing == "cluster_margin"
+        else BelowThreshold()
+    )
+    return [
+        UnfamiliarPhoto(),
+        TitlePhotoConflict(),
+        learning,
+        AuditSample(r.audit_rate, r.audit_seed, r.suspended_audit_rate),
+    ]
+
+
 def build_review_router(
     settings: Settings,
     bundle: ModelBundle | BundleInfo,
@@ -110,16 +136,10 @@ def build_review_router(
     caps = ReviewCaps(per_hour=r.max_per_hour, per_day=r.max_per_day)
     sync_caps = CapsSync(caps, ReviewStore(store).routed_since, r.caps_sync_s, clock)
     sync_caps(fail=True)  # start from what the outbox holds: a restart does not reset the caps
-    strategies: list[RoutingStrategy] = (
-        [RandomSample(r.audit_rate, r.audit_seed)]
-        if r.routing == "random"
-        else [
-            UnfamiliarPhoto(),
-            TitlePhotoConflict(),
-            BelowThreshold(),
-            AuditSample(r.audit_rate, r.audit_seed, r.suspended_audit_rate),
-        ]
-    )
+    try:
+        strategies = routing_strategies(settings, bundle.taxonomy)
+    except ValueError as exc:
+        raise ReviewConfigError(f"review routing {r.routing!r}: {exc}") from None
 
     def count(decision: Decision) -> None:
         if decision.routed and decision.reason:

@@ -6,7 +6,9 @@ confidently disagree on a group, reason `title_photo_conflict`; `BelowThreshold`
 under its threshold, see "Low values" below; `AuditSample`: a seeded random
 sample of the products the model would have accepted, so the accuracy of unreviewed output stays measured;
 `RandomSample`: a seeded random sample of every product, ranked in random order, the baseline that shows what
-uncertainty routing gains at the same labelling budget), then `ReviewCaps` (per hour and per day, sliding windows).
+uncertainty routing gains at the same labelling budget; `ClassBalanced` and `ClusterMargin` in
+`learner/review/diversity.py`: what `BelowThreshold` selects, ranked so the queue cycles over predicted classes or
+prediction-space clusters), then `ReviewCaps` (per hour and per day, sliding windows).
 Each routed product carries an uncertainty score from a pluggable `UncertaintyMeasure` (`learner/review/
 uncertainty.py`) and a priority: its uncertainty, or a random rank when `RandomSample` chose it; the outbox sends
 the highest priority first.
@@ -32,7 +34,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -74,6 +76,11 @@ class Assessment:
     suspended: tuple[str, ...] = ()
     # groups whose title and photos confidently disagree (withheld_by TITLE_PHOTO_CONFLICT, the product decision)
     conflicts: tuple[str, ...] = ()
+    # per group the model gave a value for (reviewed or not): its candidates best first, (value, confidence), and
+    # the value it predicts (single-choice: the decoder's choice): what the diversity strategies read
+    # (learner/review/diversity.py: the predicted class, the position in prediction space)
+    candidates: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    predicted: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def low_groups(self) -> tuple[str, ...]:
@@ -246,14 +253,19 @@ class ReviewPolicy:
         scores: dict[str, float] = {}
         suspended: list[str] = []
         conflicts: list[str] = []
+        seen: dict[str, tuple[tuple[str, float], ...]] = {}
+        predicted: dict[str, str] = {}
         by_group = {a.attribute: a for a in attributes}
         for group in self.taxonomy.groups:
-            if not self.group_policy(group.name).review:
-                continue
             attr = by_group.get(group.name)
             if attr is None:
                 continue
             candidates = _candidates(attr)
+            seen[group.name] = tuple(candidates)
+            if not group.multi_label:
+                predicted[group.name] = _decoded(attr, candidates)[0]
+            if not self.group_policy(group.name).review:
+                continue
             if attr.withheld_by == SUSPENDED:
                 suspended.append(group.name)
             if attr.withheld_by == TITLE_PHOTO_CONFLICT:
@@ -270,7 +282,14 @@ class ReviewPolicy:
                         low.append(LowValue(group.name, value, confidence, limit))
             scores[group.name] = self.measure([c for _, c in candidates], group.multi_label, len(group.values))
         return Assessment(
-            tuple(low), max(scores.values(), default=0.0), scores, unfamiliar, tuple(suspended), tuple(conflicts)
+            tuple(low),
+            max(scores.values(), default=0.0),
+            scores,
+            unfamiliar,
+            tuple(suspended),
+            tuple(conflicts),
+            seen,
+            predicted,
         )
 
     def decide(self, attributes: Sequence[AttributeValue], now: datetime, unfamiliar: bool = False) -> Decision:
