@@ -125,21 +125,23 @@ class ClassBalanced(BelowThreshold):
 def prediction_vector(taxonomy: Taxonomy, assessment: Assessment) -> np.ndarray:
     """The product's position in prediction space (module docstring): per single-choice classifier group, its
     probability vector from the candidates, concatenated, each scaled by 1/sqrt(groups)."""
-    groups = [g for g in taxonomy.classifier_groups if not g.multi_label]
+    return _vector(_value_indices(taxonomy), assessment)
+
+
+def _value_indices(taxonomy: Taxonomy) -> list[tuple[str, dict[str, int]]]:
+    return [(g.name, {v: i for i, v in enumerate(g.values)}) for g in taxonomy.classifier_groups if not g.multi_label]
+
+
+def _vector(groups: list[tuple[str, dict[str, int]]], assessment: Assessment) -> np.ndarray:
     parts: list[np.ndarray] = []
-    for g in groups:
-        n = len(g.values)
-        vec = np.zeros(n, dtype=np.float64)
-        index = {v: i for i, v in enumerate(g.values)}
-        known = [(index[v], c) for v, c in assessment.candidates.get(g.name, ()) if v in index]
-        for i, c in known:
-            vec[i] = min(max(c, 0.0), 1.0)
-        rest = max(0.0, 1.0 - float(vec.sum()))
-        others = n - len({i for i, _ in known})
-        if others > 0 and rest > 0:
-            free = np.ones(n, dtype=bool)
-            free[[i for i, _ in known]] = False
-            vec[free] = rest / others
+    for name, index in groups:
+        vec = np.zeros(len(index), dtype=np.float64)
+        known = {index[v]: min(max(c, 0.0), 1.0) for v, c in assessment.candidates.get(name, ()) if v in index}
+        rest = max(0.0, 1.0 - sum(known.values()))
+        if len(known) < len(index) and rest > 0:
+            vec[:] = rest / (len(index) - len(known))
+        for i, c in known.items():
+            vec[i] = c
         parts.append(vec)
     out = np.concatenate(parts) if parts else np.zeros(0)
     return out / math.sqrt(max(len(groups), 1))
@@ -183,12 +185,13 @@ class ClusterMargin(BelowThreshold):
         half_life: float | None = DEFAULT_HALF_LIFE,
     ) -> None:
         self.taxonomy = taxonomy
+        self._groups = _value_indices(taxonomy)
         self.clusters = LeaderClusters(radius, max_clusters)
         self.tiers = PriorityTiers(half_life)
         self._lock = threading.Lock()
 
     def kind(self, assessment: Assessment) -> str:
-        return str(self.clusters.assign(prediction_vector(self.taxonomy, assessment)))
+        return str(self.clusters.assign(_vector(self._groups, assessment)))
 
     def rank(self, assessment: Assessment) -> float:
         with self._lock:
