@@ -294,7 +294,8 @@ def run_arm(
 
 
 def summarise(runs: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[dict[str, Any]]:
-    """Per budget: each arm's mean top-1 over seeds, and its gap to random paired by seed with a 95% t-interval."""
+    """Per budget: each arm's mean top-1 over seeds, and its gap to random paired by seed with a 95% t-interval;
+    with an uncertainty arm, each diversity arm's gap to uncertainty too (`vs_uncertainty`: mean, low, high)."""
     by = {(r["arm"], r["seed"]): {x["round"]: x for x in r["rounds"]} for r in runs}
     seeds = sorted({r["seed"] for r in runs})
     rounds = sorted({x["round"] for r in runs for x in r["rounds"]})
@@ -312,6 +313,12 @@ def summarise(runs: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[dict[
                 "gap_low": interval[1] if interval else None,
                 "gap_high": interval[2] if interval else None,
             }
+            if arm in ("class_balanced", "cluster_margin") and "uncertainty" in arms:
+                over = [v - by[("uncertainty", s)][rnd]["mean_top1"] for v, s in zip(values, seeds, strict=True)]
+                row["arms"][arm]["vs_uncertainty"] = [
+                    statistics.fmean(over),
+                    *(t_interval(over) or (0, None, None))[1:],
+                ]
         table.append(row)
     return table
 
@@ -332,6 +339,10 @@ def format_table(table: Sequence[dict[str, Any]], arms: Sequence[str]) -> str:
             cells.append(f"{g['gap']:+.4f}{ci}")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
+
+
+def _gap(mean: float, low: float | None, high: float | None) -> str:
+    return f"{mean:+.4f}" + ("" if low is None or high is None else f" [{low:+.4f}, {high:+.4f}]")
 
 
 def plot(table: Sequence[dict[str, Any]], arms: Sequence[str], path: Path) -> None:
@@ -444,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.monotonic() - started
     print("\nholdout mean top-1 over the single-choice groups; gap: arm - random, paired by seed, 95% t-interval")
     print(format_table(table, arms))
+    versus = [a for a in arms if "vs_uncertainty" in table[0]["arms"][a]]
+    if versus:
+        print("\ndiversity - uncertainty, paired by seed, 95% t-interval")
+        for row in table:
+            cells = [f"{a} {_gap(*row['arms'][a]['vs_uncertainty'])}" for a in versus]
+            print(f"{row['labels']} | " + " | ".join(cells))
     print(f"\nwall time {wall:.0f}s")
     args.out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

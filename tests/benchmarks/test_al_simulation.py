@@ -27,10 +27,13 @@ def test_the_quick_simulation_reports_every_arm_at_every_budget_against_random(
             assert len(row["arms"][arm]["per_seed"]) == 2
             assert 0.0 < row["arms"][arm]["mean_top1"] <= 1.0
     assert all(row["arms"][arm]["gap"] == 0.0 for arm in ARMS for row in table[:1])  # one seed set for all arms
+    assert all(
+        len(row["arms"][a]["vs_uncertainty"]) == 3 for a in ("class_balanced", "cluster_margin") for row in table
+    )
     assert {(r["arm"], r["seed"]) for r in figures["runs"]} == {(a, s) for a in ARMS for s in (1, 2)}
     assert (tmp_path / "al-simulation.png").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "uncertainty - random" in printed and "wall time" in printed
+    assert "uncertainty - random" in printed and "diversity - uncertainty" in printed and "wall time" in printed
 
 
 def test_an_unknown_arm_is_refused(tmp_path: Path) -> None:
