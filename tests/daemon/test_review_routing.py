@@ -141,3 +141,28 @@ def test_a_database_outage_does_not_stop_routing_and_is_logged(
     assert len(warnings) == 1  # one failed read, then a minute before the next try
     assert postgres_server.password not in warnings[0]
     store.close()
+
+
+def garment_result(product_id: str, garment: str, confidence: float = 0.8) -> ProductResult:
+    alternatives = [Alternative(garment, confidence), Alternative("Blouse", 1.0 - confidence)]
+    base = result(product_id, "v1")
+    return ProductResult(
+        **{**base.__dict__, "attributes": [AttributeValue("garment", garment, confidence, alternatives)]}
+    )
+
+
+@pytest.mark.parametrize("routing", ["class_balanced", "cluster_margin"])
+def test_a_diversity_routing_queues_another_kind_of_product_before_a_second_of_the_same(
+    sqlite_url: str, routing: str
+) -> None:
+    store = ProductStore(sqlite_url)
+    store.migrate()
+    metrics = ReviewRoutingMetrics()
+    config = settings(routing=routing, default_threshold=0.99)
+    route = build_review_router(config, bundle("v1", 0.99), store, metrics, clock=lambda: NOW)
+    first, second, other = (route(garment_result(p, g), []) for p, g in (("a", "Shirt"), ("b", "Shirt"), ("c", "Hat")))
+    assert first is not None and second is not None and other is not None
+    assert {first["reason"], second["reason"], other["reason"]} == {"low_confidence"}
+    assert other["priority"] > second["priority"] and first["priority"] > second["priority"]
+    assert metrics.routed.labels("low_confidence")._value.get() == 3
+    store.close()
