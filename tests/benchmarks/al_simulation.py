@@ -3,14 +3,16 @@ of the review loop, not the loop: no services, no fine-tuning of the CNN; minute
 
     .venv/bin/python -m tests.benchmarks.al_simulation [--data DIR ...] [--features NPY_OR_NPZ ...]
         [--seeds 5] [--seed-size 200] [--batch 50] [--max-labels 400] [--arms random,uncertainty,...]
-        [--quick] [--out runs/al-simulation]
+        [--pool-only DIR ...] [--quick] [--out runs/al-simulation]
 
 Protocol (pool-based active learning):
 
 1. Products: the labelled sets `--data` (default ../shared/data/fashion-products; more sets with the same columns add
    to the pool), one photo each, labelled in the fashion-products taxonomy's single-choice groups. The holdout is
    fixed: what the learner's own `HoldoutRule` (default salt and fraction) puts there, as
-   tests/benchmarks/bench_active_learning.py does; no arm ever labels it.
+   tests/benchmarks/bench_active_learning.py does; no arm ever labels it. A `--pool-only` set (the 60x80
+   thumbnails: labelled, but not the resolution a model is judged at) only adds to the pool: its products the rule
+   reserves are left out, the others can be labelled, none is judged.
 2. Features: the photos' ImageNet features (`learner.evaluation.label_issues.extract_features(bundle, samples,
    "imagenet")`, the pretrained backbone of `--bundle` without its head), frozen. `--features` gives them per data
    set: a .npy with one row per sample of `load_labelled_set(dir, taxonomy).samples`, in order, or an .npz with
@@ -125,14 +127,31 @@ def _features_of(data: Path, samples: Sequence[Any], given: Path | None, cache: 
     return features
 
 
-def load_pool(data: Sequence[Path], features: Sequence[Path], out: Path, bundle: Path, taxonomy: Taxonomy) -> Pool:
-    """The labelled sets as one pool (a product id already seen in an earlier set is skipped)."""
+def judged_rows(holdout: np.ndarray, pool_only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which products a pool keeps, and which of those are its holdout: a product of a pool-only set (thumbnails:
+    labelled, but not the serving resolution a model is judged at) is never judged; one the holdout rule reserves
+    is never labelled either, so it is left out altogether."""
+    keep = ~(holdout & pool_only)
+    return keep, (holdout & ~pool_only)[keep]
+
+
+def load_pool(
+    data: Sequence[Path],
+    features: Sequence[Path],
+    out: Path,
+    bundle: Path,
+    taxonomy: Taxonomy,
+    pool_only: Sequence[Path] = (),
+) -> Pool:
+    """The labelled sets as one pool (a product id already seen in an earlier set is skipped); the `pool_only` sets'
+    products can be labelled but are never in the holdout (`judged_rows`)."""
     from learner.datasets.labelled import load_labelled_set
 
     groups = single_groups(taxonomy)
     rows: list[np.ndarray] = []
     labels: list[list[int]] = []
     ids: list[str] = []
+    only: list[bool] = []
     seen: set[str] = set()
     for k, path in enumerate(data):
         samples = load_labelled_set(path, taxonomy).samples
@@ -145,7 +164,15 @@ def load_pool(data: Sequence[Path], features: Sequence[Path], out: Path, bundle:
             ids.append(s.split_key)
             rows.append(f)
             labels.append([_index(s.labels.get(g.name)) for g in groups])
-    return Pool(np.stack(rows), np.array(labels, dtype=np.int64), ids, groups, _holdout(ids))
+            only.append(path in pool_only)
+    keep, holdout = judged_rows(_holdout(ids), np.array(only, dtype=bool))
+    return Pool(
+        np.stack(rows)[keep],
+        np.array(labels, dtype=np.int64)[keep],
+        [i for i, k in zip(ids, keep, strict=True) if k],
+        groups,
+        holdout,
+    )
 
 
 def _index(label: Any) -> int:
@@ -416,6 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", type=Path, action="append", help="labelled set (repeat for more; default fashion-products)"
     )
     ap.add_argument("--features", type=Path, action="append", default=[], help=".npy/.npz per --data, in order")
+    ap.add_argument(
+        "--pool-only",
+        type=Path,
+        action="append",
+        default=[],
+        help="a --data set whose products may be labelled but are never judged (thumbnails)",
+    )
     ap.add_argument("--bundle", type=Path, default=BUNDLE, help="whose backbone computes features when not given")
     ap.add_argument("--synthetic", type=int, default=0, help="N synthetic products instead of --data (tests)")
     ap.add_argument("--seeds", type=int, default=5)
@@ -444,7 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not all(d.exists() for d in data):
             print(f"no labelled set at {', '.join(str(d) for d in data if not d.exists())}: nothing to simulate")
             return 0
-        pool = load_pool(data, args.features, args.out, args.bundle, taxonomy)
+        strays = [p for p in args.pool_only if p not in data]
+        if strays:
+            raise SystemExit(f"--pool-only {strays[0]} is not one of the --data sets")
+        pool = load_pool(data, args.features, args.out, args.bundle, taxonomy, args.pool_only)
     print(
         f"pool: {len(pool.ids)} products ({int(pool.holdout.sum())} in the holdout), features {pool.features.shape[1]}"
         f", groups {', '.join(g.name for g in pool.groups)}; arms {', '.join(arms)}; seeds {args.seeds}",
@@ -468,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["data"] = [str(d) for d in (args.data or [DATA])]
     config["features"] = [str(f) for f in args.features]
+    config["pool_only"] = [str(p) for p in args.pool_only]
     figures = {"config": config, "pool": len(pool.ids), "holdout": int(pool.holdout.sum()), "wall_s": round(wall, 1)}
     (args.out / "figures.json").write_text(json.dumps({**figures, "table": table, "runs": runs}, indent=1))
     plot(table, arms, args.out / "al-simulation.png")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.benchmarks.al_simulation import ARMS, main
+from tests.benchmarks.al_simulation import ARMS, judged_rows, main
 
 
 def test_the_quick_simulation_reports_every_arm_at_every_budget_against_random(
@@ -39,3 +40,13 @@ def test_the_quick_simulation_reports_every_arm_at_every_budget_against_random(
 def test_an_unknown_arm_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown arm"):
         main(["--synthetic", "200", "--quick", "--arms", "random,badge", "--out", str(tmp_path)])
+
+
+def test_a_pool_only_set_adds_labelable_products_but_none_to_the_holdout() -> None:
+    holdout = np.array([True, False, True, False, True])
+    pool_only = np.array([False, False, True, True, False])  # the third and fourth: thumbnails
+
+    keep, judged = judged_rows(holdout, pool_only)
+
+    assert keep.tolist() == [True, True, False, True, True]  # the reserved thumbnail is neither labelled nor judged
+    assert judged.tolist() == [True, False, False, True]  # rows of the kept products: catalog holdout ones only
