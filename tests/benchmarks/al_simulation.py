@@ -98,7 +98,7 @@ def _holdout(ids: Sequence[str]) -> np.ndarray:
     return np.array([rule.contains(i) for i in ids], dtype=bool)
 
 
-def _features_of(data: Path, samples: Sequence[Any], given: Path | None, cache: Path, bundle: Path) -> np.ndarray:
+def features_of(data: Path, samples: Sequence[Any], given: Path | None, cache: Path, bundle: Path) -> np.ndarray:
     ids = [s.sample_id for s in samples]
     if given is not None:
         if given.suffix == ".npz":
@@ -156,7 +156,7 @@ def load_pool(
     for k, path in enumerate(data):
         samples = load_labelled_set(path, taxonomy).samples
         given = features[k] if k < len(features) else None
-        feats = _features_of(path, samples, given, out / f"features-{path.name}.npz", bundle)
+        feats = features_of(path, samples, given, out / f"features-{path.name}.npz", bundle)
         for s, f in zip(samples, feats, strict=True):
             if s.split_key in seen:
                 continue
