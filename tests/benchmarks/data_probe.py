@@ -3,7 +3,8 @@
 
     .venv/bin/python -m tests.benchmarks.data_probe [--data ../shared/data/fashion-products]
         [--more ../shared/data/fashion-products-more] [--thumbs ../shared/data/fashion-products-thumbs]
-        [--features NPY_OR_NPZ ...] [--fractions 0.25,0.5,1] [--groups articleType,baseColour,...]
+        [--features NPY_OR_NPZ ...] [--fractions 0.25,0.5,1] [--thumb-weights 0.3,0.1]
+        [--groups articleType,baseColour,...]
         [--out runs/data-probe]
 
 Training the image model once per point costs hours on this CPU, so the probe trains what is cheap: one logistic
@@ -14,7 +15,9 @@ points, each training set containing the one before (`training_points`):
 
 1. the train split of `--data` at each `--fractions` (nested: `learning_curve.nested_subset`);
 2. all of it plus the train split of `--more`;
-3. that plus the train split of `--thumbs` at each fraction.
+3. that plus the train split of `--thumbs` at each fraction;
+4. all of that again with each thumbnail weighing `--thumb-weights` (a sample weight: what a sampler showing the
+   thumbnails that much less often would do).
 
 Every point is scored on the same validation rows: those of `--data` (the serving resolution) and, separately, those
 of `--more` (the older catalog part on grey backdrops). Splits are the starter bundle's split rule by product id;
@@ -44,18 +47,25 @@ GROUPS = "articleType,baseColour,gender,usage,subCategory"
 
 
 def training_points(
-    source: np.ndarray, split: np.ndarray, kept: dict[float, np.ndarray], fractions: Sequence[float]
-) -> list[tuple[str, np.ndarray]]:
-    """The probe's training sets as row masks, each containing the one before. `source`: per row "data", "more" or
-    "thumbs"; `split`: per row its split; `kept[f]`: rows of `nested_subset` at fraction f (any split)."""
+    source: np.ndarray,
+    split: np.ndarray,
+    kept: dict[float, np.ndarray],
+    fractions: Sequence[float],
+    thumb_weights: Sequence[float] = (),
+) -> list[tuple[str, np.ndarray, float]]:
+    """The probe's training sets as (name, row mask, weight of a thumbnail row), each set containing the one before;
+    then every thumbnail again at each of `thumb_weights`. `source`: per row "data", "more" or "thumbs"; `split`:
+    per row its split; `kept[f]`: rows of `nested_subset` at fraction f (any split)."""
     train = split == "train"
     points = []
     for f in fractions:
-        points.append((f"224px x{f:g}", (source == "data") & train & kept[f]))
+        points.append((f"224px x{f:g}", (source == "data") & train & kept[f], 1.0))
     base = points[-1][1] | ((source == "more") & train)
-    points.append(("+300px", base))
+    points.append(("+300px", base, 1.0))
     for f in fractions:
-        points.append((f"+thumbs x{f:g}", base | ((source == "thumbs") & train & kept[f])))
+        points.append((f"+thumbs x{f:g}", base | ((source == "thumbs") & train & kept[f]), 1.0))
+    every = points[-1][1]
+    points += [(f"+thumbs w{w:g}", every, w) for w in thumb_weights if w != 1.0]
     return points
 
 
@@ -81,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=BUNDLE, help="whose split rule, and backbone for features")
     p.add_argument("--fractions", default="0.25,0.5,1")
     p.add_argument("--groups", default=GROUPS)
+    p.add_argument("--thumb-weights", default="0.3,0.1", help="all thumbnails again, each row weighing this much")
     p.add_argument("--dims", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "data-probe")
     args = p.parse_args(argv)
@@ -111,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {len(data.samples)} photos ({path})", flush=True)
     features = np.concatenate(rows)
     source, split = np.array(sources), np.array(splits)
-    points = training_points(source, split, {f: np.array(v) for f, v in kept.items()}, fractions)
-    every_train = points[-1][1]
+    weights = [float(w) for w in args.thumb_weights.split(",") if w.strip()]
+    points = training_points(source, split, {f: np.array(v) for f, v in kept.items()}, fractions, weights)
+    every_train = np.logical_or.reduce([m for _, m, _ in points])
     scaler = StandardScaler().fit(features[every_train])
     pca = PCA(min(args.dims, features.shape[1]), random_state=0).fit(scaler.transform(features[every_train]))
     x = pca.transform(scaler.transform(features)).astype(np.float32)
@@ -120,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = {"val 224px": (source == "data") & (split == "val"), "val 300px": (source == "more") & (split == "val")}
     figures: dict[str, Any] = {
         "config": {k: str(v) for k, v in vars(args).items()},
-        "points": [{"name": n, "train_products": int(m.sum())} for n, m in points],
+        "points": [{"name": n, "train_products": int(m.sum()), "thumb_weight": w} for n, m, w in points],
         "val_products": {v: int(m.sum()) for v, m in val.items()},
         "groups": {},
     }
@@ -129,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.groups.split(","):
         y = np.array([class_index(s.labels.get(name)) for s in samples])
         curve = []
-        for point, mask in points:
+        for point, mask, weight in points:
             train = mask & (y != IGNORE_INDEX)
-            model = LogisticRegression(C=0.5, max_iter=300).fit(x[train], y[train])
+            rows_weight = np.where(source[train] == "thumbs", weight, 1.0)
+            model = LogisticRegression(C=0.5, max_iter=300).fit(x[train], y[train], sample_weight=rows_weight)
             scores = {}
             for v, vmask in val.items():
                 known = vmask & (y != IGNORE_INDEX)

@@ -15,15 +15,24 @@ def test_each_training_set_holds_the_one_before_and_only_train_rows() -> None:
     half = np.array([True, False, True, False, True, True, True, True, False, True, False])
     kept = {0.5: half, 1.0: np.ones(len(source), dtype=bool)}
 
-    points = training_points(source, split, kept, [0.5, 1.0])
+    points = training_points(source, split, kept, [0.5, 1.0], [0.1])
 
-    assert [name for name, _ in points] == ["224px x0.5", "224px x1", "+300px", "+thumbs x0.5", "+thumbs x1"]
-    masks = [m for _, m in points]
+    assert [name for name, _, _ in points] == [
+        "224px x0.5",
+        "224px x1",
+        "+300px",
+        "+thumbs x0.5",
+        "+thumbs x1",
+        "+thumbs w0.1",
+    ]
+    assert [w for _, _, w in points] == [1.0] * 5 + [0.1]
+    masks = [m for _, m, _ in points]
     assert np.flatnonzero(masks[0]).tolist() == [0]  # half the catalog's train rows
     assert np.flatnonzero(masks[1]).tolist() == [0, 1, 3]
     assert np.flatnonzero(masks[2]).tolist() == [0, 1, 3, 4]  # the 300 px train row, not its val or test ones
     assert np.flatnonzero(masks[3]).tolist() == [0, 1, 3, 4, 7]
     assert np.flatnonzero(masks[4]).tolist() == [0, 1, 3, 4, 7, 8, 10]
+    assert (masks[5] == masks[4]).all()  # the same rows, the thumbnails lighter
     for smaller, larger in itertools.pairwise(masks):
         assert not (smaller & ~larger).any()
     assert not any((m & (split != "train")).any() for m in masks)
