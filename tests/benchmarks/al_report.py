@@ -240,3 +240,33 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def plot_simulation(table: Sequence[dict[str, Any]], arms: Sequence[str], path: Path) -> None:
+    """al_simulation's PNG: mean top-1 per arm, and each arm's gap to random with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["labels"] for row in table]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for n, arm in enumerate(arms):
+        colour = f"C{n}"  # one colour per arm in both panels
+        left.plot(labels, [row["arms"][arm]["mean_top1"] for row in table], marker="o", label=arm, color=colour)
+        if arm == "random":
+            continue
+        gaps = [row["arms"][arm] for row in table]
+        right.plot(labels, [g["gap"] for g in gaps], marker="o", label=arm, color=colour)
+        if all(g["gap_low"] is not None for g in gaps):
+            low, high = [g["gap_low"] for g in gaps], [g["gap_high"] for g in gaps]
+            right.fill_between(labels, low, high, alpha=0.12, color=colour)
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    left.set(xlabel="labels beyond the seed set", ylabel="holdout mean top-1 (mean over seeds)", title="curves")
+    right.set(xlabel="labels beyond the seed set", ylabel="arm - random (95% t-interval)", title="gap to random")
+    left.legend()
+    right.legend()
+    fig.suptitle("active learning on frozen ImageNet features (proxy of the review loop)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

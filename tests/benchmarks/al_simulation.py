@@ -64,7 +64,7 @@ from learner.model.taxonomy import AttributeGroup, Taxonomy, load_taxonomy
 from learner.review.caps import ReviewCaps
 from learner.review.diversity import ClassBalanced, ClusterMargin
 from learner.review.policy import BelowThreshold, RandomSample, ReviewPolicy, RoutingStrategy
-from tests.benchmarks.al_report import t_interval
+from tests.benchmarks.al_report import plot_simulation, t_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 TAXONOMY = ROOT / "learner" / "taxonomies" / "fashion-products.yaml"
@@ -372,35 +372,6 @@ def _gap(mean: float, low: float | None, high: float | None) -> str:
     return f"{mean:+.4f}" + ("" if low is None or high is None else f" [{low:+.4f}, {high:+.4f}]")
 
 
-def plot(table: Sequence[dict[str, Any]], arms: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [row["labels"] for row in table]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for n, arm in enumerate(arms):
-        colour = f"C{n}"  # one colour per arm in both panels
-        left.plot(labels, [row["arms"][arm]["mean_top1"] for row in table], marker="o", label=arm, color=colour)
-        if arm == "random":
-            continue
-        gaps = [row["arms"][arm] for row in table]
-        right.plot(labels, [g["gap"] for g in gaps], marker="o", label=arm, color=colour)
-        if all(g["gap_low"] is not None for g in gaps):
-            low, high = [g["gap_low"] for g in gaps], [g["gap_high"] for g in gaps]
-            right.fill_between(labels, low, high, alpha=0.12, color=colour)
-    right.axhline(0.0, color="grey", linewidth=0.8)
-    left.set(xlabel="labels beyond the seed set", ylabel="holdout mean top-1 (mean over seeds)", title="curves")
-    right.set(xlabel="labels beyond the seed set", ylabel="arm - random (95% t-interval)", title="gap to random")
-    left.legend()
-    right.legend()
-    fig.suptitle("active learning on frozen ImageNet features (proxy of the review loop)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def simulate(
     pool: Pool,
     taxonomy: Taxonomy,
@@ -508,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config["pool_only"] = [str(p) for p in args.pool_only]
     figures = {"config": config, "pool": len(pool.ids), "holdout": int(pool.holdout.sum()), "wall_s": round(wall, 1)}
     (args.out / "figures.json").write_text(json.dumps({**figures, "table": table, "runs": runs}, indent=1))
-    plot(table, arms, args.out / "al-simulation.png")
+    plot_simulation(table, arms, args.out / "al-simulation.png")
     print(f"wrote {args.out / 'figures.json'} and {args.out / 'al-simulation.png'}")
     return 0
 
