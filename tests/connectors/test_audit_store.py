@@ -18,7 +18,7 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest) -> Iterator[ProductStore]:
     url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    s = ProductStore(url, connect_timeout_s=2.0)
+    s = ProductStore(url, connect_timeout_s=10.0)  # local, but the machine may be loaded
     s.migrate()
     yield s
     s.close()
