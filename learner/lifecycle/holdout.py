@@ -43,7 +43,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,12 @@ from learner.datasets.labelled import Sample
 from learner.evaluation.detector_eval import evaluate_detector
 from learner.evaluation.evaluate import compute_metrics, headline, predict
 from learner.evaluation.gate import ProductScores, scores_from_rows
+from learner.inference.decoding import ValueDecoder
 from learner.inference.engine import pick_device
+from learner.inference.product_decision import decide_products
 from learner.lifecycle.errors import RetrainError
 from learner.model.bundle import ModelBundle
+from learner.model.title_model import named_groups
 from learner.training.runtime import amp_settings
 
 HOLDOUT_FILE = "holdout.json"
@@ -237,10 +240,16 @@ class HoldoutEvaluation:
     scores: ProductScores  # per product and single-choice group, for the paired bootstrap
     images: int
     detection: dict[str, Any] | None = None  # mAP@[.5:.95] etc. when the bundle detects and boxes exist
+    titles_read: int = 0  # holdout products whose `scores` are the values served from photos and title together
+    served_top1: dict[str, float] | None = None  # per group, top-1 of those served values (None: photos only)
 
     def summary(self) -> dict[str, Any]:
-        """What is recorded: `learner.evaluation.evaluate.headline` figures plus detection mAP."""
-        return {**headline(self.metrics), "detection": self.detection}
+        """What is recorded: `learner.evaluation.evaluate.headline` figures (the photos alone) plus detection mAP,
+        and, for a bundle that reads titles, how many holdout titles it read and the top-1 of what it serves."""
+        out = {**headline(self.metrics), "detection": self.detection}
+        if self.served_top1 is not None:
+            out["served"] = {"titles_read": self.titles_read, "top1": self.served_top1}
+        return out
 
 
 def evaluate_on_holdout(
@@ -266,9 +275,14 @@ def evaluate_on_holdout(
     metrics = compute_metrics(predictions, bundle.thresholds)
     rows: list[tuple[str, str, int, int]] = []  # product, group, true and predicted class per image
     single = [g.name for g in bundle.taxonomy.classifier_groups if not g.multi_label]
+    served = served_choices(bundle, predictions, [s.title for s in samples])
+    served_top1: dict[str, float] | None = {} if served is not None else None
     for name in single:
         pred = predictions[name]
-        guessed = pred.probs.argmax(axis=1)
+        guessed = served[name] if served is not None else pred.probs.argmax(axis=1)
+        known = pred.targets >= 0
+        if served_top1 is not None and known.any():
+            served_top1[name] = round(float((guessed[known] == pred.targets[known]).mean()), 4)
         for i, sample in enumerate(samples):
             if pred.targets[i] >= 0:
                 rows.append((sample.split_key, name, int(pred.targets[i]), int(guessed[i])))
@@ -278,4 +292,31 @@ def evaluate_on_holdout(
     detection = None
     if boxes and bundle.detector is not None:
         detection = evaluate_detector(bundle, boxes, device)
-    return HoldoutEvaluation(metrics, scores, len(samples), detection)
+    titles_read = sum(1 for s in samples if s.title and s.title.strip()) if served is not None else 0
+    return HoldoutEvaluation(metrics, scores, len(samples), detection, titles_read, served_top1)
+
+
+def served_choices(
+    bundle: ModelBundle, predictions: Mapping[str, Any], titles: Sequence[str | None]
+) -> dict[str, np.ndarray] | None:
+    """Per single-choice group, the value index a bundle that reads titles serves for each holdout image: its photo
+    probabilities calibrated and decided together with the title as the writer decides a product
+    (`learner.inference.product_decision.decide_products`; an image without a title gets the photos' decision).
+    None when the bundle reads no titles (no title model or no fusion) or no holdout product has one: its photos
+    alone are then judged, by their raw arg-max as before. The gate so judges a retrained title model and fusion,
+    not only the image model beside them."""
+    title_model, fusion = bundle.title_model, bundle.fusion
+    if title_model is None or fusion is None or not any(t and t.strip() for t in titles):
+        return None
+    decoder = ValueDecoder.for_bundle(bundle)
+    photos = decoder({g.name: np.asarray(predictions[g.name].probs) for g in decoder.groups})
+    texts = [t or "" for t in titles]
+    decided = decide_products(
+        photos.probs,
+        title_model.probabilities(texts),
+        decoder,
+        fusion,
+        title_model.autofill_thresholds,
+        named_groups(texts, bundle.taxonomy),
+    )
+    return {name: np.asarray(chosen) for name, chosen in decided.chosen.items()}
