@@ -86,7 +86,9 @@ class ImageDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
         self.augmentation = augmentation
         self.targets = encode_targets(self.samples, taxonomy)
         self.seed = seed
-        self.epoch = 0
+        # in shared memory: loader workers (persistent ones too, which keep the copy of the dataset they started
+        # with) read the epoch the trainer set, not the one they were started in
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._cache: list[torch.Tensor | None] | None = None
         if len(self.samples) * 3 * pre.input_size**2 <= cache_bytes:
             self._cache = [None] * len(self.samples)
@@ -98,9 +100,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     def caches_images(self) -> bool:
         return self._cache is not None
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw new augmentations for a new epoch (deterministically from the seed)."""
-        self.epoch = epoch
+        """Draw new augmentations for a new epoch (deterministically from the seed), in this process and in every
+        loader worker, running or not."""
+        self._epoch.fill_(epoch)
 
     def image(self, i: int) -> torch.Tensor:
         if self._cache is not None and (cached := self._cache[i]) is not None:

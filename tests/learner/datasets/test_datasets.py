@@ -240,3 +240,29 @@ def test_single_choice_target_rejects_a_multi_value_label() -> None:
     assert class_index(3) == 3
     with pytest.raises(TypeError):
         class_index((1, 2))
+
+
+class _Stamp(Augmentation):
+    """An augmentation that paints the image with its generator's first draw: which draw each access got."""
+
+    def __call__(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        return torch.full_like(x, rng.randrange(256))
+
+
+def test_loader_workers_that_persist_across_epochs_draw_each_epochs_augmentations(tmp_path: Path) -> None:
+    labelled = load_labelled_set(_write_set(tmp_path / "s", _rows(4), ["id", "baseColour", "articleType"]), TAXONOMY)
+    ds = ImageDataset(labelled.samples, TAXONOMY, _pre(), augmentation=_Stamp(), seed=3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, persistent_workers=True)
+
+    drawn = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)  # as the trainer does before each epoch; the worker was started in the first
+        (images, _targets) = next(iter(loader))
+        drawn.append(images[:, 0, 0, 0].tolist())
+    in_process = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        in_process.append([int(ds[i][0][0, 0, 0]) for i in range(4)])
+
+    assert drawn == in_process
+    assert drawn[0] != drawn[1] != drawn[2]
