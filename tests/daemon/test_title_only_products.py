@@ -65,7 +65,7 @@ def prepared(http_server: LocalHTTPServer, event: dict[str, Any]) -> EventJob:
         value = json.dumps({"schema_version": 1, "image_urls": [http_server.url("/404")], **event}).encode()
         job = EventJob(record=SourceRecord("products", 0, 1, None, value, [], 0), consumed_at=time.monotonic())
         pipeline.preparer.submit(job).result(timeout=30)
-        finished = pipeline.lanes.write.get(timeout=5)
+        finished = pipeline.lanes.write.get(timeout=60)  # generous: a loaded machine
         pipeline.preparer.shutdown()
     assert finished is not None and finished.job is job
     if finished.failure is not None:
