@@ -218,30 +218,6 @@ def plot_gaps(rows: Sequence[Mapping[str, Any]], path: Path, subtitle: str) -> N
     plt.close(fig)
 
 
-def main() -> None:
-    """Re-derive the tables and PNGs from a figures.json (`python -m tests.benchmarks.al_report FIGURES_JSON`)."""
-    import json
-    import sys
-
-    path = Path(sys.argv[1])
-    figures = json.loads(path.read_text())
-    budget = int(figures["configuration"]["budget"])
-    summary, gap_rows = spread(figures["runs"], budget), gaps(figures["runs"], budget)
-    print(spread_table(summary) + "\n\n" + gap_table(gap_rows))
-    c = figures["configuration"]
-    subtitle = (
-        f"seed model {c['seed_products']} products; {c['rounds']} rounds x {budget} labels, {c['chunk']} products "
-        f"streamed per round, {c['epochs']} epochs; holdout {c['holdout_products']} products; routing seeds "
-        f"{','.join(map(str, c['routing_seeds']))} (re-drawn from {path.name})"
-    )
-    plot_curves(summary, path.parent / "bench-active-learning.png", subtitle)
-    plot_gaps(gap_rows, path.parent / "bench-active-learning-gap.png", subtitle)
-
-
-if __name__ == "__main__":
-    main()
-
-
 def plot_simulation(table: Sequence[dict[str, Any]], arms: Sequence[str], path: Path) -> None:
     """al_simulation's PNG: mean top-1 per arm, and each arm's gap to random with its 95% interval."""
     import matplotlib
@@ -270,3 +246,27 @@ def plot_simulation(table: Sequence[dict[str, Any]], arms: Sequence[str], path: 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main() -> None:
+    """Re-derive the tables and PNGs from a figures.json (`python -m tests.benchmarks.al_report FIGURES_JSON`)."""
+    import json
+    import sys
+
+    path = Path(sys.argv[1])
+    figures = json.loads(path.read_text())
+    budget = int(figures["configuration"]["budget"])
+    summary, gap_rows = spread(figures["runs"], budget), gaps(figures["runs"], budget)
+    print(spread_table(summary) + "\n\n" + gap_table(gap_rows))
+    c = figures["configuration"]
+    subtitle = (
+        f"seed model {c['seed_products']} products; {c['rounds']} rounds x {budget} labels, {c['chunk']} products "
+        f"streamed per round, {c['epochs']} epochs; holdout {c['holdout_products']} products; routing seeds "
+        f"{','.join(map(str, c['routing_seeds']))} (re-drawn from {path.name})"
+    )
+    plot_curves(summary, path.parent / "bench-active-learning.png", subtitle)
+    plot_gaps(gap_rows, path.parent / "bench-active-learning-gap.png", subtitle)
+
+
+if __name__ == "__main__":
+    main()

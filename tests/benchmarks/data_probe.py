@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dims", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "data-probe")
     args = p.parse_args(argv)
-    import warnings
-
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     started = time.monotonic()
     bundle = load_bundle(args.model)
