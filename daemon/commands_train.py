@@ -33,9 +33,27 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     ctx: typer.Context,
-    data: Path = typer.Option(..., "--data", help="labels.csv, or a directory holding labels.csv and images/."),
+    data: list[Path] = typer.Option(
+        ...,
+        "--data",
+        help="labels.csv, or a directory holding labels.csv and images/. Repeatable: every set at serving resolution "
+        "is split by the same product-id rule and its splits join the first's (train, validation, test).",
+    ),
     taxonomy: str = typer.Option(..., "--taxonomy", help="Taxonomy YAML file, or a built-in name (fashion-products)."),
     out: Path = typer.Option(..., "--out", help="Where to write the model bundle (.safetensors)."),
+    low_res_data: list[Path] = typer.Option(
+        [],
+        "--low-res-data",
+        help="A set of low-resolution photos (e.g. 60x80 thumbnails; repeatable): its train split only is trained on, "
+        "at --low-res-size, in batches of its own, never in the last --serving-only-epochs.",
+    ),
+    low_res_size: int = typer.Option(_DEFAULTS.low_res_size, help="Letterbox side of the --low-res-data photos."),
+    low_res_fraction: float = typer.Option(
+        _DEFAULTS.low_res_fraction, help="Share of the --low-res-data photos drawn afresh for each epoch using them."
+    ),
+    serving_only_epochs: int = typer.Option(
+        _DEFAULTS.serving_only_epochs, help="The last N epochs train on serving-resolution photos only."
+    ),
     backbone: str = typer.Option(_DEFAULTS.backbone, help="tf_efficientnet_lite0/1/2 or a torchvision classifier."),
     epochs: int = typer.Option(_DEFAULTS.epochs, help="Maximum epochs (cosine schedule spans them all)."),
     freeze_stages: int = typer.Option(_DEFAULTS.freeze_stages, help="Backbone stages frozen, from the input."),
@@ -118,7 +136,8 @@ def train_command(
     started = time.time()
     try:
         tax = load_taxonomy(taxonomy)
-        labelled = load_labelled_set(data, tax, image_column=image_column, group_column=group_by)
+        labelled, *more = [load_labelled_set(d, tax, image_column=image_column, group_column=group_by) for d in data]
+        low_res = [load_labelled_set(d, tax, image_column=image_column, group_column=group_by) for d in low_res_data]
         group_weights = _parse_weights(group_loss_weight)
         if schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
@@ -129,13 +148,21 @@ def train_command(
             group_loss_weights=group_weights,
             split=SplitRule(salt=split_salt, train=train_fraction, val=val_fraction),
         )
-        counts = labelled.summary(config.split)["split_counts"]
-        typer.echo(f"data: {len(labelled.samples)} images ({_counts(counts)}) from {labelled.source}", err=True)
+        if low_res:
+            config.low_res_epochs()  # a recipe that cannot use them fails before anything is decoded
+        counts: dict[str, int] = {}  # the serving-resolution sets together, per split
+        for d in (labelled, *more):
+            n = d.summary(config.split)["split_counts"]
+            counts = {k: counts.get(k, 0) + n.get(k, 0) for k in {*counts, *n}}
+            typer.echo(f"data: {len(d.samples)} images ({_counts(n)}) from {d.source}", err=True)
+        for d in low_res:
+            n = d.summary(config.split)["split_counts"].get("train", 0)
+            typer.echo(f"low-resolution data: {n} of {len(d.samples)} images (train split) from {d.source}", err=True)
         if find_lr:
             png = report_dir / "lr_finder.png" if report_dir else out.with_suffix(".lr.png")
             _find_lr(config, labelled, png, lr_steps)
             return
-        result = train(config, labelled, out, evaluate_test=test)
+        result = train(config, labelled, out, evaluate_test=test, more=more, low_res=low_res)
     except TaxonomyError as exc:
         raise fail(str(exc)) from None
     except (DataError, PretrainedWeightsUnavailable, ValueError) as exc:

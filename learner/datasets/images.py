@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from learner.datasets.augmentation import Augmentation
-from learner.datasets.labelled import IGNORE_INDEX, Label, Sample
-from learner.inference.imaging import decode_image, letterbox, pil_to_uint8_tensor
+from learner.datasets.labelled import IGNORE_INDEX, DataError, Label, Sample
+from learner.inference.imaging import ImageDecodeError, decode_image, letterbox, pil_to_uint8_tensor
 from learner.model.preprocessing import Preprocessing
 from learner.model.taxonomy import Taxonomy
 
@@ -112,7 +112,11 @@ class ImageDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     def image(self, i: int) -> torch.Tensor:
         if self._cache is not None and (cached := self._cache[i]) is not None:
             return cached
-        x = prepare_image(self.samples[i].image_path.read_bytes(), self.pre)
+        path = self.samples[i].image_path
+        try:
+            x = prepare_image(path.read_bytes(), self.pre)
+        except ImageDecodeError as exc:
+            raise DataError(f"{path} (sample {self.samples[i].sample_id}) cannot be decoded: {exc}") from None
         if self._cache is not None:
             self._cache[i] = x
         return x

@@ -187,9 +187,11 @@ def training_set_relation(bundle: ModelBundle, data: LabelledSet) -> str | None:
     only throw away most of it."""
     recorded = bundle.lineage.get("data") or {}
     recorded_base = recorded.get("base")
-    base: dict[str, Any] = recorded_base if isinstance(recorded_base, dict) else {}
-    digests = {d for d in (recorded.get("csv_sha256"), base.get("csv_sha256")) if d}
-    sources = {str(src) for src in (recorded.get("source"), base.get("source")) if src}
+    trained_on = [recorded, *([recorded_base] if isinstance(recorded_base, dict) else [])]
+    for key in ("more", "low_res"):  # the further sets a first training read (learner.training.train)
+        trained_on += [d for d in recorded.get(key) or [] if isinstance(d, dict)]
+    digests = {d.get("csv_sha256") for d in trained_on} - {None, ""}
+    sources = {str(d["source"]) for d in trained_on if d.get("source")}
     if digests and file_sha256(Path(data.source)) in digests:
         return "its labels.csv is the bundle's training data (same SHA-256)"
     for src in sources:

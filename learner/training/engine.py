@@ -81,8 +81,8 @@ def train_one_epoch(
 class ClassifierBatchLoss:
     """How a batch of the classifier's loader (uint8 images, per-group targets) becomes its loss: normalised as
     `preprocessing` says (the classifier's), downscaled to `input_size` (progressive resizing; None: as loaded), the
-    forward pass of `model` (the classifier or its DDP wrapper) under autocast, then `loss_fn`. `side` is the side of
-    the last batch trained on."""
+    forward pass of `model` (the classifier or its DDP wrapper) under autocast, then `loss_fn`. `side` is the largest
+    side trained on (mixed-resolution batches: the serving side)."""
 
     def __init__(
         self,
@@ -103,7 +103,7 @@ class ClassifierBatchLoss:
         x = normalize(images.to(self.device, non_blocking=True), self.preprocessing)
         if self.input_size is not None:
             x = downscale(x, self.input_size)
-        self.side = x.shape[-1]
+        self.side = max(self.side, x.shape[-1])  # the largest side trained on (mixed resolutions: the serving one)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         with autocast(self.device, self.amp_dtype):
             logits = self.model(x)

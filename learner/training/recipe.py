@@ -28,6 +28,11 @@ class TrainConfig:
     # only); the epochs are split evenly across them (`epoch_input_sizes`); validation is always at the input size
     sizes: tuple[int, ...] = ()
     epochs: int = 15
+    # low-resolution photos (`run_training`'s low_res_samples, `shelfsight train --low-res-data`: e.g. 60x80
+    # thumbnails), trained at their own small side in batches of their own (learner/datasets/mixed_resolution.py)
+    low_res_size: int = 112  # their letterbox side (the serving photos stay at the input size)
+    low_res_fraction: float = 0.25  # the share of them drawn afresh for each epoch that uses them
+    serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only
     batch_size: int = 32
     lr: float = 1e-3  # learning rate of the heads (peak, after warm-up)
     backbone_lr_decay: float = 0.8  # each backbone stage, from the last, gets this factor less
@@ -99,6 +104,22 @@ class TrainConfig:
         taking precedence; fields named in neither keep their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{**{k: v for k, v in options.items() if k in names}, **given})
+
+    def low_res_epochs(self) -> int:
+        """How many epochs, from the first, also train on the low-resolution photos; ValueError for a recipe that
+        cannot (the serving-only epochs would leave none, or the side or fraction is out of range)."""
+        if not 0 < self.low_res_fraction <= 1:
+            raise ValueError(f"--low-res-fraction must be in (0, 1], not {self.low_res_fraction}")
+        if self.low_res_size <= 0:
+            raise ValueError(f"--low-res-size must be positive, not {self.low_res_size}")
+        if not 0 <= self.serving_only_epochs < self.epochs:
+            raise ValueError(
+                f"--serving-only-epochs must leave at least one of the {self.epochs} epochs for the low-resolution "
+                f"photos, not {self.serving_only_epochs}"
+            )
+        if self.sizes:
+            raise ValueError("low-resolution photos and progressive resizing (--sizes) do not combine: use one")
+        return self.epochs - self.serving_only_epochs
 
     def epoch_input_sizes(self, input_size: int) -> list[int]:
         """The training input side of each epoch (`epoch_input_sizes(sizes, epochs, input_size)`)."""

@@ -26,11 +26,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from learner.datasets.images import ImageDataset
 from learner.datasets.labelled import Sample
+from learner.datasets.mixed_resolution import MixedResolutionBatches
 from learner.evaluation.calibration import Calibration, fit_calibration
 from learner.evaluation.evaluate import GroupPredictions, compute_metrics, predict
 from learner.evaluation.thresholds import choose_thresholds
@@ -187,12 +188,16 @@ def run_training(
     say: Callable[[str], None],
     ctx: distributed.DistContext | None = None,
     test_samples: Sequence[Sample] | None = None,
+    low_res_samples: Sequence[Sample] = (),
 ) -> TrainingRun:
     """Train from `start` on `train_samples`, select on `val_samples` (see the module docstring); `record` turns each
     epoch into its history row (and may log it), `say` logs the early stop. `ctx`: where this process stands; given
     (`DistContext.single()` for one process), each rank trains its `DistributedSampler` shard, whose order does not
     depend on the world size; None: one process, whose loader shuffles with a generator seeded by the recipe and
-    drops an incomplete last batch. `test_samples`: also predicted with the selected weights (rank 0)."""
+    drops an incomplete last batch. `test_samples`: also predicted with the selected weights (rank 0).
+    `low_res_samples`: also trained on, letterboxed at the recipe's `low_res_size` in batches of their own, a fresh
+    `low_res_fraction` of them per epoch, except in the last `serving_only_epochs`
+    (learner/datasets/mixed_resolution.py); one process only."""
     if not train_samples or not val_samples:
         raise TrainingError(
             f"nothing to fine-tune on: {len(train_samples)} training and {len(val_samples)} validation images"
@@ -212,13 +217,25 @@ def run_training(
         raise TrainingError(str(exc)) from None
     wrapped = distributed.wrap(model, ctx)
 
-    train_ds = ImageDataset(
-        train_samples, taxonomy, pre, config.augmentation(pre.pad_value if pre.letterbox else 0), seed=config.seed
-    )
+    augmentation = config.augmentation(pre.pad_value if pre.letterbox else 0)
+    train_ds = ImageDataset(train_samples, taxonomy, pre, augmentation, seed=config.seed)
+    low_res_ds, mixed = None, None
+    if low_res_samples:
+        if sharded:
+            raise TrainingError("low-resolution photos are trained in one process only, not under torchrun")
+        try:
+            low_res_epochs = config.low_res_epochs()
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        low_pre = dataclasses.replace(pre, input_size=config.low_res_size)
+        low_res_ds = ImageDataset(low_res_samples, taxonomy, low_pre, augmentation, seed=config.seed)
+        mixed = MixedResolutionBatches(
+            len(train_ds), len(low_res_ds), config.batch_size, config.low_res_fraction, low_res_epochs, config.seed
+        )
     val_ds = ImageDataset(val_samples, taxonomy, pre)
     test_ds = ImageDataset(test_samples, taxonomy, pre) if test_samples is not None else None
     evaluated = [val_ds, *([test_ds] if test_ds is not None else [])] if ctx.is_main else []
-    preload([train_ds, *evaluated], config.progress and ctx.is_main)
+    preload([train_ds, *([low_res_ds] if low_res_ds is not None else []), *evaluated], config.progress and ctx.is_main)
     workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
     sampler = distributed.make_sampler(train_ds, ctx, seed=config.seed) if sharded else None
@@ -226,6 +243,14 @@ def run_training(
         per_rank_batch = max(1, config.batch_size // ctx.world_size)
         train_loader = DataLoader(
             train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, pin_memory=pin
+        )
+    elif mixed is not None and low_res_ds is not None:
+        train_loader = DataLoader(
+            ConcatDataset([train_ds, low_res_ds]),
+            batch_sampler=mixed,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
         )
     else:
         train_loader = DataLoader(
@@ -245,7 +270,7 @@ def run_training(
     val_loader = eval_loader(val_ds)
     loss_fn = AttributeLoss(
         taxonomy,
-        list(train_samples),
+        [*train_samples, *low_res_samples],
         config.label_smoothing,
         config.class_weight_power,
         config.group_loss_weights,
@@ -258,6 +283,9 @@ def run_training(
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        if mixed is not None and low_res_ds is not None:
+            mixed.set_epoch(epoch)
+            low_res_ds.set_epoch(epoch)
 
     fitted = fit(
         model,

@@ -29,6 +29,7 @@ This module does not parse command lines (see `daemon/commands_train.py`) and ke
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,19 @@ def train(
     data: LabelledSet,
     out: str | Path,
     evaluate_test: bool = True,
+    more: Sequence[LabelledSet] = (),
+    low_res: Sequence[LabelledSet] = (),
 ) -> TrainResult:
-    """Fine-tune on the train split, select on val, evaluate test once, and save the bundle to `out`."""
+    """Fine-tune on the train split, select on val, evaluate test once, and save the bundle to `out`.
+
+    `more`: further sets at serving resolution (e.g. the 300 px photos), split by the same rule, each split joining
+    `data`'s (train, validation and calibration, test). `low_res`: sets of low-resolution photos (e.g. thumbnails),
+    whose train split only is trained on, at the recipe's `low_res_size` (`run_training`'s `low_res_samples`); their
+    validation and test products are never read. The title model also learns from their train split's titles."""
     start = time.time()
-    splits = {name: data.split(config.split, name) for name in ("train", "val", "test")}
+    sets = [data, *more]
+    splits = {name: [s for d in sets for s in d.split(config.split, name)] for name in ("train", "val", "test")}
+    low_res_train = [s for d in low_res for s in d.split(config.split, "train")]
     if not splits["train"]:
         raise DataError(f"the train split of {data.source} is empty ({len(data.samples)} samples in all)")
     if not splits["val"]:
@@ -81,13 +91,18 @@ def train(
         record=lambda r: _epoch_row(r, config.epochs),
         say=tqdm.write,
         test_samples=splits["test"] if evaluate_test else None,
+        low_res_samples=low_res_train,
     )
     if run.failure is not None or run.model is None:
         raise TrainingError(f"{run.failure}: lower the learning rate (lr {config.lr:g}) or check the labels")
     elapsed = time.time() - start
     lineage = {
         "parent": None,
-        "data": {**data.summary(config.split), "csv_sha256": file_sha256(data.source)},
+        "data": {
+            **_source(data, config),
+            **({"more": [_source(d, config) for d in more]} if more else {}),
+            **({"low_res": [{**_source(d, config), "read": "train split"} for d in low_res]} if low_res else {}),
+        },
         "split": {**config.split.to_dict(), "key_column": data.split_column},
         "recipe": config.to_dict(),
         "seed": config.seed,
@@ -98,7 +113,12 @@ def train(
     assert run.selected is not None
     if config.title:  # the title model and the fusion of photos and title, when the set has titles
         bundle.lineage["title"] = attach_title_model(
-            bundle, splits["train"], splits["val"], run.selected.predictions, seed=config.seed, say=tqdm.write
+            bundle,
+            [*splits["train"], *low_res_train],
+            splits["val"],
+            run.selected.predictions,
+            seed=config.seed,
+            say=tqdm.write,
         )
     # measured as the calibrated bundle tags (temperatures, hierarchy, auto-fill thresholds): the same figures as
     # `shelfsight evaluate BUNDLE --split val`
@@ -111,6 +131,10 @@ def train(
     }
     path = bundle.save(out)
     return TrainResult(bundle, path, validation, test, run.history, elapsed)
+
+
+def _source(data: LabelledSet, config: TrainConfig) -> dict[str, Any]:
+    return {**data.summary(config.split), "csv_sha256": file_sha256(data.source)}
 
 
 def _epoch_row(result: EpochResult, epochs: int) -> dict[str, Any]:
