@@ -39,11 +39,11 @@ def derived_set(
         if rule.split_of(r["image"]) in corrupt:
             target.write_bytes(b"not a photo")
             continue
-        with Image.open(tiny_set / "images" / f"{r['image'][len(prefix) :]}.jpg") as img:
-            img = img.convert("RGB")
-            img.thumbnail(size)
-            out = io.BytesIO()
-            img.save(out, format="JPEG", quality=90)
+        with Image.open(tiny_set / "images" / f"{r['image'][len(prefix) :]}.jpg") as original:
+            img = original.convert("RGB")
+        img.thumbnail(size)
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=90)
         target.write_bytes(out.getvalue())
     with (root / "labels.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
