@@ -19,6 +19,10 @@ train and validation splits are read: test stays unseen.
 
 Writes `curve.json` and `learning_curve.png` under --out (`--from-json` redoes the fits and the plot from a
 `curve.json` without training). About 30 minutes on 2 CPU cores for the defaults.
+
+A point of the JSON with a `sources` entry (e.g. a run of `shelfsight train` on several folders, evaluated on the
+same validation split) is plotted as a star beside the curve and left out of the fits: it is more data of another
+kind, not a larger fraction of the same set.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ def nested_subset(samples: list[Any], rule: Any, fraction: float) -> list[Any]:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     cut = rule.train * fraction
     return [s for s in samples if rule.split_of(s.split_key) != "train" or rule.bucket(s.split_key) < cut]
+
+
+def fitted_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points the power law is fitted to: fractions of one set, not runs that read other folders too."""
+    return [p for p in points if not p.get("sources")]
 
 
 def fit_power_law(n: list[float], accuracy: list[float]) -> tuple[float, float]:
@@ -84,17 +93,18 @@ def main() -> None:
         )
 
     fits: dict[str, dict[str, float]] = {}
+    curve = fitted_points(points)
     header = " ".join(f"{p['train_images']:>7}" for p in points)
     print(f"\n{'group':<12} {header}   b (all)  b (last 2)   images for the target: all points / last two")
     for g in GROUPS:
-        n = [float(p["train_images"]) for p in points]
-        accs = [p["val_top1"][g] for p in points]
+        n = [float(p["train_images"]) for p in curve]
+        accs = [p["val_top1"][g] for p in curve]
         a, b = fit_power_law(n, accs)
         a2, b2 = fit_power_law(n[-2:], accs[-2:])
         need, need2 = images_needed(a, b, TARGETS[g]), images_needed(a2, b2, TARGETS[g])
         fits[g] = {"a": a, "b": b, "a_last2": a2, "b_last2": b2, "target": TARGETS[g]}
         fits[g] |= {"images_for_target": need, "images_for_target_last2": need2}
-        accs_text = " ".join(f"{v:7.3f}" for v in accs)
+        accs_text = " ".join(f"{p['val_top1'][g]:7.3f}" for p in points)
         print(f"{g:<12} {accs_text}   {b:7.2f}  {b2:10.2f}   {need:,.0f} / {need2:,.0f} for {TARGETS[g]}")
     (args.out / "curve.json").write_text(json.dumps({"points": points, "fits": fits, "recipe": recipe}, indent=1))
     plot(points, fits, args.out / "learning_curve.png")
@@ -156,12 +166,25 @@ def plot(points: list[dict[str, Any]], fits: dict[str, dict[str, float]], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [p["train_images"] for p in points]
+    curve = fitted_points(points)
+    others = [p for p in points if p not in curve]
+    n = [p["train_images"] for p in curve]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    span = [min(n) * 0.8, max(n) * 4]
+    span = [min(n) * 0.8, max(n + [p["train_images"] for p in others]) * 1.5]
     grid = [span[0] * (span[1] / span[0]) ** (k / 50) for k in range(51)]
     for g, colour in zip(GROUPS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True):
-        ax.plot(n, [p["val_top1"][g] for p in points], "o-", color=colour, label=g)
+        ax.plot(n, [p["val_top1"][g] for p in curve], "o-", color=colour, label=g)
+        for p in others:
+            ax.plot([p["train_images"]], [p["val_top1"][g]], "*", color=colour, markersize=11)
+            if g == GROUPS[0]:
+                ax.annotate(
+                    p["sources"],
+                    (p["train_images"], p["val_top1"][g]),
+                    fontsize=7,
+                    ha="right",
+                    xytext=(-6, 6),
+                    textcoords="offset points",
+                )
         a, b = fits[g]["a"], fits[g]["b"]
         ax.plot(grid, [1 - a * x**-b for x in grid], ":", color=colour)
         a2, b2 = fits[g]["a_last2"], fits[g]["b_last2"]
@@ -170,7 +193,8 @@ def plot(points: list[dict[str, Any]], fits: dict[str, dict[str, float]], path: 
     ax.set_xscale("log")
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("validation top-1")
-    ax.set_title("Learning curve (dotted: fit to all points; dash-dot: to the last two; dashed: target)", fontsize=9)
+    title = "Learning curve (dotted: fit to all points; dash-dot: to the last two; dashed: target"
+    ax.set_title(title + ("; stars: other folders too)" if others else ")"), fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from learner.datasets.labelled import Sample, SplitRule
-from tests.benchmarks.learning_curve import fit_power_law, images_needed, nested_subset
+from tests.benchmarks.learning_curve import fit_power_law, fitted_points, images_needed, nested_subset
 
 
 def _samples(n: int) -> list[Sample]:
@@ -39,3 +39,12 @@ def test_the_power_law_fit_recovers_the_curve_it_was_sampled_from() -> None:
 def test_a_curve_that_does_not_improve_never_reaches_the_target() -> None:
     a, b = fit_power_law([100.0, 200.0], [0.7, 0.6])
     assert b < 0 and math.isinf(images_needed(a, b, 0.9))
+
+
+def test_a_run_that_read_other_folders_is_shown_but_not_fitted() -> None:
+    points = [
+        {"train_images": 1000, "val_top1": {}},
+        {"train_images": 2000, "val_top1": {}},
+        {"train_images": 9000, "sources": "224 px + 300 px + thumbnails", "val_top1": {}},
+    ]
+    assert [p["train_images"] for p in fitted_points(points)] == [1000, 2000]
