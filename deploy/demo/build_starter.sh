@@ -10,6 +10,9 @@
 # FROM=path/to/bundle.safetensors skips it and recalibrates an existing bundle of the same recipe instead (float32, or
 # the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors; a title model is trained first when it
 # has none), then shrinks it.
+# SOURCES="--data ../shared/data/fashion-products-more --low-res-data ../shared/data/fashion-products-thumbs" also
+# trains on those folders (the multi-folder recipe of docs/model-card.md, "All three folders in one run"; about
+# 100 minutes on two CPU cores); the manifest records every folder read.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
 set -euo pipefail
@@ -19,6 +22,7 @@ DATA="${DATA:-../shared/data/fashion-products}"
 OUT_DIR="${OUT_DIR:-deploy/demo}"
 WORK="${WORK:-runs/starter}"
 FROM="${FROM:-}"
+read -r -a SOURCES <<< "${SOURCES:-}"
 # The documented recipe (README "Model", docs/model-card.md): the ONE place its flags are written down.
 RECIPE=(--taxonomy fashion-products --backbone tf_efficientnet_lite0 --epochs 12 --class-weight-power 0
     --brightness 0 --contrast 0 --seed 1 --no-test)
@@ -30,9 +34,9 @@ if [ -z "$FROM" ]; then
         exit 2
     fi
     FROM="$WORK/starter-fp32.safetensors"
-    COMMAND="shelfsight train --data $DATA ${RECIPE[*]} --out $FROM"
+    COMMAND="shelfsight train --data $DATA ${SOURCES[*]} ${RECIPE[*]} --out $FROM"
     echo "== training: $COMMAND"
-    .venv/bin/shelfsight train --data "$DATA" "${RECIPE[@]}" --out "$FROM" --report-dir "$WORK/report"
+    .venv/bin/shelfsight train --data "$DATA" "${SOURCES[@]}" "${RECIPE[@]}" --out "$FROM" --report-dir "$WORK/report"
 else
     # what calibration stores changes (floors, band check, shift guard): an existing bundle is calibrated again on
     # the validation split, under its float32 model version (a float16 bundle is cast back to float32 on load)

@@ -45,6 +45,7 @@ def build(bundle: Path, data: Path, command: str) -> dict[str, Any]:
             "samples": (lineage.get("data") or {}).get("samples"),
             "split": lineage.get("split"),
             "split_counts": (lineage.get("data") or {}).get("split_counts"),
+            **_further_sets(lineage.get("data") or {}),
         },
         "recipe": {
             "command": command,
@@ -63,6 +64,26 @@ def build(bundle: Path, data: Path, command: str) -> dict[str, Any]:
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shelfsight_commit": commit,
     }
+
+
+def _further_sets(data: dict[str, Any]) -> dict[str, Any]:
+    """The folders a multi-folder training read beside the first (`shelfsight train --data A --data B
+    --low-res-data C`): each one's path, labels.csv SHA-256, samples and split counts; nothing for one folder."""
+    out: dict[str, Any] = {}
+    for key in ("more", "low_res"):
+        sets = [d for d in data.get(key) or [] if isinstance(d, dict)]
+        if sets:
+            out[key] = [
+                {
+                    "path": str(Path(d["source"]).parent),
+                    "labels_csv_sha256": d.get("csv_sha256"),
+                    "samples": d.get("samples"),
+                    "split_counts": d.get("split_counts"),
+                    **({"read": d["read"]} if d.get("read") else {}),
+                }
+                for d in sets
+            ]
+    return out
 
 
 def _title_model(m: dict[str, Any]) -> dict[str, Any] | None:
