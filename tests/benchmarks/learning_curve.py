@@ -194,7 +194,7 @@ def plot(points: list[dict[str, Any]], fits: dict[str, dict[str, float]], path: 
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("validation top-1")
     title = "Learning curve (dotted: fit to all points; dash-dot: to the last two; dashed: target"
-    ax.set_title(title + ("; stars: other folders too)" if others else ")"), fontsize=9)
+    ax.set_title(title + (";\nstars: runs that read other folders too, not fitted)" if others else ")"), fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
