@@ -131,6 +131,7 @@ def train_command(
     from learner.evaluation.report import build_report, write_report
     from learner.model.backbones import PretrainedWeightsUnavailable
     from learner.model.taxonomy import TaxonomyError, load_taxonomy
+    from learner.training.runtime import retain_freed_memory
     from learner.training.train import train
 
     started = time.time()
@@ -162,6 +163,9 @@ def train_command(
             png = report_dir / "lr_finder.png" if report_dir else out.with_suffix(".lr.png")
             _find_lr(config, labelled, png, lr_steps)
             return
+        # this process only trains: freed memory is kept for the next step instead of faulted in again (about 1.5x
+        # the CPU training speed; tests/benchmarks/bench_train_step.py)
+        retain_freed_memory()
         result = train(config, labelled, out, evaluate_test=test, more=more, low_res=low_res)
     except TaxonomyError as exc:
         raise fail(str(exc)) from None

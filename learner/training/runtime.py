@@ -1,6 +1,7 @@
-"""The process a training runs in: seeding every generator (`seed_everything`), CPU threads (`configure_threads`) and
-mixed precision (`amp_settings`, `autocast`). Shared by the classifier's and the detector's training and by the
-lifecycle's holdout evaluation.
+"""The process a training runs in: seeding every generator (`seed_everything`), CPU threads (`configure_threads`),
+mixed precision (`amp_settings`, `autocast`) and the C allocator's handling of freed memory
+(`retain_freed_memory`, for the `shelfsight train` process only). Shared by the classifier's and the detector's
+training and by the lifecycle's holdout evaluation.
 
 Must not: build models, data or optimisers.
 """
@@ -8,6 +9,7 @@ Must not: build models, data or optimisers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 from typing import Any
@@ -28,6 +30,29 @@ def configure_threads(device: torch.device, threads: int | None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of handing it back to the kernel.
+
+    By default every block over the mmap threshold (at most 32 MiB) is a mapping of its own, unmapped when freed, so
+    each training step's large activations are fresh pages faulted in 4 KiB at a time: on CPU the kernel then takes
+    a third of the time (tests/benchmarks/bench_train_step.py measures it). With `M_MMAP_MAX` = 0 large blocks come
+    from the heap, and with the largest `M_TRIM_THRESHOLD` the heap is not trimmed after each step.
+
+    For a process that trains and ends (`shelfsight train`), not for the long-running service: the resident memory
+    stays near its peak until the process exits. Returns False, changing nothing, where the C library has no
+    `mallopt` (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def amp_settings(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
