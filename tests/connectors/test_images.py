@@ -43,7 +43,7 @@ def test_fetches_a_real_jpeg_with_its_digest(fetcher: ImageFetcher, http_server:
     assert image.data == http_server.jpeg_bytes
     assert image.sha256 == hashlib.sha256(http_server.jpeg_bytes).hexdigest()
     assert image.content_type == "image/jpeg"
-    assert 0 < image.elapsed_s < 2
+    assert 0 < image.elapsed_s < 30  # recorded, and plausible: a loaded machine is slow, never this slow
     assert (image.url, image.final_url, image.redirects) == (http_server.url("/ok.jpg"),) * 2 + (0,)
 
 
