@@ -34,8 +34,12 @@ if [ -z "$FROM" ]; then
         exit 2
     fi
     FROM="$WORK/starter-fp32.safetensors"
-    COMMAND="shelfsight train --data $DATA ${SOURCES[*]} ${RECIPE[*]} --out $FROM"
-    echo "== training: $COMMAND"
+    # the manifest records the command that rebuilds the starter (never this machine's output paths), then what it ran
+    REBUILD="bash deploy/demo/build_starter.sh"
+    [ -n "${SOURCES[*]}" ] && REBUILD="SOURCES=\"${SOURCES[*]}\" $REBUILD"
+    [ "$DATA" != "../shared/data/fashion-products" ] && REBUILD="DATA=$DATA $REBUILD"
+    COMMAND="$REBUILD (trains: shelfsight train --data $DATA ${SOURCES[*]} ${RECIPE[*]})"
+    echo "== training: shelfsight train --data $DATA ${SOURCES[*]} ${RECIPE[*]} --out $FROM"
     .venv/bin/shelfsight train --data "$DATA" "${SOURCES[@]}" "${RECIPE[@]}" --out "$FROM" --report-dir "$WORK/report"
 else
     # what calibration stores changes (floors, band check, shift guard): an existing bundle is calibrated again on

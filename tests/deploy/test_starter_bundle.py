@@ -40,6 +40,14 @@ def test_starter_manifest_is_complete(manifest):
     assert manifest["weights_dtype"] == "float16"
 
 
+def test_the_manifest_records_the_command_that_rebuilds_the_starter_not_a_path_of_the_machine_that_built_it(manifest):
+    command = manifest["recipe"]["command"]
+    rebuild = command.split(" (", 1)[0]  # then, in parentheses, what it ran
+    assert rebuild.endswith("bash deploy/demo/build_starter.sh"), command
+    words = [w.strip("\"'") for w in command.replace("=", " ").split()]
+    assert not [w for w in words if w.startswith(("/", "runs/"))], command  # no output path of the building machine
+
+
 def test_starter_manifest_matches_the_bundle_file(manifest):
     assert BUNDLE.stat().st_size == manifest["bundle_bytes"] <= MAX_BYTES
     assert file_sha256(BUNDLE) == manifest["bundle_sha256"]
