@@ -55,6 +55,18 @@ def train_command(
         _DEFAULTS.serving_only_epochs, help="The last N epochs train on serving-resolution photos only."
     ),
     backbone: str = typer.Option(_DEFAULTS.backbone, help="tf_efficientnet_lite0/1/2 or a torchvision classifier."),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="A trained bundle of the same taxonomy (e.g. an EfficientNet-Lite2 one) distilled into the --backbone "
+        "being trained: its answers are soft targets beside the labels (docs/model-card.md, distillation).",
+    ),
+    distil_weight: float = typer.Option(
+        _DEFAULTS.distil_weight, help="With --teacher: the distillation loss's share of the loss, in (0, 1]."
+    ),
+    distil_temperature: float = typer.Option(
+        _DEFAULTS.distil_temperature, help="With --teacher: the softmax temperature of the distillation loss."
+    ),
     epochs: int = typer.Option(_DEFAULTS.epochs, help="Maximum epochs (cosine schedule spans them all)."),
     freeze_stages: int = typer.Option(_DEFAULTS.freeze_stages, help="Backbone stages frozen, from the input."),
     batch_size: int = typer.Option(_DEFAULTS.batch_size),
@@ -130,6 +142,7 @@ def train_command(
     from learner.datasets.labelled import DataError, SplitRule, load_labelled_set
     from learner.evaluation.report import build_report, write_report
     from learner.model.backbones import PretrainedWeightsUnavailable
+    from learner.model.bundle import BundleError, load_bundle
     from learner.model.taxonomy import TaxonomyError, load_taxonomy
     from learner.training.runtime import retain_freed_memory
     from learner.training.train import train
@@ -166,10 +179,13 @@ def train_command(
         # this process only trains: freed memory is kept for the next step instead of faulted in again (about 1.5x
         # the CPU training speed; tests/benchmarks/bench_train_step.py)
         retain_freed_memory()
-        result = train(config, labelled, out, evaluate_test=test, more=more, low_res=low_res)
+        teacher_bundle = load_bundle(teacher) if teacher is not None else None
+        if teacher_bundle is not None:
+            typer.echo(f"teacher: {teacher_bundle.model_version} ({teacher_bundle.classifier.backbone_name})", err=True)
+        result = train(config, labelled, out, evaluate_test=test, more=more, low_res=low_res, teacher=teacher_bundle)
     except TaxonomyError as exc:
         raise fail(str(exc)) from None
-    except (DataError, PretrainedWeightsUnavailable, ValueError) as exc:
+    except (BundleError, DataError, PretrainedWeightsUnavailable, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
 
     bundle = result.bundle

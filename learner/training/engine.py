@@ -28,6 +28,7 @@ from learner.evaluation.evaluate import compute_metrics, predict
 from learner.inference.imaging import normalize
 from learner.model.classifier import AttributeClassifier
 from learner.model.preprocessing import Preprocessing
+from learner.training.distillation import Distillation
 from learner.training.loss import AttributeLoss
 from learner.training.optim import Optimization
 from learner.training.runtime import autocast
@@ -81,7 +82,8 @@ def train_one_epoch(
 class ClassifierBatchLoss:
     """How a batch of the classifier's loader (uint8 images, per-group targets) becomes its loss: normalised as
     `preprocessing` says (the classifier's), downscaled to `input_size` (progressive resizing; None: as loaded), the
-    forward pass of `model` (the classifier or its DDP wrapper) under autocast, then `loss_fn`. `side` is the largest
+    forward pass of `model` (the classifier or its DDP wrapper) under autocast, then `loss_fn`; with `distillation`,
+    combined with the distillation loss against its teacher's answers for the same pixels. `side` is the largest
     side trained on (mixed-resolution batches: the serving side)."""
 
     def __init__(
@@ -92,22 +94,28 @@ class ClassifierBatchLoss:
         device: torch.device,
         amp_dtype: torch.dtype | None,
         input_size: int | None = None,
+        distillation: Distillation | None = None,
     ) -> None:
         self.model, self.preprocessing, self.loss_fn = model, preprocessing, loss_fn
+        self.distillation = distillation
         self.device, self.amp_dtype = device, amp_dtype
         self.input_size = input_size
         self.side = 0
 
     def __call__(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, int]:
         images, targets = batch
-        x = normalize(images.to(self.device, non_blocking=True), self.preprocessing)
+        pixels = images.to(self.device, non_blocking=True)
+        x = normalize(pixels, self.preprocessing)
         if self.input_size is not None:
             x = downscale(x, self.input_size)
         self.side = max(self.side, x.shape[-1])  # the largest side trained on (mixed resolutions: the serving one)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         with autocast(self.device, self.amp_dtype):
             logits = self.model(x)
+            soft = self.distillation.soft_targets(pixels) if self.distillation is not None else None
         loss, _ = self.loss_fn(logits, targets)
+        if self.distillation is not None and soft is not None:
+            loss = self.distillation.combine(loss, self.distillation(logits, soft))
         return loss, len(images)
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from learner.evaluation.gate import PRIMARY_METRIC
 from learner.model.classifier import AttributeClassifier
 from learner.training import distributed
+from learner.training.distillation import Distillation
 from learner.training.engine import ClassifierBatchLoss, evaluate_epoch, train_one_epoch
 from learner.training.errors import TrainingError
 from learner.training.loss import AttributeLoss
@@ -88,6 +89,7 @@ def fit(
     wrapped: nn.Module | None = None,
     progress: bool = True,
     input_sizes: Sequence[int] | None = None,
+    distillation: Distillation | None = None,
 ) -> FitResult:
     """Train `epochs` epochs (fewer when `stopping` says so or the loss stops being finite), validating the
     evaluated weights (`Optimization.evaluated`) on rank 0 after each and broadcasting the score, so every rank
@@ -97,7 +99,8 @@ def fit(
     `EpochResult` into the history row (and may log it); `say` logs the early stop. `wrapped`: what is trained
     when it is not `model` itself (its DDP wrapper under torchrun, see `ctx`). `input_sizes`: the training input
     side of each epoch (progressive resizing, `TrainConfig.epoch_input_sizes`; validation stays at the model's
-    input size); early stopping then waits for `stopping.patience` epochs of the last size."""
+    input size); early stopping then waits for `stopping.patience` epochs of the last size. `distillation`: the
+    labels' loss is combined with the distillation loss against that teacher (learner/training/distillation.py)."""
     ctx = ctx or distributed.DistContext(0, 0, 1, device)
     trained = wrapped if wrapped is not None else model
     if input_sizes is not None:
@@ -112,7 +115,7 @@ def fit(
         set_epoch(epoch)
         input_size = input_sizes[epoch - 1] if input_sizes is not None else None
         batch_loss = ClassifierBatchLoss(
-            trained, model.preprocessing, loss_fn, device, optimization.amp_dtype, input_size
+            trained, model.preprocessing, loss_fn, device, optimization.amp_dtype, input_size, distillation
         )
         trained.train()
         epoch_stats = train_one_epoch(

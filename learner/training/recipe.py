@@ -65,6 +65,8 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 with a GradScaler)
     threads: int | None = None  # CPU threads for torch; None: all cores
     workers: int | None = None  # data loader processes; None: 0 on CPU (images are cached), 4 on CUDA
+    distil_weight: float = 0.5  # with a teacher (`run_training`'s `teacher`): the distillation loss's share
+    distil_temperature: float = 2.0  # with a teacher: the softmax temperature of the distillation loss
     split: SplitRule = field(default_factory=SplitRule)
     progress: bool = True
     title: bool = True  # also train the title model (learner/training/title.py) when the samples carry titles

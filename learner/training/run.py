@@ -40,6 +40,7 @@ from learner.model.classifier import AttributeClassifier
 from learner.model.detector import DetectorSpec
 from learner.model.taxonomy import Taxonomy
 from learner.training import distributed
+from learner.training.distillation import Distillation, check_teacher
 from learner.training.errors import TrainingError
 from learner.training.fit import EarlyStopping, EpochResult, fit
 from learner.training.loss import AttributeLoss
@@ -189,6 +190,7 @@ def run_training(
     ctx: distributed.DistContext | None = None,
     test_samples: Sequence[Sample] | None = None,
     low_res_samples: Sequence[Sample] = (),
+    teacher: AttributeClassifier | None = None,
 ) -> TrainingRun:
     """Train from `start` on `train_samples`, select on `val_samples` (see the module docstring); `record` turns each
     epoch into its history row (and may log it), `say` logs the early stop. `ctx`: where this process stands; given
@@ -197,7 +199,9 @@ def run_training(
     drops an incomplete last batch. `test_samples`: also predicted with the selected weights (rank 0).
     `low_res_samples`: also trained on, letterboxed at the recipe's `low_res_size` in batches of their own, a fresh
     `low_res_fraction` of them per epoch, except in the last `serving_only_epochs`
-    (learner/datasets/mixed_resolution.py); one process only."""
+    (learner/datasets/mixed_resolution.py); one process only. `teacher`: a trained classifier of the same taxonomy
+    (any backbone) whose answers are distilled into the student at the recipe's `distil_weight` and
+    `distil_temperature` (learner/training/distillation.py); it is moved to the device and never trained."""
     if not train_samples or not val_samples:
         raise TrainingError(
             f"nothing to fine-tune on: {len(train_samples)} training and {len(val_samples)} validation images"
@@ -276,6 +280,14 @@ def run_training(
         config.group_loss_weights,
         config.pos_weight_cap,
     ).to(device)
+    distillation = None
+    if teacher is not None:
+        check_teacher(teacher.taxonomy, taxonomy)
+        multi = frozenset(g.name for g in taxonomy.classifier_groups if g.multi_label)
+        teacher = teacher.to(device).to(memory_format=torch.channels_last)
+        distillation = Distillation(
+            teacher, config.distil_weight, config.distil_temperature, loss_fn.group_weights, multi
+        )
     optimization = Optimization.build(model, config, len(train_loader), device)
     stopping = EarlyStopping(config.patience, ties_to_later=start.ties_to_later)
 
@@ -303,6 +315,7 @@ def run_training(
         wrapped=wrapped,
         progress=config.progress and ctx.is_main,
         input_sizes=input_sizes,
+        distillation=distillation,
     )
     run = TrainingRun(
         taxonomy, fitted.history, stopping.best_epoch, fitted.failure, device, threads, ctx.world_size, started

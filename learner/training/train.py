@@ -65,13 +65,16 @@ def train(
     evaluate_test: bool = True,
     more: Sequence[LabelledSet] = (),
     low_res: Sequence[LabelledSet] = (),
+    teacher: ModelBundle | None = None,
 ) -> TrainResult:
     """Fine-tune on the train split, select on val, evaluate test once, and save the bundle to `out`.
 
     `more`: further sets at serving resolution (e.g. the 300 px photos), split by the same rule, each split joining
     `data`'s (train, validation and calibration, test). `low_res`: sets of low-resolution photos (e.g. thumbnails),
     whose train split only is trained on, at the recipe's `low_res_size` (`run_training`'s `low_res_samples`); their
-    validation and test products are never read. The title model also learns from their train split's titles."""
+    validation and test products are never read. The title model also learns from their train split's titles.
+    `teacher`: a trained bundle of the same taxonomy whose classifier is distilled into the new one
+    (learner/training/distillation.py); the lineage records its model version."""
     start = time.time()
     sets = [data, *more]
     splits = {name: [s for d in sets for s in d.split(config.split, name)] for name in ("train", "val", "test")}
@@ -92,6 +95,7 @@ def train(
         say=tqdm.write,
         test_samples=splits["test"] if evaluate_test else None,
         low_res_samples=low_res_train,
+        teacher=teacher.classifier if teacher is not None else None,
     )
     if run.failure is not None or run.model is None:
         raise TrainingError(f"{run.failure}: lower the learning rate (lr {config.lr:g}) or check the labels")
@@ -106,6 +110,7 @@ def train(
         "split": {**config.split.to_dict(), "key_column": data.split_column},
         "recipe": config.to_dict(),
         "seed": config.seed,
+        **({"teacher": _teacher(teacher, config)} if teacher is not None else {}),
         **run.lineage(),
         "elapsed_s": round(elapsed, 1),
     }
@@ -131,6 +136,16 @@ def train(
     }
     path = bundle.save(out)
     return TrainResult(bundle, path, validation, test, run.history, elapsed)
+
+
+def _teacher(teacher: ModelBundle, config: TrainConfig) -> dict[str, Any]:
+    return {
+        "model_version": teacher.model_version,
+        "backbone": teacher.classifier.backbone_name,
+        "input_size": teacher.classifier.preprocessing.input_size,
+        "weight": config.distil_weight,
+        "temperature": config.distil_temperature,
+    }
 
 
 def _source(data: LabelledSet, config: TrainConfig) -> dict[str, Any]:

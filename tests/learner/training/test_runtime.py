@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-# 20 rounds of a 64 MiB tensor written in full and freed (numpy would ask for huge pages itself); prints the minor page faults per round
+# 20 rounds of a 64 MiB tensor written in full and freed (numpy would ask for huge pages itself); prints the
+# minor page faults per round
 _ROUNDS = """
 import json, resource, sys
 import torch
