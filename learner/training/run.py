@@ -213,6 +213,17 @@ def run_training(
     threads = configure_threads(device, config.threads)
     seed_everything(config.seed)
     taxonomy = start.taxonomy
+    distillation = None
+    if teacher is not None:  # refused before any photo is decoded
+        check_teacher(teacher.taxonomy, taxonomy)
+        groups = taxonomy.classifier_groups
+        distillation = Distillation(
+            teacher.to(device).to(memory_format=torch.channels_last),
+            config.distil_weight,
+            config.distil_temperature,
+            {g.name: float(config.group_loss_weights.get(g.name, 1.0)) for g in groups},  # as the labels' loss
+            frozenset(g.name for g in groups if g.multi_label),
+        )
     model = prepare_model(start.classifier(config), config.freeze_stages, device)
     pre = model.preprocessing
     try:
@@ -280,14 +291,6 @@ def run_training(
         config.group_loss_weights,
         config.pos_weight_cap,
     ).to(device)
-    distillation = None
-    if teacher is not None:
-        check_teacher(teacher.taxonomy, taxonomy)
-        multi = frozenset(g.name for g in taxonomy.classifier_groups if g.multi_label)
-        teacher = teacher.to(device).to(memory_format=torch.channels_last)
-        distillation = Distillation(
-            teacher, config.distil_weight, config.distil_temperature, loss_fn.group_weights, multi
-        )
     optimization = Optimization.build(model, config, len(train_loader), device)
     stopping = EarlyStopping(config.patience, ties_to_later=start.ties_to_later)
 
