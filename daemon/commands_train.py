@@ -52,7 +52,12 @@ def train_command(
         _DEFAULTS.low_res_fraction, help="Share of the --low-res-data photos drawn afresh for each epoch using them."
     ),
     serving_only_epochs: int = typer.Option(
-        _DEFAULTS.serving_only_epochs, help="The last N epochs train on serving-resolution photos only."
+        _DEFAULTS.serving_only_epochs, help="The last N epochs train on serving-resolution photos only, once each."
+    ),
+    serving_only_keep_steps: bool = typer.Option(
+        _DEFAULTS.serving_only_keep_steps,
+        "--serving-only-keep-steps/--serving-only-one-pass",
+        help="Serving-only epochs as long as the mixed ones (a second draw of serving photos), not one pass.",
     ),
     backbone: str = typer.Option(_DEFAULTS.backbone, help="tf_efficientnet_lite0/1/2 or a torchvision classifier."),
     teacher: Path | None = typer.Option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -63,6 +64,17 @@ def lr_factor(
             length = max(1.0, length * cycle_mult)
         progress = t / length
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def steps_in_epochs(per_epoch: Sequence[int], epochs: float) -> float:
+    """How many optimiser steps the first `epochs` epochs (fractional: part of the next) take, given each epoch's
+    step count; past the last epoch, its count goes on."""
+    steps, whole = 0.0, int(epochs)
+    for e in range(whole):
+        steps += per_epoch[min(e, len(per_epoch) - 1)]
+    if epochs > whole and per_epoch:
+        steps += (epochs - whole) * per_epoch[min(whole, len(per_epoch) - 1)]
+    return steps
 
 
 def make_scheduler(
@@ -130,23 +142,32 @@ class Optimization:
 
     @classmethod
     def build(
-        cls, model: AttributeClassifier, config: TrainConfig, steps_per_epoch: int, device: torch.device
+        cls,
+        model: AttributeClassifier,
+        config: TrainConfig,
+        steps_per_epoch: int | Sequence[int],
+        device: torch.device,
     ) -> Optimization:
         """The recipe's optimisation for the classifier `model` (unwrapped): AdamW (`make_optimizer`), warm-up over
         `warmup_epochs`, then cosine to the end (`schedule` "cosine") or cosine cycles of `restart_epochs` x
-        `restart_mult`**k with warm restarts."""
+        `restart_mult`**k with warm restarts. `steps_per_epoch`: one count for every epoch, or each epoch's (the
+        serving-only epochs of a mixed-resolution recipe are shorter); the schedule counts steps."""
         optimizer = make_optimizer(model, config)
         if config.schedule not in SCHEDULES:
             raise TrainingError(f"schedule must be one of {', '.join(SCHEDULES)}, not {config.schedule!r}")
         restarts = config.schedule == "restarts"
         if restarts and config.restart_epochs <= 0:
             raise TrainingError(f"restart_epochs must be positive with restarts, not {config.restart_epochs}")
+        per_epoch = [steps_per_epoch] * config.epochs if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
+        if len(per_epoch) != config.epochs:
+            raise TrainingError(f"{len(per_epoch)} epochs' step counts for a recipe of {config.epochs} epochs")
+        mean_steps = sum(per_epoch) / max(1, len(per_epoch))
         scheduler = make_scheduler(
             optimizer,
-            warmup_steps=max(1, round(config.warmup_epochs * steps_per_epoch)),
-            total_steps=config.epochs * steps_per_epoch,
+            warmup_steps=max(1, round(steps_in_epochs(per_epoch, config.warmup_epochs))),
+            total_steps=sum(per_epoch),
             min_lr_ratio=config.min_lr_ratio,
-            cycle_steps=max(1, round(config.restart_epochs * steps_per_epoch)) if restarts else None,
+            cycle_steps=max(1, round(config.restart_epochs * mean_steps)) if restarts else None,
             cycle_mult=config.restart_mult,
         )
         amp_dtype, scaler = amp_settings(device, config.amp)

@@ -32,7 +32,10 @@ class TrainConfig:
     # thumbnails), trained at their own small side in batches of their own (learner/datasets/mixed_resolution.py)
     low_res_size: int = 112  # their letterbox side (the serving photos stay at the input size)
     low_res_fraction: float = 0.25  # the share of them drawn afresh for each epoch that uses them
-    serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only
+    serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only, each once
+    # True: those epochs keep the mixed epochs' step count, a second draw of serving photos filling the low-resolution
+    # batches' places (the recipe before 2026-12-07; a lineage written then, without this field, reads back True)
+    serving_only_keep_steps: bool = False
     batch_size: int = 32
     lr: float = 1e-3  # learning rate of the heads (peak, after warm-up)
     backbone_lr_decay: float = 0.8  # each backbone stage, from the last, gets this factor less
@@ -95,6 +98,8 @@ class TrainConfig:
         d.pop("progress", None)
         if split is not None:
             d["split"] = SplitRule.from_dict(split)
+        if "serving_only_epochs" in d:  # written before serving-only epochs became one pass: they kept the steps
+            d.setdefault("serving_only_keep_steps", True)
         for name in ("scale", "sizes"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])

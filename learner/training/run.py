@@ -198,10 +198,11 @@ def run_training(
     depend on the world size; None: one process, whose loader shuffles with a generator seeded by the recipe and
     drops an incomplete last batch. `test_samples`: also predicted with the selected weights (rank 0).
     `low_res_samples`: also trained on, letterboxed at the recipe's `low_res_size` in batches of their own, a fresh
-    `low_res_fraction` of them per epoch, except in the last `serving_only_epochs`
-    (learner/datasets/mixed_resolution.py); one process only. `teacher`: a trained classifier of the same taxonomy
-    (any backbone) whose answers are distilled into the student at the recipe's `distil_weight` and
-    `distil_temperature` (learner/training/distillation.py); it is moved to the device and never trained."""
+    `low_res_fraction` of them per epoch, except in the last `serving_only_epochs` (one pass over the serving photos
+    each, unless `serving_only_keep_steps`; learner/datasets/mixed_resolution.py); one process only. `teacher`: a
+    trained classifier of the same taxonomy (any backbone) whose answers are distilled into the student at the
+    recipe's `distil_weight` and `distil_temperature` (learner/training/distillation.py); it is moved to the device
+    and never trained."""
     if not train_samples or not val_samples:
         raise TrainingError(
             f"nothing to fine-tune on: {len(train_samples)} training and {len(val_samples)} validation images"
@@ -245,7 +246,13 @@ def run_training(
         low_pre = dataclasses.replace(pre, input_size=config.low_res_size)
         low_res_ds = ImageDataset(low_res_samples, taxonomy, low_pre, augmentation, seed=config.seed)
         mixed = MixedResolutionBatches(
-            len(train_ds), len(low_res_ds), config.batch_size, config.low_res_fraction, low_res_epochs, config.seed
+            len(train_ds),
+            len(low_res_ds),
+            config.batch_size,
+            config.low_res_fraction,
+            low_res_epochs,
+            config.seed,
+            keep_steps=config.serving_only_keep_steps,
         )
     val_ds = ImageDataset(val_samples, taxonomy, pre)
     test_ds = ImageDataset(test_samples, taxonomy, pre) if test_samples is not None else None
@@ -291,7 +298,8 @@ def run_training(
         config.group_loss_weights,
         config.pos_weight_cap,
     ).to(device)
-    optimization = Optimization.build(model, config, len(train_loader), device)
+    epoch_steps = [mixed.batches_in(e) for e in range(1, config.epochs + 1)] if mixed is not None else len(train_loader)
+    optimization = Optimization.build(model, config, epoch_steps, device)
     stopping = EarlyStopping(config.patience, ties_to_later=start.ties_to_later)
 
     def set_epoch(epoch: int) -> None:

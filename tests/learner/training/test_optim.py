@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.training.errors import TrainingError
-from learner.training.optim import lr_factor, make_scheduler
+from learner.training.optim import lr_factor, make_scheduler, steps_in_epochs
 
 
 def test_restarts_warm_up_then_run_cosine_cycles_that_restart_at_the_peak() -> None:
@@ -44,17 +44,18 @@ def test_a_shrinking_restart_cycle_is_refused() -> None:
         make_scheduler(opt, 1, 10, 0.1, cycle_steps=3, cycle_mult=0.5)
 
 
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2, 2))
+
+    def parameter_groups(self, lr: float, decay: float) -> list[dict[str, object]]:
+        return [{"params": [self.w], "lr": lr, "name": "heads"}]
+
+
 def test_the_recipe_schedules_restarts_per_step_from_restart_epochs() -> None:
     from learner.training.optim import Optimization
     from learner.training.recipe import TrainConfig
-
-    class Tiny(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(2, 2))
-
-        def parameter_groups(self, lr: float, decay: float) -> list[dict[str, object]]:
-            return [{"params": [self.w], "lr": lr, "name": "heads"}]
 
     config = TrainConfig(epochs=6, lr=1.0, warmup_epochs=1, schedule="restarts", restart_epochs=2, ema_decay=0)
     opt = Optimization.build(Tiny(), config, steps_per_epoch=5, device=torch.device("cpu"))  # type: ignore[arg-type]
@@ -67,3 +68,27 @@ def test_the_recipe_schedules_restarts_per_step_from_restart_epochs() -> None:
     assert [s for s, lr in enumerate(lrs) if lr == pytest.approx(1.0)] == [4, 5, 15, 25]
     with pytest.raises(TrainingError, match="schedule must be one of cosine, restarts"):
         Optimization.build(Tiny(), TrainConfig(schedule="linear"), 5, torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_epochs_of_different_lengths_warm_up_over_the_first_and_decay_to_the_floor_at_the_last_step() -> None:
+    from learner.training.optim import Optimization
+    from learner.training.recipe import TrainConfig
+
+    config = TrainConfig(epochs=3, lr=1.0, warmup_epochs=1, min_lr_ratio=0.1, ema_decay=0)
+    opt = Optimization.build(Tiny(), config, [6, 6, 3], torch.device("cpu"))  # type: ignore[arg-type]
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.optimizer.param_groups[0]["lr"])
+        opt.optimizer.step()
+        opt.scheduler.step()
+
+    assert lrs.index(max(lrs)) == 5  # warm-up: the first epoch's 6 steps
+    assert lrs[14] > 0.1 and lrs[15] == pytest.approx(0.1)  # the cosine spans all 15 steps, not 3 x 6
+    with pytest.raises(TrainingError, match="2 epochs' step counts for a recipe of 3 epochs"):
+        Optimization.build(Tiny(), config, [6, 3], torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_a_fractional_warm_up_counts_part_of_the_next_epochs_steps() -> None:
+    assert steps_in_epochs([10, 4, 4], 1.5) == 12
+    assert steps_in_epochs([10, 4], 3) == 18  # past the last epoch its count goes on
+    assert steps_in_epochs([10], 0) == 0

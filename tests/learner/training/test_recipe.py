@@ -51,3 +51,12 @@ def test_sizes_survive_the_lineage_round_trip() -> None:
 
     assert as_json_would_give["sizes"] == [160, 224]
     assert TrainConfig.from_dict(as_json_would_give).sizes == (160, 224)
+
+
+def test_a_lineage_written_before_one_pass_serving_epochs_reads_back_as_keeping_the_steps() -> None:
+    old = TrainConfig().to_dict()
+    del old["serving_only_keep_steps"]
+
+    assert TrainConfig.from_dict(old).serving_only_keep_steps is True
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).serving_only_keep_steps is False
+    assert TrainConfig.from_dict(TrainConfig(serving_only_keep_steps=True).to_dict()).serving_only_keep_steps is True
