@@ -1,7 +1,7 @@
 """The process a training runs in: seeding every generator (`seed_everything`), CPU threads (`configure_threads`),
-mixed precision (`amp_settings`, `autocast`) and the C allocator's handling of freed memory
-(`retain_freed_memory`, for the `shelfsight train` process only). Shared by the classifier's and the detector's
-training and by the lifecycle's holdout evaluation.
+mixed precision (`amp_settings`, `autocast`) and the C allocator's handling of freed memory (`retain_freed_memory`,
+for processes that train and end: `shelfsight train`, `shelfsight learn --once`). Shared by the classifier's and the
+detector's training and by the lifecycle's holdout evaluation.
 
 Must not: build models, data or optimisers.
 """
@@ -44,9 +44,9 @@ def retain_freed_memory() -> bool:
     a third of the time (tests/benchmarks/bench_train_step.py measures it). With `M_MMAP_MAX` = 0 large blocks come
     from the heap, and with the largest `M_TRIM_THRESHOLD` the heap is not trimmed after each step.
 
-    For a process that trains and ends (`shelfsight train`), not for the long-running service: the resident memory
-    stays near its peak until the process exits. Returns False, changing nothing, where the C library has no
-    `mallopt` (not glibc)."""
+    For a process that trains and ends (`shelfsight train`, the retraining child `shelfsight learn --once`), not for
+    the long-running service: the resident memory stays near its peak until the process exits. Returns False,
+    changing nothing, where the C library has no `mallopt` (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
