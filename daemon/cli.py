@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from daemon import (
+    commands_bundle,
     commands_data,
     commands_demo,
     commands_learn,
@@ -49,7 +50,8 @@ for family in (
     commands_train,  # train, evaluate
     commands_review,  # review run | status | sync
     commands_learn,  # learn
-    commands_models,  # models list | show | register | promote | rollback
+    commands_models,  # models list | show | register | promote | rollback | gate-report
+    commands_bundle,  # models calibrate | add-title | export | shrink (added to the `models` sub-app above)
     commands_precision,  # models precision | resume (added to the `models` sub-app above)
     commands_data,  # data issues
 ):
