@@ -16,12 +16,14 @@ figures, so they are what recipes are chosen on, not held-out results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from learner.model.manifest import BundleError, read_manifest
+from learner.training.recipe import TrainConfig
 
 
 def recipe_run(path: Path, label: str) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def recipe_run(path: Path, label: str) -> dict[str, Any]:
     history = [row for row in lineage.get("history") or [] if "seconds" in row]
     if not history:
         raise ValueError(f"{path}: no per-epoch history in its lineage (not written by `shelfsight train`?)")
-    recipe = lineage.get("recipe") or {}
+    recipe = dataclasses.asdict(TrainConfig.from_dict(lineage["recipe"])) if lineage.get("recipe") else {}
     cumulative, epochs = 0.0, []
     for row in history:
         cumulative += float(row["seconds"])

@@ -37,10 +37,19 @@ def test_epochs_add_up_to_the_training_time_and_the_selected_epoch_is_the_lineag
     assert [e["cumulative_s"] for e in run["epochs"]] == [400.0, 810.0, 1060.0]
     assert run["training_s"] == 1060.0 and run["elapsed_s"] == 1200
     assert run["best_epoch"] == 2 and run["selected"]["val_mean_top1"] == 0.86
+    assert run["recipe"]["serving_only_keep_steps"] is False
+
+
+def test_a_recipe_written_before_one_pass_serving_epochs_is_shown_as_keeping_the_steps(tmp_path: Path) -> None:
+    lineage = {"recipe": {"epochs": 12, "serving_only_epochs": 3}, "history": [epoch(1, 400.0, 0.8)]}
+
+    run = recipe_run(bundle_with(tmp_path / "old.safetensors", lineage), "old")
+
+    assert run["recipe"]["serving_only_keep_steps"] is True and run["recipe"]["epochs"] == 12
 
 
 def test_a_bundle_without_a_training_history_is_refused_with_its_path(tmp_path: Path) -> None:
-    path = bundle_with(tmp_path / "calibrated-only.safetensors", {"recipe": {}})
+    path = bundle_with(tmp_path / "calibrated-only.safetensors", {"recipe": {"epochs": 3}})
 
     with pytest.raises(ValueError, match=r"calibrated-only\.safetensors: no per-epoch history"):
         recipe_run(path, "x")
