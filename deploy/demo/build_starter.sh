@@ -11,8 +11,8 @@
 # the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors; a title model is trained first when it
 # has none), then shrinks it.
 # SOURCES="--data ../shared/data/fashion-products-more --low-res-data ../shared/data/fashion-products-thumbs" also
-# trains on those folders (the multi-folder recipe of docs/model-card.md, "All three folders in one run"; about
-# 110 minutes on two CPU cores, measured 2026-12-07); the manifest records every folder read.
+# trains on those folders (the multi-folder recipe of docs/model-card.md, "All three folders in one run"; 92 minutes
+# on two CPU cores, measured 2026-12-07); the manifest records every folder read.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
 set -euo pipefail
