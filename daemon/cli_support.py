@@ -29,6 +29,15 @@ CONFIG_OPTION = typer.Option(None, "--config", help="TOML configuration file (or
 STARTER_BUNDLE = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "starter.safetensors"
 
 
+def sub_app(app: typer.Typer, name: str, made_by: str) -> typer.Typer:
+    """The sub-app `name` that another command module (`made_by`) registered on `app`, for a module adding its
+    commands to it; RuntimeError when that module was not registered first (daemon/cli.py's order)."""
+    found = next((g.typer_instance for g in app.registered_groups if g.name == name), None)
+    if found is None:
+        raise RuntimeError(f"register {made_by} (the `{name}` sub-app) first: daemon/cli.py's order")
+    return found
+
+
 def load_settings(config: Path | None = None) -> Settings:
     """The settings (environment, then `config` or SHELFSIGHT_CONFIG); on invalid ones, one line on stderr and exit 2.
 

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import typer
 
-from daemon.cli_support import fail
+from daemon.cli_support import fail, sub_app
 
 
 def register(app: typer.Typer) -> None:
     """Add `calibrate`, `add-title`, `export` and `shrink` to the `models` sub-app (daemon/commands_models.py's)."""
-    models = next((g.typer_instance for g in app.registered_groups if g.name == "models"), None)
-    if models is None:
-        raise RuntimeError("register daemon/commands_models.py (the `models` sub-app) before commands_bundle")
+    models = sub_app(app, "models", "daemon/commands_models.py")
     models.command("calibrate")(calibrate_command)
     models.command("add-title")(add_title_command)
     models.command("export")(export_command)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from daemon.cli_support import CONFIG_OPTION, fail, load_settings
+from daemon.cli_support import CONFIG_OPTION, fail, load_settings, sub_app
 
 if TYPE_CHECKING:
     from connectors.db import ProductStore
@@ -31,9 +31,7 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     """Add `precision` and `resume` to the `models` sub-app (which daemon/commands_models.py registered first)."""
-    models = next((g.typer_instance for g in app.registered_groups if g.name == "models"), None)
-    if models is None:
-        raise RuntimeError("register daemon/commands_models.py (the `models` sub-app) before commands_precision")
+    models = sub_app(app, "models", "daemon/commands_models.py")
     models.command("precision")(precision_command)
     models.command("resume")(resume_command)
 

@@ -35,3 +35,20 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_service_goes_on()
     assert proc.returncode == 0 and "still running" in out
     assert "poll_loop" in err  # the other thread's stack, not only the main one
     assert "Current thread" in err and err.count("hread 0x") >= 2
+
+
+def test_a_module_adding_to_a_sub_app_registered_too_early_says_which_module_must_come_first() -> None:
+    import pytest
+    import typer
+
+    from daemon import commands_bundle, commands_models
+
+    app = typer.Typer()
+    with pytest.raises(RuntimeError, match=r"register daemon/commands_models\.py \(the `models` sub-app\) first"):
+        commands_bundle.register(app)
+
+    commands_models.register(app)
+    commands_bundle.register(app)
+    models = next(g.typer_instance for g in app.registered_groups if g.name == "models")
+    assert models is not None
+    assert {"list", "calibrate", "shrink"} <= {c.name for c in models.registered_commands}
