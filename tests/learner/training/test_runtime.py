@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-# 20 rounds of a 64 MiB tensor written in full and freed (numpy would ask for huge pages itself); prints the
+# 40 rounds of a 64 MiB tensor written in full and freed (numpy would ask for huge pages itself); prints the
 # minor page faults per round
 _ROUNDS = """
 import json, resource, sys
@@ -23,9 +23,9 @@ if sys.argv[1] == "retain":
 for _ in range(3):  # the first rounds fault their pages in either way
     torch.ones(16 << 20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(40):
     torch.ones(16 << 20).sum()
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20))
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 40))
 """
 
 
@@ -47,5 +47,6 @@ def test_a_freed_large_block_is_reused_instead_of_faulted_in_again() -> None:
     default, retained = _faults_per_round("default"), _faults_per_round("retain")
     pages = (64 << 20) / 4096
     assert default > pages / 2, f"glibc's default maps each 64 MiB block afresh: {default:.0f} faults per round"
-    # kept for reuse: the heap may still grow once while the rounds run, never once per round
-    assert retained * 20 < 1.5 * pages, f"kept for reuse: {retained:.0f} faults per round"
+    # kept for reuse: the heap may still grow a few times while the rounds run (a small allocation can land in the
+    # freed block and split it: seen as two blocks' growth, once), never once per round
+    assert retained * 40 < 4 * pages, f"kept for reuse: {retained:.0f} faults per round"
