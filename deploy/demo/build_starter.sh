@@ -11,8 +11,9 @@
 # the shipped float16 starter itself: FROM=deploy/demo/starter.safetensors; a title model is trained first when it
 # has none), then shrinks it.
 # SOURCES="--data ../shared/data/fashion-products-more --low-res-data ../shared/data/fashion-products-thumbs" also
-# trains on those folders (the multi-folder recipe of docs/model-card.md, "All three folders in one run"; 92 minutes
-# on two CPU cores, measured 2026-12-07); the manifest records every folder read.
+# trains on those folders (the multi-folder recipe of docs/model-card.md, "All three folders in one run"; 49 minutes
+# on two CPU cores on a fast day, about 84 at the slowest speed this machine was measured at); the manifest records
+# every folder read.
 # The test split is never read (--no-test): the figures in the manifest are validation figures.
 # tests/deploy/test_starter_bundle.py checks the committed files.
 set -euo pipefail
@@ -24,10 +25,10 @@ WORK="${WORK:-runs/starter}"
 FROM="${FROM:-}"
 read -r -a SOURCES <<< "${SOURCES:-}"
 # The documented recipe (README "Model", docs/model-card.md): the ONE place its flags are written down. With
-# SOURCES (the multi-folder recipe) 11 epochs: 8 that also draw a quarter of the thumbnails, then 3 serving-only
+# SOURCES (the multi-folder recipe) 10 epochs: 7 that also draw a quarter of the thumbnails, then 3 serving-only
 # passes over the 224/300 px photos (docs/model-card.md, "All three folders in one run").
 EPOCHS=12
-[ -n "${SOURCES[*]}" ] && EPOCHS=11
+[ -n "${SOURCES[*]}" ] && EPOCHS=10
 RECIPE=(--taxonomy fashion-products --backbone tf_efficientnet_lite0 --epochs "$EPOCHS" --class-weight-power 0
     --brightness 0 --contrast 0 --seed 1 --no-test)
 
