@@ -47,6 +47,7 @@ def test_a_freed_large_block_is_reused_instead_of_faulted_in_again() -> None:
     default, retained = _faults_per_round("default"), _faults_per_round("retain")
     pages = (64 << 20) / 4096
     assert default > pages / 2, f"glibc's default maps each 64 MiB block afresh: {default:.0f} faults per round"
-    # kept for reuse: the heap may still grow a few times while the rounds run (a small allocation can land in the
-    # freed block and split it: seen as two blocks' growth, once), never once per round
-    assert retained * 40 < 4 * pages, f"kept for reuse: {retained:.0f} faults per round"
+    # kept for reuse: most rounds reuse the freed block. The heap still grows now and then (a small allocation lands
+    # in the freed block and splits it): 0-2 blocks in 40 rounds on a quiet machine, one block every 10 rounds under
+    # CI's load; never anywhere near a block per round
+    assert retained < default / 3, f"kept for reuse: {retained:.0f} faults per round against {default:.0f}"
