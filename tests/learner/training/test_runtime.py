@@ -47,7 +47,7 @@ def test_a_freed_large_block_is_reused_instead_of_faulted_in_again() -> None:
     default, retained = _faults_per_round("default"), _faults_per_round("retain")
     pages = (64 << 20) / 4096
     assert default > pages / 2, f"glibc's default maps each 64 MiB block afresh: {default:.0f} faults per round"
-    # kept for reuse: most rounds reuse the freed block. The heap still grows now and then (a small allocation lands
-    # in the freed block and splits it): 0-2 blocks in 40 rounds on a quiet machine, one block every 10 rounds under
-    # CI's load; never anywhere near a block per round
+    # kept for reuse: most rounds reuse the freed block. The heap still grows now and then (cause not pinned down):
+    # 0-2 blocks in 40 rounds on a quiet machine, one block every 10 rounds in CI; never anywhere near a block per
+    # round
     assert retained < default / 3, f"kept for reuse: {retained:.0f} faults per round against {default:.0f}"
