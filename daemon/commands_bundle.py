@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from daemon.cli_support import fail, sub_app
+from learner.training.recipe import TrainConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -157,7 +158,18 @@ def calibrate_command(
 
 def add_title_command(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Model bundle (.safetensors), float16 or float32."),
-    data: Path = typer.Option(..., "--data", help="labels.csv (with a title column), or a directory holding it."),
+    data: list[Path] = typer.Option(
+        ...,
+        "--data",
+        help="labels.csv (with a title column), or a directory holding it; repeatable: the further sets' train and "
+        "validation splits join the first's (as `shelfsight train` joins them).",
+    ),
+    low_res_data: list[Path] = typer.Option(
+        [], "--low-res-data", help="A set whose train split's titles are also trained on, lighter (repeatable)."
+    ),
+    low_res_title_weight: float = typer.Option(
+        TrainConfig.low_res_title_weight, help="Weight of each --low-res-data title in the loss (the others weigh 1)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the bundle here (default: rewrite BUNDLE)."),
     title_column: str | None = typer.Option(None, help="Column of product titles (default: the taxonomy's)."),
     group_by: str | None = typer.Option(None, help="Split grouping column (default: the bundle's)."),
@@ -168,9 +180,10 @@ def add_title_command(
     fusion: bool = typer.Option(True, help="Also fit photos and title together on the validation split (needed)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (the photos predicted for the fusion)."),
 ) -> None:
-    """Train a title model on the bundle's train split of DATA (its own split rule), calibrate it on the validation
-    split, fit the fusion of photos and title there, and store both in the bundle; the image model is untouched (a
-    float16 bundle stays float16). --no-fusion: the bundle reads no titles until `models calibrate` fits one."""
+    """Train a title model on the bundle's train split of DATA (its own split rule; every --data joined, the
+    --low-res-data train splits weighing less), calibrate it on the validation split, fit the fusion of photos and
+    title there, and store both in the bundle; the image model is untouched (a float16 bundle stays float16).
+    --no-fusion: the bundle reads no titles until `models calibrate` fits one."""
     from learner.datasets.labelled import DataError
     from learner.model.bundle import BundleError
     from learner.training.errors import TrainingError
@@ -179,8 +192,11 @@ def add_title_command(
     try:
         done = add_title_model(
             bundle_path,
-            data,
+            data[0],
             out,
+            more=data[1:],
+            low_res=low_res_data,
+            low_res_weight=low_res_title_weight,
             title_column=title_column,
             group_column=group_by,
             image_column=image_column,

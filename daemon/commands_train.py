@@ -51,6 +51,10 @@ def train_command(
     low_res_fraction: float = typer.Option(
         _DEFAULTS.low_res_fraction, help="Share of the --low-res-data photos drawn afresh for each epoch using them."
     ),
+    low_res_title_weight: float = typer.Option(
+        _DEFAULTS.low_res_title_weight,
+        help="Weight of each --low-res-data title in the title model's loss (the other sets' titles weigh 1).",
+    ),
     serving_only_epochs: int = typer.Option(
         _DEFAULTS.serving_only_epochs, help="The last N epochs train on serving-resolution photos only, once each."
     ),

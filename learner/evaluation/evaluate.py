@@ -47,7 +47,7 @@ from learner.model.bundle import ModelBundle
 from learner.model.classifier import AttributeClassifier
 from learner.model.manifest import file_sha256
 from learner.model.shift_guard import SCORE_KEY, free_energy
-from learner.model.taxonomy import AttributeGroup
+from learner.model.taxonomy import AttributeGroup, Taxonomy
 
 ECE_BINS = 15
 DEFAULT_THRESHOLD = 0.5
@@ -168,11 +168,24 @@ def predict_bundle(
     samples = data.split(rule, split)
     if not samples:
         raise ValueError(f"the {split} split of {data.source} has no images under rule {rule.describe()}")
+    return predict_samples(bundle, samples, data.taxonomy, batch_size, device, tta), len(samples)
+
+
+def predict_samples(
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    taxonomy: Taxonomy,
+    batch_size: int = 64,
+    device: str = "auto",
+    tta: str | None = None,
+) -> Predictions:
+    """The bundle's raw (uncalibrated) predictions on `samples` (of one or several labelled sets of `taxonomy`),
+    in their order."""
     dev = pick_device(device)
     model = bundle.classifier.to(dev).eval().to(memory_format=torch.channels_last)
-    loader = DataLoader(ImageDataset(samples, data.taxonomy, model.preprocessing), batch_size=batch_size)
+    loader = DataLoader(ImageDataset(samples, taxonomy, model.preprocessing), batch_size=batch_size)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" else None
-    return predict(model, loader, dev, amp_dtype, tta), len(samples)
+    return predict(model, loader, dev, amp_dtype, tta)
 
 
 def split_rule_of(bundle: ModelBundle) -> SplitRule:

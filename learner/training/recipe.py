@@ -32,6 +32,9 @@ class TrainConfig:
     # thumbnails), trained at their own small side in batches of their own (learner/datasets/mixed_resolution.py)
     low_res_size: int = 112  # their letterbox side (the serving photos stay at the input size)
     low_res_fraction: float = 0.25  # the share of them drawn afresh for each epoch that uses them
+    # each of their titles' weight in the title model's loss (the serving sets' weigh 1): the thumbnails are mostly
+    # another era of the catalog whose season labels follow other words (docs/model-card.md, "Whose titles teach")
+    low_res_title_weight: float = 0.25
     serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only, each once
     # True: those epochs keep the mixed epochs' step count, a second draw of serving photos filling the low-resolution
     # batches' places (the recipe before 2026-12-07; a lineage written then, without this field, reads back True)
@@ -100,6 +103,8 @@ class TrainConfig:
             d["split"] = SplitRule.from_dict(split)
         if "serving_only_epochs" in d:  # written before serving-only epochs became one pass: they kept the steps
             d.setdefault("serving_only_keep_steps", True)
+        if "low_res_fraction" in d:  # written before low-resolution titles weighed less: they weighed 1
+            d.setdefault("low_res_title_weight", 1.0)
         for name in ("scale", "sizes"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
@@ -117,6 +122,8 @@ class TrainConfig:
         cannot (the serving-only epochs would leave none, or the side or fraction is out of range)."""
         if not 0 < self.low_res_fraction <= 1:
             raise ValueError(f"--low-res-fraction must be in (0, 1], not {self.low_res_fraction}")
+        if not 0 <= self.low_res_title_weight <= 1:
+            raise ValueError(f"--low-res-title-weight must be in [0, 1], not {self.low_res_title_weight}")
         if self.low_res_size <= 0:
             raise ValueError(f"--low-res-size must be positive, not {self.low_res_size}")
         if not 0 <= self.serving_only_epochs < self.epochs:

@@ -133,11 +133,19 @@ def train_title_model(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     progress: Callable[[str], None] | None = None,
     init: TitleModel | None = None,
+    weights: Sequence[float] | None = None,
 ) -> TitleModel:
     """A calibrated title model trained on the titles of `train_samples`, calibrated and measured on those of
-    `val_samples` (see the module docstring). TrainingError when either has no title or no vocabulary results."""
+    `val_samples` (see the module docstring). `weights`: per sample of `train_samples`, its weight in the loss
+    (None: 1 each; the thumbnails of another era weigh less, see `attach_title_model`). TrainingError when either
+    split has no title, no vocabulary results, or `weights` does not fit."""
     say = progress or (lambda _msg: None)
-    train, val = titled(train_samples), titled(val_samples)
+    if weights is not None and (len(weights) != len(train_samples) or not all(w >= 0 for w in weights)):
+        raise TrainingError(f"{len(weights)} title weights for {len(train_samples)} samples (each >= 0)")
+    given = [1.0] * len(train_samples) if weights is None else [float(w) for w in weights]
+    kept = [(s, w) for s, w in zip(train_samples, given, strict=True) if s.title and s.title.strip() and w > 0]
+    train, train_weights = [s for s, _ in kept], np.array([w for _, w in kept], dtype=np.float32)
+    val = titled(val_samples)
     if not train or not val:
         raise TrainingError(f"no titles to train on: {len(train)} training and {len(val)} validation titles")
     started = time.time()
@@ -159,6 +167,7 @@ def train_title_model(
         "max_features": max_features,
         "mask_share": mask_share,
         "seed": seed,
+        **({"weighted": _weight_summary(train_weights)} if weights is not None else {}),
         "warm_start": init is not None,
         "train_titles": len(train),
         "val_titles": len(val),
@@ -168,7 +177,7 @@ def train_title_model(
     try:
         with torch.random.fork_rng(devices=[]):  # initialisation and dropout from the seed; the caller's RNG untouched
             torch.manual_seed(seed)
-            net = _fit(train, val, taxonomy, vocab, config, say, init)
+            net = _fit(train, val, taxonomy, vocab, config, say, init, train_weights)
     finally:
         torch.set_num_threads(threads)
     model = net.to_title_model(vocab, config)
@@ -193,8 +202,10 @@ def _fit(
     config: dict[str, Any],
     say: Callable[[str], None],
     init: TitleModel | None = None,
+    weights: np.ndarray | None = None,
 ) -> BagOfNgrams:
-    """The trained network (in eval mode) for the recipe in `config`, from `init`'s weights when given."""
+    """The trained network (in eval mode) for the recipe in `config`, from `init`'s weights when given; `weights`
+    (N,): each training sample's weight in its groups' losses (a weighted mean over the batch's labelled rows)."""
     groups = [g for g in taxonomy.classifier_groups if not g.multi_label]
     epochs, batch_size, mask_share = int(config["epochs"]), int(config["batch_size"]), float(config["mask_share"])
     generator = torch.Generator().manual_seed(int(config["seed"]))
@@ -216,7 +227,13 @@ def _fit(
     steps = epochs * math.ceil(int(usable.sum()) / batch_size)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: max(0.0, 1.0 - step / max(1, steps)))
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="none")
+    sample_weight = torch.from_numpy(np.ones(len(train), np.float32) if weights is None else weights)
+
+    def group_loss(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        w = w * (y >= 0)
+        return (loss_fn(z, y) * w).sum() / w.sum().clamp_min(1e-12)
+
     for epoch in range(1, epochs + 1):
         net.train()
         order = torch.randperm(len(train), generator=generator).numpy()
@@ -228,7 +245,12 @@ def _fit(
             ids, offsets = _batch([masked[i] if swap[i] and masked[i] else plain[i] for i in rows])
             index = torch.from_numpy(rows)
             logits = net(ids, offsets)
-            losses = [loss_fn(z, targets[g][index]) for g, z in logits.items() if (targets[g][index] >= 0).any()]
+            row_weight = sample_weight[index]
+            losses = [
+                group_loss(z, targets[g][index], row_weight)
+                for g, z in logits.items()
+                if (targets[g][index] >= 0).any()
+            ]
             if not losses:
                 continue
             loss = torch.stack(losses).sum()
@@ -255,23 +277,27 @@ def attach_title_model(
     seed: int,
     say: Callable[[str], None],
     fallback: ModelBundle | None = None,
+    weights: Sequence[float] | None = None,
 ) -> str:
     """Give a freshly trained, calibrated `bundle` its title model and its photos-and-title fusion, in place, and say
     what was done. With titles in both splits: a title model trained on the titles of `train_samples` and calibrated
     on those of `val_samples`; when `fallback` (the champion a fine-tune started from) has a title model, that one is
     fine-tuned instead (its vocabulary and weights, `FINE_TUNE_EPOCHS` at `FINE_TUNE_LR`: retraining's samples are
     the new corrections and a replay, not the whole set) and kept only when its mean validation top-1 is at least the
-    champion's on the same titles, else the champion's is kept. Without titles, `fallback`'s title model is kept. Then
+    champion's on the same titles, else the champion's is kept. `weights`: per sample of `train_samples`, its title's
+    weight in the loss (`train_title_model`). Without titles, `fallback`'s title model is kept. Then
     the fusion, fitted on the bundle's raw `val_predictions` (rows in `val_samples` order) and those titles
     (learner.evaluation.fusion.fit_bundle_fusion); without validation titles `fallback`'s fusion is kept."""
     champion = fallback.title_model if fallback is not None else None
     train, val = titled(train_samples), titled(val_samples)
     if train and val and champion is None:
-        bundle.title_model = train_title_model(train, val, bundle.taxonomy, seed=seed, progress=say)
+        bundle.title_model = train_title_model(
+            train_samples, val, bundle.taxonomy, seed=seed, progress=say, weights=weights
+        )
         done = f"title model trained on {len(train)} titles"
     elif train and val and champion is not None:
         tuned = train_title_model(
-            train,
+            train_samples,
             val,
             bundle.taxonomy,
             seed=seed,
@@ -279,6 +305,7 @@ def attach_title_model(
             lr=FINE_TUNE_LR,
             progress=say,
             init=champion,
+            weights=weights,
         )
         new, old = (_mean_top1(m, val, bundle.taxonomy) for m in (tuned, champion))
         bundle.title_model = tuned if new >= old else champion
@@ -296,6 +323,12 @@ def attach_title_model(
         fusion = fallback.fusion
     bundle.fusion = fusion
     return done + ("" if fusion is not None else "; no fusion fitted (no validation titles)")
+
+
+def _weight_summary(weights: np.ndarray) -> dict[str, float]:
+    """How many titles trained at full weight, how many lighter, and the lighter ones' weight sum (the lineage)."""
+    light = weights[weights < 1.0]
+    return {"full": int((weights >= 1.0).sum()), "lighter": int(light.size), "lighter_weight_sum": float(light.sum())}
 
 
 def _mean_top1(model: TitleModel, samples: Sequence[Sample], taxonomy: Taxonomy) -> float:

@@ -72,7 +72,8 @@ def train(
     `more`: further sets at serving resolution (e.g. the 300 px photos), split by the same rule, each split joining
     `data`'s (train, validation and calibration, test). `low_res`: sets of low-resolution photos (e.g. thumbnails),
     whose train split only is trained on, at the recipe's `low_res_size` (`run_training`'s `low_res_samples`); their
-    validation and test products are never read. The title model also learns from their train split's titles.
+    validation and test products are never read. The title model also learns from their train split's titles, each
+    weighing the recipe's `low_res_title_weight`.
     `teacher`: a trained bundle of the same taxonomy whose classifier is distilled into the new one
     (learner/training/distillation.py); the lineage records its model version."""
     start = time.time()
@@ -124,6 +125,9 @@ def train(
             run.selected.predictions,
             seed=config.seed,
             say=tqdm.write,
+            weights=[1.0] * len(splits["train"]) + [config.low_res_title_weight] * len(low_res_train)
+            if low_res_train
+            else None,
         )
     # measured as the calibrated bundle tags (temperatures, hierarchy, auto-fill thresholds): the same figures as
     # `shelfsight evaluate BUNDLE --split val`

@@ -60,3 +60,17 @@ def test_a_lineage_written_before_one_pass_serving_epochs_reads_back_as_keeping_
     assert TrainConfig.from_dict(old).serving_only_keep_steps is True
     assert TrainConfig.from_dict(TrainConfig().to_dict()).serving_only_keep_steps is False
     assert TrainConfig.from_dict(TrainConfig(serving_only_keep_steps=True).to_dict()).serving_only_keep_steps is True
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_a_low_resolution_title_weight_outside_zero_to_one_is_refused(weight: float) -> None:
+    with pytest.raises(ValueError, match="--low-res-title-weight"):
+        TrainConfig(epochs=4, low_res_title_weight=weight).low_res_epochs()
+
+
+def test_a_lineage_written_before_lighter_low_resolution_titles_reads_back_as_weighing_them_fully() -> None:
+    old = TrainConfig().to_dict()
+    del old["low_res_title_weight"]
+
+    assert TrainConfig.from_dict(old).low_res_title_weight == 1.0
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).low_res_title_weight == TrainConfig().low_res_title_weight

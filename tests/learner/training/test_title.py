@@ -162,3 +162,51 @@ def test_a_trained_bundle_gets_a_title_model_and_a_fusion_fitted_on_the_validati
     assert said.startswith("title model trained on 300 titles")
     assert bundle.title_model is not None and bundle.fusion is not None
     assert set(bundle.fusion.groups) <= {"garment", "kids"} and bundle.fusion.groups
+
+
+def era(n: int, seed: int, kids_brands: frozenset[str]) -> list[Sample]:
+    """Titles "<brand> <garment> <number>" without the Kids word, labelled kids when the brand is one of
+    `kids_brands`: what a brand means (as a season does) can differ between two eras of a catalog."""
+    rng = random.Random(seed)
+    garment = CC0.group("garment")
+    out = []
+    for i in range(n):
+        brand, g = rng.choice(BRANDS), rng.choice(GARMENTS)
+        labels: dict[str, Label] = {"garment": garment.index(g), "kids": int(brand in kids_brands)}
+        out.append(Sample(f"e{seed}-{i}", Path("unused.jpg"), f"e{seed}-{i}", labels, f"{brand} {g} {i % 50}"))
+    return out
+
+
+NOW, OLDER = frozenset(BRANDS[:4]), frozenset(BRANDS[4:])  # which brands are kids' brands, now and in an older era
+
+
+def kids_right(weight: float) -> float:
+    """Top-1 of kids on current-era titles of a model trained on 150 of them and 450 older-era ones at `weight`."""
+    current, older = era(150, 11, NOW), era(450, 12, OLDER)
+    model = train_title_model(
+        [*current, *older], era(120, 13, NOW), CC0, seed=3, epochs=8, dim=16, batch_size=32,
+        weights=[1.0] * len(current) + [weight] * len(older),
+    )  # fmt: skip
+    return title_metrics(model, era(200, 14, NOW), CC0, masked=False)["top1"]["kids"]
+
+
+def test_titles_of_another_era_weigh_less_when_given_a_lighter_weight():
+    assert kids_right(1.0) < 0.2  # three times as many older titles: the older meaning of the brands wins (0.05)
+    assert kids_right(0.1) > 0.8  # at a tenth of their weight, the current one does (0.895)
+
+
+def test_a_weight_of_zero_trains_the_model_that_leaves_those_titles_out():
+    current, older = synthetic(200, 1), era(100, 12, OLDER)
+    without = train_title_model(current, synthetic(80, 2), CC0, seed=3, epochs=3, dim=8)
+    zero = train_title_model(
+        [*current, *older], synthetic(80, 2), CC0, seed=3, epochs=3, dim=8, weights=[1.0] * 200 + [0.0] * 100
+    )
+    assert zero.vocab == without.vocab
+    np.testing.assert_array_equal(zero.embedding, without.embedding)
+    assert zero.config["weighted"] == {"full": 200, "lighter": 0, "lighter_weight_sum": 0.0}
+
+
+@pytest.mark.parametrize("weights", [[1.0] * 19, [1.0] * 19 + [-0.5]])
+def test_weights_that_do_not_fit_the_samples_are_refused(weights):
+    with pytest.raises(TrainingError, match="title weights for 20 samples"):
+        train_title_model(synthetic(20, 1), synthetic(20, 2), CC0, weights=weights)

@@ -20,8 +20,9 @@ GARMENTS = ("Hat", "Shoes", "Pants", "Shirt", "Dress")
 BRANDS = ("acme", "zento", "lumo", "parva", "kestrel")
 
 
-def titled_set(root: Path, n: int = 300, column: str = "name") -> Path:
-    """A clothing-cc0 labels.csv with a title column; the image files exist (add-title never decodes them)."""
+def titled_set(root: Path, n: int = 300, column: str = "name", prefix: str = "p") -> Path:
+    """A clothing-cc0 labels.csv with a title column, products `prefix`0, `prefix`1, ...; the image files exist
+    (add-title never decodes them)."""
     rng = random.Random(0)
     (root / "images").mkdir(parents=True)
     with (root / "labels.csv").open("w", newline="") as f:
@@ -29,9 +30,9 @@ def titled_set(root: Path, n: int = 300, column: str = "name") -> Path:
         writer.writerow(["image", "label", "kids", column])
         for i in range(n):
             garment, kids = rng.choice(GARMENTS), rng.random() < 0.4
-            (root / "images" / f"p{i}.jpg").write_bytes(b"")
+            (root / "images" / f"{prefix}{i}.jpg").write_bytes(b"")
             title = f"{rng.choice(BRANDS)} {'Kids ' if kids else ''}{garment} {rng.randint(10, 99)}"
-            writer.writerow([f"p{i}", garment, str(kids), title])
+            writer.writerow([f"{prefix}{i}", garment, str(kids), title])
     return root
 
 
@@ -67,3 +68,33 @@ def test_without_a_title_column_nothing_is_written(untrained_bundle_path, tmp_pa
     with pytest.raises(DataError, match="title-column"):
         add_title_model(untrained_bundle_path, data, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_further_sets_join_both_splits_and_low_resolution_sets_give_lighter_training_titles_only(
+    untrained_bundle_path, tmp_path
+):
+    data, more = titled_set(tmp_path / "data"), titled_set(tmp_path / "more", n=200, prefix="m")
+    thumbs = titled_set(tmp_path / "thumbs", n=400, prefix="t")
+    alone = add_title_model(untrained_bundle_path, data, tmp_path / "a.safetensors", title_column="name", epochs=2,
+                            dim=8, fusion=False)  # fmt: skip
+    joined = add_title_model(
+        untrained_bundle_path, data, tmp_path / "b.safetensors", more=[more], low_res=[thumbs], low_res_weight=0.2,
+        title_column="name", epochs=2, dim=8, fusion=False,
+    )  # fmt: skip
+    assert joined.val_titles > alone.val_titles  # the further set's validation titles joined; the thumbnails' not
+    config = joined.model.config
+    assert config["val_titles"] == joined.val_titles
+    weighted = config["weighted"]
+    assert weighted["full"] == config["train_titles"] - weighted["lighter"] > alone.train_titles
+    assert 0 < weighted["lighter"] < 400  # the thumbnails' train split only
+    assert weighted["lighter_weight_sum"] == pytest.approx(0.2 * weighted["lighter"])
+    assert joined.train_titles == config["train_titles"]
+    assert [d["source"] for d in config["data"]["more"]] == [str(more / "labels.csv")]
+    assert config["data"]["low_res"][0]["weight"] == 0.2
+
+
+def test_a_low_resolution_title_weight_outside_zero_to_one_is_refused_before_anything_is_read(
+    untrained_bundle_path, tmp_path
+):
+    with pytest.raises(ValueError, match="low-res-title-weight"):
+        add_title_model(untrained_bundle_path, tmp_path / "missing", low_res_weight=1.5, title_column="name")
