@@ -34,7 +34,7 @@ class TrainConfig:
     low_res_fraction: float = 0.25  # the share of them drawn afresh for each epoch that uses them
     # each of their titles' weight in the title model's loss (the serving sets' weigh 1): the thumbnails are mostly
     # another era of the catalog whose season labels follow other words (docs/model-card.md, "Whose titles teach")
-    low_res_title_weight: float = 0.25
+    low_res_title_weight: float = 0.1
     serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only, each once
     # True: those epochs keep the mixed epochs' step count, a second draw of serving photos filling the low-resolution
     # batches' places (the recipe before 2026-12-07; a lineage written then, without this field, reads back True)
