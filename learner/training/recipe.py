@@ -33,7 +33,8 @@ class TrainConfig:
     low_res_size: int = 112  # their letterbox side (the serving photos stay at the input size)
     low_res_fraction: float = 0.25  # the share of them drawn afresh for each epoch that uses them
     # each of their titles' weight in the title model's loss (the serving sets' weigh 1): the thumbnails are mostly
-    # another era of the catalog whose season labels follow other words (docs/model-card.md, "Whose titles teach")
+    # another era of the catalog, whose seasons follow other words; 0.1 chosen on validation (docs/model-card.md,
+    # "Its title model: whose titles teach")
     low_res_title_weight: float = 0.1
     serving_only_epochs: int = 3  # the last N epochs see serving-resolution photos only, each once
     # True: those epochs keep the mixed epochs' step count, a second draw of serving photos filling the low-resolution
