@@ -210,3 +210,20 @@ def test_a_weight_of_zero_trains_the_model_that_leaves_those_titles_out():
 def test_weights_that_do_not_fit_the_samples_are_refused(weights):
     with pytest.raises(TrainingError, match="title weights for 20 samples"):
         train_title_model(synthetic(20, 1), synthetic(20, 2), CC0, weights=weights)
+
+
+def test_a_trained_bundles_title_model_weighs_its_samples_as_given(untrained_bundle_path):
+    bundle = load_bundle(untrained_bundle_path)
+    serving, light, val = synthetic(200, 1), era(300, 12, OLDER), synthetic(120, 9)
+    rng = np.random.default_rng(0)
+    predictions = {
+        g.name: GroupPredictions(g, rng.dirichlet(np.ones(len(g.values)), len(val)), targets_of(val, g))
+        for g in CC0.classifier_groups
+        if not g.multi_label
+    }
+    weights = [1.0] * len(serving) + [0.1] * len(light)
+    said = attach_title_model(bundle, [*serving, *light], val, predictions, seed=0, say=print, weights=weights)
+    assert said.startswith("title model trained on 500 titles")
+    assert bundle.title_model is not None
+    assert bundle.title_model.config["weighted"]["lighter"] == 300
+    assert bundle.title_model.config["weighted"]["lighter_weight_sum"] == pytest.approx(30.0, rel=1e-5)
