@@ -10,7 +10,9 @@ serves torch-free as a lookup, a mean and one matrix product per group.
    `max_features` most frequent kept (ties by name: deterministic);
 2. the model: `EmbeddingBag(V, dim, mode="mean")` over a title's feature ids, dropout, one linear head per
    single-choice classifier group; cross-entropy per group, a sample whose label is missing in a group masked out of
-   that group's loss; AdamW with a linear decay, `epochs` passes in a seeded order (the same seed, the same model);
+   that group's loss, each sample weighted by its `weights` entry (the thumbnails' titles, another era of the catalog,
+   weigh the recipe's `low_res_title_weight`: docs/model-card.md, "Its title model: whose titles teach");
+   AdamW with a linear decay, `epochs` passes in a seeded order (the same seed, the same model);
    with `mask_share` > 0 that share of the training titles, drawn anew each epoch, has its attribute words removed
    (`mask_attribute_words`) so the model also learns the brand and model names, not only the value words;
 3. calibration on the validation titles that give a signal (`fit_title_calibration`): temperatures by NLL and
