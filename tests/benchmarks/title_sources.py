@@ -7,7 +7,7 @@ weight and seed, trained on the serving sets' train splits and the low-resolutio
 0 leaves them out), calibrated on the serving sets' validation splits joined (as `shelfsight train` does), and
 measured on each serving set's validation split. The test split is never read.
 
-    .venv/bin/python -m tests.benchmarks.title_sources --out runs/title-sources   # about 25 minutes on 2 CPU cores
+    .venv/bin/python -m tests.benchmarks.title_sources --out runs/title-sources   # about 18 minutes on 2 CPU cores
 
 It prints a table (mean over seeds, and the range) and writes `title_sources.json` and `title_sources.png` (top-1 per
 group against the weight, one panel per serving set).
